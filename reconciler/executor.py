@@ -1,0 +1,93 @@
+"""The port between the agent core and a container runtime.
+
+``Executor`` and ``Controller`` are what ``runtime/`` implements (podman for real hosts,
+``runtime.fake`` for tests and benchmarks). The core drives one controller per task through
+``reconciler.lifecycle.do``; a controller never decides state itself, it only performs one
+operation per call and reports the outcome through the error values of ``reconciler.errors``.
+
+All methods are coroutines. A runtime whose client blocks (podman-py) runs it in its own bounded
+thread pool, and a cancelled call lets its thread finish before re-raising ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from reconciler.model import NodeDescription, Task
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerStatus:
+    """What the runtime last knew of the task's container; read without any I/O."""
+
+    container_id: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+
+
+class Controller(Protocol):
+    """Runs one task's container. Every method is idempotent unless it says otherwise."""
+
+    async def prepare(self) -> None:
+        """Create the container (pulling the image as the spec's policy says).
+
+        Raises ``TaskPrepared`` if the container already exists for this task,
+        ``TemporaryError`` for a failure worth retrying, anything else for a permanent failure.
+        """
+
+    async def start(self) -> None:
+        """Start the prepared container. Raises ``TaskStarted`` if it is already running."""
+
+    async def wait(self) -> None:
+        """Return when the container exits with code 0.
+
+        Raises ``ExitError`` for a nonzero exit (a failed health check ends the container and
+        raises ``ExitError`` too, with a health message), ``ContainerGone`` if the container was
+        removed, ``TemporaryError`` if the runtime stopped answering. Safe to call again after a
+        cancellation: it re-attaches to the same container.
+        """
+
+    async def update(self, task: Task) -> None:
+        """Apply an updated task (resource limits) to the existing container in place.
+
+        Raises ``PermanentError`` when the change cannot be applied and verified; the caller
+        then replaces the instance.
+        """
+
+    async def shutdown(self) -> None:
+        """Stop the container gracefully: stop signal, then kill after the grace period."""
+
+    async def terminate(self) -> None:
+        """Kill the container at once."""
+
+    async def remove(self) -> None:
+        """Remove the container (never named volumes). Removing a missing container is fine."""
+
+    async def close(self) -> None:
+        """Release what the controller holds. Never stops or removes the container."""
+
+    def container_status(self) -> ContainerStatus:
+        """The last known container id, pid and exit code, without calling the runtime."""
+        ...
+
+
+class Executor(Protocol):
+    """Makes controllers and describes the node."""
+
+    async def describe(self) -> NodeDescription:
+        """The node's description from the runtime. Raises ``TemporaryError`` if unreachable."""
+        ...
+
+    def controller(self, task: Task) -> Controller:
+        """A controller for the task. Raises ``PermanentError`` if the spec cannot be run."""
+        ...
+
+    async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
+        """Remove this node's containers whose task id is not in ``known_task_ids``.
+
+        Containers without reconciler's labels, or labelled for another node, are never
+        touched. Returns the removed containers' task ids.
+        """
+        ...
