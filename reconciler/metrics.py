@@ -1,0 +1,411 @@
+"""The agent's Prometheus metrics: a snapshot collector plus event counters, on one registry.
+
+This module owns every metric name in PRODUCT.md's "Metrics" table that an agent exports, and the
+text that ``/metrics`` serves. Two kinds of metric live here, for two kinds of truth:
+
+* **State** (node, readiness, tasks, restarts, desired-state validity, session) is not kept in
+  metric objects at all. A custom ``Collector`` reads ONE immutable ``Snapshot`` at scrape time
+  and turns it into metric families. A task that leaves the snapshot therefore leaves no stale
+  series behind, and a scrape never calls podman or walks RocksDB: it costs the same whether
+  podman is fast, slow or hung. ``reconciler_tasks`` and ``reconciler_task_state`` count current
+  instances only, so a failed instance in the history never keeps an alert firing.
+* **Events** (runtime errors, drift corrections, rejected reloads, start latency, resync
+  duration) are ordinary ``prometheus_client`` counters and histograms on an injected
+  ``CollectorRegistry`` (never the process-global one, so tests and several agents in one
+  process never share series). Every value of a fixed label set is created up front, so
+  ``rate()`` and alerts see a 0 before the first event rather than no series at all.
+
+``Metrics`` implements ``reconciler.executor.RuntimeObserver`` so a runtime reports straight into
+it. ``render()`` caches the exposition text and re-renders only when the snapshot object changed
+or an event metric moved (a version counter bumped by every event method), so a fleet of
+Prometheus servers scraping an idle agent costs one dictionary compare per scrape.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from reconciler import __version__
+from reconciler.model import TaskState
+from reconciler.snapshot import Snapshot
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DRIFT_KINDS",
+    "RECONCILE_BUCKETS",
+    "RUNTIME_OPS",
+    "START_BUCKETS",
+    "Metrics",
+    "readiness",
+]
+
+#: The exposition format ``render()`` produces (the classic Prometheus text format).
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: ``reconciler_runtime_errors_total{op}``: every value is exported from the start.
+RUNTIME_OPS: Final = (
+    "create",
+    "start",
+    "stop",
+    "remove",
+    "inspect",
+    "list",
+    "events",
+    "pull",
+    "update",
+    "healthcheck",
+)
+
+#: ``reconciler_drift_corrections_total{kind}``: every value is exported from the start.
+DRIFT_KINDS: Final = ("container_missing", "container_exited", "orphan_removed")
+
+#: Assignment-to-running latency: a local create+start is ~50 ms, a pull can take minutes.
+START_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+#: One full resync pass: a relist of a few containers up to a slow podman with many.
+RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_STATE_LABELS: Final = tuple(s.label for s in TaskState)
+
+
+def readiness(snapshot: Snapshot) -> tuple[bool, str]:
+    """Whether the node is ready, and if not why: the one rule behind node_ready and /readyz.
+
+    The agent computes ``snapshot.ready``; this also refuses readiness when a component the
+    contract names (store, loops, runtime, Init, first desired read) is reported unhealthy, so
+    ``reconciler_node_ready`` and ``/readyz`` can never claim more than the parts say.
+    """
+    if not snapshot.ready:
+        return False, snapshot.ready_reason or "not ready"
+    if not snapshot.loops_alive:
+        return False, "agent loops are not alive"
+    if not snapshot.store_open:
+        return False, "store is not open"
+    if not snapshot.init_done:
+        return False, "worker init is not done"
+    if not snapshot.runtime_up:
+        return False, "container runtime does not answer"
+    if not snapshot.desired_read:
+        return False, "desired state has not been read yet"
+    return True, "ready"
+
+
+class _SnapshotCollector(Collector):
+    """Turns one ``Snapshot`` into the state metric families, at collect time."""
+
+    def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        # Our series vary by snapshot; an empty describe() keeps registration from calling
+        # collect() (and so the snapshot source) before the agent is wired.
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from snapshot_families(self._source())
+
+
+def snapshot_families(s: Snapshot) -> list[Metric]:
+    """The state metric families of one snapshot (exposed for tests and tools)."""
+    ready, _ = readiness(s)
+    out: list[Metric] = []
+
+    build = GaugeMetricFamily(
+        "reconciler_build_info", "The running agent's version; always 1.", labels=["version"]
+    )
+    build.add_metric([__version__], 1.0)
+    out.append(build)
+
+    node = s.node
+    info = GaugeMetricFamily(
+        "reconciler_node_info",
+        "The node as the runtime describes it; always 1. Empty labels until the runtime answered.",
+        labels=["node_id", "hostname", "os", "arch", "runtime_version"],
+    )
+    info.add_metric(
+        [
+            s.node_id,
+            node.hostname if node else "",
+            node.os if node else "",
+            node.arch if node else "",
+            node.runtime_version if node else "",
+        ],
+        1.0,
+    )
+    out.append(info)
+
+    out.append(
+        _gauge(
+            "reconciler_node_ready",
+            "1 when the store, the loops and the runtime are all healthy (follows /readyz).",
+            ready,
+        )
+    )
+    if node is not None:
+        out.append(_gauge("reconciler_node_cpus", "CPUs the node describes.", node.cpus))
+        out.append(
+            _gauge("reconciler_node_memory_bytes", "Memory the node describes.", node.memory_bytes)
+        )
+    out.append(
+        _gauge("reconciler_runtime_up", "1 while the container runtime answers.", s.runtime_up)
+    )
+
+    counts = dict.fromkeys(_STATE_LABELS, 0)
+    per_task = GaugeMetricFamily(
+        "reconciler_task_state",
+        "One series per current task instance, labelled with its state; always 1.",
+        labels=["name", "id", "state"],
+    )
+    for t in s.tasks:
+        if not t.current:
+            continue
+        label = t.state.label
+        counts[label] += 1
+        per_task.add_metric([t.name, t.id, label], 1.0)
+    tasks = GaugeMetricFamily(
+        "reconciler_tasks",
+        "Current task instances (history excluded) per state.",
+        labels=["state"],
+    )
+    for label in _STATE_LABELS:
+        tasks.add_metric([label], counts[label])
+    out.append(tasks)
+    out.append(per_task)
+
+    restarts = CounterMetricFamily(
+        "reconciler_task_restarts",
+        "Replacements made by the restart policy, per task name, from stored counters.",
+        labels=["name"],
+    )
+    for name, n in s.restarts:
+        restarts.add_metric([name], float(n))
+    out.append(restarts)
+
+    out.append(
+        _gauge(
+            "reconciler_desired_state_valid",
+            "1 when the last read of the desired state was valid.",
+            s.desired_valid,
+        )
+    )
+    out.append(
+        _gauge(
+            "reconciler_desired_state_applied_timestamp_seconds",
+            "When a valid desired state was last applied (Unix time; 0 before the first).",
+            s.desired_applied_at or 0.0,
+        )
+    )
+    out.append(
+        _gauge(
+            "reconciler_status_reports_pending",
+            "Task statuses not yet delivered to the manager.",
+            s.reports_pending,
+        )
+    )
+    out.append(
+        _gauge(
+            "reconciler_session_connected",
+            "1 while the session to the manager is connected.",
+            s.session_connected,
+        )
+    )
+    return out
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _render_families(families: Iterable[Metric]) -> str:
+    """Classic text format (0.0.4), like ``generate_latest`` but faster and without the
+    OpenMetrics-only ``_created`` samples, which the classic format can only carry as
+    separate gauges that nobody queries."""
+    out: list[str] = []
+    for metric in families:
+        mtype = metric.type
+        name = metric.name + "_total" if mtype == "counter" else metric.name
+        doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {mtype}\n")
+        created = metric.name + "_created"
+        for sample in metric.samples:
+            if sample.name == created:
+                continue
+            text = _SMALL_INTS.get(sample.value) or _go_float(sample.value)
+            if sample.labels:
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+                out.append(f"{sample.name}{{{labels}}} {text}\n")
+            else:
+                out.append(f"{sample.name} {text}\n")
+    return "".join(out)
+
+
+def _go_float(value: float) -> str:
+    """A float as Prometheus's Go parser reads it (``prometheus_client``'s rules)."""
+    value = float(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to exponents sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+#: Most values are small counts; their text (Go's float format, "1.0") is looked up, not built.
+_SMALL_INTS: Final = {float(i): repr(float(i)) for i in range(64)}
+
+
+def _gauge(name: str, doc: str, value: float | bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value))
+
+
+class Metrics:
+    """Every agent metric on one registry, and the cached ``/metrics`` text.
+
+    Thread-safe: event methods may be called from the runtime's thread pool and from the loop.
+    Implements ``reconciler.executor.RuntimeObserver``.
+    """
+
+    def __init__(
+        self,
+        *,
+        snapshot: Callable[[], Snapshot],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._snapshot = snapshot
+        self._render_lock = threading.Lock()
+        self._version_lock = threading.Lock()
+        self._version = 0
+        # render() caches: the state text for one snapshot object, the event text for one
+        # version, and their concatenation. Holding the snapshot keeps ``is`` comparisons sound.
+        self._text_snap: Snapshot | None = None
+        self._text_version = -1
+        self._state_text = ""
+        self._event_text = ""
+        self._text: bytes | None = None
+
+        self._collector = _SnapshotCollector(snapshot)
+        self.registry.register(self._collector)
+
+        self._drift = Counter(
+            "reconciler_drift_corrections",
+            "Corrections of changes made outside the agent, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in DRIFT_KINDS:
+            self._drift.labels(kind)
+        self._runtime_errors = Counter(
+            "reconciler_runtime_errors",
+            "Failed container runtime calls, by operation.",
+            ["op"],
+            registry=self.registry,
+        )
+        for op in RUNTIME_OPS:
+            self._runtime_errors.labels(op)
+        self._desired_errors = Counter(
+            "reconciler_desired_state_errors",
+            "Rejected reloads of the desired state.",
+            registry=self.registry,
+        )
+        self._task_start = Histogram(
+            "reconciler_task_start_seconds",
+            "Time from a task's assignment to its running state.",
+            buckets=START_BUCKETS,
+            registry=self.registry,
+        )
+        self._reconcile = Histogram(
+            "reconciler_reconcile_duration_seconds",
+            "Duration of one full resync pass.",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self._event_metrics: tuple[Counter | Histogram, ...] = (
+            self._drift,
+            self._runtime_errors,
+            self._desired_errors,
+            self._task_start,
+            self._reconcile,
+        )
+
+    # ------------------------------------------------------------------ RuntimeObserver
+
+    def runtime_error(self, op: str) -> None:
+        """Count a failed runtime call. Raises ``ValueError`` for an op outside the contract."""
+        if op not in RUNTIME_OPS:
+            raise ValueError(f"unknown runtime op {op!r}; expected one of {RUNTIME_OPS}")
+        self._runtime_errors.labels(op).inc()
+        self._bump()
+
+    def drift_corrected(self, kind: str) -> None:
+        """Count a drift correction. Raises ``ValueError`` for a kind outside the contract."""
+        if kind not in DRIFT_KINDS:
+            raise ValueError(f"unknown drift kind {kind!r}; expected one of {DRIFT_KINDS}")
+        self._drift.labels(kind).inc()
+        self._bump()
+
+    def runtime_up(self, up: bool) -> None:
+        """Accepted and ignored: ``reconciler_runtime_up`` comes from the snapshot."""
+
+    # ------------------------------------------------------------------ agent events
+
+    def desired_state_error(self) -> None:
+        """Count one rejected reload of the desired state."""
+        self._desired_errors.inc()
+        self._bump()
+
+    def observe_task_start(self, seconds: float) -> None:
+        """Record one task's time from assignment to running."""
+        self._task_start.observe(max(0.0, seconds))
+        self._bump()
+
+    def observe_reconcile(self, seconds: float) -> None:
+        """Record the duration of one full resync pass."""
+        self._reconcile.observe(max(0.0, seconds))
+        self._bump()
+
+    # ------------------------------------------------------------------ exposition
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (format 0.0.4) of every metric, from one snapshot.
+
+        The state part is re-rendered only when the snapshot object changed, the event part
+        only when an event metric moved; otherwise cached bytes are returned. Covers the
+        metrics this class owns (collectors others add to the registry are not rendered).
+        Raises whatever the snapshot source raises.
+        """
+        with self._render_lock:
+            snap = self._snapshot()
+            # Read the version before rendering: an event landing mid-render bumps it again,
+            # so the next call re-renders and the event is never lost from the text.
+            version = self._version
+            if self._text_snap is not snap:
+                self._state_text = _render_families(snapshot_families(snap))
+                self._text_snap = snap
+                self._text = None
+            if self._text_version != version:
+                self._event_text = _render_families(
+                    family for m in self._event_metrics for family in m.collect()
+                )
+                self._text_version = version
+                self._text = None
+            if self._text is None:
+                self._text = (self._state_text + self._event_text).encode()
+            return self._text
+
+    def _bump(self) -> None:
+        with self._version_lock:
+            self._version += 1
