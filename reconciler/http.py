@@ -1,0 +1,298 @@
+"""The agent's HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz``, ``/v1/tasks``, ``/v1/node``.
+
+This module owns PRODUCT.md's "HTTP" table. It is a deliberately tiny HTTP/1.1 server on
+``asyncio.start_server`` rather than a framework: five read-only GET routes do not justify a
+dependency, and a small server is easy to make robust on an edge host that anyone on the network
+may poke at.
+
+* **Read-only, from the snapshot.** Every handler reads the agent's current immutable
+  ``Snapshot`` (and ``Metrics.render()``, which reads it too). Nothing here calls podman or the
+  store, so ``/healthz`` answers while podman hangs, and a scrape costs the same whatever the
+  runtime does.
+* **Bounded.** The request head is capped in size and line count and must arrive within a
+  deadline (a slow or silent client is dropped), the response must drain within a deadline,
+  concurrent connections are capped, and every response is ``Connection: close``: there is no
+  keep-alive state to leak.
+* **Strict.** GET (and HEAD, which probes use) only: other methods get 405, unknown paths 404,
+  a malformed request 400. The query string is ignored.
+* **Never env values.** ``/v1/tasks`` is ``TaskView.to_json()``, which carries no spec at all.
+
+JSON bodies are cached per snapshot object, and a gzip body of ``/metrics`` per rendered text,
+so repeated requests against an unchanged agent cost a few identity checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from reconciler import __version__
+from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from reconciler.metrics import Metrics, readiness
+from reconciler.snapshot import Snapshot
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+
+#: Largest accepted request head (request line plus headers), and most header lines.
+MAX_HEAD_BYTES: Final = 8192
+MAX_HEADER_LINES: Final = 100
+#: A client must send its whole request head within this many seconds ...
+READ_TIMEOUT: Final = 10.0
+#: ... and take the whole response within this many.
+WRITE_TIMEOUT: Final = 10.0
+#: Connections served at once; more are closed without an answer.
+MAX_CONNECTIONS: Final = 64
+#: Bodies smaller than this are never gzipped: the header would eat the gain.
+GZIP_MIN_BYTES: Final = 1024
+
+_TEXT: Final = "text/plain; charset=utf-8"
+_JSON: Final = "application/json"
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class _Request:
+    __slots__ = ("headers", "method", "path")
+
+    def __init__(self, method: str, path: str, headers: dict[str, str]) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+_Response = tuple[int, str, bytes]
+
+
+class _App:
+    """The routes, over one snapshot source and one ``Metrics``."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], metrics: Metrics) -> None:
+        self._snapshot = snapshot
+        self._metrics = metrics
+        self._routes: dict[str, Callable[[_Request], _Response]] = {
+            "/metrics": self._get_metrics,
+            "/healthz": self._get_healthz,
+            "/readyz": self._get_readyz,
+            "/v1/tasks": self._get_tasks,
+            "/v1/node": self._get_node,
+        }
+        self._connections = 0
+        self._tasks_cache: tuple[Snapshot | None, bytes] = (None, b"")
+        self._node_cache: tuple[Snapshot | None, bytes] = (None, b"")
+        self._gzip_cache: tuple[bytes | None, bytes] = (None, b"")
+
+    # ---------------------------------------------------------------- connection handling
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._connections += 1
+        try:
+            await self._serve_one(reader, writer)
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or would not take the answer; nothing to tell it
+        except Exception:
+            log.exception("event=http_error")
+        finally:
+            self._connections -= 1
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_only = False
+        extra: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                request = await _read_request(reader)
+        except TimeoutError:
+            status, ctype, body = 408, _TEXT, b"request timeout\n"
+        except _BadRequest as e:
+            status, ctype, body = e.status, _TEXT, e.text.encode() + b"\n"
+        except asyncio.IncompleteReadError:
+            return  # closed before a full request; nobody to answer
+        else:
+            head_only = request.method == "HEAD"
+            status, ctype, body, extra = self._dispatch(request)
+        await _write_response(writer, status, ctype, body, extra, head_only=head_only)
+
+    def _dispatch(self, request: _Request) -> tuple[int, str, bytes, dict[str, str]]:
+        route = self._routes.get(request.path)
+        if route is None:
+            return 404, _TEXT, b"not found\n", {}
+        if request.method not in ("GET", "HEAD"):
+            return 405, _TEXT, b"method not allowed\n", {"Allow": "GET, HEAD"}
+        try:
+            status, ctype, body = route(request)
+        except Exception:
+            log.exception("event=http_handler_error path=%s", request.path)
+            return 500, _TEXT, b"internal error\n", {}
+        extra: dict[str, str] = {}
+        if request.path == "/metrics" and _accepts_gzip(request) and len(body) >= GZIP_MIN_BYTES:
+            body = self._gzipped(body)
+            extra["Content-Encoding"] = "gzip"
+        return status, ctype, body, extra
+
+    # ---------------------------------------------------------------- routes
+
+    def _get_metrics(self, _: _Request) -> _Response:
+        return 200, METRICS_CONTENT_TYPE, self._metrics.render()
+
+    def _get_healthz(self, _: _Request) -> _Response:
+        if self._snapshot().loops_alive:
+            return 200, _TEXT, b"ok"
+        return 503, _TEXT, b"agent loops are not alive"
+
+    def _get_readyz(self, _: _Request) -> _Response:
+        ready, reason = readiness(self._snapshot())
+        if ready:
+            return 200, _TEXT, b"ready"
+        return 503, _TEXT, reason.encode()
+
+    def _get_tasks(self, _: _Request) -> _Response:
+        snap = self._snapshot()
+        cached_snap, body = self._tasks_cache
+        if cached_snap is not snap:
+            body = _json([t.to_json() for t in snap.tasks])
+            self._tasks_cache = (snap, body)
+        return 200, _JSON, body
+
+    def _get_node(self, _: _Request) -> _Response:
+        snap = self._snapshot()
+        cached_snap, body = self._node_cache
+        if cached_snap is not snap:
+            body = _json(node_json(snap))
+            self._node_cache = (snap, body)
+        return 200, _JSON, body
+
+    def _gzipped(self, body: bytes) -> bytes:
+        source, compressed = self._gzip_cache
+        if source is not body:
+            compressed = gzip.compress(body, compresslevel=1, mtime=0)
+            self._gzip_cache = (body, compressed)
+        return compressed
+
+
+def node_json(snap: Snapshot) -> dict[str, Any]:
+    """The ``/v1/node`` object: null for what the runtime has not described yet."""
+    node = snap.node
+    return {
+        "nodeId": snap.node_id,
+        "hostname": node.hostname if node else None,
+        "os": node.os if node else None,
+        "arch": node.arch if node else None,
+        "cpus": node.cpus if node else None,
+        "memoryBytes": node.memory_bytes if node else None,
+        "runtime": node.runtime_name if node else None,
+        "runtimeVersion": node.runtime_version if node else None,
+        "version": node.agent_version if node and node.agent_version else __version__,
+        "labels": dict(snap.labels),
+        "ready": readiness(snap)[0],
+    }
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _accepts_gzip(request: _Request) -> bool:
+    accept = request.headers.get("accept-encoding", "")
+    for item in accept.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request:
+    """Read and parse one request head. Raises ``_BadRequest`` for anything malformed."""
+    total = 0
+    lines: list[str] = []
+    while True:
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as e:
+            raise _BadRequest(431, "request head too large") from e
+        total += len(raw)
+        if total > MAX_HEAD_BYTES or len(lines) > MAX_HEADER_LINES:
+            raise _BadRequest(431, "request head too large")
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if not lines:
+                continue  # tolerate blank lines before the request line (RFC 9112 2.2)
+            break
+        try:
+            lines.append(line.decode("ascii"))
+        except UnicodeDecodeError as e:
+            raise _BadRequest(400, "request head is not ASCII") from e
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1]:
+        raise _BadRequest(400, "malformed request line")
+    method, target, _ = parts
+    headers: dict[str, str] = {}
+    for header in lines[1:]:
+        name, sep, value = header.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _BadRequest(400, "malformed header line")
+        headers[name.lower()] = value.strip()
+    path = target.split("?", 1)[0]
+    return _Request(method, path, headers)
+
+
+async def _write_response(
+    writer: asyncio.StreamWriter,
+    status: int,
+    content_type: str,
+    body: bytes,
+    extra: dict[str, str],
+    *,
+    head_only: bool,
+) -> None:
+    head = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    head += [f"{k}: {v}" for k, v in extra.items()]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+    if not head_only:
+        writer.write(body)
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await writer.drain()
+
+
+async def serve(
+    host: str, port: int, *, snapshot: Callable[[], Snapshot], metrics: Metrics
+) -> asyncio.Server:
+    """Start serving the agent's endpoints on ``host:port`` (port 0 picks a free one).
+
+    Returns the listening server; the caller closes it (``close()`` then ``wait_closed()``).
+    Raises ``OSError`` when the address cannot be bound.
+    """
+    app = _App(snapshot, metrics)
+    return await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
