@@ -91,3 +91,31 @@ class Executor(Protocol):
         touched. Returns the removed containers' task ids.
         """
         ...
+
+
+class RuntimeObserver(Protocol):
+    """Where a runtime reports what the metrics count. ``reconciler.metrics`` implements it."""
+
+    def runtime_error(self, op: str) -> None:
+        """A runtime call failed. ``op`` is one of create, start, stop, remove, inspect, list,
+        events, pull, update, healthcheck."""
+
+    def drift_corrected(self, kind: str) -> None:
+        """A correction of out-of-band change: container_missing, container_exited or
+        orphan_removed."""
+
+    def runtime_up(self, up: bool) -> None:
+        """Whether the runtime answers, reported on every change."""
+
+
+class NullObserver:
+    """An observer that ignores everything, for tests and tools that export no metrics."""
+
+    def runtime_error(self, op: str) -> None:
+        pass
+
+    def drift_corrected(self, kind: str) -> None:
+        pass
+
+    def runtime_up(self, up: bool) -> None:
+        pass

@@ -23,6 +23,7 @@ The timestamp changes only when the status does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -107,7 +108,8 @@ async def do(task: Task, ctlr: Controller, *, now: Now) -> TaskStatus:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
-        raise TaskRetry(_stamp(status, replace(status, message="operation cancelled"), now))
+        retry = replace(status, message="operation cancelled")
+        raise TaskRetry(_stamp(status, retry, now)) from None
     except TimeoutError as err:
         retry = replace(status, message="operation timed out", err=str(err) or "timed out")
         raise TaskRetry(_stamp(status, retry, now)) from err
@@ -154,16 +156,12 @@ async def _step(task: Task, ctlr: Controller) -> TaskStatus:
 
     # These states make a controller call and may proceed past the desired state.
     if state == TaskState.PREPARING:
-        try:
+        with contextlib.suppress(TaskPrepared):
             await ctlr.prepare()
-        except TaskPrepared:
-            pass
         return _transition(status, TaskState.READY, "prepared")
     if state == TaskState.STARTING:
-        try:
+        with contextlib.suppress(TaskStarted):
             await ctlr.start()
-        except TaskStarted:
-            pass
         return _transition(status, TaskState.RUNNING, "started")
     if state == TaskState.RUNNING:
         await ctlr.wait()

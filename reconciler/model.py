@@ -245,12 +245,8 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
             "entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
             "env": [list(kv) for kv in spec.env],
             "labels": [list(kv) for kv in spec.labels],
-            "resources": _drop_none(
-                {"cpus": spec.resources.cpus, "memory": spec.resources.memory}
-            ),
-            "ports": [
-                [p.host_port, p.container_port, p.protocol, p.host_ip] for p in spec.ports
-            ],
+            "resources": _drop_none({"cpus": spec.resources.cpus, "memory": spec.resources.memory}),
+            "ports": [[p.host_port, p.container_port, p.protocol, p.host_ip] for p in spec.ports],
             "mounts": [[m.type, m.target, m.source, m.read_only] for m in spec.mounts],
             "network": spec.network,
             "user": spec.user,

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks that print their figures; run them with ``bench/run NAME``."""

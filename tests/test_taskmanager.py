@@ -1,0 +1,167 @@
+"""The task manager drives steps, retries with backoff, and takes updates, on the fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reconciler.clock import FakeClock, settle
+from reconciler.errors import TemporaryError
+from reconciler.model import Task, TaskState, TaskStatus
+from reconciler.taskmanager import Backoff, TaskManager
+from runtime.fake import FakeExecutor
+
+from .conftest import make_task
+
+S = TaskState
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.statuses: list[TaskStatus] = []
+
+    def __call__(self, task_id: str, status: TaskStatus) -> None:
+        self.statuses.append(status)
+
+    @property
+    def states(self) -> list[TaskState]:
+        return [s.state for s in self.statuses]
+
+
+def manager(task: Task, executor: FakeExecutor, clock: FakeClock, rec: Recorder) -> TaskManager:
+    tm = TaskManager(
+        task, executor.controller(task), report=rec, clock=clock, backoff=Backoff(jitter=0)
+    )
+    tm.start()
+    return tm
+
+
+async def test_staged_desired_states_call_each_operation_once(
+    executor: FakeExecutor, clock: FakeClock
+):
+    rec = Recorder()
+    task = make_task(desired=S.ACCEPTED)
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.ACCEPTED
+    tm.update(replace(task, desired_state=S.READY))
+    await settle()
+    assert tm.task.status.state == S.READY
+    tm.update(replace(task, desired_state=S.RUNNING))
+    await settle()
+    assert tm.task.status.state == S.RUNNING
+    executor.exit(task.id, 0)
+    await settle()
+    assert tm.task.status.state == S.COMPLETE
+    assert rec.states == [S.ACCEPTED, S.PREPARING, S.READY, S.STARTING, S.RUNNING, S.COMPLETE]
+    assert executor.calls[(task.id, "prepare")] == 1
+    assert executor.calls[(task.id, "start")] == 1
+    assert executor.calls[(task.id, "wait")] == 1
+    await tm.close()
+
+
+async def test_temporary_errors_back_off_exponentially_then_succeed(
+    executor: FakeExecutor, clock: FakeClock
+):
+    rec = Recorder()
+    executor.fail("prepare", TemporaryError("pull failed"), times=3)
+    tm = manager(make_task(), executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.PREPARING
+    assert tm.task.status.err == "pull failed"
+    assert executor.calls[("t1", "prepare")] == 1
+    await clock.advance(0.24)
+    assert executor.calls[("t1", "prepare")] == 1
+    await clock.advance(0.01)  # 0.25 s: first retry
+    assert executor.calls[("t1", "prepare")] == 2
+    await clock.advance(0.49)
+    assert executor.calls[("t1", "prepare")] == 2
+    await clock.advance(0.01)  # 0.5 s later: second retry
+    assert executor.calls[("t1", "prepare")] == 3
+    await clock.advance(1.0)  # 1 s later: third retry succeeds
+    assert executor.calls[("t1", "prepare")] == 4
+    assert tm.task.status.state == S.RUNNING
+    assert tm.attempts == 0
+    await tm.close()
+
+
+def test_backoff_is_capped_and_jittered():
+    import random
+
+    b = Backoff(initial=1, factor=2, cap=30, jitter=0.2)
+    rng = random.Random(1)
+    delays = [b.delay(n, rng) for n in range(12)]
+    assert all(d <= 36 for d in delays)
+    assert delays[-1] >= 24
+    assert len({round(d, 6) for d in delays[6:]}) > 1  # jitter spreads capped delays
+
+
+async def test_update_cancels_wait_and_shuts_down(executor: FakeExecutor, clock: FakeClock):
+    rec = Recorder()
+    task = make_task()
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.RUNNING
+    assert tm.update(replace(task, desired_state=S.SHUTDOWN))
+    await settle()
+    assert tm.task.status.state == S.SHUTDOWN
+    assert executor.containers[task.id].state == "exited"
+    await tm.close()
+
+
+async def test_identical_update_and_lower_desired_state_are_ignored(
+    executor: FakeExecutor, clock: FakeClock
+):
+    rec = Recorder()
+    task = make_task(desired=S.SHUTDOWN)
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.SHUTDOWN
+    incoming = replace(task, status=TaskStatus(state=S.NEW, message="from manager"))
+    assert not tm.update(incoming)
+    assert not tm.update(replace(task, desired_state=S.RUNNING))
+    await settle()
+    assert tm.task.status.state == S.SHUTDOWN
+    assert executor.calls[(task.id, "start")] == 0
+    await tm.close()
+
+
+async def test_accepted_update_keeps_manager_status(executor: FakeExecutor, clock: FakeClock):
+    rec = Recorder()
+    task = make_task()
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    new = replace(task, spec=replace(task.spec, image="other"), status=TaskStatus(state=S.NEW))
+    assert tm.update(new)
+    await settle()
+    assert tm.task.spec.image == "other"
+    assert tm.task.status.state == S.RUNNING
+    assert executor.calls[(task.id, "update")] == 1
+    await tm.close()
+
+
+async def test_close_is_idempotent_and_leaves_container_running(
+    executor: FakeExecutor, clock: FakeClock
+):
+    rec = Recorder()
+    task = make_task()
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    await tm.close()
+    await tm.close()
+    assert executor.containers[task.id].state == "running"
+    assert executor.calls[(task.id, "shutdown")] == 0
+    assert executor.calls[(task.id, "remove")] == 0
+    assert not tm.update(replace(task, desired_state=S.SHUTDOWN))
+
+
+async def test_slow_start_is_cancelled_by_shutdown_update(executor: FakeExecutor, clock: FakeClock):
+    rec = Recorder()
+    executor.delay("start", 60)
+    task = make_task()
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.STARTING
+    tm.update(replace(task, desired_state=S.SHUTDOWN))
+    await settle()
+    assert tm.task.status.state == S.SHUTDOWN
+    await tm.close()
