@@ -47,7 +47,7 @@ def _stamp(old: TaskStatus, new: TaskStatus, now: Now) -> TaskStatus:
     """Give ``new`` a fresh timestamp only if it differs from ``old``."""
     if new.same_as(old):
         return old
-    return replace(new, timestamp=now())
+    return new.with_timestamp(now())
 
 
 def resolve(task: Task, executor: Executor, *, now: Now) -> tuple[Controller | None, TaskStatus]:
@@ -78,16 +78,18 @@ def resolve(task: Task, executor: Executor, *, now: Now) -> tuple[Controller | N
 def _transition(status: TaskStatus, state: TaskState, message: str) -> TaskStatus:
     if state < status.state:
         raise InvalidTransition(f"{status.state.label} -> {state.label}")
-    return replace(status, state=state, message=message, err=None)
+    return TaskStatus(
+        state, status.timestamp, message, None, status.container_id, status.pid, status.exit_code
+    )
 
 
 def _with_container(status: TaskStatus, ctlr: Controller) -> TaskStatus:
     cs = ctlr.container_status()
-    return replace(
-        status,
-        container_id=cs.container_id if cs.container_id is not None else status.container_id,
-        pid=cs.pid if cs.pid is not None else status.pid,
-    )
+    cid = cs.container_id if cs.container_id is not None else status.container_id
+    pid = cs.pid if cs.pid is not None else status.pid
+    if cid == status.container_id and pid == status.pid:
+        return status
+    return replace(status, container_id=cid, pid=pid)
 
 
 async def do(task: Task, ctlr: Controller, *, now: Now) -> TaskStatus:

@@ -154,9 +154,28 @@ class TaskStatus:
     pid: int | None = None
     exit_code: int | None = None
 
+    def with_timestamp(self, timestamp: float) -> TaskStatus:
+        """A copy with another timestamp (hot path: cheaper than ``dataclasses.replace``)."""
+        return TaskStatus(
+            self.state,
+            timestamp,
+            self.message,
+            self.err,
+            self.container_id,
+            self.pid,
+            self.exit_code,
+        )
+
     def same_as(self, other: TaskStatus) -> bool:
         """Equal apart from the timestamp (SwarmKit's TaskStatusesEqualStable)."""
-        return replace(self, timestamp=other.timestamp) == other
+        return (
+            self.state == other.state
+            and self.message == other.message
+            and self.err == other.err
+            and self.container_id == other.container_id
+            and self.pid == other.pid
+            and self.exit_code == other.exit_code
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +191,10 @@ class Task:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def with_status(self, status: TaskStatus) -> Task:
+        """A copy with another status (hot path: cheaper than ``dataclasses.replace``)."""
+        return Task(self.id, self.spec, self.desired_state, status, self.node_id)
 
     def equal_stable(self, other: Task) -> bool:
         """Equal apart from the status (SwarmKit's TasksEqualStable)."""

@@ -36,6 +36,9 @@ from reconciler.model import Task, TaskStatus
 
 log = logging.getLogger(__name__)
 
+UPDATE_FAILED = "update in place failed"
+"""The status message recorded when the controller could not apply an update in place."""
+
 StatusSink = Callable[[str, TaskStatus], None]
 
 
@@ -74,7 +77,7 @@ class TaskManager:
         self._rng = rng or random.Random()
         self._updated = False
         self._wake = asyncio.Event()
-        self._op: asyncio.Task[TaskStatus] | None = None
+        self._stepping = False
         self._loop: asyncio.Task[None] | None = None
         self._closed = False
         self.attempts = 0  # consecutive retries, for observability and tests
@@ -108,26 +111,24 @@ class TaskManager:
             return False
         self._task = replace(task, status=self._task.status)
         self._updated = True
-        if self._op is not None and not self._op.done():
-            self._op.cancel()
+        if self._stepping and self._loop is not None:
+            self._loop.cancel()  # the loop un-cancels itself and steps with the new task
         self._wake.set()
         return True
 
     async def close(self) -> None:
         """Stop driving the task. Idempotent; never touches the container."""
         self._closed = True
-        for t in (self._op, self._loop):
-            if t is not None and not t.done():
-                t.cancel()
-        for t in (self._op, self._loop):
-            if t is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+        loop = self._loop
+        if loop is not None and not loop.done():
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
 
     def _set_status(self, status: TaskStatus) -> None:
         if status is self._task.status or status == self._task.status:
             return
-        self._task = replace(self._task, status=status)
+        self._task = self._task.with_status(status)
         self._report(self._task.id, status)
 
     async def _wait_for_update(self, delay: float | None) -> None:
@@ -148,47 +149,69 @@ class TaskManager:
             await asyncio.gather(waiter, sleeper, return_exceptions=True)
 
     async def _run(self) -> None:
+        # The step runs inline in this task: an accepted update cancels this task while it is
+        # stepping, and the loop un-cancels itself and goes round with the new task. Only
+        # close() lets the cancellation through.
         while not self._closed:
-            self._wake.clear()
-            task = self._task
-            if self._updated:
-                self._updated = False
-                try:
-                    await self.ctlr.update(task)
-                except Exception as err:
-                    log.warning("updating controller failed task=%s err=%r", task.id, str(err))
-                    self._set_status(
-                        replace(
-                            task.status,
-                            message="update in place failed",
-                            err=str(err),
-                            timestamp=self._clock.time(),
-                        )
+            try:
+                await self._iteration()
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise
+                current = asyncio.current_task()
+                assert current is not None
+                while current.cancelling():
+                    current.uncancel()
+            finally:
+                self._stepping = False
+
+    async def _iteration(self) -> None:
+        self._wake.clear()
+        task = self._task
+        self._stepping = True
+        if self._updated:
+            self._updated = False
+            try:
+                await self.ctlr.update(task)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("updating controller failed task=%s err=%r", task.id, str(err))
+                self._set_status(
+                    replace(
+                        task.status,
+                        message=UPDATE_FAILED,
+                        err=str(err),
+                        timestamp=self._clock.time(),
                     )
-            op = asyncio.create_task(do(task, self.ctlr, now=self._clock.time))
-            self._op = op
-            await asyncio.wait({op})
-            self._op = None
-            if op.cancelled():
-                continue  # an update cancelled the step; run again with the new task
-            exc = op.exception()
-            if exc is None:
-                self.attempts = 0
-                self._set_status(op.result())
-            elif isinstance(exc, TaskNoop):
-                self.attempts = 0
-                if not self._updated:
-                    await self._wait_for_update(None)
-            elif isinstance(exc, TaskRetry):
-                assert isinstance(exc.status, TaskStatus)
-                self._set_status(exc.status)
-                delay = self._backoff.delay(self.attempts, self._rng)
-                self.attempts += 1
-                if not self._updated:
-                    await self._wait_for_update(delay)
-            else:
-                # do() turns controller errors into statuses; anything else is a bug in a step.
-                log.error("task step crashed task=%s err=%r", task.id, exc, exc_info=exc)
-                delay = self._backoff.delay(self.attempts, self._rng)
-                self.attempts += 1
+                )
+        try:
+            status = await do(task, self.ctlr, now=self._clock.time)
+        except TaskNoop:
+            self._stepping = False
+            self.attempts = 0
+            if not self._updated:
+                await self._wait_for_update(None)
+            return
+        except TaskRetry as retry:
+            self._stepping = False
+            assert isinstance(retry.status, TaskStatus)
+            self._set_status(retry.status)
+            delay = self._backoff.delay(self.attempts, self._rng)
+            self.attempts += 1
+            if not self._updated:
                 await self._wait_for_update(delay)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # do() turns controller errors into statuses; anything else is a bug in a step.
+            self._stepping = False
+            log.error("task step crashed task=%s err=%r", task.id, exc, exc_info=exc)
+            delay = self._backoff.delay(self.attempts, self._rng)
+            self.attempts += 1
+            await self._wait_for_update(delay)
+            return
+        self._stepping = False
+        self.attempts = 0
+        self._set_status(status)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 
 from reconciler.clock import Clock
 from reconciler.errors import UnknownTask
@@ -96,7 +95,7 @@ class Worker:
                 mgr.update(task)
                 continue
             stored = self.store.get_status(task.id)
-            self._start_task(task if stored is None else _with_status(task, stored))
+            self._start_task(task if stored is None else task.with_status(stored))
 
         for task_id in removed:
             mgr = self.managers.pop(task_id, None)
@@ -115,7 +114,7 @@ class Worker:
             log.warning("controller resolution failed task=%s err=%r", task.id, status.err)
             return
         mgr = TaskManager(
-            _with_status(task, status),
+            task.with_status(status),
             ctlr,
             report=self.update_task_status,
             clock=self.clock,
@@ -184,7 +183,3 @@ class Worker:
     def tasks(self) -> Iterable[Task]:
         """The managed tasks with their current statuses."""
         return (m.task for m in self.managers.values())
-
-
-def _with_status(task: Task, status: TaskStatus) -> Task:
-    return replace(task, status=status)
