@@ -1,0 +1,414 @@
+"""One task's podman container: the ``Controller`` that ``reconciler.lifecycle.do`` drives.
+
+This module owns the per-task semantics of issue 3 and keeps podman round trips to one per step
+where it can:
+
+* **prepare** is one ``create`` (the image policy adds a pull only when it must). A name
+  conflict is resolved by one inspect: the same task id means ``TaskPrepared``.
+* **start** is one ``start`` for a container this controller created; an adopted container is
+  inspected first, and one that has ever run counts as started (``TaskStarted``), so a restart of
+  the agent never runs a container twice.
+* **wait** watches the container's events *before* inspecting it once, so no exit can fall
+  between the two; then it sleeps on the event queue (no thread, no polling). Events older than
+  the container's ``StartedAt`` are ignored. A running adopted container is re-attached, an
+  exited one is judged by its exit code, a missing one is ``ContainerGone``.
+* **health checks** run inside ``wait`` on the spec's interval through the injected clock, one
+  ``GET /containers/{name}/healthcheck`` per interval. podman's verdict already counts retries;
+  "unhealthy" stops the container and ends the task with ``ExitError`` and a health message.
+* **drift**: an exit or removal this controller did not cause is counted as
+  ``container_exited`` / ``container_missing``.
+* **update** applies resource limits live and verifies them in the container's cgroup, because
+  inspect on podman 4.3 does not reflect live updates; anything it cannot verify raises
+  ``PermanentError`` so the instance is replaced.
+
+Every call addresses the container by its name (``<task>.<instance id>``), which podman accepts
+wherever it accepts an id; so a controller made after an agent restart needs no lookup before
+its first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from reconciler.clock import Clock
+from reconciler.errors import (
+    ContainerGone,
+    ExitError,
+    PermanentError,
+    ReconcilerError,
+    TaskPrepared,
+    TaskStarted,
+    TemporaryError,
+)
+from reconciler.executor import ContainerStatus, RuntimeObserver
+from reconciler.model import Task
+from runtime.podman import cgroups
+from runtime.podman.client import ImageMissing, NameConflict, NotFound, PodmanAPI
+from runtime.podman.events import ContainerEvent, EventStream
+from runtime.podman.spec import (
+    TASK_ID_LABEL,
+    container_name,
+    cpu_limits,
+    create_kwargs,
+    runs_healthcheck,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+CONNECT_GRACE = 10.0
+"""How long ``wait`` waits for the event stream on a fresh start before reporting it down."""
+
+_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
+
+
+def parse_timestamp_ns(text: str | None) -> int:
+    """podman's RFC 3339 timestamps with nanoseconds as integer ns since the epoch (0 if unset)."""
+    if not text:
+        return 0
+    m = _TS.match(text.strip())
+    if m is None:
+        return 0
+    base, frac, tz = m.groups()
+    tzs = "+00:00" if tz in (None, "Z") else tz
+    if len(tzs) == 5:
+        tzs = tzs[:3] + ":" + tzs[3:]
+    dt = datetime.fromisoformat(base + tzs)
+    if dt.year <= 1:
+        return 0
+    secs = int(dt.astimezone(UTC).timestamp())
+    ns = int((frac or "0").ljust(9, "0")[:9])
+    return secs * 1_000_000_000 + ns
+
+
+@dataclass
+class Runtime:
+    """What every controller of one executor shares."""
+
+    api: PodmanAPI
+    events: EventStream
+    clock: Clock
+    observer: RuntimeObserver
+    node_id: str
+    registry: dict[str, PodmanController] = field(default_factory=dict)
+    is_up: Callable[[], bool] = lambda: True
+
+
+class PodmanController:
+    """Runs one task instance as one podman container."""
+
+    def __init__(self, runtime: Runtime, task: Task) -> None:
+        self._rt = runtime
+        self._task = task
+        self._kwargs = create_kwargs(task.spec, task_id=task.id, node_id=runtime.node_id)
+        self.name = container_name(task.spec, task.id)
+        self._cid: str | None = task.status.container_id
+        self._pid: int | None = task.status.pid
+        self._exit_code: int | None = task.status.exit_code
+        self._created_here = False  # created by this controller and not yet started
+        self._stopping = False  # the agent itself is stopping or removing the container
+        self._killed_outside = False
+
+    # ------------------------------------------------------------------------ accessors
+
+    @property
+    def task(self) -> Task:
+        return self._task
+
+    def container_status(self) -> ContainerStatus:
+        return ContainerStatus(self._cid, self._pid, self._exit_code)
+
+    def observe(self, listed: dict[str, Any] | None) -> None:
+        """Take what a relist saw of this container (no I/O)."""
+        if listed is None:
+            return
+        self._cid = str(listed.get("Id") or self._cid or "") or None
+        pid = listed.get("Pid")
+        if isinstance(pid, int) and pid > 0:
+            self._pid = pid
+
+    # -------------------------------------------------------------------------- prepare
+
+    async def prepare(self) -> None:
+        spec = self._task.spec
+        if spec.pull == "always":
+            await self._pull()
+        try:
+            self._cid = await self._rt.api.create(self._kwargs)
+        except NameConflict:
+            await self._adopt_existing()
+            raise TaskPrepared() from None
+        except ImageMissing:
+            if spec.pull == "never":
+                self._rt.observer.runtime_error("create")
+                raise PermanentError(
+                    f"image {spec.image} is not present and the pull policy is never"
+                ) from None
+            await self._pull()
+            try:
+                self._cid = await self._rt.api.create(self._kwargs)
+            except NameConflict:
+                await self._adopt_existing()
+                raise TaskPrepared() from None
+            except ImageMissing as err:
+                self._rt.observer.runtime_error("create")
+                raise TemporaryError(f"image {spec.image} is still missing after a pull") from err
+        self._created_here = True
+
+    async def _pull(self) -> None:
+        image = self._task.spec.image
+        try:
+            await self._rt.api.pull(image)
+        except TemporaryError:
+            raise
+        except ReconcilerError as err:
+            # A registry refusing is worth retrying too: PRODUCT.md makes every failed pull
+            # under missing/always temporary.
+            raise TemporaryError(f"pulling image {image} failed: {err}") from err
+
+    async def _adopt_existing(self) -> None:
+        """The name is taken: it is ours if it carries this task's id."""
+        try:
+            info = await self._rt.api.inspect(self.name)
+        except NotFound:
+            raise TemporaryError(f"container {self.name} vanished while being created") from None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(TASK_ID_LABEL) != self._task.id:
+            raise PermanentError(
+                f"container name {self.name} is taken by a container of another task"
+            )
+        self._take_inspect(info)
+
+    # ---------------------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        if not self._created_here:
+            info = await self._inspect_or_gone()
+            state = info.get("State") or {}
+            if state.get("Running") or parse_timestamp_ns(state.get("StartedAt")) > 0:
+                # It has run before (maybe still runs): never run it a second time.
+                raise TaskStarted()
+        self._stopping = False
+        try:
+            started = await self._rt.api.start(self.name)
+        except NotFound:
+            raise ContainerGone() from None
+        self._created_here = False
+        if not started:
+            raise TaskStarted()
+
+    # ----------------------------------------------------------------------------- wait
+
+    async def wait(self) -> None:
+        events = self._rt.events
+        if not events.connected:
+            if not self._rt.is_up():
+                raise TemporaryError("podman is not answering (event stream down)")
+            try:
+                await asyncio.wait_for(events.wait_connected(), CONNECT_GRACE)
+            except TimeoutError:
+                raise TemporaryError("podman's event stream is not connected") from None
+        with events.watch(self.name) as w:
+            health: asyncio.Task[None] | None = None
+            try:
+                started = await self._check_state()
+                if started is None:
+                    return
+                started_ns = started
+                if runs_healthcheck(self._task.spec):
+                    health = asyncio.create_task(self._health_loop(), name=f"health {self.name}")
+                while True:
+                    ev = await w.get()
+                    if ev.action == "died" and ev.time_ns >= started_ns:
+                        code = ev.exit_code
+                        if code is None:
+                            if await self._check_state() is None:
+                                return
+                            continue
+                        self._judge(code)
+                        return
+                    if ev.action == "kill" and not self._stopping:
+                        self._killed_outside = True
+                    elif ev.action == "remove":
+                        self._gone()
+                    elif ev.action == "recheck":
+                        started = await self._check_state()
+                        if started is None:
+                            return
+                        started_ns = started
+                    elif ev.action == "lost":
+                        raise TemporaryError(ev.detail or "podman's event stream was lost")
+                    elif ev.action == "unhealthy":
+                        await self._fail_unhealthy(ev.detail)
+            finally:
+                if health is not None:
+                    health.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await health
+
+    async def _check_state(self) -> int | None:
+        """Inspect once: a running container's StartedAt (ns), or judge an exited one.
+
+        Returns None when the container exited with code 0; raises ``ExitError`` for another
+        code and ``ContainerGone`` when it is missing."""
+        info = await self._inspect_or_gone()
+        state = info.get("State") or {}
+        status = str(state.get("Status") or "")
+        started_ns = parse_timestamp_ns(state.get("StartedAt"))
+        if state.get("Running") or status in ("running", "paused", "stopping"):
+            return started_ns
+        if started_ns == 0 and status in ("created", "configured", "initialized"):
+            raise PermanentError(f"container {self.name} was never started (state {status})")
+        self._judge(int(state.get("ExitCode") or 0))
+        return None
+
+    def _judge(self, code: int) -> None:
+        """End the wait by exit code: return for 0, raise ``ExitError`` otherwise."""
+        self._exit_code = code
+        if not self._stopping:
+            self._rt.observer.drift_corrected("container_exited")
+        if code == 0:
+            return
+        if self._killed_outside and not self._stopping:
+            raise ExitError(code, f"container was killed outside the agent (exit code {code})")
+        raise ExitError(code)
+
+    def _gone(self) -> NoReturn:
+        if not self._stopping:
+            self._rt.observer.drift_corrected("container_missing")
+        raise ContainerGone()
+
+    async def _inspect_or_gone(self) -> dict[str, Any]:
+        try:
+            info = await self._rt.api.inspect(self.name)
+        except NotFound:
+            self._gone()
+        self._take_inspect(info)
+        return info
+
+    def _take_inspect(self, info: dict[str, Any]) -> None:
+        self._cid = str(info.get("Id") or self._cid or "") or None
+        state = info.get("State") or {}
+        pid = state.get("Pid")
+        if isinstance(pid, int) and pid > 0:
+            self._pid = pid
+        if state.get("Status") in ("exited", "stopped"):
+            code = state.get("ExitCode")
+            if isinstance(code, int):
+                self._exit_code = code
+
+    # --------------------------------------------------------------------------- health
+
+    async def _health_loop(self) -> None:
+        hc = self._task.spec.healthcheck
+        assert hc is not None
+        clock = self._rt.clock
+        while True:
+            await clock.sleep(hc.interval)
+            try:
+                verdict = await self._rt.api.healthcheck(self.name, check_timeout=hc.timeout)
+            except TemporaryError:
+                continue  # podman down: the event stream reports that
+            except ReconcilerError:
+                continue  # not running any more: the exit arrives as an event
+            if str(verdict.get("Status", "")).lower() == "unhealthy":
+                streak = verdict.get("FailingStreak")
+                output = ""
+                logs = verdict.get("Log") or []
+                if logs and isinstance(logs[-1], dict):
+                    output = str(logs[-1].get("Output") or "").strip()
+                detail = f"{streak} consecutive checks failed" if streak else "unhealthy"
+                if output:
+                    detail += f" (last output: {output[:200]})"
+                self._rt.events.post(
+                    self.name, ContainerEvent("unhealthy", self.name, detail=detail)
+                )
+                return
+
+    async def _fail_unhealthy(self, detail: str) -> None:
+        self._stopping = True
+        await self._rt.api.stop(self.name, grace=self._task.spec.stop_grace_period)
+        code = 1
+        with contextlib.suppress(ReconcilerError):
+            info = await self._rt.api.inspect(self.name)
+            code = int((info.get("State") or {}).get("ExitCode") or 0)
+        self._exit_code = code
+        raise ExitError(code, f"health check failed: {detail}; container stopped")
+
+    # -------------------------------------------------------------------- stop / remove
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(NotFound):
+            await self._rt.api.stop(self.name, grace=self._task.spec.stop_grace_period)
+
+    async def terminate(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(NotFound):
+            await self._rt.api.kill(self.name)
+
+    async def remove(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(NotFound):
+            await self._rt.api.remove(self.name)
+        self._unregister()
+
+    async def close(self) -> None:
+        self._unregister()
+
+    def _unregister(self) -> None:
+        if self._rt.registry.get(self.name) is self:
+            del self._rt.registry[self.name]
+
+    # --------------------------------------------------------------------------- update
+
+    async def update(self, task: Task) -> None:
+        old = self._task.spec
+        new = task.spec
+        if task.id != self._task.id:
+            raise PermanentError("update: a controller cannot change its task id")
+        other = [f for f in new.fields_differing(old) if f not in ("resources",)]
+        if other:
+            raise PermanentError(
+                f"cannot change {', '.join(other)} of a running container in place"
+            )
+        if new.resources == old.resources:
+            self._task = task
+            return
+        body: dict[str, Any] = {}
+        mem = new.resources.memory
+        if mem != old.resources.memory:
+            # podman creates containers with swap = 2 x memory; keep that, or raising memory
+            # above the old swap limit fails under cgroup v1.
+            body["memory"] = {"limit": mem, "swap": 2 * mem} if mem else {"limit": -1, "swap": -1}
+        cpu = cpu_limits(new.resources.cpus)
+        if new.resources.cpus != old.resources.cpus:
+            period, quota = cpu if cpu is not None else (100_000, -1)
+            body["cpu"] = {"period": period, "quota": quota}
+        try:
+            await self._rt.api.update_resources(self.name, body)
+        except TemporaryError:
+            raise
+        except ReconcilerError as err:
+            raise PermanentError(f"resources could not be changed in place: {err}") from err
+        info = await self._inspect_or_gone()
+        applied = cgroups.read_limits(str((info.get("State") or {}).get("CgroupPath") or ""))
+        if applied is None:
+            self._rt.observer.runtime_error("update")
+            raise PermanentError("resources could not be verified in place (cgroup not readable)")
+        problems = []
+        if "memory" in body and not cgroups.memory_matches(applied.memory, mem):
+            problems.append(f"memory is {applied.memory}, wanted {mem}")
+        if "cpu" in body:
+            want_quota = cpu[1] if cpu is not None else None
+            if applied.cpu_quota != want_quota:
+                problems.append(f"cpu quota is {applied.cpu_quota}, wanted {want_quota}")
+        if problems:
+            self._rt.observer.runtime_error("update")
+            raise PermanentError("resources did not change in place: " + "; ".join(problems))
+        self._task = task

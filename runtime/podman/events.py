@@ -1,0 +1,338 @@
+"""podman's event stream, read by one thread and fanned out on the asyncio loop.
+
+This module owns the only long-lived podman connection the runtime keeps. It exists so that no
+controller needs a thread or a poll loop of its own to learn that its container exited: one
+reader thread follows ``GET /events?stream=true`` (what podman-py's
+``client.events(decode=True)`` does, done here through the same ``APIClient`` so that the
+response's socket can be shut down to unblock the thread on close), parses each line, and hands
+it to the loop with ``loop.call_soon_threadsafe``.
+
+Filtering is client-side: on podman 4.3 a ``label`` filter on the events API delivers nothing,
+so the server is only asked for container events and the reader keeps those whose
+``reconciler.node`` attribute (podman copies labels into the event's attributes) is this node's.
+
+Watches are keyed by container *name* (``<task>.<instance id>``, unique per instance), so a
+controller can start watching before it knows the container id, then inspect, without a window
+in which an exit could be missed.
+
+Robustness:
+
+* **Reconnect.** A supervisor coroutine restarts the reader after the stream ends or fails, with
+  capped exponential backoff through the injected clock. Every watch is told the stream was
+  lost (its waiter raises ``TemporaryError`` and re-inspects when retried), because events may
+  have been missed while it was down.
+* **Rotation.** podman's file events logger rotates its log; the open stream survives it, but
+  re-reads part of the rotated file, so old events come again. Events older than the newest one
+  seen on this connection are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import podman
+
+from reconciler.clock import Clock
+from reconciler.executor import RuntimeObserver
+from runtime.podman.client import Reachability
+from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
+
+log = logging.getLogger(__name__)
+
+INITIAL_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
+# The actions a waiter cares about; everything else is dropped in the reader thread.
+RELEVANT_ACTIONS = frozenset({"start", "died", "remove", "kill", "stop", "health_status"})
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerEvent:
+    """One event for one of this node's containers, or a marker from the stream itself.
+
+    ``action`` is podman's (start, died, remove, kill, stop, health_status), or one of the
+    markers ``lost`` (the stream dropped; events may have been missed), ``recheck`` (a resync
+    saw a disagreement) and ``unhealthy`` (the agent's own health check failed).
+    """
+
+    action: str
+    name: str
+    container_id: str = ""
+    task_id: str = ""
+    exit_code: int | None = None
+    time_ns: int = 0
+    detail: str = ""
+
+
+class Watch:
+    """The events of one container name, queued for one waiter."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._queue: asyncio.Queue[ContainerEvent] = asyncio.Queue()
+
+    def put(self, ev: ContainerEvent) -> None:
+        self._queue.put_nowait(ev)
+
+    async def get(self) -> ContainerEvent:
+        return await self._queue.get()
+
+
+class EventStream:
+    """One reader of podman's events, feeding the watches registered on the loop."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        node_id: str,
+        clock: Clock,
+        observer: RuntimeObserver,
+        reachability: Reachability,
+    ) -> None:
+        self._url = url
+        self._node_id = node_id
+        self._clock = clock
+        self._observer = observer
+        self._reach = reachability
+        self._watches: dict[str, set[Watch]] = {}
+        self._connected = False
+        self._connected_event: asyncio.Event | None = None
+        self._down_event: asyncio.Event | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = threading.Event()
+        self._resp_lock = threading.Lock()
+        self._resp: Any = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[ContainerEvent], None]] = []
+        self.connections = 0
+        """How many times the stream has connected (for tests and logs)."""
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start following events in the background. Never fails if podman is down."""
+        if self._supervisor is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._connected_event = asyncio.Event()
+        self._down_event = asyncio.Event()
+        self._supervisor = asyncio.create_task(self._supervise(), name="podman-events")
+
+    async def close(self) -> None:
+        """Stop the reader thread and the supervisor; wait for both."""
+        self._closing.set()
+        self._shutdown_stream()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        thread = self._thread
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
+            self._thread = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def wait_connected(self) -> None:
+        """Wait until the stream is connected (returns at once if it is)."""
+        if self._connected_event is None:
+            raise RuntimeError("the event stream was not started")
+        await self._connected_event.wait()
+
+    # -------------------------------------------------------------------------- watches
+
+    @contextlib.contextmanager
+    def watch(self, name: str) -> Iterator[Watch]:
+        """Queue the events of container ``name`` for the duration of the ``with`` block."""
+        w = Watch(name)
+        self._watches.setdefault(name, set()).add(w)
+        try:
+            yield w
+        finally:
+            ws = self._watches.get(name)
+            if ws is not None:
+                ws.discard(w)
+                if not ws:
+                    del self._watches[name]
+
+    def watched_names(self) -> list[str]:
+        return list(self._watches)
+
+    def post(self, name: str, ev: ContainerEvent) -> None:
+        """Deliver a synthetic event (a resync's ``recheck``, a health verdict) to ``name``."""
+        for w in list(self._watches.get(name, ())):
+            w.put(ev)
+
+    def add_listener(self, fn: Callable[[ContainerEvent], None]) -> None:
+        """Call ``fn`` on the loop for every event of this node's containers."""
+        self._listeners.append(fn)
+
+    # ------------------------------------------------------------------------ supervisor
+
+    async def _supervise(self) -> None:
+        backoff = INITIAL_BACKOFF
+        while not self._closing.is_set():
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[BaseException | None] = loop.create_future()
+            thread = threading.Thread(
+                target=self._read, args=(loop, done), name="podman-events", daemon=True
+            )
+            self._thread = thread
+            thread.start()
+            try:
+                err = await asyncio.shield(done)
+            finally:
+                if not done.done():
+                    # Cancelled by close(): unblock and join the reader.
+                    self._shutdown_stream()
+            await loop.run_in_executor(None, thread.join)
+            self._thread = None
+            was_connected = self._connected
+            self._set_disconnected()
+            if self._closing.is_set():
+                return
+            if err is not None:
+                self._observer.runtime_error("events")
+                log.warning("podman event stream failed: %s", err)
+            if not was_connected:
+                self._reach.set(False)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+            else:
+                backoff = INITIAL_BACKOFF
+            await self._clock.sleep(backoff)
+
+    def _set_disconnected(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        if self._connected_event is not None:
+            self._connected_event.clear()
+        for name, ws in list(self._watches.items()):
+            for w in list(ws):
+                w.put(ContainerEvent("lost", name, detail="podman's event stream was lost"))
+
+    def _on_connected(self) -> None:
+        self._connected = True
+        self.connections += 1
+        if self._connected_event is not None:
+            self._connected_event.set()
+        self._reach.set(True)
+
+    # --------------------------------------------------------------------- reader thread
+
+    def _shutdown_stream(self) -> None:
+        with self._resp_lock:
+            resp = self._resp
+        if resp is None:
+            return
+        conn = getattr(getattr(resp, "raw", None), "connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)  # SHUT_RDWR: wakes the blocked read
+
+    def _read(
+        self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[BaseException | None]
+    ) -> None:
+        error: BaseException | None = None
+        client: podman.PodmanClient | None = None
+        try:
+            # Its own client, without a read timeout: the stream is idle for as long as
+            # nothing happens on the host.
+            client = podman.PodmanClient(base_url=self._url)
+            resp = client.api.get(
+                "/events",
+                params={"stream": True, "filters": json.dumps({"type": ["container"]})},
+                stream=True,
+            )
+            with self._resp_lock:
+                self._resp = resp
+            if self._closing.is_set():
+                return
+            resp.raise_for_status()
+            loop.call_soon_threadsafe(self._on_connected)
+            newest = 0
+            at_newest: set[tuple[str, str]] = set()
+            for line in resp.iter_lines():
+                if self._closing.is_set():
+                    break
+                if not line:
+                    continue
+                ev = self._parse(line)
+                if ev is None:
+                    continue
+                # Log rotation replays part of the old file: drop what was already seen.
+                key = (ev.container_id, ev.action)
+                if ev.time_ns < newest or (ev.time_ns == newest and key in at_newest):
+                    continue
+                if ev.time_ns > newest:
+                    newest = ev.time_ns
+                    at_newest = set()
+                at_newest.add(key)
+                loop.call_soon_threadsafe(self._dispatch, ev)
+        except BaseException as exc:  # the supervisor decides what to do with it
+            if not self._closing.is_set():
+                error = exc
+        finally:
+            with self._resp_lock:
+                resp_ = self._resp
+                self._resp = None
+            if resp_ is not None:
+                with contextlib.suppress(Exception):
+                    resp_.close()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(_settle, done, error)
+
+    def _parse(self, line: bytes | str) -> ContainerEvent | None:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("Type") != "container":
+            return None
+        action = str(data.get("Action") or data.get("status") or "")
+        if action not in RELEVANT_ACTIONS:
+            return None
+        actor = data.get("Actor") or {}
+        attrs = actor.get("Attributes") or {}
+        if attrs.get(NODE_LABEL) != self._node_id:
+            return None
+        code: int | None = None
+        if action == "died":
+            with contextlib.suppress(TypeError, ValueError):
+                code = int(str(attrs.get("containerExitCode")))
+        return ContainerEvent(
+            action=action,
+            name=str(attrs.get("name", "")),
+            container_id=str(actor.get("ID") or data.get("id") or ""),
+            task_id=str(attrs.get(TASK_ID_LABEL, "")),
+            exit_code=code,
+            time_ns=int(data.get("timeNano") or 0),
+            detail=str(attrs.get("health_status", "")),
+        )
+
+    def _dispatch(self, ev: ContainerEvent) -> None:
+        for w in list(self._watches.get(ev.name, ())):
+            w.put(ev)
+        for fn in list(self._listeners):
+            fn(ev)
+
+
+def _settle(fut: asyncio.Future[BaseException | None], value: BaseException | None) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -1,0 +1,202 @@
+"""``PodmanExecutor``: the podman runtime behind ``reconciler.executor.Executor``.
+
+This module owns the runtime's shared resources and their lifetime: one bounded thread pool
+with its podman-py client (``client.PodmanAPI``), one event stream (``events.EventStream``), the
+reachability flag behind ``reconciler_runtime_up``, and the registry of live controllers. It
+also owns the node-wide operations: ``describe`` (podman info), ``remove_orphans`` and
+``resync``, each a single list or info call.
+
+Startup never needs podman: ``start()`` only launches the event supervisor, which connects in
+the background and keeps retrying with backoff; calls made while podman is away raise
+``TemporaryError`` and flip ``runtime_up`` to false, and the first successful call or stream
+connection flips it back. Nothing is restarted when podman returns: containers keep running
+under conmon, and waiters re-attach by inspecting.
+
+``resync()`` is the level-triggered safety net behind the event stream: one relist of this
+node's containers, compared with what every pending ``wait`` believes; any disagreement (a
+container gone, or no longer running) makes that waiter re-inspect and judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from typing import Any
+
+from reconciler.clock import Clock
+from reconciler.errors import PermanentError
+from reconciler.executor import RuntimeObserver
+from reconciler.model import NodeDescription, Task
+from runtime.podman.client import NotFound, PodmanAPI, Reachability
+from runtime.podman.controller import PodmanController, Runtime
+from runtime.podman.events import ContainerEvent, EventStream
+from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
+
+ORPHAN_STOP_TIMEOUT = 10.0
+"""Seconds an orphan gets to exit on its stop signal before it is killed and removed."""
+
+
+class PodmanExecutor:
+    """Makes podman controllers for one node and owns their shared connection to podman."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        node_id: str,
+        clock: Clock,
+        observer: RuntimeObserver,
+        agent_version: str,
+        max_workers: int = 8,
+    ) -> None:
+        if not node_id:
+            raise ValueError("node_id must not be empty")
+        self.url = url
+        self.node_id = node_id
+        self._agent_version = agent_version
+        self._observer = observer
+        self._reach = Reachability(observer)
+        self._api = PodmanAPI(
+            url=url, observer=observer, reachability=self._reach, max_workers=max_workers
+        )
+        self._events = EventStream(
+            url=url, node_id=node_id, clock=clock, observer=observer, reachability=self._reach
+        )
+        self._rt = Runtime(
+            api=self._api,
+            events=self._events,
+            clock=clock,
+            observer=observer,
+            node_id=node_id,
+            is_up=lambda: self._reach.up,
+        )
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Begin following podman's events in the background. Never fails if podman is down."""
+        if self._started:
+            return
+        self._started = True
+        await self._events.start()
+
+    async def close(self) -> None:
+        """Stop the event reader and the thread pool. Containers are left as they are."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._events.close()
+        await self._api.close()
+
+    async def __aenter__(self) -> PodmanExecutor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def runtime_up(self) -> bool:
+        """Whether podman answered the last call or stream connection."""
+        return self._reach.up
+
+    @property
+    def events(self) -> EventStream:
+        return self._events
+
+    @property
+    def api(self) -> PodmanAPI:
+        return self._api
+
+    async def ping(self) -> bool:
+        """One ``/_ping``; updates ``runtime_up``."""
+        return await self._api.ping()
+
+    # ------------------------------------------------------------------------- executor
+
+    async def describe(self) -> NodeDescription:
+        info = await self._api.info()
+        host: dict[str, Any] = info.get("host") or {}
+        version: dict[str, Any] = info.get("version") or {}
+        distribution = host.get("distribution") or {}
+        return NodeDescription(
+            hostname=str(host.get("hostname") or ""),
+            os=str(host.get("os") or distribution.get("distribution") or "linux"),
+            arch=str(host.get("arch") or ""),
+            cpus=int(host.get("cpus") or 0),
+            memory_bytes=int(host.get("memTotal") or 0),
+            runtime_name="podman",
+            runtime_version=str(version.get("Version") or ""),
+            agent_version=self._agent_version,
+        )
+
+    def controller(self, task: Task) -> PodmanController:
+        """A controller for ``task``. Raises ``SpecError`` (a PermanentError) for a bad spec."""
+        if task.node_id and task.node_id != self.node_id:
+            raise PermanentError(f"task {task.id} is assigned to node {task.node_id}")
+        ctlr = PodmanController(self._rt, task)
+        self._rt.registry[ctlr.name] = ctlr
+        return ctlr
+
+    async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
+        known = set(known_task_ids)
+        listed = await self._api.list(labels={NODE_LABEL: self.node_id})
+        orphans: list[tuple[str, str]] = []
+        for c in listed:
+            labels = c.get("Labels") or {}
+            task_id = labels.get(TASK_ID_LABEL)
+            # Only this node's labelled containers; the list filter already asked for the
+            # node label, and the check is repeated so that nothing else is ever touched.
+            if not task_id or labels.get(NODE_LABEL) != self.node_id or task_id in known:
+                continue
+            orphans.append((str(c.get("Id")), str(task_id)))
+
+        async def remove(cid: str, task_id: str) -> str | None:
+            try:
+                await self._api.remove(cid, stop_timeout=ORPHAN_STOP_TIMEOUT)
+            except NotFound:
+                return None
+            self._observer.drift_corrected("orphan_removed")
+            return task_id
+
+        results = await asyncio.gather(
+            *(remove(cid, tid) for cid, tid in orphans), return_exceptions=True
+        )
+        removed: list[str] = []
+        first_error: BaseException | None = None
+        for r in results:
+            if isinstance(r, BaseException):
+                first_error = first_error or r
+            elif r is not None:
+                removed.append(r)
+        if first_error is not None and not removed:
+            raise first_error
+        return removed
+
+    async def resync(self) -> None:
+        """Relist this node's containers once and make every disagreeing waiter re-inspect.
+
+        Raises ``TemporaryError`` when podman does not answer."""
+        listed = await self._api.list(labels={NODE_LABEL: self.node_id})
+        by_name: dict[str, dict[str, Any]] = {}
+        for c in listed:
+            for n in c.get("Names") or ():
+                by_name[str(n).lstrip("/")] = c
+        for cname, ctlr in list(self._rt.registry.items()):
+            ctlr.observe(by_name.get(cname))
+        for name in self._events.watched_names():
+            seen = by_name.get(name)
+            if seen is None or str(seen.get("State") or "") != "running":
+                self._events.post(name, ContainerEvent("recheck", name, detail="resync"))
+
+    async def container_ids(self) -> dict[str, str]:
+        """Task id -> container id for this node's labelled containers (one list call)."""
+        listed = await self._api.list(labels={NODE_LABEL: self.node_id})
+        out: dict[str, str] = {}
+        for c in listed:
+            tid = (c.get("Labels") or {}).get(TASK_ID_LABEL)
+            if tid:
+                out[str(tid)] = str(c.get("Id"))
+        return out

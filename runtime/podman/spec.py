@@ -1,0 +1,208 @@
+"""TaskSpec -> podman-py ``containers.create()`` keyword arguments: a pure function.
+
+This module owns the mapping from PRODUCT.md's task schema onto what podman 4.3's REST API
+accepts through podman-py, and nothing else: no I/O, so every field can be unit-tested without
+podman. The quirks it encodes were observed on podman 4.3.1 with podman-py 5.8:
+
+* ``stop_signal`` must be a signal *number* (the name "SIGTERM" gives a 500);
+* ``nano_cpus`` is silently ignored, so CPU limits are ``cpu_period`` + ``cpu_quota``;
+* health-check durations are nanoseconds, and ``Timeout`` must be non-zero or the healthcheck
+  endpoint fails with "exceeded timeout of 0s";
+* named volumes go through ``volumes`` (the API's ``mounts`` only takes bind and tmpfs);
+* log rotation needs an explicit ``k8s-file`` driver for the size to apply.
+
+A spec that cannot be expressed (an unknown signal, network or mount type) raises ``SpecError``,
+a ``PermanentError``, so ``resolve()`` rejects the task instead of retrying it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+from typing import Any
+
+from reconciler.errors import PermanentError
+from reconciler.model import TaskSpec
+
+NODE_LABEL = "reconciler.node"
+TASK_ID_LABEL = "reconciler.task.id"
+TASK_NAME_LABEL = "reconciler.task.name"
+RESERVED_LABEL_PREFIX = "reconciler."
+
+CPU_PERIOD_US = 100_000
+"""The CFS period used for CPU limits: 100 ms, the kernel's and docker's default."""
+
+MIN_CPU_QUOTA_US = 1_000
+"""The kernel refuses CFS quotas below 1 ms."""
+
+NETWORK_MODES = {"bridge": "bridge", "host": "host", "none": "none"}
+MOUNT_TYPES = ("bind", "volume", "tmpfs")
+_NAMED_VOLUME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_NS = 1_000_000_000
+
+
+class SpecError(PermanentError):
+    """The task spec cannot be turned into a podman container."""
+
+
+def container_name(spec: TaskSpec, task_id: str) -> str:
+    """The container's name: ``<task name>.<instance id>`` (PRODUCT.md, Containers)."""
+    return f"{spec.name}.{task_id}"
+
+
+def signal_number(name: str | None) -> int | None:
+    """A signal name ("SIGTERM", "TERM", "sigkill") or number ("15") as a number."""
+    if name is None or name == "":
+        return None
+    text = name.strip().upper()
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < signal.NSIG:
+            return num
+        raise SpecError(f"stopSignal: {name!r} is not a valid signal number")
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        raise SpecError(f"stopSignal: unknown signal {name!r}") from None
+
+
+def container_labels(spec: TaskSpec, *, task_id: str, node_id: str) -> dict[str, str]:
+    """The task's own labels plus the reserved ones, which always win."""
+    labels = {k: v for k, v in spec.labels if not k.startswith(RESERVED_LABEL_PREFIX)}
+    labels[TASK_NAME_LABEL] = spec.name
+    labels[TASK_ID_LABEL] = task_id
+    labels[NODE_LABEL] = node_id
+    return labels
+
+
+def cpu_limits(cpus: float | None) -> tuple[int, int] | None:
+    """(period, quota) in microseconds for a CPU limit, or None for no limit."""
+    if cpus is None:
+        return None
+    if cpus <= 0 or not math.isfinite(cpus):
+        raise SpecError(f"resources.cpus: {cpus} must be a positive number")
+    return CPU_PERIOD_US, max(MIN_CPU_QUOTA_US, round(cpus * CPU_PERIOD_US))
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * _NS)
+
+
+def create_kwargs(spec: TaskSpec, *, task_id: str, node_id: str) -> dict[str, Any]:
+    """The keyword arguments for podman-py's ``containers.create()`` for one task instance.
+
+    Pure and deterministic. Raises ``SpecError`` for a spec podman cannot run.
+    """
+    if not spec.image:
+        raise SpecError("image: must not be empty")
+    kw: dict[str, Any] = {
+        "image": spec.image,
+        "name": container_name(spec, task_id),
+        "labels": container_labels(spec, task_id=task_id, node_id=node_id),
+        # One size-capped log per container; podman rotates it (k8s-file is the driver that
+        # honours the size on podman 4.3).
+        "log_config": {"Type": "k8s-file", "Config": {"size": int(spec.log_max_size)}},
+        "stop_timeout": max(0, math.ceil(spec.stop_grace_period)),
+    }
+    if spec.command is not None:
+        kw["command"] = list(spec.command)
+    if spec.entrypoint is not None:
+        kw["entrypoint"] = list(spec.entrypoint)
+    if spec.env:
+        kw["environment"] = {k: v for k, v in spec.env}
+
+    # resources
+    cpu = cpu_limits(spec.resources.cpus)
+    if cpu is not None:
+        kw["cpu_period"], kw["cpu_quota"] = cpu
+    if spec.resources.memory is not None:
+        if spec.resources.memory <= 0:
+            raise SpecError(f"resources.memory: {spec.resources.memory} must be positive")
+        kw["mem_limit"] = int(spec.resources.memory)
+
+    # ports: {"80/tcp": host} with several host bindings of one container port as a list
+    if spec.ports:
+        ports: dict[str, list[int | tuple[str, int]]] = {}
+        for p in spec.ports:
+            proto = p.protocol.lower()
+            if proto not in ("tcp", "udp"):
+                raise SpecError(f"ports: unknown protocol {p.protocol!r}")
+            binding: int | tuple[str, int] = (p.host_ip, p.host_port) if p.host_ip else p.host_port
+            ports.setdefault(f"{p.container_port}/{proto}", []).append(binding)
+        kw["ports"] = {k: (v[0] if len(v) == 1 else v) for k, v in ports.items()}
+
+    # mounts: bind and tmpfs through ``mounts``, named volumes through ``volumes``
+    mounts: list[dict[str, Any]] = []
+    volumes: dict[str, dict[str, str]] = {}
+    for m in spec.mounts:
+        if m.type not in MOUNT_TYPES:
+            raise SpecError(f"mounts: unknown type {m.type!r}")
+        if not m.target.startswith("/"):
+            raise SpecError(f"mounts: target {m.target!r} must be an absolute path")
+        if m.type == "bind":
+            if not m.source.startswith("/"):
+                raise SpecError(f"mounts: bind source {m.source!r} must be an absolute path")
+            mount: dict[str, Any] = {"type": "bind", "source": m.source, "target": m.target}
+            if m.read_only:
+                mount["read_only"] = True
+            mounts.append(mount)
+        elif m.type == "tmpfs":
+            mounts.append({"type": "tmpfs", "source": "tmpfs", "target": m.target})
+        else:
+            if not _NAMED_VOLUME.match(m.source):
+                raise SpecError(f"mounts: volume name {m.source!r} is not valid")
+            volumes[m.source] = {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
+    if mounts:
+        kw["mounts"] = mounts
+    if volumes:
+        kw["volumes"] = volumes
+
+    if spec.network not in NETWORK_MODES:
+        raise SpecError(f"network: unknown mode {spec.network!r}")
+    kw["network_mode"] = NETWORK_MODES[spec.network]
+
+    if spec.user is not None:
+        kw["user"] = spec.user
+    if spec.workdir is not None:
+        kw["working_dir"] = spec.workdir
+    if spec.devices:
+        kw["devices"] = [
+            d.host if not d.container or d.container == d.host else f"{d.host}:{d.container}"
+            for d in spec.devices
+        ]
+    if spec.cap_add:
+        kw["cap_add"] = list(spec.cap_add)
+    if spec.cap_drop:
+        kw["cap_drop"] = list(spec.cap_drop)
+    sig = signal_number(spec.stop_signal)
+    if sig is not None:
+        kw["stop_signal"] = sig
+
+    hc = spec.healthcheck
+    if hc is not None:
+        if not hc.test:
+            raise SpecError("healthcheck.test: must not be empty")
+        if hc.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+            raise SpecError(
+                f"healthcheck.test: must start with CMD or CMD-SHELL, not {hc.test[0]!r}"
+            )
+        if hc.test[0] != "NONE":
+            if hc.interval <= 0 or hc.timeout <= 0:
+                raise SpecError("healthcheck: interval and timeout must be positive")
+            kw["healthcheck"] = {
+                "Test": list(hc.test),
+                "Interval": _ns(hc.interval),
+                "Timeout": _ns(hc.timeout),
+                "Retries": max(1, hc.retries),
+                "StartPeriod": _ns(hc.start_period),
+            }
+    return kw
+
+
+def runs_healthcheck(spec: TaskSpec) -> bool:
+    """Whether the agent has to run a health check for this spec."""
+    hc = spec.healthcheck
+    return hc is not None and bool(hc.test) and hc.test[0] != "NONE"
