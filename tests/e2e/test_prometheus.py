@@ -1,0 +1,367 @@
+"""End to end: a real Prometheus scrapes reconciler's /metrics, and every dashboard panel has data.
+
+Debian's ``prometheus`` binary is started on a free loopback port with a temporary config that
+scrapes ``reconciler.http.serve`` once a second. The agent side is the real HTTP server and the
+real ``Metrics``, fed a hand-built ``Snapshot`` of realistic tasks while event metrics (start
+latency, resync duration, runtime errors, drift corrections, rejected reloads) keep arriving, as
+they do on a busy host. Once Prometheus has a few scrapes, every panel expression of the
+Grafana dashboard is sent to Prometheus's HTTP API, with the dashboard's variables replaced by
+concrete values, and must return data. Every alert expression must at least evaluate.
+
+Without the binary this skips on a developer machine and fails under CI (``CI`` set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+from prometheus_client import CollectorRegistry
+
+from reconciler import __version__
+from reconciler.http import serve
+from reconciler.metrics import Metrics
+from reconciler.model import NodeDescription, TaskState
+from reconciler.snapshot import Snapshot, TaskView
+
+# One Prometheus and one agent serve every test of this module (startup is the slow part), on
+# one event loop for the module.
+pytestmark = [pytest.mark.prometheus, pytest.mark.asyncio(loop_scope="module")]
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "grafana" / "dashboards" / "reconciler.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+STARTUP_DEADLINE = 90.0  # seconds for Prometheus to start and collect a few scrapes
+
+
+# ------------------------------------------------------------------------- the agent side
+
+
+def realistic_snapshot(now: float) -> Snapshot:
+    def view(
+        name: str,
+        id: str,
+        state: TaskState,
+        *,
+        current: bool = True,
+        restarts: int = 0,
+        exit_code: int | None = None,
+    ) -> TaskView:
+        return TaskView(
+            name=name,
+            id=id,
+            desired_state=TaskState.RUNNING if current else TaskState.SHUTDOWN,
+            state=state,
+            message="started" if state == TaskState.RUNNING else None,
+            err="exit status 1" if exit_code else None,
+            container_id=f"{id}c0ffee" if state >= TaskState.READY else None,
+            exit_code=exit_code,
+            updated_at=now - 60,
+            restarts=restarts,
+            current=current,
+        )
+
+    tasks = [
+        view("api", "api-7", TaskState.RUNNING, restarts=6),
+        view("api", "api-6", TaskState.FAILED, current=False, restarts=6, exit_code=1),
+        view("api", "api-5", TaskState.FAILED, current=False, restarts=6, exit_code=1),
+        view("batch", "batch-2", TaskState.COMPLETE, restarts=1, exit_code=0),
+        view("cache", "cache-1", TaskState.PREPARING),
+        view("metrics-proxy", "mp-1", TaskState.STARTING),
+        view("sensor-reader", "sr-3", TaskState.REJECTED, restarts=2),
+    ]
+    tasks += [view(f"web-{i}", f"web-{i}-1", TaskState.RUNNING) for i in range(20)]
+    restarts = {t.name: t.restarts for t in tasks}
+    return Snapshot(
+        node_id="node-e2e",
+        node=NodeDescription(
+            hostname="edge-e2e",
+            os="linux",
+            arch="amd64",
+            cpus=2,
+            memory_bytes=2 * 1024**3,
+            runtime_name="podman",
+            runtime_version="4.3.1",
+            agent_version=__version__,
+        ),
+        labels=(("site", "lab"),),
+        ready=True,
+        ready_reason="ready",
+        store_open=True,
+        init_done=True,
+        runtime_up=True,
+        loops_alive=True,
+        desired_read=True,
+        desired_valid=True,
+        desired_applied_at=now - 120,
+        session_connected=True,
+        reports_pending=3,
+        tasks=tuple(tasks),
+        restarts=tuple(sorted(restarts.items())),
+    )
+
+
+class Source:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def __call__(self) -> Snapshot:
+        return self.snap
+
+
+async def busy_agent(source: Source, metrics: Metrics) -> None:
+    """Keep events arriving and the snapshot changing, as on a host with a crash-looping task."""
+    ops = ("pull", "inspect", "healthcheck")
+    kinds = ("container_exited", "container_missing", "orphan_removed")
+    i = 0
+    while True:
+        i += 1
+        metrics.observe_task_start(0.05 * (1 + i % 40))
+        metrics.observe_reconcile(0.002 * (1 + i % 10))
+        metrics.runtime_error(ops[i % len(ops)])
+        metrics.drift_corrected(kinds[i % len(kinds)])
+        if i % 5 == 0:
+            metrics.desired_state_error()
+            restarts = dict(source.snap.restarts)
+            restarts["api"] += 1
+            source.snap = replace(source.snap, restarts=tuple(sorted(restarts.items())))
+        await asyncio.sleep(0.2)
+
+
+# ------------------------------------------------------------------------- Prometheus
+
+
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        message = "the prometheus server binary is not installed (Debian package: prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {message}")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Prom:
+    url: str
+    log: Path
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                raise AssertionError(f"{params}: {e.code} {e.read().decode()}") from None
+        assert body["status"] == "success", body
+        return body["data"]
+
+    async def aapi(self, path: str, **params: str) -> Any:
+        return await asyncio.to_thread(self.api, path, **params)
+
+
+@pytest.fixture(scope="module")
+def prometheus_bin() -> str:
+    return prometheus_binary()
+
+
+@dataclass
+class Agent:
+    port: int
+    source: Source
+    metrics: Metrics
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def agent() -> AsyncIterator[Agent]:
+    source = Source(realistic_snapshot(time.time()))
+    metrics = Metrics(snapshot=source, registry=CollectorRegistry())
+    server = await serve("127.0.0.1", 0, snapshot=source, metrics=metrics)
+    busy = asyncio.create_task(busy_agent(source, metrics))
+    try:
+        yield Agent(server.sockets[0].getsockname()[1], source, metrics)
+    finally:
+        busy.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await busy
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    prometheus_bin: str, agent: Agent, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prom]:
+    tmp_path = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "reconciler",
+                        "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                prometheus_bin,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        yield Prom(f"http://127.0.0.1:{port}", log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_for_scrapes(prom: Prom, count: int) -> None:
+    """Wait until Prometheus has ``count`` successful scrapes of the agent."""
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            data = await prom.aapi(
+                "query", query='sum_over_time(up{job="reconciler"}[1m]) >= ' + str(count)
+            )
+            if data["result"]:
+                return
+            last = data
+        except OSError as e:  # not listening yet
+            last = e
+        await asyncio.sleep(0.5)
+    pytest.fail(
+        f"Prometheus did not scrape the agent {count} times: {last}\n{prom.log.read_text()}"
+    )
+
+
+# ------------------------------------------------------------------------- the checks
+
+
+def concrete(expr: str, instance: str) -> str:
+    """Replace the dashboard's Grafana variables with concrete values."""
+    values = {
+        # as Grafana does: regex-escaped, then escaped again inside the PromQL string
+        "node": re.escape(instance).replace("\\", "\\\\"),
+        "task": ".*",
+        "__rate_interval": "1m",
+        "__interval": "15s",
+        "__range": "5m",
+    }
+    out = re.sub(r"\$\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], expr)
+    out = re.sub(r"\$(\w+)", lambda m: values[m.group(1)], out)
+    assert "$" not in out, out
+    return out
+
+
+def dashboard_targets() -> list[tuple[str, dict[str, Any]]]:
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for p in [panel, *panel.get("panels", [])]:
+            for target in p.get("targets", []):
+                out.append((p["title"], target))
+    return out
+
+
+def has_number(result: list[dict[str, Any]]) -> bool:
+    for series in result:
+        points = series.get("values") or [series["value"]]
+        if any(math.isfinite(float(v)) for _, v in points):
+            return True
+    return False
+
+
+async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
+    agent: Agent, prometheus: Prom
+) -> None:
+    await wait_for_scrapes(prometheus, 8)
+    instance = f"127.0.0.1:{agent.port}"
+    targets = dashboard_targets()
+    assert targets
+    empty = []
+    for title, target in targets:
+        expr = concrete(target["expr"], instance)
+        if target.get("instant"):
+            data = await prometheus.aapi("query", query=expr)
+        else:
+            end = time.time()
+            data = await prometheus.aapi(
+                "query_range", query=expr, start=str(end - 30), end=str(end), step="1"
+            )
+        if not has_number(data["result"]):
+            empty.append(f"{title}: {expr} -> {data['result']}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+async def test_prometheus_sees_the_snapshot_and_the_event_metrics(
+    agent: Agent, prometheus: Prom
+) -> None:
+    await wait_for_scrapes(prometheus, 3)
+
+    async def value(expr: str) -> float:
+        result = (await prometheus.aapi("query", query=expr))["result"]
+        assert len(result) == 1, (expr, result)
+        return float(result[0]["value"][1])
+
+    assert await value('reconciler_node_info{node_id="node-e2e",hostname="edge-e2e"}') == 1
+    assert await value('reconciler_tasks{state="running"}') == 21
+    assert await value('reconciler_tasks{state="failed"}') == 0  # history is excluded
+    assert await value('reconciler_task_state{name="cache",state="preparing"}') == 1
+    assert await value("count(reconciler_task_state)") == 25
+    assert await value("count(reconciler_tasks)") == len(TaskState)
+    assert await value("count(reconciler_runtime_errors_total)") == 10
+    assert await value("count(reconciler_drift_corrections_total)") == 3
+    assert await value('reconciler_task_restarts_total{name="api"}') >= 6
+    assert await value("reconciler_task_start_seconds_count") > 0
+
+
+async def test_every_alert_expression_evaluates(agent: Agent, prometheus: Prom) -> None:
+    await wait_for_scrapes(prometheus, 2)
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            data = await prometheus.aapi("query", query=rule["expr"])
+            assert data["resultType"] == "vector", rule["alert"]
