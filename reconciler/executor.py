@@ -84,6 +84,24 @@ class Executor(Protocol):
         """A controller for the task. Raises ``PermanentError`` if the spec cannot be run."""
         ...
 
+    async def start(self) -> None:
+        """Begin watching the runtime (events, connection). Never fails if it is down."""
+        ...
+
+    async def close(self) -> None:
+        """Stop watching the runtime and release threads. Containers keep running."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the runtime answers now."""
+        ...
+
+    async def resync(self) -> None:
+        """Relist the node's containers once and feed what is true to the controllers, so
+        that anything the event stream missed is noticed. Raises ``TemporaryError`` if the
+        runtime does not answer."""
+        ...
+
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         """Remove this node's containers whose task id is not in ``known_task_ids``.
 

@@ -81,6 +81,7 @@ class FakeExecutor:
         self.calls: Counter[tuple[str, str]] = Counter()
         self.removed_orphans: list[str] = []
         self.update_unsupported = False
+        self.up = True
         self._failures: dict[tuple[str | None, str], _Script] = {}
         self._delays: dict[tuple[str | None, str], float] = {}
         self._exit_on_start: dict[str, int] = {}
@@ -145,6 +146,18 @@ class FakeExecutor:
         if not task.spec.image:
             raise PermanentError("no image given")
         return FakeController(self, task)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> bool:
+        return self.up
+
+    async def resync(self) -> None:
+        self.calls[("*", "resync")] += 1
 
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         orphans = [tid for tid in self.containers if tid not in known_task_ids]
