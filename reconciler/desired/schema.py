@@ -451,7 +451,7 @@ def _kind(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "a boolean"
+        return f"the boolean {json.dumps(value)}"
     if isinstance(value, int):
         return f"the integer {value}"
     if isinstance(value, float):
@@ -502,7 +502,12 @@ def _problems_from_error(
     elif "propertyNames" in error.relative_schema_path:
         yield at((*rel, instance), _message(error, custom), key=True)
     else:
-        yield at(rel, _message(error, custom))
+        message = _message(error, custom)
+        raw = source.raw_text(rel)
+        wanted = value if isinstance(value, list) else [value]
+        if kw == "type" and "string" in wanted and raw and not isinstance(instance, str):
+            message += f'; quote it ("{raw}") to make it text'
+        yield at(rel, message)
 
 
 def _message(error: ValidationError, custom: str | None) -> str:

@@ -103,6 +103,10 @@ class Document:
     source: SourceMap
 
 
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+
+
 class _TooLarge(Exception):
     pass
 
@@ -133,6 +137,9 @@ class _Builder:
             self.problem(line, fpath, "recursive YAML alias")
             return None
         active = active | {id(node)}
+        if node.tag not in (_SEQ, _MAP):
+            self.problem(line, fpath, f"invalid YAML: unsupported tag {node.tag!r}")
+            return None
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*fpath, i), active) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
@@ -224,6 +231,7 @@ def load_documents(text: str, path: str) -> tuple[list[Document], list[Problem]]
             if node is None:  # pragma: no cover - check_node() said there is one
                 break
             builder = _Builder(loader, path, problems)
+            before = len(problems)
             start = node.start_mark.line + 1
             try:
                 data = builder.build(node, (), frozenset())
@@ -237,6 +245,8 @@ def load_documents(text: str, path: str) -> tuple[list[Document], list[Problem]]
                     )
                 )
                 break
+            if data is None and len(problems) > before:
+                continue  # the root itself was refused; "document is empty" would mislead
             source = SourceMap(builder.lines, builder.key_lines, builder.raw)
             documents.append(Document(data, len(documents) + 1, start, source))
     except yaml.YAMLError as e:

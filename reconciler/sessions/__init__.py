@@ -1,0 +1,8 @@
+"""Sessions: the implementations of ``reconciler.session.Session``.
+
+- ``files``: the desired directory of YAML files, watched with ``watchfiles`` (offline manager).
+- ``nats``: the fleet manager over NATS JetStream.
+
+Each module is imported on its own by the composition root, so that running one session never
+loads the other's I/O library.
+"""

@@ -1,0 +1,190 @@
+"""The file session: the desired directory as this node's manager.
+
+``FileSession`` implements ``reconciler.session.Session`` for the offline manager. It owns the
+watching; the rules of what a valid directory is live in ``reconciler.desired``.
+
+Level-triggered by design: whatever the event, the whole directory is re-read and validated,
+and the result is a full ``DesiredTasks`` (or ``DesiredInvalid`` with the problem lines). Events
+only say *when* to look, never *what* changed, so a lost or coalesced event cannot leave the
+agent with a partial view. Duplicates are suppressed: a message equal to the last one sent is
+not sent again (receivers are idempotent anyway).
+
+- **Watching.** ``watchfiles.awatch`` on the directory (not recursive), debounced by
+  ``debounce_ms``, with events for files that do not count (swap files, backups) filtered out.
+- **Missed events.** The watcher wakes every ``poll_interval`` seconds even without events. The
+  first such wake-up after a watch starts re-reads once, which covers changes made between the
+  initial read and the watch being set up; later ones re-read every ``rescan_interval``
+  seconds, a cheap safety net for changes the kernel does not report (``chmod`` on some
+  filesystems, overflowed queues). Each wake-up also checks that the directory is still the
+  one being watched: one that was removed, or replaced by a rename, restarts the watch.
+- **A missing directory** is reported as invalid and then polled for every ``poll_interval``
+  seconds until it appears; no watch is held on it meanwhile.
+- **Stopping.** ``close()`` sets the watcher's stop event; the watcher thread sees it within its
+  50 ms step and ``messages()`` ends. Cancelling the consumer instead also works but may take up
+  to ``poll_interval`` seconds, the longest the watch thread blocks.
+
+Reading and validating run in a worker thread (``asyncio.to_thread``) so a large file set never
+stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from watchfiles import Change, awatch
+
+from reconciler.desired import DesiredStateError, is_desired_file_name, load_directory
+from reconciler.model import NodeDescription
+from reconciler.session import (
+    DesiredInvalid,
+    DesiredTasks,
+    NamedStatus,
+    SessionMessage,
+)
+
+__all__ = ["FileSession", "read_desired"]
+
+
+def read_desired(desired_dir: Path) -> DesiredTasks | DesiredInvalid:
+    """Read and validate the directory once, as the message the session would send.
+
+    Blocking file I/O. ``DesiredTasks`` lists the tasks sorted by name and is always full.
+    """
+    try:
+        desired = load_directory(desired_dir)
+    except DesiredStateError as e:
+        return DesiredInvalid(errors=e.lines())
+    tasks = tuple(desired.tasks[name] for name in sorted(desired.tasks))
+    return DesiredTasks(tasks=tasks, full=True)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the directory, or None when it is not there (or not a directory)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not os.path.isdir(path):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class FileSession:
+    """The desired directory as a ``Session``: one full message per (debounced) change."""
+
+    def __init__(
+        self,
+        desired_dir: Path,
+        *,
+        debounce_ms: int = 50,
+        poll_interval: float = 1.0,
+        rescan_interval: float = 30.0,
+    ) -> None:
+        self._dir = Path(desired_dir)
+        self._debounce_ms = debounce_ms
+        self._poll_interval = poll_interval
+        self._rescan_interval = rescan_interval
+        self._stop = asyncio.Event()
+        self._last: SessionMessage | None = None
+        self._started = False
+
+    @property
+    def desired_dir(self) -> Path:
+        return self._dir
+
+    @property
+    def connected(self) -> bool:
+        """Always True: the directory is the manager, and it is always "reachable"."""
+        return True
+
+    async def report(self, statuses: Mapping[str, NamedStatus]) -> None:
+        """No-op: a directory takes no statuses (they live in the store and ``ps``)."""
+
+    async def heartbeat(self, node: NodeDescription, *, ready: bool) -> None:
+        """No-op: nobody watches this node's heartbeat in offline mode."""
+
+    async def close(self) -> None:
+        """Stop watching; ``messages()`` ends soon after. Idempotent."""
+        self._stop.set()
+
+    async def messages(self) -> AsyncIterator[SessionMessage]:
+        """The initial read, then one message per change that alters the result.
+
+        Every message is a full ``DesiredTasks`` or a ``DesiredInvalid``. Ends when ``close()``
+        is called. May be iterated only once per session. Never raises for bad input.
+        """
+        if self._started:
+            raise RuntimeError("FileSession.messages() can be iterated only once")
+        self._started = True
+        msg = await self._read()
+        if msg is not None:
+            yield msg
+        while not self._stop.is_set():
+            ident = _identity(self._dir)
+            if ident is None:
+                await self._sleep(self._poll_interval)
+                if self._stop.is_set():
+                    break
+                msg = await self._read()
+                if msg is not None:
+                    yield msg
+                continue
+            async for msg in self._watch(ident):
+                yield msg
+
+    async def _watch(self, ident: tuple[int, int]) -> AsyncIterator[SessionMessage]:
+        """Watch the directory while it stays the same directory; yield changed results."""
+        loop = asyncio.get_running_loop()
+        caught_up = False
+        last_scan = loop.time()
+        directory = str(self._dir)
+
+        def wanted(_change: Change, path: str) -> bool:
+            return path == directory or is_desired_file_name(os.path.basename(path))
+
+        changes = awatch(
+            self._dir,
+            watch_filter=wanted,
+            debounce=self._debounce_ms,
+            stop_event=self._stop,
+            rust_timeout=max(1, int(self._poll_interval * 1000)),
+            yield_on_timeout=True,
+            recursive=False,
+            ignore_permission_denied=True,
+        )
+        async with contextlib.aclosing(changes):
+            try:
+                async for batch in changes:
+                    now = loop.time()
+                    moved = _identity(self._dir) != ident
+                    if batch or moved or not caught_up or now - last_scan >= self._rescan_interval:
+                        caught_up = True
+                        last_scan = now
+                        msg = await self._read()
+                        if msg is not None:
+                            yield msg
+                    if moved:
+                        return
+            except OSError:
+                # The watch could not be (re)established, e.g. the directory vanished as it
+                # started. Report what a read sees now; the caller decides how to go on.
+                msg = await self._read()
+                if msg is not None:
+                    yield msg
+                await self._sleep(self._poll_interval)
+
+    async def _read(self) -> SessionMessage | None:
+        """Read the directory; the message, or None when it equals the last one sent."""
+        msg = await asyncio.to_thread(read_desired, self._dir)
+        if msg == self._last:
+            return None
+        self._last = msg
+        return msg
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
