@@ -112,8 +112,60 @@ class _SnapshotCollector(Collector):
         yield from snapshot_families(self._source())
 
 
+_TASK_STATE: Final = (
+    "reconciler_task_state",
+    "One series per current task instance, labelled with its state; always 1.",
+)
+_RESTARTS: Final = (
+    "reconciler_task_restarts",
+    "Replacements made by the restart policy, per task name, from stored counters.",
+)
+_LABEL_OF: Final = {s: s.label for s in TaskState}
+
+
 def snapshot_families(s: Snapshot) -> list[Metric]:
-    """The state metric families of one snapshot (exposed for tests and tools)."""
+    """The state metric families of one snapshot (what the registry collects)."""
+    counts = dict.fromkeys(_STATE_LABELS, 0)
+    per_task = GaugeMetricFamily(*_TASK_STATE, labels=["name", "id", "state"])
+    for t in s.tasks:
+        if t.current:
+            label = _LABEL_OF[t.state]
+            counts[label] += 1
+            per_task.add_metric([t.name, t.id, label], 1.0)
+    restarts = CounterMetricFamily(*_RESTARTS, labels=["name"])
+    for name, n in s.restarts:
+        restarts.add_metric([name], float(n))
+    return [*_node_families(s, counts), per_task, restarts]
+
+
+def render_snapshot(s: Snapshot) -> str:
+    """The text of ``snapshot_families(s)``, built without the per-sample objects.
+
+    The per-task families are most of a scrape on a busy node, so their lines are formatted
+    straight from the snapshot; tests check that the text parses to exactly what the registry
+    collects.
+    """
+    counts = dict.fromkeys(_STATE_LABELS, 0)
+    name, doc = _TASK_STATE
+    lines = [f"# HELP {name} {doc}\n# TYPE {name} gauge\n"]
+    for t in s.tasks:
+        if t.current:
+            label = _LABEL_OF[t.state]
+            counts[label] += 1
+            lines.append(
+                f'reconciler_task_state{{name="{_escape(t.name)}",id="{_escape(t.id)}",'
+                f'state="{label}"}} 1.0\n'
+            )
+    name, doc = _RESTARTS
+    lines.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n")
+    for task_name, n in s.restarts:
+        value = _SMALL_INTS.get(n) or _go_float(n)
+        lines.append(f'reconciler_task_restarts_total{{name="{_escape(task_name)}"}} {value}\n')
+    return _render_families(_node_families(s, counts)) + "".join(lines)
+
+
+def _node_families(s: Snapshot, counts: dict[str, int]) -> list[Metric]:
+    """The node-level state families; ``counts`` is current instances per state label."""
     ready, _ = readiness(s)
     out: list[Metric] = []
 
@@ -157,18 +209,6 @@ def snapshot_families(s: Snapshot) -> list[Metric]:
         _gauge("reconciler_runtime_up", "1 while the container runtime answers.", s.runtime_up)
     )
 
-    counts = dict.fromkeys(_STATE_LABELS, 0)
-    per_task = GaugeMetricFamily(
-        "reconciler_task_state",
-        "One series per current task instance, labelled with its state; always 1.",
-        labels=["name", "id", "state"],
-    )
-    for t in s.tasks:
-        if not t.current:
-            continue
-        label = t.state.label
-        counts[label] += 1
-        per_task.add_metric([t.name, t.id, label], 1.0)
     tasks = GaugeMetricFamily(
         "reconciler_tasks",
         "Current task instances (history excluded) per state.",
@@ -177,16 +217,6 @@ def snapshot_families(s: Snapshot) -> list[Metric]:
     for label in _STATE_LABELS:
         tasks.add_metric([label], counts[label])
     out.append(tasks)
-    out.append(per_task)
-
-    restarts = CounterMetricFamily(
-        "reconciler_task_restarts",
-        "Replacements made by the restart policy, per task name, from stored counters.",
-        labels=["name"],
-    )
-    for name, n in s.restarts:
-        restarts.add_metric([name], float(n))
-    out.append(restarts)
 
     out.append(
         _gauge(
@@ -393,7 +423,7 @@ class Metrics:
             # so the next call re-renders and the event is never lost from the text.
             version = self._version
             if self._text_snap is not snap:
-                self._state_text = _render_families(snapshot_families(snap))
+                self._state_text = render_snapshot(snap)
                 self._text_snap = snap
                 self._text = None
             if self._text_version != version:

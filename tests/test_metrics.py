@@ -388,24 +388,45 @@ def test_render_reads_the_snapshot_once_per_scrape() -> None:
     assert calls == 2
 
 
-def _comparable(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {k: v for k, v in samples(text).items() if not k[0].endswith("_created")}
+def families(text: str) -> dict[str, tuple[str, str, dict[object, float]]]:
+    return {
+        f.name: (
+            f.type,
+            f.documentation,
+            {
+                (x.name, frozenset(x.labels.items())): x.value
+                for x in f.samples
+                if not x.name.endswith("_created")
+            },
+        )
+        for f in text_string_to_metric_families(text)
+        if not f.name.endswith("_created")
+    }
 
 
 def test_render_matches_what_the_registry_collects() -> None:
     from prometheus_client import generate_latest
 
+    views = [
+        task("api", "a1", TaskState.STARTING),
+        task("api", "a0", TaskState.FAILED, current=False),
+    ]
+    views += [task(f"svc-{i}", f"id-{i}", TaskState(list(TaskState)[i % 14])) for i in range(50)]
+    views += [task('we"ird\\name', "x\ny")]
     m, _, reg = make(
         healthy(
-            tasks=(task("api", "a1", TaskState.STARTING), task("web", "w1")),
-            restarts=(("api", 3), ("web", 0)),
+            tasks=tuple(views),
+            restarts=(("api", 3), ("svc-1", 70), ('we"ird\\name', 0)),
             reports_pending=2,
         )
     )
     m.runtime_error("start")
     m.observe_task_start(0.7)
     m.observe_reconcile(0.01)
-    assert _comparable(m.render().decode()) == _comparable(generate_latest(reg).decode())
+    ours = families(m.render().decode())
+    reference = families(generate_latest(reg).decode())
+    assert ours == reference
+    assert len(ours["reconciler_task_state"][2]) == 52
 
 
 def test_render_escapes_label_values() -> None:
