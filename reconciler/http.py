@@ -47,6 +47,9 @@ MAX_HEADER_LINES: Final = 100
 READ_TIMEOUT: Final = 10.0
 #: ... and take the whole response within this many.
 WRITE_TIMEOUT: Final = 10.0
+#: After an error answer, unread input is discarded for at most this long, and this much.
+LINGER_TIMEOUT: Final = 2.0
+LINGER_BYTES: Final = 1 << 20
 #: Connections served at once; more are closed without an answer.
 MAX_CONNECTIONS: Final = 64
 #: Bodies smaller than this are never gzipped: the header would eat the gain.
@@ -123,21 +126,22 @@ class _App:
                 await writer.wait_closed()
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head_only = False
-        extra: dict[str, str] = {}
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 request = await _read_request(reader)
         except TimeoutError:
-            status, ctype, body = 408, _TEXT, b"request timeout\n"
+            await _write_response(writer, 408, _TEXT, b"request timeout\n", {})
+            return
         except _BadRequest as e:
-            status, ctype, body = e.status, _TEXT, e.text.encode() + b"\n"
+            await _write_response(writer, e.status, _TEXT, e.text.encode() + b"\n", {})
+            await _linger(reader, writer)
+            return
         except asyncio.IncompleteReadError:
             return  # closed before a full request; nobody to answer
-        else:
-            head_only = request.method == "HEAD"
-            status, ctype, body, extra = self._dispatch(request)
-        await _write_response(writer, status, ctype, body, extra, head_only=head_only)
+        status, ctype, body, extra = self._dispatch(request)
+        await _write_response(
+            writer, status, ctype, body, extra, head_only=request.method == "HEAD"
+        )
 
     def _dispatch(self, request: _Request) -> tuple[int, str, bytes, dict[str, str]]:
         route = self._routes.get(request.path)
@@ -269,7 +273,7 @@ async def _write_response(
     body: bytes,
     extra: dict[str, str],
     *,
-    head_only: bool,
+    head_only: bool = False,
 ) -> None:
     head = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
@@ -284,6 +288,24 @@ async def _write_response(
         writer.write(body)
     async with asyncio.timeout(WRITE_TIMEOUT):
         await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then discard what the client still sends (a bounded amount, briefly).
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    error response before the client reads it.
+    """
+    with contextlib.suppress(OSError, TimeoutError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_TIMEOUT):
+            budget = LINGER_BYTES
+            while budget > 0:
+                chunk = await reader.read(min(budget, 16384))
+                if not chunk:
+                    break
+                budget -= len(chunk)
 
 
 async def serve(
