@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 
 from watchfiles import Change, awatch
@@ -111,7 +111,7 @@ class FileSession:
         """Stop watching; ``messages()`` ends soon after. Idempotent."""
         self._stop.set()
 
-    async def messages(self) -> AsyncIterator[SessionMessage]:
+    async def messages(self) -> AsyncGenerator[SessionMessage, None]:
         """The initial read, then one message per change that alters the result.
 
         Every message is a full ``DesiredTasks`` or a ``DesiredInvalid``. Ends when ``close()``
