@@ -17,6 +17,8 @@ not sent again (receivers are idempotent anyway).
   seconds, a cheap safety net for changes the kernel does not report (``chmod`` on some
   filesystems, overflowed queues). Each wake-up also checks that the directory is still the
   one being watched: one that was removed, or replaced by a rename, restarts the watch.
+- **Watch failures.** If the kernel refuses a watch (inotify limits, exotic filesystems), the
+  session logs a warning and switches to watchfiles' polling mode; it never stops delivering.
 - **A missing directory** is reported as invalid and then polled for every ``poll_interval``
   seconds until it appears; no watch is held on it meanwhile.
 - **Stopping.** ``close()`` sets the watcher's stop event; the watcher thread sees it within its
@@ -31,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 
 from watchfiles import Change, awatch
@@ -47,6 +50,8 @@ from reconciler.session import (
 )
 
 __all__ = ["FileSession", "read_desired"]
+
+log = logging.getLogger(__name__)
 
 
 def read_desired(desired_dir: Path) -> DesiredTasks | DesiredInvalid:
@@ -85,12 +90,14 @@ class FileSession:
         rescan_interval: float = 30.0,
     ) -> None:
         self._dir = Path(desired_dir)
+        self._abs_dir = os.path.abspath(self._dir)
         self._debounce_ms = debounce_ms
         self._poll_interval = poll_interval
         self._rescan_interval = rescan_interval
         self._stop = asyncio.Event()
         self._last: SessionMessage | None = None
         self._started = False
+        self._force_polling = False
 
     @property
     def desired_dir(self) -> Path:
@@ -133,31 +140,36 @@ class FileSession:
                 if msg is not None:
                     yield msg
                 continue
-            async for msg in self._watch(ident):
-                yield msg
+            async with contextlib.aclosing(self._watch(ident)) as watched:
+                async for msg in watched:
+                    yield msg
 
-    async def _watch(self, ident: tuple[int, int]) -> AsyncIterator[SessionMessage]:
+    async def _watch(self, ident: tuple[int, int]) -> AsyncGenerator[SessionMessage, None]:
         """Watch the directory while it stays the same directory; yield changed results."""
         loop = asyncio.get_running_loop()
         caught_up = False
         last_scan = loop.time()
-        directory = str(self._dir)
+        directory = self._abs_dir
 
         def wanted(_change: Change, path: str) -> bool:
-            return path == directory or is_desired_file_name(os.path.basename(path))
+            return (
+                is_desired_file_name(os.path.basename(path)) or os.path.abspath(path) == directory
+            )
 
-        changes = awatch(
-            self._dir,
-            watch_filter=wanted,
-            debounce=self._debounce_ms,
-            stop_event=self._stop,
-            rust_timeout=max(1, int(self._poll_interval * 1000)),
-            yield_on_timeout=True,
-            recursive=False,
-            ignore_permission_denied=True,
-        )
-        async with contextlib.aclosing(changes):
-            try:
+        try:
+            changes = awatch(
+                self._dir,
+                watch_filter=wanted,
+                debounce=self._debounce_ms,
+                stop_event=self._stop,
+                rust_timeout=max(1, int(self._poll_interval * 1000)),
+                yield_on_timeout=True,
+                recursive=False,
+                ignore_permission_denied=True,
+                force_polling=self._force_polling or None,
+                poll_delay_ms=max(50, self._debounce_ms),
+            )
+            async with contextlib.aclosing(changes):
                 async for batch in changes:
                     now = loop.time()
                     moved = _identity(self._dir) != ident
@@ -169,13 +181,21 @@ class FileSession:
                             yield msg
                     if moved:
                         return
-            except OSError:
-                # The watch could not be (re)established, e.g. the directory vanished as it
-                # started. Report what a read sees now; the caller decides how to go on.
-                msg = await self._read()
-                if msg is not None:
-                    yield msg
-                await self._sleep(self._poll_interval)
+        except Exception as e:
+            # The watch failed: the directory vanished as it started (the caller then polls
+            # for it), or the kernel refused a watch (inotify limits): fall back to
+            # watchfiles' polling. Either way, report what a read sees now.
+            if _identity(self._dir) is not None and not self._force_polling:
+                self._force_polling = True
+                log.warning(
+                    "desired directory watch failed, polling instead: dir=%s error=%r",
+                    self._dir,
+                    e,
+                )
+            msg = await self._read()
+            if msg is not None:
+                yield msg
+            await self._sleep(self._poll_interval)
 
     async def _read(self) -> SessionMessage | None:
         """Read the directory; the message, or None when it equals the last one sent."""

@@ -237,3 +237,32 @@ async def test_cancelling_the_consumer_stops_the_watch(tmp_path: Path) -> None:
         await asyncio.wait_for(waiter, TIMEOUT)
     await messages.aclose()
     await session.close()
+
+
+async def test_a_refused_watch_falls_back_to_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from watchfiles import awatch as real_awatch
+    from watchfiles._rust_notify import WatchfilesRustInternalError
+
+    import reconciler.sessions.files as files
+
+    polling: list[object] = []
+
+    def fake_awatch(*args: object, **kwargs: object) -> object:
+        polling.append(kwargs.get("force_polling"))
+        if not kwargs.get("force_polling"):
+            raise WatchfilesRustInternalError("inotify watch limit reached")
+        return real_awatch(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files, "awatch", fake_awatch)
+    d = safe_dir(tmp_path / "d")
+    write(d / "web.yaml", web())
+    async with watching(FileSession(d, poll_interval=0.2)) as messages:
+        assert names(await next_message(messages)) == ["web"]
+        write(d / "job.yaml", task_set("- name: job\n  image: x"))
+        assert names(await next_message(messages)) == ["job", "web"]
+        (d / "job.yaml").unlink()
+        assert names(await next_message(messages)) == ["web"]
+    assert polling[:2] == [None, True]
+    assert "polling instead" in caplog.text
