@@ -96,6 +96,9 @@ RESET_AFTER = 600.0
 RESOURCES_REPLACED = "resources could not be updated in place; instance replaced"
 """The message shown on both instances when a resources change fell back to a replacement."""
 
+_COALESCE = 0.05
+"""Pending restarts due within this many seconds of a firing one are made in the same round."""
+
 _RUNNING = TaskState.RUNNING
 _SHUTDOWN = TaskState.SHUTDOWN
 
@@ -458,13 +461,20 @@ class LocalManager:
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        try:
-            async with self._lock:
-                await self._process()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("local manager round failed")
+        retry = 1.0
+        while not self._closed:
+            try:
+                async with self._lock:
+                    await self._process()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The store or the worker failed; the state is level-based, so a later
+                # round simply does the same work again.
+                log.exception("local manager round failed; retrying in %.0fs", retry)
+            await self._clock.sleep(retry)
+            retry = min(retry * 2.0, 30.0)
 
     async def _process(self) -> None:
         """Evaluate dirty names, store what changed, then send one full assignment."""
@@ -684,10 +694,21 @@ class LocalManager:
         await self._clock.sleep(wait)
         self._timers.pop(name, None)
         st = self._names.get(name)
-        if st is not None and st.restart_at == deadline:
-            self._due.add(name)
-            self._dirty.add(name)
-            self._kick()
+        if st is None or st.restart_at != deadline:
+            return
+        due = [name]
+        # Restarts due within a moment join this round: after a burst of failures (podman
+        # restarted, host rebooted) that is one full assignment instead of one per name.
+        horizon = self._clock.time() + _COALESCE
+        for other, timer in list(self._timers.items()):
+            ost = self._names.get(other)
+            if ost is not None and ost.restart_at is not None and ost.restart_at <= horizon:
+                del self._timers[other]
+                timer.cancel()
+                due.append(other)
+        self._due.update(due)
+        self._dirty.update(due)
+        self._kick()
 
     def _cancel_restart(self, st: _Name) -> None:
         timer = self._timers.pop(st.name, None)

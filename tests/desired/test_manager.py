@@ -638,3 +638,31 @@ async def test_crash_after_step_two_was_stored_assigns_the_new_instance(agent: A
     new = agent.current("web")
     assert new.id != old and new.state == S.RUNNING
     assert [h.id for h in agent.history("web")] == [old]
+
+
+async def test_a_failed_round_is_retried(agent: Agent) -> None:
+    await agent.apply(spec("web", delay=1.0))
+    first = agent.current("web").id
+    agent.executor.exit(first, 1)
+    await agent.settle()
+    agent.crash_next_assign = True  # the restart's assignment fails once
+    await agent.advance(1.0)
+    assert agent.current("web").id != first  # decided and stored...
+    assert first in agent.store and len(agent.store.task_ids()) == 1  # ...not yet assigned
+    await agent.advance(1.0)
+    assert agent.current("web").state == S.RUNNING
+    assert len(agent.store.task_ids()) == 2
+
+
+async def test_simultaneous_restarts_share_one_assignment(agent: Agent) -> None:
+    names = [f"t{i}" for i in range(10)]
+    await agent.apply(*(spec(n, delay=2.0) for n in names))
+    old = {n: agent.current(n).id for n in names}
+    n = agent.assignments
+    for name in names:
+        agent.executor.exit(old[name], 1)
+    await agent.settle()
+    assert agent.assignments == n  # an end alone assigns nothing
+    await agent.advance(2.0)
+    assert all(agent.current(name).id != old[name] for name in names)
+    assert agent.assignments == n + 1
