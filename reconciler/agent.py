@@ -197,11 +197,15 @@ class Agent:
         loop = self._loop
         if loop is None:
             return
-        loop.call_soon_threadsafe(self._set_runtime_up, up, "container runtime does not answer")
+        reason = "ready" if up else "container runtime does not answer"
+        loop.call_soon_threadsafe(self._set_runtime_up, up, reason)
 
     def _set_runtime_up(self, up: bool, reason: str) -> None:
         if up != self._runtime_up or (not up and reason != self._runtime_reason):
-            log.info("runtime %s reason=%r", "up" if up else "down", reason)
+            if up:
+                log.info("runtime up")
+            else:
+                log.warning("runtime down reason=%r", reason)
             self._runtime_up = up
             self._runtime_reason = reason
             self._changed()
