@@ -436,3 +436,29 @@ def test_parse_task_raises_with_every_problem_in_the_same_format() -> None:
         "spec.ports[0]",
     ]
     assert all(p.path == "nats:node1.api" and p.line == 0 for p in e.value.problems)
+
+
+def test_published_schemas_are_valid_json_schemas() -> None:
+    from jsonschema import Draft202012Validator
+
+    from reconciler.desired.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
+
+    Draft202012Validator.check_schema(TASK_SCHEMA)
+    Draft202012Validator.check_schema(DOCUMENT_SCHEMA)
+
+
+def test_duplicate_key_in_a_task_is_an_error_at_the_second_key(tmp_path: Path) -> None:
+    path, problems = problems_of(tmp_path, HEADER + TASK_HEAD + "    image: other\n")
+    assert [str(p) for p in problems] == [
+        f"{path}:6: tasks[0].image: duplicate key (first given at line 5)"
+    ]
+
+
+def test_keys_that_are_not_identifiers_are_quoted_in_field_paths() -> None:
+    from reconciler.desired.yamlsource import format_field
+
+    assert format_field(("tasks", 0, "labels", "app.example/tier")) == (
+        'tasks[0].labels["app.example/tier"]'
+    )
+    assert format_field(("env", "MY_VAR"), "task") == "task.env.MY_VAR"
+    assert format_field(()) == "document"
