@@ -38,6 +38,7 @@ import podman
 import podman.errors
 import requests
 from podman import api as podman_api
+from podman.api.uds import UDSAdapter, UDSConnection, UDSConnectionPool, UDSPoolManager, UDSSocket
 
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.executor import RuntimeObserver
@@ -188,6 +189,61 @@ def _root_cause(err: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
+class _ClosingUDSConnection(UDSConnection):
+    """podman-py's UDS connection leaks its socket when connecting fails (podman down), which
+    surfaces as ResourceWarnings on every retry; this one closes it."""
+
+    def connect(self) -> None:
+        sock = UDSSocket(self.uds)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _ClosingUDSPool(UDSConnectionPool):
+    ConnectionCls = _ClosingUDSConnection
+
+
+class _ClosingUDSPoolManager(UDSPoolManager):
+    def __init__(self, num_pools: int = 10, headers: Any = None, **kwargs: Any) -> None:
+        super().__init__(num_pools, headers, **kwargs)  # type: ignore[no-untyped-call]
+        self.pool_classes_by_scheme = {"http": _ClosingUDSPool, "http+ssh": _ClosingUDSPool}
+
+
+class _ClosingUDSAdapter(UDSAdapter):
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **kw: Any
+    ) -> None:
+        pool_kwargs = dict(kw)
+        pool_kwargs.update(self._pool_kwargs)
+        self.poolmanager = _ClosingUDSPoolManager(
+            num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
+        )
+
+
+def make_client(
+    url: str, *, timeout: float | None = None, max_pool_size: int | None = None
+) -> podman.PodmanClient:
+    """A podman-py client whose unix-socket connections never leak when podman is down."""
+    client = podman.PodmanClient(base_url=url, timeout=timeout, max_pool_size=max_pool_size)
+    api = client.api
+    if api.base_url.scheme == "http+unix":
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        if max_pool_size is not None:
+            kwargs["pool_maxsize"] = max_pool_size
+        for prefix in ("http://", "https://"):
+            old = api.adapters[prefix]
+            api.mount(prefix, _ClosingUDSAdapter(api.base_url.geturl(), **kwargs))
+            old.close()
+    return client
+
+
 _QUIET: tuple[type[ReconcilerError], ...] = (NotFound, NameConflict, ImageMissing)
 
 
@@ -209,9 +265,7 @@ class PodmanAPI:
             max_workers=max_workers, thread_name_prefix="podman-call"
         )
         # One connection per worker thread, kept alive between calls.
-        self._client = podman.PodmanClient(
-            base_url=url, timeout=DEFAULT_TIMEOUT, max_pool_size=max_workers
-        )
+        self._client = make_client(url, timeout=DEFAULT_TIMEOUT, max_pool_size=max_workers)
         self._api = self._client.api
         self._closed = False
 
@@ -312,8 +366,9 @@ class PodmanAPI:
 
         def run() -> bool:
             resp = self._api.post(f"/containers/{ref}/kill", params={"signal": signal})
-            if resp.status_code == 409 or (
-                resp.status_code >= 500 and "not running" in resp.text.lower()
+            text = resp.text.lower() if resp.status_code >= 400 else ""
+            if resp.status_code == 409 or any(
+                m in text for m in ("not running", "state improper", "can only kill running")
             ):
                 return False
             self._check(resp)

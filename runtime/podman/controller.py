@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 CONNECT_GRACE = 10.0
-"""How long ``wait`` waits for the event stream on a fresh start before reporting it down."""
+"""How long ``wait`` waits for the event stream to (re)connect before reporting it down."""
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
@@ -207,8 +207,8 @@ class PodmanController:
     async def wait(self) -> None:
         events = self._rt.events
         if not events.connected:
-            if not self._rt.is_up():
-                raise TemporaryError("podman is not answering (event stream down)")
+            # Block (cancellably) until the stream is back rather than failing at once: the
+            # waiter then resumes as soon as podman answers again.
             try:
                 await asyncio.wait_for(events.wait_connected(), CONNECT_GRACE)
             except TimeoutError:
@@ -225,13 +225,12 @@ class PodmanController:
                 while True:
                     ev = await w.get()
                     if ev.action == "died" and ev.time_ns >= started_ns:
-                        code = ev.exit_code
-                        if code is None:
-                            if await self._check_state() is None:
-                                return
-                            continue
-                        self._judge(code)
-                        return
+                        # One inspect confirms the exit: ``podman rm -f`` also emits "died"
+                        # first, and holds the container's lock until the removal is done,
+                        # so the inspect answers 404 for a removal and the code otherwise.
+                        if await self._check_state() is None:
+                            return
+                        continue
                     if ev.action == "kill" and not self._stopping:
                         self._killed_outside = True
                     elif ev.action == "remove":
@@ -305,6 +304,14 @@ class PodmanController:
     # --------------------------------------------------------------------------- health
 
     async def _health_loop(self) -> None:
+        """Run the check every interval; post "unhealthy" once podman's verdict says so.
+
+        On podman 4.3.1 the healthcheck endpoint answers the result of the one check it just
+        ran (a single failure already reads "unhealthy", with FailingStreak 0), while the
+        container's stored ``State.Health`` carries the verdict with ``retries`` applied. So a
+        passing check costs one call, and a failing one is followed by one inspect whose
+        cumulative verdict decides: retries are podman's, never counted here a second time.
+        """
         hc = self._task.spec.healthcheck
         assert hc is not None
         clock = self._rt.clock
@@ -312,23 +319,22 @@ class PodmanController:
             await clock.sleep(hc.interval)
             try:
                 verdict = await self._rt.api.healthcheck(self.name, check_timeout=hc.timeout)
-            except TemporaryError:
-                continue  # podman down: the event stream reports that
+                if str(verdict.get("Status", "")).lower() != "unhealthy":
+                    continue
+                if int(verdict.get("FailingStreak") or 0) == 0:
+                    info = await self._rt.api.inspect(self.name)
+                    state = info.get("State") or {}
+                    verdict = state.get("Health") or state.get("Healthcheck") or {}
             except ReconcilerError:
-                continue  # not running any more: the exit arrives as an event
-            if str(verdict.get("Status", "")).lower() == "unhealthy":
-                streak = verdict.get("FailingStreak")
-                output = ""
-                logs = verdict.get("Log") or []
-                if logs and isinstance(logs[-1], dict):
-                    output = str(logs[-1].get("Output") or "").strip()
-                detail = f"{streak} consecutive checks failed" if streak else "unhealthy"
-                if output:
-                    detail += f" (last output: {output[:200]})"
-                self._rt.events.post(
-                    self.name, ContainerEvent("unhealthy", self.name, detail=detail)
-                )
-                return
+                # podman down (the event stream reports that), or the container no longer
+                # runs (its exit arrives as an event): nothing to judge here.
+                continue
+            if str(verdict.get("Status", "")).lower() != "unhealthy":
+                continue
+            self._rt.events.post(
+                self.name, ContainerEvent("unhealthy", self.name, detail=_health_detail(verdict))
+            )
+            return
 
     async def _fail_unhealthy(self, detail: str) -> None:
         self._stopping = True
@@ -412,3 +418,14 @@ class PodmanController:
             self._rt.observer.runtime_error("update")
             raise PermanentError("resources did not change in place: " + "; ".join(problems))
         self._task = task
+
+
+def _health_detail(verdict: dict[str, Any]) -> str:
+    streak = verdict.get("FailingStreak")
+    detail = f"{streak} consecutive checks failed" if streak else "unhealthy"
+    logs = verdict.get("Log") or []
+    if logs and isinstance(logs[-1], dict):
+        output = str(logs[-1].get("Output") or "").strip()
+        if output:
+            detail += f" (last output: {output[:200]})"
+    return detail

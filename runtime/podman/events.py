@@ -41,7 +41,7 @@ import podman
 
 from reconciler.clock import Clock
 from reconciler.executor import RuntimeObserver
-from runtime.podman.client import Reachability
+from runtime.podman.client import Reachability, make_client
 from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ class EventStream:
         try:
             # Its own client, without a read timeout: the stream is idle for as long as
             # nothing happens on the host.
-            client = podman.PodmanClient(base_url=self._url)
+            client = make_client(self._url)
             resp = client.api.get(
                 "/events",
                 params={"stream": True, "filters": json.dumps({"type": ["container"]})},

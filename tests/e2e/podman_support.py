@@ -1,0 +1,113 @@
+"""Helpers for the podman end-to-end tests: task builders, a lifecycle driver, an observer.
+
+The driver calls ``reconciler.lifecycle.do`` in a loop, the way the task manager will, so the
+tests exercise the controller through the real state machine. Retries happen at once (a
+retried ``wait`` blocks on podman's event stream itself), with a cap so that a bug cannot spin
+forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from reconciler.errors import TaskNoop, TaskRetry
+from reconciler.executor import Controller
+from reconciler.lifecycle import do, resolve
+from reconciler.model import HealthCheck, Resources, Task, TaskSpec, TaskState, TaskStatus
+
+IMAGE = "localhost/busybox:latest"
+# Runs until stopped; exits 0 on SIGTERM at once, so graceful stops are quick.
+FOREVER = ("sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def make_task(
+    *,
+    name: str = "job",
+    command: tuple[str, ...] = FOREVER,
+    node_id: str,
+    image: str = IMAGE,
+    pull: str = "missing",
+    memory: int | None = None,
+    healthcheck: HealthCheck | None = None,
+    labels: tuple[tuple[str, str], ...] = (),
+    grace: float = 5.0,
+) -> Task:
+    spec = TaskSpec(
+        name=name,
+        image=image,
+        command=command,
+        pull=pull,
+        labels=labels,
+        resources=Resources(memory=memory),
+        healthcheck=healthcheck,
+        stop_grace_period=grace,
+    )
+    return Task(id=new_id(), spec=spec, node_id=node_id)
+
+
+@dataclass
+class RecordingObserver:
+    """A RuntimeObserver that remembers what it was told."""
+
+    errors: Counter[str] = field(default_factory=Counter)
+    drift: Counter[str] = field(default_factory=Counter)
+    up: list[bool] = field(default_factory=list)
+
+    def runtime_error(self, op: str) -> None:
+        self.errors[op] += 1
+
+    def drift_corrected(self, kind: str) -> None:
+        self.drift[kind] += 1
+
+    def runtime_up(self, up: bool) -> None:
+        self.up.append(up)
+
+
+@dataclass
+class Driven:
+    task: Task
+    retries: list[TaskStatus] = field(default_factory=list)
+
+
+async def drive(
+    task: Task,
+    ctlr: Controller,
+    *,
+    until: TaskState,
+    max_retries: int = 20,
+    out: Driven | None = None,
+) -> Driven:
+    """Step ``task`` with ``do()`` until it reaches ``until``, a terminal state, or a noop."""
+    driven = out or Driven(task)
+    driven.task = task
+    while driven.task.status.state < until:
+        try:
+            status = await do(driven.task, ctlr, now=time.time)
+        except TaskNoop:
+            break
+        except TaskRetry as retry:
+            assert isinstance(retry.status, TaskStatus)
+            driven.retries.append(retry.status)
+            driven.task = replace(driven.task, status=retry.status)
+            if len(driven.retries) > max_retries:
+                raise AssertionError(f"too many retries: {driven.retries[-3:]}") from None
+            await asyncio.sleep(0)
+            continue
+        driven.task = replace(driven.task, status=status)
+        if status.state.terminal:
+            break
+    return driven
+
+
+def resolved(task: Task, executor: object) -> tuple[Controller, Task]:
+    ctlr, status = resolve(task, executor, now=time.time)  # type: ignore[arg-type]
+    assert ctlr is not None, status
+    return ctlr, replace(task, status=status)

@@ -1,0 +1,563 @@
+"""End to end: the podman runtime against a real, private podman service.
+
+Every test drives real containers through ``reconciler.lifecycle.do`` (or the controller's
+methods directly) and checks podman's own view with the podman CLI. Each test runs under its
+own node id, so tests sharing the session's service never see each other's containers. There
+are no timing assertions; the only waits are for real podman state, with generous limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.clock import FakeClock, SystemClock
+from reconciler.errors import (
+    ContainerGone,
+    ExitError,
+    PermanentError,
+    TaskPrepared,
+    TaskRetry,
+    TaskStarted,
+)
+from reconciler.lifecycle import do
+from reconciler.model import HealthCheck, Resources, TaskState
+from runtime.podman import PodmanExecutor, cgroups
+from runtime.podman.service import PodmanService
+from tests.e2e.podman_support import (
+    Driven,
+    RecordingObserver,
+    drive,
+    make_task,
+    new_id,
+    resolved,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def inspect(svc: PodmanService, name: str) -> dict[str, object] | None:
+    out = svc.run("inspect", "--type", "container", name, check=False)
+    if not out.strip():
+        return None
+    data = json.loads(out)
+    return dict(data[0]) if data else None
+
+
+def state_of(svc: PodmanService, name: str) -> dict[str, object]:
+    info = inspect(svc, name)
+    assert info is not None, f"container {name} is missing"
+    state = info["State"]
+    assert isinstance(state, dict)
+    return state
+
+
+async def until(pred: object, *, limit: float = 60.0, what: str = "condition") -> None:
+    """Poll real podman state (in a thread) until ``pred()`` is true."""
+    assert callable(pred)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(pred):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ------------------------------------------------------------------------------ lifecycle
+
+
+async def test_full_lifecycle_runs_a_task_to_complete_and_removes_it(
+    podman_executor: PodmanExecutor, podman_service: PodmanService, node_id: str
+) -> None:
+    task = make_task(command=("sh", "-c", "echo hello; exit 0"), node_id=node_id)
+    ctlr, task = resolved(task, podman_executor)
+    assert task.status.state == TaskState.ACCEPTED
+
+    driven = await drive(task, ctlr, until=TaskState.COMPLETE)
+
+    st = driven.task.status
+    assert st.state == TaskState.COMPLETE
+    assert st.exit_code == 0
+    assert st.container_id is not None
+    name = f"{task.spec.name}.{task.id}"
+    info = inspect(podman_service, name)
+    assert info is not None and info["Id"] == st.container_id
+    labels = info["Config"]["Labels"]  # type: ignore[index]
+    assert labels["reconciler.task.id"] == task.id
+    assert labels["reconciler.task.name"] == task.spec.name
+    assert labels["reconciler.node"] == node_id
+
+    await ctlr.remove()
+    assert inspect(podman_service, name) is None
+    await ctlr.remove()  # idempotent
+    await ctlr.terminate()  # on a missing container: fine
+    await ctlr.shutdown()
+
+
+async def test_nonzero_exit_fails_the_task_with_its_exit_code(
+    podman_executor: PodmanExecutor, node_id: str
+) -> None:
+    ctlr, task = resolved(
+        make_task(command=("sh", "-c", "exit 3"), node_id=node_id), podman_executor
+    )
+    driven = await drive(task, ctlr, until=TaskState.COMPLETE)
+    assert driven.task.status.state == TaskState.FAILED
+    assert driven.task.status.exit_code == 3
+    assert ctlr.container_status().exit_code == 3
+    await ctlr.remove()
+
+
+async def test_prepare_and_start_are_idempotent(
+    podman_executor: PodmanExecutor, podman_service: PodmanService, node_id: str
+) -> None:
+    ctlr, task = resolved(make_task(node_id=node_id), podman_executor)
+    await ctlr.prepare()
+    with pytest.raises(TaskPrepared):
+        await ctlr.prepare()
+    # A second controller for the same task (as after an agent restart) agrees.
+    other = podman_executor.controller(task)
+    with pytest.raises(TaskPrepared):
+        await other.prepare()
+    await ctlr.start()
+    with pytest.raises(TaskStarted):
+        await ctlr.start()
+    with pytest.raises(TaskStarted):
+        await other.start()
+    await ctlr.shutdown()
+    await ctlr.shutdown()  # idempotent on a stopped container
+    await ctlr.terminate()
+    await ctlr.remove()
+
+
+async def test_shutdown_stops_a_running_task_with_its_stop_signal(
+    podman_executor: PodmanExecutor, podman_service: PodmanService, node_id: str
+) -> None:
+    task = make_task(node_id=node_id, grace=30)
+    ctlr, task = resolved(task, podman_executor)
+    driven = await drive(task, ctlr, until=TaskState.RUNNING)
+    assert driven.task.status.state == TaskState.RUNNING
+    name = f"{task.spec.name}.{task.id}"
+    assert state_of(podman_service, name)["Running"] is True
+
+    stopping = replace(driven.task, desired_state=TaskState.SHUTDOWN)
+    done = await drive(stopping, ctlr, until=TaskState.SHUTDOWN)
+    assert done.task.status.state == TaskState.SHUTDOWN
+    st = state_of(podman_service, name)
+    assert st["Running"] is False
+    assert st["ExitCode"] == 0  # the trap ran: SIGTERM was delivered, not a kill after 30 s
+    await ctlr.remove()
+
+
+# ---------------------------------------------------------------------------------- drift
+
+
+async def _running(ex: PodmanExecutor, node_id: str, **kw: object) -> tuple[object, Driven]:
+    ctlr, task = resolved(make_task(node_id=node_id, **kw), ex)  # type: ignore[arg-type]
+    driven = await drive(task, ctlr, until=TaskState.RUNNING)
+    assert driven.task.status.state == TaskState.RUNNING
+    return ctlr, driven
+
+
+async def test_podman_kill_behind_the_agents_back_fails_the_task_by_exit_code(
+    podman_executor: PodmanExecutor,
+    podman_service: PodmanService,
+    node_id: str,
+    observer: RecordingObserver,
+) -> None:
+    ctlr, driven = await _running(podman_executor, node_id)
+    name = f"{driven.task.spec.name}.{driven.task.id}"
+    waiting = asyncio.create_task(drive(driven.task, ctlr, until=TaskState.COMPLETE))  # type: ignore[arg-type]
+    await until(lambda: name in podman_executor.events.watched_names(), what="wait() attached")
+
+    await asyncio.to_thread(podman_service.run, "kill", name)
+
+    result = await asyncio.wait_for(waiting, 60)
+    st = result.task.status
+    assert st.state == TaskState.FAILED
+    assert st.exit_code == 137
+    assert "killed outside the agent" in st.message
+    assert observer.drift["container_exited"] == 1
+    await ctlr.remove()  # type: ignore[attr-defined]
+
+
+async def test_podman_rm_behind_the_agents_back_fails_the_task_as_removed(
+    podman_executor: PodmanExecutor,
+    podman_service: PodmanService,
+    node_id: str,
+    observer: RecordingObserver,
+) -> None:
+    ctlr, driven = await _running(podman_executor, node_id)
+    name = f"{driven.task.spec.name}.{driven.task.id}"
+    waiting = asyncio.create_task(drive(driven.task, ctlr, until=TaskState.COMPLETE))  # type: ignore[arg-type]
+    await until(lambda: name in podman_executor.events.watched_names(), what="wait() attached")
+
+    await asyncio.to_thread(podman_service.run, "rm", "--force", "--time", "0", name)
+
+    result = await asyncio.wait_for(waiting, 60)
+    st = result.task.status
+    assert st.state == TaskState.FAILED
+    assert st.message == "container removed"
+    assert observer.drift["container_missing"] == 1
+    # wait() on the removed container says so at once, too.
+    with pytest.raises(ContainerGone):
+        await ctlr.wait()  # type: ignore[attr-defined]
+
+
+async def test_remove_orphans_removes_only_this_nodes_unknown_tasks(
+    podman_executor: PodmanExecutor,
+    podman_service: PodmanService,
+    node_id: str,
+    observer: RecordingObserver,
+) -> None:
+    known = make_task(name="known", node_id=node_id)
+    ctlr, known = resolved(known, podman_executor)
+    await ctlr.prepare()
+    orphan_id, foreign_id = new_id(), new_id()
+    unlabelled = f"plain-{new_id()}"
+    node_only = f"nodeonly-{new_id()}"
+    run = podman_service.run
+    await asyncio.to_thread(
+        run,
+        "create",
+        "--name",
+        f"orphan.{orphan_id}",
+        "--label",
+        f"reconciler.node={node_id}",
+        "--label",
+        f"reconciler.task.id={orphan_id}",
+        "localhost/busybox:latest",
+        "true",
+    )
+    await asyncio.to_thread(
+        run,
+        "create",
+        "--name",
+        f"foreign.{foreign_id}",
+        "--label",
+        "reconciler.node=elsewhere",
+        "--label",
+        f"reconciler.task.id={foreign_id}",
+        "localhost/busybox:latest",
+        "true",
+    )
+    await asyncio.to_thread(run, "create", "--name", unlabelled, "localhost/busybox:latest", "true")
+    await asyncio.to_thread(
+        run,
+        "create",
+        "--name",
+        node_only,
+        "--label",
+        f"reconciler.node={node_id}",
+        "localhost/busybox:latest",
+        "true",
+    )
+
+    removed = await podman_executor.remove_orphans({known.id})
+
+    assert removed == [orphan_id]
+    assert observer.drift["orphan_removed"] == 1
+    assert inspect(podman_service, f"orphan.{orphan_id}") is None
+    assert inspect(podman_service, f"known.{known.id}") is not None
+    assert inspect(podman_service, f"foreign.{foreign_id}") is not None
+    assert inspect(podman_service, unlabelled) is not None
+    assert inspect(podman_service, node_only) is not None
+    assert await podman_executor.remove_orphans({known.id}) == []
+    for n in (f"foreign.{foreign_id}", unlabelled, node_only, f"known.{known.id}"):
+        await asyncio.to_thread(run, "rm", "--force", n)
+
+
+# --------------------------------------------------------------------------------- images
+
+
+async def test_missing_image_under_pull_never_is_rejected_naming_the_image(
+    podman_executor: PodmanExecutor, node_id: str
+) -> None:
+    task = make_task(image="localhost/not-here:1", pull="never", node_id=node_id)
+    ctlr, task = resolved(task, podman_executor)
+    driven = await drive(task, ctlr, until=TaskState.RUNNING)
+    st = driven.task.status
+    assert st.state == TaskState.REJECTED
+    assert st.err is not None and "localhost/not-here:1" in st.err
+
+
+async def test_failed_pull_is_temporary_and_says_why(
+    podman_executor: PodmanExecutor, node_id: str, observer: RecordingObserver
+) -> None:
+    task = make_task(image="localhost:1/unreachable:latest", pull="missing", node_id=node_id)
+    ctlr, task = resolved(task, podman_executor)
+    preparing = await drive(task, ctlr, until=TaskState.PREPARING)
+    with pytest.raises(TaskRetry) as info:
+        await do(preparing.task, ctlr, now=time.time)
+    status = info.value.status
+    assert status.state == TaskState.PREPARING  # type: ignore[attr-defined]
+    assert "pulling image localhost:1/unreachable:latest failed" in status.err  # type: ignore[attr-defined]
+    assert observer.errors["pull"] >= 1
+
+
+# --------------------------------------------------------------------------------- health
+
+
+async def test_failing_health_check_fails_the_task_with_a_health_message(
+    podman_service: PodmanService, node_id: str, observer: RecordingObserver
+) -> None:
+    clock = FakeClock()
+    ex = PodmanExecutor(
+        url=podman_service.url,
+        node_id=node_id,
+        clock=clock,
+        observer=observer,
+        agent_version="test",
+    )
+    await ex.start()
+    try:
+        hc = HealthCheck(test=("CMD-SHELL", "echo sick; exit 1"), interval=5, timeout=5, retries=2)
+        ctlr, task = resolved(make_task(node_id=node_id, healthcheck=hc), ex)
+        driven = await drive(task, ctlr, until=TaskState.RUNNING)
+        waiting = asyncio.create_task(drive(driven.task, ctlr, until=TaskState.COMPLETE))
+        deadline = time.monotonic() + 60
+        while not waiting.done() and time.monotonic() < deadline:
+            await clock.advance(5)  # one health-check interval on the agent's clock
+            await asyncio.wait({waiting}, timeout=0.2)  # the check's real podman round trip
+        result = await asyncio.wait_for(waiting, 30)
+        st = result.task.status
+        assert st.state == TaskState.FAILED
+        assert "health check failed" in st.message
+        assert "sick" in st.message
+        name = f"{task.spec.name}.{task.id}"
+        assert state_of(podman_service, name)["Running"] is False
+        assert observer.drift["container_exited"] == 0  # the agent stopped it
+        await ctlr.remove()
+    finally:
+        await ex.close()
+
+
+# ----------------------------------------------------------------------- runtime loss
+
+
+async def test_podman_restart_under_a_pending_wait_resumes_without_restarting(
+    private_podman_service: PodmanService, node_id: str, observer: RecordingObserver
+) -> None:
+    svc = private_podman_service
+    ex = PodmanExecutor(
+        url=svc.url, node_id=node_id, clock=SystemClock(), observer=observer, agent_version="t"
+    )
+    await ex.start()
+    try:
+        ctlr, driven = await _running(ex, node_id)
+        name = f"{driven.task.spec.name}.{driven.task.id}"
+        before = state_of(svc, name)
+        out = Driven(driven.task)
+        waiting = asyncio.create_task(
+            drive(driven.task, ctlr, until=TaskState.COMPLETE, out=out)  # type: ignore[arg-type]
+        )
+        await until(lambda: name in ex.events.watched_names(), what="wait() attached")
+
+        await asyncio.to_thread(svc.stop)
+        await until(lambda: not ex.runtime_up, what="runtime marked down")
+        assert await ex.ping() is False
+        assert observer.up[-1] is False
+        await until(lambda: len(out.retries) >= 1, what="wait() reporting the loss")
+        assert not waiting.done()
+
+        await asyncio.to_thread(svc.start)
+        await until(lambda: ex.runtime_up and ex.events.connected, what="reconnection")
+        await until(lambda: name in ex.events.watched_names(), what="wait() re-attached")
+        after = state_of(svc, name)
+        assert after["StartedAt"] == before["StartedAt"]
+        assert after["Pid"] == before["Pid"]
+        assert not waiting.done()
+
+        # The re-attached wait still ends by the container's exit.
+        await asyncio.to_thread(svc.run, "kill", name)
+        result = await asyncio.wait_for(waiting, 60)
+        assert result.task.status.state == TaskState.FAILED
+        assert result.task.status.exit_code == 137
+        assert observer.up[-1] is True
+        assert result.task.status.container_id == driven.task.status.container_id
+    finally:
+        await ex.close()
+
+
+# --------------------------------------------------------------------------------- update
+
+
+async def test_memory_update_is_applied_live_and_verified_or_refused(
+    podman_executor: PodmanExecutor, podman_service: PodmanService, node_id: str
+) -> None:
+    mib = 1024 * 1024
+    ctlr, driven = await _running(podman_executor, node_id, memory=64 * mib)
+    name = f"{driven.task.spec.name}.{driven.task.id}"
+    bigger = replace(
+        driven.task, spec=replace(driven.task.spec, resources=Resources(memory=256 * mib))
+    )
+    try:
+        await ctlr.update(bigger)  # type: ignore[attr-defined]
+    except PermanentError as err:
+        # The host could not change it in place: the caller replaces the instance.
+        assert "resources" in str(err)
+        return
+    finally:
+        cgroup_path = str(state_of(podman_service, name)["CgroupPath"])
+    limits = cgroups.read_limits(cgroup_path)
+    assert limits is not None
+    assert cgroups.memory_matches(limits.memory, 256 * mib)
+    # A change of anything but resources cannot be made in place.
+    renamed = replace(bigger, spec=replace(bigger.spec, command=("true",)))
+    with pytest.raises(PermanentError):
+        await ctlr.update(renamed)  # type: ignore[attr-defined]
+    await ctlr.remove()  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------- adoption
+
+
+async def test_a_new_executor_adopts_a_running_container_without_restarting_it(
+    podman_service: PodmanService, node_id: str, observer: RecordingObserver
+) -> None:
+    first = PodmanExecutor(
+        url=podman_service.url,
+        node_id=node_id,
+        clock=SystemClock(),
+        observer=observer,
+        agent_version="t",
+    )
+    await first.start()
+    try:
+        _, driven = await _running(first, node_id)
+    finally:
+        await first.close()  # the agent goes away; the container keeps running
+    name = f"{driven.task.spec.name}.{driven.task.id}"
+    before = state_of(podman_service, name)
+
+    second = PodmanExecutor(
+        url=podman_service.url,
+        node_id=node_id,
+        clock=SystemClock(),
+        observer=observer,
+        agent_version="t",
+    )
+    await second.start()
+    try:
+        ctlr, task = resolved(driven.task, second)
+        assert task.status.state == TaskState.RUNNING
+        with pytest.raises(TaskStarted):
+            await ctlr.start()
+        waiting = asyncio.create_task(drive(task, ctlr, until=TaskState.COMPLETE))
+        await until(lambda: name in second.events.watched_names(), what="wait() attached")
+        after = state_of(podman_service, name)
+        assert after["StartedAt"] == before["StartedAt"]
+        assert inspect(podman_service, name)["Id"] == driven.task.status.container_id  # type: ignore[index]
+        await second.resync()  # agrees with events: nothing to correct
+        assert ctlr.container_status().pid == before["Pid"]
+        assert not waiting.done()
+        await asyncio.to_thread(podman_service.run, "stop", "--time", "5", name)
+        result = await asyncio.wait_for(waiting, 60)
+        assert result.task.status.state == TaskState.COMPLETE  # the trap exits 0 on SIGTERM
+        await ctlr.remove()
+    finally:
+        await second.close()
+
+
+async def test_a_container_that_exited_while_the_agent_was_away_is_judged_by_exit_code(
+    podman_service: PodmanService, node_id: str, observer: RecordingObserver
+) -> None:
+    first = PodmanExecutor(
+        url=podman_service.url,
+        node_id=node_id,
+        clock=SystemClock(),
+        observer=observer,
+        agent_version="t",
+    )
+    await first.start()
+    try:
+        _, driven = await _running(first, node_id)
+    finally:
+        await first.close()
+    name = f"{driven.task.spec.name}.{driven.task.id}"
+    await asyncio.to_thread(podman_service.run, "kill", "--signal", "KILL", name)
+    await until(lambda: state_of(podman_service, name)["Running"] is False, what="exit")
+
+    second = PodmanExecutor(
+        url=podman_service.url,
+        node_id=node_id,
+        clock=SystemClock(),
+        observer=observer,
+        agent_version="t",
+    )
+    await second.start()
+    try:
+        ctlr, _ = resolved(driven.task, second)
+        with pytest.raises(ExitError) as info:
+            await ctlr.wait()
+        assert info.value.exit_code == 137
+        assert state_of(podman_service, name)["Running"] is False  # not restarted
+        await ctlr.remove()
+    finally:
+        await second.close()
+
+
+# --------------------------------------------------------------------------- node, events
+
+
+async def test_describe_reports_the_node_from_podman_info(
+    podman_executor: PodmanExecutor, node_id: str
+) -> None:
+    node = await podman_executor.describe()
+    assert node.runtime_name == "podman"
+    assert node.runtime_version
+    assert node.cpus > 0 and node.memory_bytes > 0
+    assert node.hostname and node.arch
+    assert await podman_executor.ping() is True
+    assert podman_executor.runtime_up
+
+
+async def test_event_stream_survives_events_log_rotation(
+    node_id: str, observer: RecordingObserver, tmp_path: Path
+) -> None:
+    from tests.e2e.conftest import CONTAINERS_CONF, start_service
+
+    conf = tmp_path / "containers.conf"
+    conf.write_text(
+        CONTAINERS_CONF.read_text().replace(
+            'events_logger = "file"', 'events_logger = "file"\nevents_logfile_max_size = "8000"'
+        )
+    )
+    svc = start_service(conf)
+    ex = PodmanExecutor(
+        url=svc.url, node_id=node_id, clock=SystemClock(), observer=observer, agent_version="t"
+    )
+    await ex.start()
+    try:
+        ctlr, driven = await _running(ex, node_id)
+        name = f"{driven.task.spec.name}.{driven.task.id}"
+        waiting = asyncio.create_task(drive(driven.task, ctlr, until=TaskState.COMPLETE))  # type: ignore[arg-type]
+        await until(lambda: name in ex.events.watched_names(), what="wait() attached")
+        connections = ex.events.connections
+        events_log = svc.base_dir / "tmp" / "events" / "events.log"
+
+        def churn() -> None:
+            for _ in range(15):
+                n = f"churn-{new_id()}"
+                svc.run("create", "--name", n, "localhost/busybox:latest", "true")
+                svc.run("rm", n)
+
+        await asyncio.to_thread(churn)
+        rotated = "log-rotation" in await asyncio.to_thread(
+            svc.run, "events", "--stream=false", "--filter", "type=system"
+        )
+        assert rotated or events_log.stat().st_size < 8000
+        assert not waiting.done()  # replayed old events were not taken for an exit
+
+        await asyncio.to_thread(svc.run, "kill", name)
+        result = await asyncio.wait_for(waiting, 60)
+        assert result.task.status.exit_code == 137
+        assert ex.events.connections == connections  # delivered by the same stream
+        await ctlr.remove()  # type: ignore[attr-defined]
+    finally:
+        await ex.close()
+        svc.destroy()
