@@ -107,9 +107,13 @@ def _os_problem(path: str, what: str, e: OSError) -> Problem:
 
 
 def read_file(path: str, *, check_owner: bool = True) -> tuple[bytes | None, list[Problem]]:
-    """Read one file's bytes after the ownership check; problems instead of exceptions."""
+    """Read one file's bytes after the ownership check; problems instead of exceptions.
+
+    Opened non-blocking, so a FIFO or device given by mistake is refused instead of hanging.
+    """
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return None, [Problem(path, 0, "file", "is not a regular file")]
@@ -118,6 +122,9 @@ def read_file(path: str, *, check_owner: bool = True) -> tuple[bytes | None, lis
                 problems.append(Problem(path, 0, "file", f"is larger than {MAX_FILE_BYTES} bytes"))
                 return None, problems
             data = f.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:  # grew while we read it
+                problems.append(Problem(path, 0, "file", f"is larger than {MAX_FILE_BYTES} bytes"))
+                return None, problems
     except OSError as e:
         return None, [_os_problem(path, "file", e)]
     return data, problems

@@ -249,3 +249,19 @@ def test_load_paths_of_valid_files(tmp_path: Path) -> None:
     b = write(tmp_path / "b.yaml", task_set(JOB))
     assert sorted(load_paths([a, b]).tasks) == ["job", "web"]
     assert load_paths([]).tasks == {}
+
+
+def test_a_fifo_named_explicitly_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo, 0o644)
+    with pytest.raises(DesiredStateError) as e:
+        load_paths([fifo])
+    assert [str(p) for p in e.value.problems] == [f"{fifo}:0: file: is not a regular file"]
+
+
+def test_oversized_file_is_refused(tmp_path: Path) -> None:
+    from reconciler.desired.loader import MAX_FILE_BYTES
+
+    d = safe_dir(tmp_path / "d")
+    write(d / "big.yaml", "#" * (MAX_FILE_BYTES + 1))
+    assert error_lines(d) == [f"{d / 'big.yaml'}:0: file: is larger than {MAX_FILE_BYTES} bytes"]
