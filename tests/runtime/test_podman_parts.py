@@ -1,0 +1,108 @@
+"""The podman runtime's pure parts: error translation, timestamps, cgroup reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import podman.errors
+import pytest
+import requests
+
+from reconciler.errors import PermanentError, TemporaryError
+from runtime.podman import cgroups
+from runtime.podman.client import (
+    ImageMissing,
+    NameConflict,
+    NotFound,
+    RuntimeUnavailable,
+    translate,
+)
+from runtime.podman.controller import parse_timestamp_ns
+
+
+class _Resp:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+
+
+def api_error(status: int | None, text: str) -> podman.errors.APIError:
+    return podman.errors.APIError(
+        text, response=_Resp(status) if status else None, explanation=text
+    )  # type: ignore[arg-type]
+
+
+def test_connection_refused_is_temporary_runtime_unavailable() -> None:
+    err = api_error(None, "http://d/v5/libpod/containers/create")
+    err.__cause__ = requests.exceptions.ConnectionError("connection refused")
+    out = translate(err, what="creating")
+    assert isinstance(out, RuntimeUnavailable) and isinstance(out, TemporaryError)
+    assert isinstance(translate(TimeoutError("timed out"), what="x"), TemporaryError)
+    assert isinstance(translate(FileNotFoundError(2, "no socket"), what="x"), RuntimeUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "kind"),
+    [
+        (404, "no container with name or ID", NotFound),
+        (500, 'the container name "a.1" is already in use by 6e8b', NameConflict),
+        (500, "localhost/nope:latest: image not known", ImageMissing),
+        (500, "database is locked", TemporaryError),
+        (503, "service unavailable", TemporaryError),
+        (500, "statfs /nonexist: no such file or directory", PermanentError),
+        (400, "invalid signal", PermanentError),
+    ],
+)
+def test_podman_answers_translate_by_meaning(status: int, text: str, kind: type) -> None:
+    out = translate(api_error(status, text), what="op")
+    assert isinstance(out, kind)
+    assert text in str(out)
+
+
+def test_transient_server_errors_are_not_permanent() -> None:
+    out = translate(api_error(500, "database is locked"), what="op")
+    assert not isinstance(out, PermanentError)
+
+
+def test_timestamps_parse_to_nanoseconds() -> None:
+    assert parse_timestamp_ns("2026-11-23T19:29:17.170605026Z") == 1795462157_170605026
+    assert parse_timestamp_ns("2026-11-23T20:29:17.5+01:00") == 1795462157_500000000
+    assert parse_timestamp_ns("0001-01-01T00:00:00Z") == 0
+    assert parse_timestamp_ns("") == 0
+    assert parse_timestamp_ns("garbage") == 0
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+def test_cgroup_v1_limits(tmp_path: Path) -> None:
+    cg = "/libpod_parent/libpod-abc"
+    _write(tmp_path / "memory/libpod_parent/libpod-abc/memory.limit_in_bytes", "134217728")
+    _write(tmp_path / "cpu/libpod_parent/libpod-abc/cpu.cfs_quota_us", "25000")
+    _write(tmp_path / "cpu/libpod_parent/libpod-abc/cpu.cfs_period_us", "100000")
+    assert cgroups.read_limits(cg, tmp_path) == cgroups.Limits(134217728, 25000, 100000)
+    _write(
+        tmp_path / "memory/libpod_parent/libpod-abc/memory.limit_in_bytes", "9223372036854771712"
+    )
+    _write(tmp_path / "cpu/libpod_parent/libpod-abc/cpu.cfs_quota_us", "-1")
+    assert cgroups.read_limits(cg, tmp_path) == cgroups.Limits(None, None, 100000)
+
+
+def test_cgroup_v2_limits(tmp_path: Path) -> None:
+    _write(tmp_path / "machine.slice/libpod-abc.scope/memory.max", "67108864")
+    _write(tmp_path / "machine.slice/libpod-abc.scope/cpu.max", "50000 100000")
+    limits = cgroups.read_limits("/machine.slice/libpod-abc.scope", tmp_path)
+    assert limits == cgroups.Limits(67108864, 50000, 100000)
+
+
+def test_unreadable_cgroup_is_unverifiable(tmp_path: Path) -> None:
+    assert cgroups.read_limits("/nowhere", tmp_path) is None
+    assert cgroups.read_limits("", tmp_path) is None
+
+
+def test_memory_matches_up_to_page_rounding() -> None:
+    assert cgroups.memory_matches(100_000_000 - 256, 100_000_000)
+    assert not cgroups.memory_matches(64 << 20, 128 << 20)
+    assert cgroups.memory_matches(None, None)
+    assert not cgroups.memory_matches(None, 1)
