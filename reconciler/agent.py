@@ -235,6 +235,7 @@ class Agent:
         worker.listen(self._on_status)
         worker.listen(manager.on_status)
         await manager.start()
+        self._desired = dict(manager.desired)  # incremental messages apply on top of this
         self._init_done = True
         reporter.start()
         self._changed()
