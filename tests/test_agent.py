@@ -172,3 +172,18 @@ async def test_resync_removes_orphans(tmp_path: Path, clock: FakeClock):
         assert "stray" not in executor.containers
         assert executor.removed_orphans == ["stray"]
         assert states(r.agent) == {"web": S.RUNNING}
+
+
+async def test_incremental_message_applies_on_top_of_the_stored_desired_set(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = FakeExecutor(clock=clock)
+    async with running_agent(tmp_path, clock, executor) as r:
+        r.session.send(desired("web", "db"))
+        await settle()
+    async with running_agent(tmp_path, clock, executor) as r:
+        extra = desired("cache")
+        r.session.send(DesiredTasks(tasks=extra.tasks, full=False, removed=("db",)))
+        await settle()
+        await r.agent.worker.wait_closed()  # type: ignore[union-attr]
+        assert states(r.agent) == {"web": S.RUNNING, "cache": S.RUNNING}
