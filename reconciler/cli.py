@@ -348,6 +348,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:
+        print(f"reconciler: cannot write into {desired}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     for line in lines:
         print(line)
     return EXIT_OK

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,12 +40,36 @@ def test_a_file_in_place_of_the_directory_is_an_error(tmp_path: Path) -> None:
     assert error_lines(f) == [f"{f}:0: directory: is not a directory"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
-def test_unreadable_directory_is_an_error(tmp_path: Path) -> None:  # pragma: no cover
+def test_unreadable_directory_is_an_error(tmp_path: Path) -> None:
     d = safe_dir(tmp_path / "d")
     os.chmod(d, 0o300)
     try:
-        assert "cannot be read" in error_lines(d)[0]
+        if os.geteuid() != 0:
+            assert "cannot be read" in error_lines(d)[0]
+            return
+        # Root reads any directory; drop the capabilities that let it, as an unprivileged
+        # agent would lack them, and load in a child process.
+        code = (
+            "import sys\n"
+            "from reconciler.desired import DesiredStateError, load_directory\n"
+            "try:\n"
+            f"    load_directory({str(d)!r})\n"
+            "except DesiredStateError as e:\n"
+            "    print(e.problems[0])\n"
+        )
+        proc = subprocess.run(
+            [
+                "setpriv",
+                "--bounding-set=-dac_override,-dac_read_search",
+                sys.executable,
+                "-c",
+                code,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "cannot be read" in proc.stdout, proc.stdout + proc.stderr
     finally:
         os.chmod(d, 0o755)
 
