@@ -28,6 +28,20 @@ from bench.support import (
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "20"))
 
 
+def wait_for_running(agent: AgentProcess) -> dict[str, object]:
+    found: dict[str, object] = {}
+
+    def running() -> bool:
+        for t in agent.tasks():
+            if t["name"] == "victim" and t["state"] == "running" and t["containerId"]:
+                found.update(t)
+                return True
+        return False
+
+    wait_until(running, timeout=60, what="victim running", every=0.02)
+    return found
+
+
 def main() -> None:
     task = {
         "name": "victim",
@@ -44,28 +58,20 @@ def main() -> None:
         kill_calls: list[float] = []  # how long podman itself takes to answer the kill
         try:
             for _ in range(ROUNDS):
-                current: dict[str, object] = {}
-
-                def running() -> bool:
-                    for t in agent.tasks():
-                        if t["name"] == "victim" and t["state"] == "running" and t["containerId"]:
-                            current.update(t)
-                            return True
-                    return False
-
-                wait_until(running, timeout=60, what="victim running", every=0.02)
+                current = wait_for_running(agent)
                 instance = current["id"]
                 container = client.containers.get(str(current["containerId"]))
                 t0 = time.perf_counter()
                 container.kill(signal="SIGKILL")
                 kill_calls.append(time.perf_counter() - t0)
-
-                def failed() -> bool:
-                    return any(
+                wait_until(
+                    lambda: any(
                         t["id"] == instance and t["state"] == "failed" for t in agent.tasks()
-                    )
-
-                wait_until(failed, timeout=60, what="victim failed", every=0.002)
+                    ),  # noqa: B023
+                    timeout=60,
+                    what="victim failed",
+                    every=0.002,
+                )
                 samples.append(time.perf_counter() - t0)
         finally:
             client.close()
