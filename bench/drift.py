@@ -42,6 +42,13 @@ def wait_for_running(agent: AgentProcess) -> dict[str, object]:
     return found
 
 
+def wait_for_failed(agent: AgentProcess, instance: str) -> None:
+    def failed() -> bool:
+        return any(t["id"] == instance and t["state"] == "failed" for t in agent.tasks())
+
+    wait_until(failed, timeout=60, what="victim failed", every=0.002)
+
+
 def main() -> None:
     task = {
         "name": "victim",
@@ -64,14 +71,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 container.kill(signal="SIGKILL")
                 kill_calls.append(time.perf_counter() - t0)
-                wait_until(
-                    lambda: any(
-                        t["id"] == instance and t["state"] == "failed" for t in agent.tasks()
-                    ),  # noqa: B023
-                    timeout=60,
-                    what="victim failed",
-                    every=0.002,
-                )
+                wait_for_failed(agent, str(instance))
                 samples.append(time.perf_counter() - t0)
         finally:
             client.close()
