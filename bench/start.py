@@ -129,6 +129,9 @@ def kube_round(svc: PodmanService, workdir: Path) -> float:
 
 
 def clean(svc: PodmanService) -> None:
+    # Killing first: ``pod rm --time 0`` alone takes seconds per pod here.
+    svc.run("pod", "kill", "--all", check=False, timeout=600)
+    svc.run("kill", "--all", check=False, timeout=600)
     svc.run("pod", "rm", "--all", "--force", "--time", "0", check=False, timeout=600)
     svc.run("rm", "--all", "--force", "--time", "0", check=False, timeout=600)
 
