@@ -275,7 +275,6 @@ class Harness:
         self.node_id = f"node-{new_id()}"
         self.port = free_port()
         self.agents: list[AgentProcess] = []
-        self.log_path = self.base / "agent.log"
 
     # ---------------------------------------------------------------------- lifecycle
 
@@ -296,8 +295,16 @@ class Harness:
                     self.service.run("rm", "--force", "--time", "0", *ids, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def start_agent(self, *extra: str, resync: str = "2s", wait_ready: bool = True) -> AgentProcess:
-        listen = f"127.0.0.1:{self.port}"
+    def start_agent(
+        self,
+        *extra: str,
+        resync: str = "2s",
+        wait_ready: bool = True,
+        port: int | None = None,
+        podman_url: str | None = None,
+    ) -> AgentProcess:
+        """Start ``reconciler run`` on this harness's dirs and node id (and wait for /readyz)."""
+        listen = f"127.0.0.1:{port or self.port}"
         argv = [
             sys.executable,
             "-m",
@@ -308,7 +315,7 @@ class Harness:
             "--state-dir",
             str(self.state_dir),
             "--podman-url",
-            self.service.url,
+            podman_url or self.service.url,
             "--listen",
             listen,
             "--node-id",
@@ -317,7 +324,8 @@ class Harness:
             resync,
             *extra,
         ]
-        agent = AgentProcess(argv, log_path=self.log_path, listen=listen)
+        log_path = self.base / f"agent-{len(self.agents)}.log"
+        agent = AgentProcess(argv, log_path=log_path, listen=listen)
         self.agents.append(agent)
         if wait_ready:
             agent.wait_ready()
