@@ -275,6 +275,7 @@ class Harness:
         self.node_id = f"node-{new_id()}"
         self.port = free_port()
         self.agents: list[AgentProcess] = []
+        self.foreign: list[str] = []  # containers a test made itself, removed on close
 
     # ---------------------------------------------------------------------- lifecycle
 
@@ -290,9 +291,9 @@ class Harness:
                 agent.kill9()
         if self.service.running:
             with contextlib.suppress(Exception):
-                ids = self.container_ids(all_=True)
+                ids = self.container_ids(all_=True) + self.foreign
                 if ids:
-                    self.service.run("rm", "--force", "--time", "0", *ids, check=False)
+                    self.service.run("rm", "--force", "--ignore", "--time", "0", *ids, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def start_agent(
