@@ -160,6 +160,9 @@ def translate(err: BaseException, *, what: str) -> ReconcilerError:
             if "image not known" in low or "no such image" in low:
                 return ImageMissing(f"{what}: {text}")
             return NotFound(f"{what}: {text}")
+        if "no such container" in low or "does not exist in database" in low:
+            # Inspecting a container in the middle of its removal answers 500 with this.
+            return NotFound(f"{what}: {text}")
         if "already in use" in low:
             return NameConflict(f"{what}: {text}")
         if "image not known" in low or "no such image" in low:

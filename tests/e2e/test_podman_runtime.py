@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from reconciler.errors import (
     TaskStarted,
 )
 from reconciler.lifecycle import do
-from reconciler.model import HealthCheck, Resources, TaskState
+from reconciler.model import HealthCheck, Resources, TaskState, task_from_dict
 from runtime.podman import PodmanExecutor, cgroups
 from runtime.podman.service import PodmanService
 from tests.e2e.podman_support import (
@@ -39,6 +40,8 @@ from tests.e2e.podman_support import (
 )
 
 pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def inspect(svc: PodmanService, name: str) -> dict[str, object] | None:
@@ -561,3 +564,88 @@ async def test_event_stream_survives_events_log_rotation(
     finally:
         await ex.close()
         svc.destroy()
+
+
+AGENT_SCRIPT = """
+import asyncio, json, sys, time
+from dataclasses import replace
+from reconciler.clock import SystemClock
+from reconciler.executor import NullObserver
+from reconciler.model import task_to_dict
+from runtime.podman import PodmanExecutor
+from tests.e2e.podman_support import drive, make_task, resolved
+
+async def main(url, node):
+    ex = PodmanExecutor(url=url, node_id=node, clock=SystemClock(), observer=NullObserver(),
+                        agent_version="t")
+    await ex.start()
+    tasks = [make_task(name=f"k{i}", node_id=node) for i in range(10)]
+    pairs = [resolved(t, ex) for t in tasks]
+    done = await asyncio.gather(*(drive(t, c, until=TaskState.RUNNING) for c, t in pairs))
+    print(json.dumps([task_to_dict(d.task) for d in done]), flush=True)
+    waits = [asyncio.create_task(drive(d.task, c, until=TaskState.COMPLETE))
+             for d, (c, _) in zip(done, pairs)]
+    await asyncio.sleep(3600)
+
+from reconciler.model import TaskState
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_kill_9_of_the_agent_then_a_new_one_adopts_all_ten_running_containers(
+    podman_service: PodmanService, node_id: str, observer: RecordingObserver
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        AGENT_SCRIPT,
+        podman_service.url,
+        node_id,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
+    finally:
+        proc.kill()  # kill -9: no cleanup of any kind
+        await proc.wait()
+    tasks = [task_from_dict(d) for d in json.loads(line)]
+    assert len(tasks) == 10
+    assert all(t.status.state == TaskState.RUNNING for t in tasks)
+    before = {t.id: state_of(podman_service, f"{t.spec.name}.{t.id}") for t in tasks}
+
+    ex = PodmanExecutor(
+        url=podman_service.url,
+        node_id=node_id,
+        clock=SystemClock(),
+        observer=observer,
+        agent_version="t",
+    )
+    await ex.start()
+    try:
+        pairs = [resolved(t, ex) for t in tasks]
+        waits = [asyncio.create_task(drive(t, c, until=TaskState.COMPLETE)) for c, t in pairs]
+        names = {f"{t.spec.name}.{t.id}" for t in tasks}
+        await until(lambda: names <= set(ex.events.watched_names()), what="all re-attached")
+        assert await ex.remove_orphans({t.id for t in tasks}) == []
+        for t in tasks:
+            info = inspect(podman_service, f"{t.spec.name}.{t.id}")
+            assert info is not None
+            assert info["Id"] == t.status.container_id
+            assert info["State"]["StartedAt"] == before[t.id]["StartedAt"]  # type: ignore[index]
+            assert info["State"]["Running"] is True  # type: ignore[index]
+        assert not any(w.done() for w in waits)
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        stops = [
+            drive(replace(t, desired_state=TaskState.SHUTDOWN), c, until=TaskState.SHUTDOWN)
+            for c, t in pairs
+        ]
+        for d in await asyncio.gather(*stops):
+            assert d.task.status.state == TaskState.SHUTDOWN
+        for c, _ in pairs:
+            await c.remove()
+    finally:
+        await ex.close()

@@ -44,6 +44,7 @@ def test_connection_refused_is_temporary_runtime_unavailable() -> None:
     ("status", "text", "kind"),
     [
         (404, "no container with name or ID", NotFound),
+        (500, "container 0f76 does not exist in database: no such container", NotFound),
         (500, 'the container name "a.1" is already in use by 6e8b', NameConflict),
         (500, "localhost/nope:latest: image not known", ImageMissing),
         (500, "database is locked", TemporaryError),
