@@ -13,6 +13,7 @@ restarted.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -151,6 +152,9 @@ def test_ps_reads_the_store_with_the_agent_stopped(harness: Harness) -> None:
     agent = h.start_agent()
     h.wait_state("alive", "running")
     h.wait_state("broken", "failed")
+    status, body = agent.get("/v1/tasks")
+    assert status == 200
+    assert json.loads(body) == h.ps()  # the same JSON as ps -a -o json
     assert agent.terminate() == 0
 
     views = h.ps()  # the agent is stopped
