@@ -11,7 +11,8 @@ PRODUCT.md, "Out-of-band changes are corrected", together with "Exit codes decid
   is removed within a resync interval. A container without labels, or labelled for another
   node, is never touched.
 * A podman service that stops under a running agent makes ``/readyz`` answer 503 with a
-  reason. When it is back, ``/readyz`` answers 200 again, and no container was restarted.
+  reason. When it is back, ``/readyz`` answers 200 again, no container was restarted, and a
+  container killed after that is still noticed and replaced.
 
 The agent is a real ``reconciler run`` subprocess; the changes are made with the podman CLI
 against the private service.
@@ -19,6 +20,7 @@ against the private service.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,12 +48,15 @@ def instance(h: Harness, name: str, id: str) -> dict[str, Any] | None:
     return next((v for v in h.instances(name) if v["id"] == id), None)
 
 
-def replacement(h: Harness, name: str, old_id: str) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        v = h.current(name)
-        return v if v is not None and v["id"] != old_id and v["state"] == "running" else None
+def replacement_of(h: Harness, name: str, old_id: str) -> dict[str, Any] | None:
+    v = h.current(name)
+    return v if v is not None and v["id"] != old_id and v["state"] == "running" else None
 
-    return h.wait_for(probe, f"a running replacement of {name} {old_id}")
+
+def replacement(h: Harness, name: str, old_id: str) -> dict[str, Any]:
+    return h.wait_for(
+        lambda: replacement_of(h, name, old_id), f"a running replacement of {name} {old_id}"
+    )
 
 
 def test_kill_and_rm_behind_the_agents_back_fail_the_instance_and_restart_it(
@@ -162,6 +167,12 @@ def test_podman_restart_under_the_agent_marks_it_unready_then_ready(
         _, reason = h.wait_for(unready, "/readyz 503 while podman is down")
         assert reason.strip(), "503 without a reason"
         h.wait_for(lambda: agent.metric("reconciler_runtime_up") == 0, "reconciler_runtime_up 0")
+        # it stays unready (and alive) for as long as podman is down
+        seen = []
+        for _ in range(12):
+            time.sleep(0.25)
+            seen.append(agent.readyz()[0])
+        assert set(seen) == {503}, seen
         assert agent.alive()
 
         svc.start()
@@ -176,3 +187,10 @@ def test_podman_restart_under_the_agent_marks_it_unready_then_ready(
             assert info["State"]["Running"] is True, info["State"]
             assert info["State"]["StartedAt"] == started[n], n
         assert len(h.containers()) == len(names)
+
+        # and it watches podman again: a kill behind its back is seen and corrected
+        victim = views["steady-a"]
+        h.podman("kill", victim["containerId"])
+        h.wait_for(lambda: replacement_of(h, "steady-a", victim["id"]), "steady-a to be replaced")
+        ended = next(v for v in h.instances("steady-a") if v["id"] == victim["id"])
+        assert ended["state"] == "failed" and ended["exitCode"] == 137, ended
