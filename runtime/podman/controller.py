@@ -49,7 +49,7 @@ from reconciler.executor import ContainerStatus, RuntimeObserver
 from reconciler.model import Task
 from runtime.podman import cgroups
 from runtime.podman.client import ImageMissing, NameConflict, NotFound, PodmanAPI
-from runtime.podman.events import ContainerEvent, EventStream
+from runtime.podman.events import ContainerEvent, EventStream, Watch
 from runtime.podman.spec import (
     TASK_ID_LABEL,
     container_name,
@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 
 CONNECT_GRACE = 10.0
 """How long ``wait`` waits for the event stream to (re)connect before reporting it down."""
+
+REMOVAL_WINDOW = 0.5
+"""Seconds after an unexplained exit in which a following "remove" event makes it a removal."""
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
@@ -225,9 +228,12 @@ class PodmanController:
                 while True:
                     ev = await w.get()
                     if ev.action == "died" and ev.time_ns >= started_ns:
-                        # One inspect confirms the exit: ``podman rm -f`` also emits "died"
-                        # first, and holds the container's lock until the removal is done,
-                        # so the inspect answers 404 for a removal and the code otherwise.
+                        # ``podman rm -f`` also emits "died" first, and "remove" some 50-100
+                        # ms later. An exit the agent did not cause is therefore given a short
+                        # window in which a removal wins; then one inspect confirms the exit
+                        # (it answers 404 if the container went after all).
+                        if not self._stopping and await self._removed_soon(w):
+                            self._gone()
                         if await self._check_state() is None:
                             return
                         continue
@@ -249,6 +255,19 @@ class PodmanController:
                     health.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await health
+
+    async def _removed_soon(self, w: Watch) -> bool:
+        """Whether a "remove" event arrives within ``REMOVAL_WINDOW`` (real time)."""
+        try:
+            async with asyncio.timeout(REMOVAL_WINDOW):
+                while True:
+                    ev = await w.get()
+                    if ev.action == "remove":
+                        return True
+                    if ev.action == "lost":
+                        return False
+        except TimeoutError:
+            return False
 
     async def _check_state(self) -> int | None:
         """Inspect once: a running container's StartedAt (ns), or judge an exited one.
