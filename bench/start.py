@@ -3,6 +3,9 @@
 In one run, on one private podman service (its own storage, so the host's containers are never
 touched), for each of 3 rounds:
 
+* **agent_yaml**: the whole agent (``reconciler run`` as a subprocess on the same service):
+  timed from the write of a desired-state file holding 30 tasks until the agent reports every
+  task ``running`` (its status is stored right after podman's start returned);
 * **agent**: 30 tasks are driven from ``new`` to ``running`` by ``reconciler.lifecycle.do`` in a
   simple driver loop (one coroutine per task, as the task managers do) through
   ``PodmanExecutor`` with its default 8 worker threads; timed until every task is ``running``,
@@ -12,9 +15,10 @@ touched), for each of 3 rounds:
 * **kube_play**: ``podman kube play`` of one YAML file holding 30 pods.
 
 Every container runs the same busybox loop. Containers are removed between measurements,
-outside the timed sections. Prints the medians and ``ratio agent/raw_parallel=R`` (issue 3's
-goal: R <= 1.15). Run it with ``bench/run start``; BENCH_START_TASKS and BENCH_START_ROUNDS
-override 30 and 3.
+outside the timed sections. Prints the medians, ``ratio agent/raw_parallel=R`` (issue 3's
+goal: R <= 1.15) and the whole agent's ``ratio agent_yaml/raw_parallel`` and
+``ratio agent_yaml/kube_play`` (issue 6's goals: <= 1.15 and <= 0.5). Run it with
+``bench/run start``; BENCH_START_TASKS and BENCH_START_ROUNDS override 30 and 3.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import podman
 
+from bench.support import AgentProcess, task_yaml, wait_until, write_desired
 from reconciler.clock import SystemClock
 from reconciler.errors import TaskNoop, TaskRetry
 from reconciler.executor import Controller, NullObserver
@@ -128,6 +133,24 @@ def kube_round(svc: PodmanService, workdir: Path) -> float:
     return time.perf_counter() - t0
 
 
+def agent_yaml_round(agent: AgentProcess, r: int) -> float:
+    tasks = [{"name": f"y{r}-{i}", "image": TEST_IMAGE, "command": COMMAND} for i in range(N)]
+    names = {t["name"] for t in tasks}
+
+    def all_running() -> bool:
+        running = {t["name"] for t in agent.tasks() if t["state"] == "running"}
+        return names <= running
+
+    t0 = time.perf_counter()
+    write_desired(agent.desired, "bench.yaml", task_yaml(tasks))
+    wait_until(all_running, timeout=600, what=f"{N} tasks running", every=0.005)
+    elapsed = time.perf_counter() - t0
+    # Untimed: remove them through the agent, so it does not restart what clean() kills.
+    write_desired(agent.desired, "bench.yaml", task_yaml([]))
+    wait_until(lambda: not agent.tasks(), timeout=600, what="tasks removed", every=0.05)
+    return elapsed
+
+
 def clean(svc: PodmanService) -> None:
     # Killing first: ``pod rm --time 0`` alone takes seconds per pod here.
     svc.run("pod", "kill", "--all", check=False, timeout=600)
@@ -143,11 +166,23 @@ def main() -> None:
         )
     base = Path(tempfile.mkdtemp(prefix="rcp-", dir="/tmp"))
     svc = PodmanService(base, containers_conf=REPO / "deploy" / "containers.conf")
-    results: dict[str, list[float]] = {"agent": [], "raw_parallel": [], "kube_play": []}
+    results: dict[str, list[float]] = {
+        "agent_yaml": [],
+        "agent": [],
+        "raw_parallel": [],
+        "kube_play": [],
+    }
+    agent: AgentProcess | None = None
     try:
         svc.start()
         svc.import_test_image()
+        agent = AgentProcess(svc, base / "agent")
+        write_desired(agent.desired, "bench.yaml", task_yaml([]))
+        agent.start()
+        wait_until(agent.ready, timeout=120, what="agent ready", every=0.05)
         for r in range(ROUNDS):
+            results["agent_yaml"].append(agent_yaml_round(agent, r))
+            clean(svc)
             results["agent"].append(asyncio.run(agent_round(svc)))
             clean(svc)
             results["raw_parallel"].append(raw_round(svc))
@@ -160,14 +195,19 @@ def main() -> None:
                 flush=True,
             )
     finally:
+        if agent is not None:
+            agent.stop()
         svc.destroy()
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"tasks={N} rounds={ROUNDS} threads={THREADS}")
+    print(f"agent_yaml_seconds={med['agent_yaml']:.3f}")
     print(f"agent_seconds={med['agent']:.3f}")
     print(f"raw_parallel_seconds={med['raw_parallel']:.3f}")
     print(f"kube_play_seconds={med['kube_play']:.3f}")
     print(f"ratio agent/raw_parallel={med['agent'] / med['raw_parallel']:.2f}")
     print(f"ratio kube_play/raw_parallel={med['kube_play'] / med['raw_parallel']:.2f}")
+    print(f"ratio agent_yaml/raw_parallel={med['agent_yaml'] / med['raw_parallel']:.2f}")
+    print(f"ratio agent_yaml/kube_play={med['agent_yaml'] / med['kube_play']:.2f}")
 
 
 if __name__ == "__main__":
