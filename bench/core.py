@@ -11,7 +11,6 @@ import asyncio
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
@@ -78,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

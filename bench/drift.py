@@ -74,7 +74,7 @@ def main() -> None:
                 wait_for_failed(agent, str(instance))
                 samples.append(time.perf_counter() - t0)
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
             agent.stop()
     print(f"rounds={len(samples)}")
     print(f"drift_p50_ms={1000 * percentile(samples, 0.5):.0f}")
