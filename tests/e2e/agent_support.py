@@ -27,8 +27,10 @@ files are 0755 and 0644, because the agent refuses anything writable by group or
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -104,6 +106,14 @@ def wait_for(
                 f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}{extra}"
             )
         time.sleep(interval)
+
+
+def podman_time(text: str) -> float:
+    """A podman inspect timestamp (RFC 3339, nanoseconds) as seconds since the epoch."""
+    m = re.fullmatch(r"(.+T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    assert m is not None, f"not an RFC 3339 time: {text!r}"
+    base = dt.datetime.fromisoformat(m.group(1) + m.group(3).replace("Z", "+00:00"))
+    return base.timestamp() + float("0." + (m.group(2) or "0"))
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -416,6 +426,17 @@ class Harness:
         data = json.loads(self.podman("container", "inspect", ref))
         assert isinstance(data, list) and len(data) == 1
         return dict(data[0])
+
+    def assert_stop_first(self, old: str, new: str) -> None:
+        """Container ``new`` started only after container ``old`` had stopped."""
+        old_state = self.inspect(old)["State"]
+        new_state = self.inspect(new)["State"]
+        assert not old_state["Running"], old_state
+        stopped, started = podman_time(old_state["FinishedAt"]), podman_time(new_state["StartedAt"])
+        assert started >= stopped, (
+            f"{new} started at {new_state['StartedAt']}, "
+            f"before {old} stopped at {old_state['FinishedAt']}"
+        )
 
     def memory_limit(self, ref: str) -> int | None:
         """The memory limit the kernel applies to container ``ref`` (None: unlimited).

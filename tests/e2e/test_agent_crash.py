@@ -132,7 +132,7 @@ def test_kill_9_mid_replacement_resumes_it_and_leaves_one_running(harness: Harne
     prior = next(v for v in h.instances("swap") if v["id"] == old["id"])
     assert prior["desiredState"] == "shutdown"
     assert prior["state"] in {"shutdown", "failed", "complete"}, prior
-    assert h.inspect(old["containerId"])["State"]["Running"] is False
+    h.assert_stop_first(old["containerId"], new["containerId"])
     # and it stays that way: exactly one instance of the name running, after more resyncs
     passes = resync_passes(h)
     h.wait_for(lambda: resync_passes(h) >= passes + 2, "two more resync passes")

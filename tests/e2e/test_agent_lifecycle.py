@@ -32,6 +32,10 @@ def harness(podman_service: PodmanService) -> Iterator[Harness]:
         yield h
 
 
+def resync_passes(h: Harness) -> float:
+    return h.agent.metric("reconciler_reconcile_duration_seconds_count") or 0.0
+
+
 def running_instance(h: Harness, name: str, *, not_id: str | None = None) -> dict[str, Any]:
     """Wait until the current instance of ``name`` runs (and is not ``not_id``)."""
 
@@ -74,6 +78,7 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
     assert old["state"] == "shutdown"
     old_container = h.inspect(first["containerId"])
     assert old_container["State"]["Running"] is False  # exited, and kept with the history
+    h.assert_stop_first(first["containerId"], second["containerId"])
 
     # a resources change: updated in place if the runtime can and the change is verified,
     # otherwise replaced, with a message saying so. Either way the current container ends up
@@ -94,6 +99,7 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
     if third["id"] != second["id"]:
         assert "replaced" in (third["message"] or ""), third
         assert h.inspect(third["containerId"])["HostConfig"]["Memory"] == 48 * MI
+        h.assert_stop_first(second["containerId"], third["containerId"])
     else:
         assert third["containerId"] == second["containerId"]  # in place: same container
     running = h.named("app", running=True)
@@ -108,12 +114,23 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
     assert h.inspect(third["containerId"])["State"]["Running"] is False
     assert h.named("app", running=True) == []
 
-    # back to running: a new instance
+    # a spec change while shut down starts nothing; it takes effect with the next instance
+    app["command"] = FOREVER
+    h.desired.write("tasks.yaml", [keeper, app])
+    passes = resync_passes(h)
+    h.wait_for(lambda: resync_passes(h) >= passes + 2, "two resync passes")
+    still = h.current("app")
+    assert still is not None and (still["id"], still["state"]) == (third["id"], "shutdown")
+    assert h.named("app", running=True) == []
+
+    # back to running: a new instance, with the command changed while it was shut down
     app["desiredState"] = "running"
     h.desired.write("tasks.yaml", [keeper, app])
     fourth = running_instance(h, "app", not_id=third["id"])
     assert fourth["id"] not in {first["id"], second["id"], third["id"]}
     assert [c["Id"] for c in h.named("app", running=True)] == [fourth["containerId"]]
+    assert h.inspect(fourth["containerId"])["Config"]["Cmd"] == FOREVER
+    assert h.exists(third["containerId"])  # the shut-down instance is kept in the history
 
     # removed from the file: every instance and container of the name goes
     h.desired.write("tasks.yaml", [keeper])
@@ -124,7 +141,7 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
 
 def test_exit_codes_decide_complete_and_failed(harness: Harness) -> None:
     h = harness
-    once = {"condition": "none"}
+    once = {"condition": "none", "delay": "1s"}
     h.desired.write(
         "jobs.yaml",
         [
@@ -137,7 +154,10 @@ def test_exit_codes_decide_complete_and_failed(harness: Harness) -> None:
     bad = h.wait_state("bad", "complete", "failed")
     assert ok["state"] == "complete" and ok["exitCode"] == 0, ok
     assert bad["state"] == "failed" and bad["exitCode"] == 3, bad
-    # restart condition none: they stay ended, no replacement
+    # restart condition none: they stay ended, with no replacement (the delay is 1s; wait
+    # for two 2s resync passes)
+    passes = resync_passes(h)
+    h.wait_for(lambda: resync_passes(h) >= passes + 2, "two resync passes")
     assert len(h.instances("ok")) == 1 and len(h.instances("bad")) == 1
     assert bad["restarts"] == 0
     container = h.inspect(bad["containerId"])
