@@ -6,7 +6,7 @@ and its assigned flag are kept apart, so the frequent status writes never rewrit
 Everything lives in the default column family under key prefixes, which keeps one assignment a
 single atomic ``WriteBatch``:
 
-    t/<id>   task JSON without status        s/<id>  status JSON
+    t/<id>   task JSON without status        s/<id>  status as a JSON row
     a/<id>   assigned flag (present = true)  m/<key> metadata JSON (format version, the
                                                       local manager's state, the node id...)
 
@@ -46,9 +46,8 @@ from rocksdict import (
 from reconciler.errors import StateDirInUse, StoreError, StoreVersionError, UnknownTask
 from reconciler.model import (
     Task,
+    TaskState,
     TaskStatus,
-    status_from_dict,
-    status_to_dict,
     task_from_dict,
     task_to_dict,
 )
@@ -77,6 +76,29 @@ def _dumps(value: Any) -> bytes:
 
 def _loads(raw: bytes) -> Any:
     return json.loads(raw)
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _status_bytes(status: TaskStatus) -> bytes:
+    """A status as a compact JSON row: statuses are the hot write path (several per task)."""
+    return _encode(
+        [
+            int(status.state),
+            status.timestamp,
+            status.message,
+            status.err,
+            status.container_id,
+            status.pid,
+            status.exit_code,
+        ]
+    ).encode()
+
+
+def _status_from(raw: bytes) -> TaskStatus:
+    state, ts, message, err, container_id, pid, exit_code = json.loads(raw)
+    return TaskStatus(TaskState(state), ts, message, err, container_id, pid, exit_code)
 
 
 def _options(read_only: bool) -> Options:
@@ -232,7 +254,7 @@ class Store:
     def walk_statuses(self) -> Iterator[tuple[str, TaskStatus]]:
         """Every stored status, in task id order."""
         for task_id, raw in self._items(_STATUS):
-            yield task_id, status_from_dict(_loads(raw))
+            yield task_id, _status_from(raw)
 
     def get_task(self, task_id: str) -> Task:
         """The task with its stored status. Raises ``UnknownTask``."""
@@ -243,7 +265,7 @@ class Store:
 
     def get_status(self, task_id: str) -> TaskStatus | None:
         raw = self._db.get(_STATUS + task_id.encode())
-        return status_from_dict(_loads(raw)) if raw is not None else None
+        return _status_from(raw) if raw is not None else None
 
     def is_assigned(self, task_id: str) -> bool:
         return self._db.get(_ASSIGNED + task_id.encode()) is not None
@@ -271,7 +293,7 @@ class Store:
         """Store a task's status. Raises ``UnknownTask`` if the task is not stored."""
         if task_id not in self._ids:
             raise UnknownTask(task_id)
-        self._db.put(_STATUS + task_id.encode(), _dumps(status_to_dict(status)), self._nosync)
+        self._db.put(_STATUS + task_id.encode(), _status_bytes(status), self._nosync)
 
     def put_statuses(self, statuses: Iterable[tuple[str, TaskStatus]]) -> list[str]:
         """Store many statuses in one batch; unknown tasks are skipped. Returns the stored ids."""
@@ -279,7 +301,7 @@ class Store:
         stored = []
         for task_id, status in statuses:
             if task_id in self._ids:
-                batch.put(_STATUS + task_id.encode(), _dumps(status_to_dict(status)))
+                batch.put(_STATUS + task_id.encode(), _status_bytes(status))
                 stored.append(task_id)
         if stored:
             self._db.write(batch, self._nosync)
@@ -315,7 +337,7 @@ class Store:
             batch.put(_ASSIGNED + tid, b"1")
             added.append(task.id)
         for task_id, status in statuses:
-            batch.put(_STATUS + task_id.encode(), _dumps(status_to_dict(status)))
+            batch.put(_STATUS + task_id.encode(), _status_bytes(status))
         gone: list[str] = []
         for task_id in removed:
             tid = task_id.encode()

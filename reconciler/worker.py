@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Iterable
 
 from reconciler.clock import Clock
@@ -56,6 +57,7 @@ class Worker:
         self.managers: dict[str, TaskManager] = {}
         self._listeners: list[StatusListener] = []
         self._closers: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()  # one for all task managers' backoff jitter
 
     # ----------------------------------------------------------------------------- init
 
@@ -119,6 +121,7 @@ class Worker:
             report=self.update_task_status,
             clock=self.clock,
             backoff=self.backoff,
+            rng=self._rng,
         )
         self.managers[task.id] = mgr
         mgr.start()
