@@ -112,11 +112,19 @@ def test_orphans_are_removed_and_foreign_containers_never_touched(harness: Harne
     orphan = f"orphan-{suffix}"
     unlabelled = f"unlabelled-{suffix}"
     other_node = f"othernode-{suffix}"
-    h.foreign += [orphan, unlabelled, other_node]
+    stopped_orphan = f"orphan-stopped-{suffix}"
+    h.foreign += [orphan, stopped_orphan, unlabelled, other_node]
     h.podman(
         "run", "-d", "--name", orphan,
         "--label", f"reconciler.node={h.node_id}",
         "--label", "reconciler.task.id=0123456789ab",
+        "--label", "reconciler.task.name=ghost",
+        IMAGE, *FOREVER,
+    )  # fmt: skip
+    h.podman(
+        "create", "--name", stopped_orphan,
+        "--label", f"reconciler.node={h.node_id}",
+        "--label", "reconciler.task.id=fedcba987654",
         "--label", "reconciler.task.name=ghost",
         IMAGE, *FOREVER,
     )  # fmt: skip
@@ -130,9 +138,10 @@ def test_orphans_are_removed_and_foreign_containers_never_touched(harness: Harne
     )  # fmt: skip
     started = {n: h.inspect(n)["State"]["StartedAt"] for n in (unlabelled, other_node)}
 
-    h.wait_for(lambda: not h.exists(orphan), "the orphan to be removed")
+    h.wait_for(lambda: not h.exists(orphan), "the running orphan to be removed")
+    h.wait_for(lambda: not h.exists(stopped_orphan), "the never-started orphan to be removed")
     h.wait_for(
-        lambda: (agent.metric(DRIFT, kind="orphan_removed") or 0) >= removed_before + 1,
+        lambda: (agent.metric(DRIFT, kind="orphan_removed") or 0) >= removed_before + 2,
         "drift_corrections_total{kind=orphan_removed} to grow",
     )
     passes = resync_passes(h)
