@@ -282,6 +282,13 @@ class Agent:
             self.reporter.update(task_id, status)
         self._changed()
 
+    def _forget_unknown(self, known: set[str]) -> None:
+        """Drop per-task bookkeeping of deleted tasks, so memory stays bounded."""
+        if self.reporter is not None:
+            self.reporter.retain(known)
+        for task_id in [t for t in self._started_at if t not in known]:
+            del self._started_at[task_id]
+
     async def _deliver(self, task_id: str, status: TaskStatus) -> None:
         session = self._session
         if session is None:
@@ -371,7 +378,9 @@ class Agent:
                 )
             self._set_runtime_up(True, "ready")
             await executor.resync()
-            removed = await executor.remove_orphans(self.store.task_ids())
+            known = self.store.task_ids()
+            removed = await executor.remove_orphans(known)
+            self._forget_unknown(known)
             if removed:
                 log.info("orphans removed n=%d", len(removed))
         except asyncio.CancelledError:

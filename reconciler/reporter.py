@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from reconciler.clock import Clock
 from reconciler.model import TaskStatus
@@ -47,9 +47,7 @@ class StatusReporter:
         self._pending: dict[str, TaskStatus] = {}
         self._delivered: dict[str, TaskStatus] = {}
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        self.delivered_count = 0
         self.failures = 0
 
     @property
@@ -66,10 +64,11 @@ class StatusReporter:
         self._pending[task_id] = status
         self._wake.set()
 
-    def forget(self, task_id: str) -> None:
-        """Drop what is known of a deleted task."""
-        self._pending.pop(task_id, None)
-        self._delivered.pop(task_id, None)
+    def retain(self, known: Collection[str]) -> None:
+        """Forget tasks that are no longer known (deleted), so memory stays bounded."""
+        for table in (self._pending, self._delivered):
+            for task_id in [t for t in table if t not in known]:
+                del table[task_id]
 
     def start(self) -> None:
         if self._loop is None:
@@ -82,17 +81,10 @@ class StatusReporter:
                 await self._loop
             self._loop = None
 
-    async def flush(self) -> None:
-        """Wait until nothing is pending (for tests and clean shutdown)."""
-        if self._pending:
-            self._idle.clear()
-            await self._idle.wait()
-
     async def _run(self) -> None:
         attempt = 0
         while True:
             if not self._pending:
-                self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
             failed = False
@@ -106,7 +98,6 @@ class StatusReporter:
                     failed = True
                     log.debug("status delivery failed task=%s err=%r", task_id, str(err))
                     continue
-                self.delivered_count += 1
                 self._delivered[task_id] = status
                 if self._pending.get(task_id) is status:
                     del self._pending[task_id]

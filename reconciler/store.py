@@ -295,18 +295,6 @@ class Store:
             raise UnknownTask(task_id)
         self._db.put(_STATUS + task_id.encode(), _status_bytes(status), self._nosync)
 
-    def put_statuses(self, statuses: Iterable[tuple[str, TaskStatus]]) -> list[str]:
-        """Store many statuses in one batch; unknown tasks are skipped. Returns the stored ids."""
-        batch = WriteBatch(raw_mode=True)
-        stored = []
-        for task_id, status in statuses:
-            if task_id in self._ids:
-                batch.put(_STATUS + task_id.encode(), _status_bytes(status))
-                stored.append(task_id)
-        if stored:
-            self._db.write(batch, self._nosync)
-        return stored
-
     def set_assigned(self, task_id: str, assigned: bool) -> None:
         key = _ASSIGNED + task_id.encode()
         if assigned:

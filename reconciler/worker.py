@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from reconciler.clock import Clock
 from reconciler.errors import UnknownTask
@@ -182,7 +182,3 @@ class Worker:
                 await m.ctlr.close()
             except Exception as err:
                 log.warning("closing controller failed task=%s err=%r", m.task.id, str(err))
-
-    def tasks(self) -> Iterable[Task]:
-        """The managed tasks with their current statuses."""
-        return (m.task for m in self.managers.values())

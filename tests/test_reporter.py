@@ -112,3 +112,16 @@ async def test_hundred_tasks_with_flaky_upstream_deliver_every_final_state_once(
         seq = [s.state for t, s in up.got if t == tid]
         assert seq == sorted(seq)
     await r.close()
+
+
+async def test_retain_forgets_deleted_tasks(clock: FakeClock):
+    up = Upstream()
+    r = StatusReporter(up, clock=clock)
+    r.update("a", TaskStatus(state=S.RUNNING, timestamp=1))
+    r.update("b", TaskStatus(state=S.RUNNING, timestamp=1))
+    r.retain({"b"})
+    assert r.pending == 1
+    r.start()
+    await settle()
+    assert [tid for tid, _ in up.got] == ["b"]
+    await r.close()

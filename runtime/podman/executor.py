@@ -190,13 +190,3 @@ class PodmanExecutor:
             seen = by_name.get(name)
             if seen is None or str(seen.get("State") or "") != "running":
                 self._events.post(name, ContainerEvent("recheck", name, detail="resync"))
-
-    async def container_ids(self) -> dict[str, str]:
-        """Task id -> container id for this node's labelled containers (one list call)."""
-        listed = await self._api.list(labels={NODE_LABEL: self.node_id})
-        out: dict[str, str] = {}
-        for c in listed:
-            tid = (c.get("Labels") or {}).get(TASK_ID_LABEL)
-            if tid:
-                out[str(tid)] = str(c.get("Id"))
-        return out
