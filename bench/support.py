@@ -122,7 +122,7 @@ class AgentProcess:
                     "--node-id",
                     "bench-node",
                     "--log-level",
-                    "warning",
+                    os.environ.get("BENCH_AGENT_LOG_LEVEL", "warning"),
                 ],
                 stdout=log,
                 stderr=log,

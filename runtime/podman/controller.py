@@ -231,14 +231,29 @@ class PodmanController:
                         # ``podman rm -f`` also emits "died" first, and "remove" some 50-100
                         # ms later. An exit the agent did not cause is therefore given a short
                         # window in which a removal wins; then one inspect confirms the exit
-                        # (it answers 404 if the container went after all).
-                        if not self._stopping and await self._removed_soon(w):
+                        # (it answers 404 if the container went after all). ``podman kill``
+                        # announces itself with a "kill" event before "died" (``rm -f`` does
+                        # not), so a kill is judged at once, without the window.
+                        if (
+                            not self._stopping
+                            and not self._killed_outside
+                            and await self._removed_soon(w)
+                        ):
                             self._gone()
                         if await self._check_state() is None:
                             return
                         continue
                     if ev.action == "kill" and not self._stopping:
                         self._killed_outside = True
+                        # podman's "died" can trail a kill by a few hundred ms (it comes from
+                        # the cleanup process conmon starts); a SIGKILLed container already
+                        # inspects as exited, so look now. One that survives its signal is
+                        # still running, and the wait goes on.
+                        started = await self._check_state()
+                        if started is None:
+                            return
+                        started_ns = started
+                        continue
                     elif ev.action == "remove":
                         self._gone()
                     elif ev.action == "recheck":
