@@ -155,3 +155,25 @@ def test_inspect_redacts_env_and_exits_one_when_missing(tmp_path: Path, capsys):
     assert json.loads(capsys.readouterr().out)["spec"]["env"] == {"TOKEN": "s3cret"}
     assert main(["inspect", "nope", "--state-dir", str(tmp_path)]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_ps_watch_redraws_the_table_until_interrupted(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+
+    make_state(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "ps", "--watch", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    seen = b""
+    while seen.count(b"\x1b[H\x1b[2J") < 2:  # two full redraws, each clearing the screen
+        chunk = proc.stdout.read1(4096)
+        assert chunk, proc.stderr.read() if proc.stderr else b""
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    assert seen.count(b"NAME") >= 2 and b"web" in seen
