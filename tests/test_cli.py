@@ -163,17 +163,17 @@ def test_ps_watch_redraws_the_table_until_interrupted(tmp_path: Path):
     import sys
 
     make_state(tmp_path)
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "ps", "--watch", "--state-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    seen = b""
-    while seen.count(b"\x1b[H\x1b[2J") < 2:  # two full redraws, each clearing the screen
-        chunk = proc.stdout.read1(4096)
-        assert chunk, proc.stderr.read() if proc.stderr else b""
-        seen += chunk
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        seen = b""
+        while seen.count(b"\x1b[H\x1b[2J") < 2:  # two full redraws, each clearing the screen
+            chunk = proc.stdout.read1(4096)
+            assert chunk, proc.stderr.read()
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
     assert seen.count(b"NAME") >= 2 and b"web" in seen
