@@ -295,6 +295,15 @@ class Store:
             raise UnknownTask(task_id)
         self._db.put(_STATUS + task_id.encode(), _status_bytes(status), self._nosync)
 
+    def put_statuses(self, statuses: Iterable[tuple[str, TaskStatus]]) -> None:
+        """Store many statuses in one unsynced batch; those of unknown tasks are skipped."""
+        batch = WriteBatch(raw_mode=True)
+        for task_id, status in statuses:
+            if task_id in self._ids:
+                batch.put(_STATUS + task_id.encode(), _status_bytes(status))
+        if not batch.is_empty():
+            self._db.write(batch, self._nosync)
+
     def set_assigned(self, task_id: str, assigned: bool) -> None:
         key = _ASSIGNED + task_id.encode()
         if assigned:

@@ -11,8 +11,9 @@ It follows SwarmKit's ``agent/worker.go``:
   status if the store has one (the stored status beats the incoming one), otherwise the incoming
   status, and is started. Removed tasks lose their record, their manager is closed, and their
   container removed.
-* Every status change is written to the store first, then broadcast to every listener. A status
-  for a task that is no longer stored is dropped, never broadcast. A new listener is first given
+* Every status change is written to the store (batched per event-loop turn, see
+  ``update_task_status``) and broadcast to every listener. A status for a task that is no
+  longer stored is dropped, never broadcast. A new listener is first given
   every stored status, in id order.
 
 Resolving a controller happens once, when a task's manager is created (``lifecycle.resolve``).
@@ -27,7 +28,6 @@ import random
 from collections.abc import Callable
 
 from reconciler.clock import Clock
-from reconciler.errors import UnknownTask
 from reconciler.executor import Executor
 from reconciler.lifecycle import resolve
 from reconciler.model import Assignment, AssignmentAction, Task, TaskStatus
@@ -58,6 +58,8 @@ class Worker:
         self._listeners: list[StatusListener] = []
         self._closers: set[asyncio.Task[None]] = set()
         self._rng = random.Random()  # one for all task managers' backoff jitter
+        self._unflushed: dict[str, TaskStatus] = {}
+        self._flush_scheduled = False
 
     # ----------------------------------------------------------------------------- init
 
@@ -88,6 +90,8 @@ class Worker:
             removed = {t: None for t in removed if t in self.store or t in self.managers}
 
         # Unknown tasks are stored with their incoming status; known ones keep the stored one.
+        for task_id in removed:
+            self._unflushed.pop(task_id, None)
         fresh = [(t.id, t.status) for t in updated.values() if t.id not in self.store]
         self.store.apply_assignment(updated.values(), removed, statuses=fresh)
 
@@ -96,7 +100,7 @@ class Worker:
             if mgr is not None:
                 mgr.update(task)
                 continue
-            stored = self.store.get_status(task.id)
+            stored = self._stored_status(task.id)
             self._start_task(task if stored is None else task.with_status(stored))
 
         for task_id in removed:
@@ -141,13 +145,32 @@ class Worker:
     # --------------------------------------------------------------------------- status
 
     def update_task_status(self, task_id: str, status: TaskStatus) -> None:
-        """Store a status, then broadcast it. Dropped if the task is no longer stored."""
-        try:
-            self.store.put_status(task_id, status)
-        except UnknownTask:
+        """Store a status, then broadcast it. Dropped if the task is no longer stored.
+
+        The write is queued and made, with every other status of this event-loop turn, in
+        one batch before the loop runs anything else: a task whose steps make no runtime
+        call (accepted, preparing, starting) changes status several times in one turn, and
+        only its latest needs writing. Nothing a listener starts can reach the network
+        before the batch is written, so no status leaves the agent before it is stored.
+        """
+        if task_id not in self.store:
             return
+        self._unflushed[task_id] = status
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
         for listener in tuple(self._listeners):
             listener(task_id, status)
+
+    def flush(self) -> None:
+        """Write the queued statuses now (one unsynced batch)."""
+        self._flush_scheduled = False
+        if self._unflushed:
+            pending, self._unflushed = self._unflushed, {}
+            self.store.put_statuses(pending.items())
+
+    def _stored_status(self, task_id: str) -> TaskStatus | None:
+        return self._unflushed.get(task_id) or self.store.get_status(task_id)
 
     def listen(self, listener: StatusListener) -> Callable[[], None]:
         """Subscribe to status changes, after a replay of every stored status in id order.
@@ -155,6 +178,7 @@ class Worker:
         Returns a function that unsubscribes.
         """
         self._listeners.append(listener)
+        self.flush()
         for task_id, status in self.store.walk_statuses():
             listener(task_id, status)
 
@@ -177,6 +201,7 @@ class Worker:
         self.managers.clear()
         await asyncio.gather(*(m.close() for m in managers))
         await self.wait_closed()
+        self.flush()
         for m in managers:
             try:
                 await m.ctlr.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -185,4 +186,19 @@ async def test_resolve_failure_is_stored_and_reported(store, executor, clock):
     assert store.get_status("a").state == S.REJECTED
     assert got == [S.REJECTED]
     assert "a" not in w.managers
+    await w.close()
+
+
+async def test_statuses_of_one_turn_are_written_once_latest_wins(store, executor, clock):
+    w = worker(store, executor, clock)
+    await w.assign(Assignment.complete([make_task("a", desired=S.ACCEPTED)]))
+    await settle()
+    got: list[TaskState] = []
+    w.listen(lambda tid, st: got.append(st.state))
+    w.update_task_status("a", TaskStatus(state=S.PREPARING))
+    w.update_task_status("a", TaskStatus(state=S.READY))
+    assert got[-2:] == [S.PREPARING, S.READY]  # every change is broadcast
+    assert store.get_status("a").state == S.ACCEPTED  # written at the end of this turn
+    await asyncio.sleep(0)
+    assert store.get_status("a").state == S.READY
     await w.close()
