@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -35,6 +35,10 @@ from reconciler import __version__
 from reconciler.errors import StateDirInUse, StoreError, UnknownTask
 from reconciler.model import spec_to_dict, status_to_dict
 from reconciler.snapshot import TaskView
+
+if TYPE_CHECKING:
+    from reconciler.clock import Clock
+    from reconciler.store import Store
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -273,7 +277,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run_agent(
     *,
-    store: Any,
+    store: Store,
     state_dir: Path,
     desired: Path,
     listen: tuple[str, int],
@@ -281,7 +285,7 @@ async def _run_agent(
     node_id: str,
     resync: float,
     labels: tuple[tuple[str, str], ...],
-    clock: Any,
+    clock: Clock,
 ) -> int:
     from reconciler import http
     from reconciler.agent import Agent, AgentConfig
