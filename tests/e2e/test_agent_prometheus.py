@@ -1,0 +1,140 @@
+"""End to end: a real Prometheus scrapes a real agent running real podman tasks.
+
+The agent runs as a subprocess on the private podman service with a small, lively desired set:
+a long-running task, a job that completes and is restarted, a task that keeps failing, and a
+container killed behind the agent's back (a drift correction). Debian's ``prometheus`` scrapes
+it every second. Then every panel expression of the Grafana dashboard, with its variables made
+concrete, must return data, and a few contract values are checked through PromQL.
+
+Without podman or prometheus this skips on a developer machine and fails under CI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runtime.podman.service import PodmanService
+from tests.e2e.agent_support import Harness, task
+from tests.e2e.test_prometheus import (
+    Prom,
+    concrete,
+    dashboard_targets,
+    free_port,
+    has_number,
+    prometheus_binary,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.prometheus]
+
+
+@pytest.fixture
+def harness(podman_service: PodmanService) -> Iterator[Harness]:
+    with Harness(podman_service) as h:
+        yield h
+
+
+@pytest.fixture
+def prometheus_for(tmp_path: Path) -> Iterator[object]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(target: str) -> Prom:
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {"job_name": "reconciler", "static_configs": [{"targets": [target]}]}
+                    ],
+                }
+            )
+        )
+        log = tmp_path / "prometheus.log"
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        prometheus_binary(),
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={tmp_path / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{port}",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=tmp_path,
+                )
+            )
+        return Prom(f"http://127.0.0.1:{port}", log)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def value(prom: Prom, expr: str) -> float:
+    result = prom.api("query", query=expr)["result"]
+    assert len(result) == 1, (expr, result)
+    return float(result[0]["value"][1])
+
+
+def test_dashboard_panels_have_data_from_a_real_agent(harness: Harness, prometheus_for) -> None:
+    h = harness
+    h.desired.write(
+        "t.yaml",
+        [
+            task("web"),
+            task("job", command=["sh", "-c", "exit 0"], restart={"delay": "1s"}),
+            task(
+                "crashy",
+                command=["sh", "-c", "exit 3"],
+                restart={"condition": "on-failure", "delay": "1s", "maxDelay": "2s"},
+            ),
+        ],
+    )
+    agent = h.start_agent(resync="2s")
+    web = h.wait_state("web", "running")
+    h.podman("kill", web["containerId"])  # a drift correction for the dashboard to show
+    h.wait_for(
+        lambda: (h.current("web") or {}).get("id") not in (None, web["id"]) or None,
+        "web replaced after the kill",
+    )
+    prom = prometheus_for(f"127.0.0.1:{h.port}")
+    h.wait_for(
+        lambda: value(prom, 'sum_over_time(up{job="reconciler"}[1m])') >= 8,
+        "eight scrapes of the agent",
+        timeout=120,
+        interval=0.5,
+    )
+
+    instance = f"127.0.0.1:{h.port}"
+    empty = []
+    for title, target in dashboard_targets():
+        expr = concrete(target["expr"], instance)
+        if target.get("instant"):
+            data = prom.api("query", query=expr)
+        else:
+            end = time.time()
+            data = prom.api("query_range", query=expr, start=str(end - 30), end=str(end), step="1")
+        if not has_number(data["result"]):
+            empty.append(f"{title}: {expr} -> {data['result']}")
+    assert not empty, "panels without data:\n" + "\n".join(empty) + "\n" + agent.log_tail()
+
+    assert value(prom, f'reconciler_node_info{{node_id="{h.node_id}"}}') == 1
+    assert value(prom, "reconciler_node_ready") == 1
+    assert value(prom, 'reconciler_tasks{state="running"}') >= 1
+    assert value(prom, 'reconciler_drift_corrections_total{kind="container_exited"}') >= 1
+    assert value(prom, 'reconciler_task_restarts_total{name="web"}') >= 1
+    assert value(prom, "reconciler_task_start_seconds_count") >= 3
+    assert value(prom, "reconciler_reconcile_duration_seconds_count") >= 1
