@@ -111,6 +111,24 @@ class Executor(Protocol):
         ...
 
 
+RUNTIME_OPS = (
+    "create",
+    "start",
+    "stop",
+    "remove",
+    "inspect",
+    "list",
+    "events",
+    "pull",
+    "update",
+    "healthcheck",
+)
+"""The runtime operations ``RuntimeObserver.runtime_error`` names (the metric's ``op`` label)."""
+
+DRIFT_KINDS = ("container_missing", "container_exited", "orphan_removed")
+"""The corrections ``RuntimeObserver.drift_corrected`` names (the metric's ``kind`` label)."""
+
+
 class RuntimeObserver(Protocol):
     """Where a runtime reports what the metrics count. ``reconciler.metrics`` implements it."""
 

@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from reconciler import __version__
+from reconciler.executor import DRIFT_KINDS, RUNTIME_OPS
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot
 
@@ -49,22 +50,6 @@ __all__ = [
 #: The exposition format ``render()`` produces (the classic Prometheus text format).
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-#: ``reconciler_runtime_errors_total{op}``: every value is exported from the start.
-RUNTIME_OPS: Final = (
-    "create",
-    "start",
-    "stop",
-    "remove",
-    "inspect",
-    "list",
-    "events",
-    "pull",
-    "update",
-    "healthcheck",
-)
-
-#: ``reconciler_drift_corrections_total{kind}``: every value is exported from the start.
-DRIFT_KINDS: Final = ("container_missing", "container_exited", "orphan_removed")
 
 #: Assignment-to-running latency: a local create+start is ~50 ms, a pull can take minutes.
 START_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

@@ -45,19 +45,6 @@ from reconciler.executor import RuntimeObserver
 
 T = TypeVar("T")
 
-OPS = (
-    "create",
-    "start",
-    "stop",
-    "remove",
-    "inspect",
-    "list",
-    "events",
-    "pull",
-    "update",
-    "healthcheck",
-)
-
 DEFAULT_TIMEOUT = 60.0
 """Socket timeout for ordinary calls (seconds). Stops and pulls get longer ones."""
 
