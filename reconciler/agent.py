@@ -227,7 +227,9 @@ class Agent:
             self.store, node_id=self.config.node_id, clock=self.clock, assign=worker.assign
         )
         self.manager = manager
-        reporter = StatusReporter(self._deliver, clock=self.clock)
+        reporter = StatusReporter(
+            self._deliver, clock=self.clock, on_pending=lambda _: self._changed()
+        )
         self.reporter = reporter
 
         await executor.start()

@@ -39,8 +39,10 @@ class StatusReporter:
         clock: Clock,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        on_pending: Callable[[int], None] | None = None,
     ) -> None:
         self._deliver = deliver
+        self._on_pending = on_pending  # told the pending count after each delivery pass
         self._clock = clock
         self._backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self._rng = rng or random.Random()
@@ -101,6 +103,8 @@ class StatusReporter:
                 self._delivered[task_id] = status
                 if self._pending.get(task_id) is status:
                     del self._pending[task_id]
+            if self._on_pending is not None:
+                self._on_pending(len(self._pending))
             if failed:
                 await self._clock.sleep(self._backoff.delay(attempt, self._rng))
                 attempt += 1

@@ -187,3 +187,18 @@ async def test_incremental_message_applies_on_top_of_the_stored_desired_set(
         await settle()
         await r.agent.worker.wait_closed()  # type: ignore[union-attr]
         assert states(r.agent) == {"web": S.RUNNING, "cache": S.RUNNING}
+
+
+async def test_pending_reports_follow_a_manager_that_is_away_then_back(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = FakeExecutor(clock=clock)
+    async with running_agent(tmp_path, clock, executor) as r:
+        r.session.fail_reports = 1000
+        r.session.send(desired("web", "db"))
+        await settle()
+        assert metric(r.agent, "reconciler_status_reports_pending") == 2
+        r.session.fail_reports = 0
+        await clock.advance(60)
+        assert metric(r.agent, "reconciler_status_reports_pending") == 0
+        assert r.session.latest["web"].state == S.RUNNING
