@@ -1,0 +1,58 @@
+"""Podman socket discovery for ``reconciler run``: the order PRODUCT.md gives, and the fallback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from runtime.podman.discovery import answers, candidates, find_podman, state_dir_socket
+
+
+def test_candidates_follow_the_contract_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("CONTAINER_HOST", "unix:///custom/podman.sock")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
+    assert candidates(tmp_path) == [
+        "unix:///custom/podman.sock",
+        "unix:///run/podman/podman.sock",
+        "unix:///run/user/1234/podman/podman.sock",
+        f"unix://{tmp_path}/podman/podman.sock",
+    ]
+    monkeypatch.delenv("CONTAINER_HOST")
+    assert candidates(tmp_path)[0] == "unix:///run/podman/podman.sock"
+
+
+def test_a_state_dir_too_deep_for_a_socket_path_gets_a_short_stand_in():
+    deep = Path("/var/lib/" + "x" * 120)
+    url = state_dir_socket(deep)
+    assert url.startswith("unix:///tmp/reconciler-")
+    assert len(url) - len("unix://") <= 107
+
+
+def test_explicit_url_is_used_as_given(tmp_path: Path):
+    assert find_podman("unix:///nowhere.sock", tmp_path) == ("unix:///nowhere.sock", None)
+
+
+def test_answers_only_a_podman_ping(tmp_path: Path):
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+    t = threading.Thread(target=serve_once)
+    t.start()
+    try:
+        assert answers(f"unix://{path}")
+    finally:
+        t.join()
+        server.close()
+    assert not answers(f"unix://{tmp_path / 'missing.sock'}")
+    assert not answers("tcp://127.0.0.1:1")
