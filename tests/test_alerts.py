@@ -8,7 +8,6 @@ component does here. The dashboard and rule checks that need no binary always ru
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,38 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.contract import CONTRACT_METRICS, missing
+
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "reconciler.json"
 
-#: Every metric name in PRODUCT.md's "Metrics" table (agent and manager). Dashboards and alerts
-#: may use only these (plus a histogram's _bucket/_sum/_count series, and Prometheus's `up`).
-CONTRACT_METRICS = frozenset(
-    {
-        "reconciler_build_info",
-        "reconciler_node_info",
-        "reconciler_node_ready",
-        "reconciler_node_cpus",
-        "reconciler_node_memory_bytes",
-        "reconciler_runtime_up",
-        "reconciler_tasks",
-        "reconciler_task_state",
-        "reconciler_task_restarts_total",
-        "reconciler_task_start_seconds",
-        "reconciler_reconcile_duration_seconds",
-        "reconciler_drift_corrections_total",
-        "reconciler_desired_state_valid",
-        "reconciler_desired_state_errors_total",
-        "reconciler_desired_state_applied_timestamp_seconds",
-        "reconciler_runtime_errors_total",
-        "reconciler_status_reports_pending",
-        "reconciler_session_connected",
-        "reconciler_manager_leader",
-        "reconciler_manager_nodes",
-        "reconciler_manager_tasks",
-        "reconciler_manager_reschedules_total",
-    }
-)
 HISTOGRAMS = frozenset({"reconciler_task_start_seconds", "reconciler_reconcile_duration_seconds"})
 REQUIRED_ALERTS = frozenset(
     {
@@ -67,10 +40,7 @@ def require(binary: str) -> str:
     """The binary's path; skip without it, or fail under CI."""
     path = shutil.which(binary)
     if path is None:
-        message = f"{binary} is not installed (Debian package: prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {message}")
-        pytest.skip(message)
+        missing(f"{binary} is not installed (Debian package: prometheus)")
     return path
 
 

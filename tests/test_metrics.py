@@ -11,6 +11,7 @@ from reconciler.executor import RuntimeObserver
 from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics, readiness
 from reconciler.model import NodeDescription, TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from tests.contract import AGENT_METRICS
 
 NODE = NodeDescription(
     hostname="edge-1",
@@ -21,28 +22,6 @@ NODE = NodeDescription(
     runtime_name="podman",
     runtime_version="4.3.1",
     agent_version=__version__,
-)
-
-#: Every metric PRODUCT.md lists for an agent (the manager's are not exported here).
-AGENT_METRICS = (
-    "reconciler_build_info",
-    "reconciler_node_info",
-    "reconciler_node_ready",
-    "reconciler_node_cpus",
-    "reconciler_node_memory_bytes",
-    "reconciler_runtime_up",
-    "reconciler_tasks",
-    "reconciler_task_state",
-    "reconciler_task_restarts_total",
-    "reconciler_task_start_seconds",
-    "reconciler_reconcile_duration_seconds",
-    "reconciler_drift_corrections_total",
-    "reconciler_desired_state_valid",
-    "reconciler_desired_state_errors_total",
-    "reconciler_desired_state_applied_timestamp_seconds",
-    "reconciler_runtime_errors_total",
-    "reconciler_status_reports_pending",
-    "reconciler_session_connected",
 )
 
 

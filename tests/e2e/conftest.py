@@ -13,7 +13,6 @@ under CI (``CI`` set), naming what is missing.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import SystemClock
 from runtime.podman import PodmanExecutor
 from runtime.podman.service import TEST_IMAGE_TARBALL, PodmanService
-from tests.e2e.podman_support import RecordingObserver, new_id
+from tests.contract import missing as absent
+from tests.e2e.podman_support import RecordingObserver, new_executor, new_id
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO / "deploy" / "containers.conf"
@@ -35,10 +34,7 @@ def require_podman() -> None:
     missing = [b for b in ("podman", "runc", "busybox") if shutil.which(b) is None]
     if not missing:
         return
-    msg = f"podman e2e tests need {', '.join(missing)} (run scripts/setup)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+    absent(f"podman e2e tests need {', '.join(missing)} (run scripts/setup)")
 
 
 def ensure_tarball() -> None:
@@ -93,13 +89,7 @@ def node_id() -> str:
 async def podman_executor(
     podman_service: PodmanService, node_id: str, observer: RecordingObserver
 ) -> AsyncIterator[PodmanExecutor]:
-    ex = PodmanExecutor(
-        url=podman_service.url,
-        node_id=node_id,
-        clock=SystemClock(),
-        observer=observer,
-        agent_version="test",
-    )
+    ex = new_executor(podman_service.url, node_id, observer)
     await ex.start()
     try:
         yield ex

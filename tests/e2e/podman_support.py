@@ -14,10 +14,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from reconciler.clock import Clock, SystemClock
 from reconciler.errors import TaskNoop, TaskRetry
-from reconciler.executor import Controller
+from reconciler.executor import Controller, RuntimeObserver
 from reconciler.lifecycle import do, resolve
 from reconciler.model import HealthCheck, Resources, Task, TaskSpec, TaskState, TaskStatus
+from runtime.podman import PodmanExecutor
 
 IMAGE = "localhost/busybox:latest"
 # Runs until stopped; exits 0 on SIGTERM at once, so graceful stops are quick.
@@ -111,3 +113,16 @@ def resolved(task: Task, executor: object) -> tuple[Controller, Task]:
     ctlr, status = resolve(task, executor, now=time.time)  # type: ignore[arg-type]
     assert ctlr is not None, status
     return ctlr, replace(task, status=status)
+
+
+def new_executor(
+    url: str, node_id: str, observer: RuntimeObserver, *, clock: Clock | None = None
+) -> PodmanExecutor:
+    """A podman executor for one test's node (not started)."""
+    return PodmanExecutor(
+        url=url,
+        node_id=node_id,
+        clock=clock or SystemClock(),
+        observer=observer,
+        agent_version="test",
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import FakeClock, SystemClock
+from reconciler.clock import FakeClock
 from reconciler.errors import (
     ContainerGone,
     ExitError,
@@ -35,6 +35,7 @@ from tests.e2e.podman_support import (
     RecordingObserver,
     drive,
     make_task,
+    new_executor,
     new_id,
     resolved,
 )
@@ -309,13 +310,7 @@ async def test_failing_health_check_fails_the_task_with_a_health_message(
     podman_service: PodmanService, node_id: str, observer: RecordingObserver
 ) -> None:
     clock = FakeClock()
-    ex = PodmanExecutor(
-        url=podman_service.url,
-        node_id=node_id,
-        clock=clock,
-        observer=observer,
-        agent_version="test",
-    )
+    ex = new_executor(podman_service.url, node_id, observer, clock=clock)
     await ex.start()
     try:
         hc = HealthCheck(test=("CMD-SHELL", "echo sick; exit 1"), interval=5, timeout=5, retries=2)
@@ -346,9 +341,7 @@ async def test_podman_restart_under_a_pending_wait_resumes_without_restarting(
     private_podman_service: PodmanService, node_id: str, observer: RecordingObserver
 ) -> None:
     svc = private_podman_service
-    ex = PodmanExecutor(
-        url=svc.url, node_id=node_id, clock=SystemClock(), observer=observer, agent_version="t"
-    )
+    ex = new_executor(svc.url, node_id, observer)
     await ex.start()
     try:
         ctlr, driven = await _running(ex, node_id)
@@ -422,13 +415,7 @@ async def test_memory_update_is_applied_live_and_verified_or_refused(
 async def test_a_new_executor_adopts_a_running_container_without_restarting_it(
     podman_service: PodmanService, node_id: str, observer: RecordingObserver
 ) -> None:
-    first = PodmanExecutor(
-        url=podman_service.url,
-        node_id=node_id,
-        clock=SystemClock(),
-        observer=observer,
-        agent_version="t",
-    )
+    first = new_executor(podman_service.url, node_id, observer)
     await first.start()
     try:
         _, driven = await _running(first, node_id)
@@ -437,13 +424,7 @@ async def test_a_new_executor_adopts_a_running_container_without_restarting_it(
     name = f"{driven.task.spec.name}.{driven.task.id}"
     before = state_of(podman_service, name)
 
-    second = PodmanExecutor(
-        url=podman_service.url,
-        node_id=node_id,
-        clock=SystemClock(),
-        observer=observer,
-        agent_version="t",
-    )
+    second = new_executor(podman_service.url, node_id, observer)
     await second.start()
     try:
         ctlr, task = resolved(driven.task, second)
@@ -469,13 +450,7 @@ async def test_a_new_executor_adopts_a_running_container_without_restarting_it(
 async def test_a_container_that_exited_while_the_agent_was_away_is_judged_by_exit_code(
     podman_service: PodmanService, node_id: str, observer: RecordingObserver
 ) -> None:
-    first = PodmanExecutor(
-        url=podman_service.url,
-        node_id=node_id,
-        clock=SystemClock(),
-        observer=observer,
-        agent_version="t",
-    )
+    first = new_executor(podman_service.url, node_id, observer)
     await first.start()
     try:
         _, driven = await _running(first, node_id)
@@ -485,13 +460,7 @@ async def test_a_container_that_exited_while_the_agent_was_away_is_judged_by_exi
     await asyncio.to_thread(podman_service.run, "kill", "--signal", "KILL", name)
     await until(lambda: state_of(podman_service, name)["Running"] is False, what="exit")
 
-    second = PodmanExecutor(
-        url=podman_service.url,
-        node_id=node_id,
-        clock=SystemClock(),
-        observer=observer,
-        agent_version="t",
-    )
+    second = new_executor(podman_service.url, node_id, observer)
     await second.start()
     try:
         ctlr, _ = resolved(driven.task, second)
@@ -531,9 +500,7 @@ async def test_event_stream_survives_events_log_rotation(
         )
     )
     svc = start_service(conf)
-    ex = PodmanExecutor(
-        url=svc.url, node_id=node_id, clock=SystemClock(), observer=observer, agent_version="t"
-    )
+    ex = new_executor(svc.url, node_id, observer)
     await ex.start()
     try:
         ctlr, driven = await _running(ex, node_id)
@@ -615,13 +582,7 @@ async def test_kill_9_of_the_agent_then_a_new_one_adopts_all_ten_running_contain
     assert all(t.status.state == TaskState.RUNNING for t in tasks)
     before = {t.id: state_of(podman_service, f"{t.spec.name}.{t.id}") for t in tasks}
 
-    ex = PodmanExecutor(
-        url=podman_service.url,
-        node_id=node_id,
-        clock=SystemClock(),
-        observer=observer,
-        agent_version="t",
-    )
+    ex = new_executor(podman_service.url, node_id, observer)
     await ex.start()
     try:
         pairs = [resolved(t, ex) for t in tasks]
