@@ -23,6 +23,7 @@ from reconciler.desired.loader import (
     merge,
     parse_file,
     read_file,
+    read_files,
 )
 from reconciler.desired.plan import PlanLine, plan
 from reconciler.desired.problems import DesiredStateError, Problem
@@ -88,14 +89,8 @@ def apply_file(file: Path, desired_dir: Path, *, dry_run: bool) -> list[PlanLine
         problems.extend(more)
     target = os.path.join(dir_shown, basename)
     others = [f for f in files if os.path.basename(f) != basename]
-    other_declared: list[Declared] = []
-    for path in others:
-        file_data, more = read_file(path)
-        problems.extend(more)
-        if file_data is not None:
-            found, more = parse_file(file_data, path)
-            other_declared.extend(found)
-            problems.extend(more)
+    other_declared, more = read_files(others)
+    problems.extend(more)
     new_set, dups = merge([*other_declared, *new_declared])
     problems.extend(dups)
     if problems:

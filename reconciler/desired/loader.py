@@ -225,6 +225,16 @@ def read_files(files: Iterable[str]) -> tuple[list[Declared], list[Problem]]:
     return declared, problems
 
 
+def _validated(files: Iterable[str], problems: list[Problem]) -> DesiredSet:
+    """Read, parse and merge ``files``; raise every problem (with ``problems`` found so far)."""
+    declared, more = read_files(files)
+    result, dups = merge(declared)
+    problems = [*problems, *more, *dups]
+    if problems:
+        raise DesiredStateError(_sorted(problems))
+    return result
+
+
 def load_directory(path: str | Path) -> DesiredSet:
     """Read and validate the whole desired directory.
 
@@ -233,12 +243,7 @@ def load_directory(path: str | Path) -> DesiredSet:
     unsafe, unreadable, empty or invalid file, and every duplicate name.
     """
     files, problems = directory_files(path)
-    declared, more = read_files(files)
-    result, dups = merge(declared)
-    problems = [*problems, *more, *dups]
-    if problems:
-        raise DesiredStateError(_sorted(problems))
-    return result
+    return _validated(files, problems)
 
 
 def load_paths(paths: Sequence[str | Path]) -> DesiredSet:
@@ -263,9 +268,4 @@ def load_paths(paths: Sequence[str | Path]) -> DesiredSet:
             if key not in seen:
                 seen.add(key)
                 files.append(f)
-    declared, more = read_files(files)
-    result, dups = merge(declared)
-    problems = [*problems, *more, *dups]
-    if problems:
-        raise DesiredStateError(_sorted(problems))
-    return result
+    return _validated(files, problems)

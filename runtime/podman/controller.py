@@ -142,10 +142,7 @@ class PodmanController:
         if spec.pull == "always":
             await self._pull()
         try:
-            self._cid = await self._rt.api.create(self._kwargs)
-        except NameConflict:
-            await self._adopt_existing()
-            raise TaskPrepared() from None
+            await self._create()
         except ImageMissing:
             if spec.pull == "never":
                 self._rt.observer.runtime_error("create")
@@ -154,14 +151,19 @@ class PodmanController:
                 ) from None
             await self._pull()
             try:
-                self._cid = await self._rt.api.create(self._kwargs)
-            except NameConflict:
-                await self._adopt_existing()
-                raise TaskPrepared() from None
+                await self._create()
             except ImageMissing as err:
                 self._rt.observer.runtime_error("create")
                 raise TemporaryError(f"image {spec.image} is still missing after a pull") from err
         self._created_here = True
+
+    async def _create(self) -> None:
+        """One create call; a name conflict means our container exists: adopt it."""
+        try:
+            self._cid = await self._rt.api.create(self._kwargs)
+        except NameConflict:
+            await self._adopt_existing()
+            raise TaskPrepared() from None
 
     async def _pull(self) -> None:
         image = self._task.spec.image
