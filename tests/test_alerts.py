@@ -170,7 +170,7 @@ def test_the_dashboard_covers_what_an_operator_needs() -> None:
     assert needed <= used, needed - used
 
 
-def test_the_contract_list_here_matches_product_md_when_it_is_at_hand() -> None:
+def test_every_exported_metric_is_in_product_md_when_it_is_at_hand() -> None:
     for candidate in (
         ROOT / "PRODUCT.md",
         ROOT / "docs" / "PRODUCT.md",
@@ -179,12 +179,14 @@ def test_the_contract_list_here_matches_product_md_when_it_is_at_hand() -> None:
         if candidate.exists():
             break
     else:
-        missing("../shared/PRODUCT.md is not beside this checkout; CONTRACT_METRICS is its copy")
+        missing("../shared/PRODUCT.md is not beside this checkout")
     text = candidate.read_text()
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     names = set(re.findall(r"`(reconciler_[a-z_]+)", table))
-    assert names == CONTRACT_METRICS
+    # The contract may list series of capabilities that are not built yet; what is built must
+    # be named there exactly.
+    assert CONTRACT_METRICS - names == set()
 
 
 # ------------------------------------------------------------------------- PromQL names

@@ -137,6 +137,13 @@ def test_every_agent_metric_of_the_contract_is_rendered() -> None:
         assert name in rendered or f"{name}_count" in rendered, name
 
 
+def test_every_rendered_metric_is_one_the_contract_names() -> None:
+    m, _, _ = make(healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),)))
+    rendered = names_in(m.render().decode())
+    histogram_parts = {f"{n}_{s}" for n in AGENT_METRICS for s in ("bucket", "sum", "count")}
+    assert rendered - set(AGENT_METRICS) - histogram_parts == set()
+
+
 def test_tasks_by_state_count_current_instances_only() -> None:
     snap = healthy(
         tasks=(
