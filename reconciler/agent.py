@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from reconciler.backoff import Backoff
 from reconciler.clock import Clock
 from reconciler.desired.manager import LocalManager
 from reconciler.executor import Executor
@@ -48,7 +49,6 @@ from reconciler.session import (
 )
 from reconciler.snapshot import Snapshot, TaskView
 from reconciler.store import Store
-from reconciler.taskmanager import Backoff
 from reconciler.worker import Worker
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Collection
 
+from reconciler.backoff import Backoff
 from reconciler.clock import Clock
 from reconciler.model import TaskStatus
-from reconciler.taskmanager import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from reconciler.backoff import Backoff
 from reconciler.clock import Clock
 from reconciler.errors import TaskNoop, TaskRetry
 from reconciler.executor import Controller
@@ -40,20 +41,6 @@ UPDATE_FAILED = "update in place failed"
 """The status message recorded when the controller could not apply an update in place."""
 
 StatusSink = Callable[[str, TaskStatus], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter: attempt n waits about initial * factor**n."""
-
-    initial: float = 0.25
-    factor: float = 2.0
-    cap: float = 30.0
-    jitter: float = 0.2  # +/- this fraction
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        base = min(self.cap, self.initial * self.factor ** min(attempt, 64))
-        return base * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
 
 
 class TaskManager:

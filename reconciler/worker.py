@@ -27,12 +27,13 @@ import logging
 import random
 from collections.abc import Callable
 
+from reconciler.backoff import Backoff
 from reconciler.clock import Clock
 from reconciler.executor import Executor
 from reconciler.lifecycle import resolve
 from reconciler.model import Assignment, AssignmentAction, Task, TaskStatus
 from reconciler.store import Store
-from reconciler.taskmanager import Backoff, TaskManager
+from reconciler.taskmanager import TaskManager
 
 log = logging.getLogger(__name__)
 

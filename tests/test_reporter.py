@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
+from reconciler.backoff import Backoff
 from reconciler.clock import FakeClock, settle
 from reconciler.model import TaskState, TaskStatus
 from reconciler.reporter import StatusReporter
-from reconciler.taskmanager import Backoff
 
 S = TaskState
 

@@ -15,11 +15,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from reconciler.backoff import Backoff
 from reconciler.clock import FakeClock, settle
 from reconciler.errors import TemporaryError
 from reconciler.model import Assignment, Task, TaskState
 from reconciler.store import Store
-from reconciler.taskmanager import Backoff
 from reconciler.worker import Worker
 from runtime.fake import FakeExecutor
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from reconciler.backoff import Backoff
 from reconciler.clock import FakeClock, settle
 from reconciler.errors import TemporaryError
 from reconciler.model import Task, TaskState, TaskStatus
-from reconciler.taskmanager import Backoff, TaskManager
+from reconciler.taskmanager import TaskManager
 from runtime.fake import FakeExecutor
 
 from .conftest import make_task
