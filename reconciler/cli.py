@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -24,7 +25,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING
 import yaml
 
 from reconciler import __version__
-from reconciler.errors import StateDirInUse, StoreError, UnknownTask
+from reconciler.errors import StoreError, UnknownTask
 from reconciler.model import spec_to_dict, status_to_dict
 from reconciler.snapshot import TaskView
 
 if TYPE_CHECKING:
     from reconciler.clock import Clock
-    from reconciler.store import Store
+    from reconciler.store import Store, StoreOrigin
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -52,6 +52,10 @@ class UsageError(Exception):
 # ------------------------------------------------------------------------------- logging
 
 
+MAX_TRACEBACK = 8000
+"""The longest traceback a log line carries (its tail, where the error is)."""
+
+
 class KeyValueFormatter(logging.Formatter):
     """``ts=... level=... logger=... msg="..."`` on one line."""
 
@@ -62,8 +66,11 @@ class KeyValueFormatter(logging.Formatter):
             f"ts={ts.replace('+00:00', 'Z')} level={record.levelname.lower()} "
             f"logger={record.name} msg={json.dumps(msg)}"
         )
-        if record.exc_info and record.levelno >= logging.ERROR:
-            line += " exc=" + json.dumps(self.formatException(record.exc_info))
+        if record.exc_info:
+            exc = self.formatException(record.exc_info)
+            if len(exc) > MAX_TRACEBACK:  # a RecursionError's traceback is ~400 KB
+                exc = "..." + exc[-MAX_TRACEBACK:]
+            line += " exc=" + json.dumps(exc)
         return line
 
 
@@ -206,28 +213,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 # ----------------------------------------------------------------------------------- run
 
 
-def load_node_id(state_dir: Path, explicit: str | None) -> str:
-    """The node id: the flag, else the one kept in the state dir, else a new one (kept)."""
-    if explicit:
-        return explicit
-    path = state_dir / "node-id"
-    try:
-        existing = path.read_text().strip()
-        if existing:
-            return existing
-    except FileNotFoundError:
-        pass
-    node_id = uuid.uuid4().hex[:16]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(node_id + "\n")
-    os.replace(tmp, path)
-    return node_id
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.clock import SystemClock
     from reconciler.desired import parse_duration
-    from reconciler.store import Store
+    from reconciler.desired.manager import check_records
+    from reconciler.statedir import StateDirLock, load_node_id, prepare_state_dir
+    from reconciler.store import open_store
 
     if args.manager:
         print(
@@ -244,23 +235,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--resync-interval: {err}") from err
     labels = parse_labels(args.node_label or [])
 
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
-    # 1. the state-dir lock (RocksDB's LOCK): a second agent exits here, with code 1
+    prepare_state_dir(state_dir)
+    # 1. the state-dir lock: a second agent exits here, with code 1, before any store is
+    #    opened, moved aside or rebuilt
+    lock = StateDirLock(state_dir)
     try:
-        store = Store.open(state_dir)
-    except StateDirInUse as err:
-        print(f"reconciler: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+        lock.acquire()
+        opened = open_store(state_dir, verify=check_records)
     except StoreError as err:
         print(f"reconciler: {err}", file=sys.stderr)
+        lock.release()
         return EXIT_FAILURE
+    store = opened.store
     try:
         node_id = load_node_id(state_dir, args.node_id)
-        log.info("starting version=%s node_id=%s state_dir=%s", __version__, node_id, state_dir)
+        log.info(
+            "starting version=%s node_id=%s state_dir=%s store=%s",
+            __version__,
+            node_id,
+            state_dir,
+            opened.origin.value,
+        )
         return asyncio.run(
             _run_agent(
                 store=store,
+                store_origin=opened.origin,
                 state_dir=state_dir,
                 desired=desired,
                 listen=(host, port),
@@ -273,11 +272,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
+        lock.release()
 
 
 async def _run_agent(
     *,
     store: Store,
+    store_origin: StoreOrigin,
     state_dir: Path,
     desired: Path,
     listen: tuple[str, int],
@@ -297,6 +298,7 @@ async def _run_agent(
         config=AgentConfig(node_id=node_id, resync_interval=resync, labels=labels),
         store=store,
         clock=clock,
+        store_origin=store_origin,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -309,6 +311,15 @@ async def _run_agent(
         print(f"reconciler: cannot listen on {listen[0]}:{listen[1]}: {err}", file=sys.stderr)
         return EXIT_FAILURE
     log.info("listening addr=%s:%d", *listen)
+
+    async def serve_http() -> None:
+        """The supervised HTTP loop: serve; if the server fails, bind again."""
+        nonlocal server
+        if not server.is_serving():
+            server.close()
+            server = await http.serve(*listen, snapshot=agent.snapshot, metrics=agent.metrics)
+        await server.serve_forever()
+
     # 3. podman (never fatal: the agent retries and /readyz says why)
     url, service = await asyncio.to_thread(find_podman, podman_url, state_dir)
     executor = PodmanExecutor(
@@ -316,10 +327,11 @@ async def _run_agent(
     )
     session = FileSession(desired)
     try:
-        await agent.run(executor, session, stop)
+        await agent.run(executor, session, stop, loops={"http": serve_http})
     finally:
         server.close()
-        await server.wait_closed()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
         if service is not None:
             await asyncio.to_thread(service.stop)
     log.info("stopped")

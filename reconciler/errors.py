@@ -90,3 +90,13 @@ class StoreVersionError(StoreError):
 
 class UnknownTask(StoreError):
     """The store holds no task with that id."""
+
+
+class StoreCorrupt(StoreError):
+    """RocksDB reports corruption or missing files (``CURRENT``, ``MANIFEST``, an SST), or a
+    stored row does not decode. A lock or an I/O error is not corruption."""
+
+
+class StoreWriteError(StoreError):
+    """A write failed (a full disk, an I/O error); nothing of it was stored. The caller keeps
+    what it meant to write and retries once ``Store.recover()`` succeeds."""

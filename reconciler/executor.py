@@ -27,6 +27,22 @@ class ContainerStatus:
     exit_code: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeContainer:
+    """One of this node's containers as the runtime lists it, for adoption after a store was
+    created or rebuilt. ``spec_hash`` is None for a container made by an agent that did not
+    label it."""
+
+    task_id: str
+    name: str  # the task name
+    container_id: str
+    spec_hash: str | None
+    running: bool
+    started: bool  # it has run at some point (created-only containers have not)
+    exit_code: int | None
+    created: float  # wall-clock seconds; the newest container of a name wins
+
+
 class Controller(Protocol):
     """Runs one task's container. Every method is idempotent unless it says otherwise."""
 
@@ -100,6 +116,13 @@ class Executor(Protocol):
         """Relist the node's containers once and feed what is true to the controllers, so
         that anything the event stream missed is noticed. Raises ``TemporaryError`` if the
         runtime does not answer."""
+        ...
+
+    async def list_containers(self) -> list[RuntimeContainer]:
+        """This node's labelled containers, running or not, in one listing.
+
+        Containers without reconciler's labels, or labelled for another node, are left out.
+        Raises ``TemporaryError`` if the runtime does not answer."""
         ...
 
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from reconciler import __version__
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from reconciler.metrics import Metrics, readiness
+from reconciler.metrics import Metrics
 from reconciler.snapshot import Snapshot
 
 __all__ = ["serve"]
@@ -166,12 +166,13 @@ class _App:
         return 200, METRICS_CONTENT_TYPE, self._metrics.render()
 
     def _get_healthz(self, _: _Request) -> _Response:
-        if self._snapshot().loops_alive:
+        alive, why = self._snapshot().health()
+        if alive:
             return 200, _TEXT, b"ok"
-        return 503, _TEXT, b"agent loops are not alive"
+        return 503, _TEXT, why.encode()
 
     def _get_readyz(self, _: _Request) -> _Response:
-        ready, reason = readiness(self._snapshot())
+        ready, reason = self._snapshot().readiness()
         if ready:
             return 200, _TEXT, b"ready"
         return 503, _TEXT, reason.encode()
@@ -214,7 +215,7 @@ def node_json(snap: Snapshot) -> dict[str, Any]:
         "runtimeVersion": node.runtime_version if node else None,
         "version": node.agent_version if node and node.agent_version else __version__,
         "labels": dict(snap.labels),
-        "ready": readiness(snap)[0],
+        "ready": snap.ready,
     }
 
 

@@ -15,6 +15,8 @@ integer bytes in that form; parsing human units ("10s", "64Mi") is the job of
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -289,6 +291,21 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
             ),
         }
     )
+
+
+IN_PLACE_FIELDS = frozenset({"resources"})
+"""Spec fields a change of which updates the running instance instead of replacing it."""
+
+
+def spec_hash(spec: TaskSpec) -> str:
+    """A short, stable hash of the fields whose change forces a replacement.
+
+    It is put on every container as a label, so that a container can be matched to its desired
+    spec without the store (after a store rebuild). Fields updated in place are left out.
+    """
+    d = {k: v for k, v in spec_to_dict(spec).items() if k not in IN_PLACE_FIELDS}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def spec_from_dict(d: dict[str, Any]) -> TaskSpec:

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
 from reconciler.executor import RuntimeObserver
-from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics, readiness
+from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
 from reconciler.model import NodeDescription, TaskState
 from reconciler.snapshot import Snapshot, TaskView
 from tests.contract import AGENT_METRICS
@@ -52,12 +52,9 @@ def healthy(**kw: object) -> Snapshot:
     base: dict[str, object] = dict(
         node_id="node-a",
         node=NODE,
-        ready=True,
-        ready_reason="ready",
         store_open=True,
         init_done=True,
         runtime_up=True,
-        loops_alive=True,
         desired_read=True,
         desired_valid=True,
         desired_applied_at=1_700_000_100.0,
@@ -242,16 +239,17 @@ def test_node_ready_is_one_only_when_every_component_is_healthy() -> None:
     _, holder, reg = make(healthy())
     assert reg.get_sample_value("reconciler_node_ready") == 1.0
     for broken in (
-        {"ready": False, "ready_reason": "runtime: connection refused"},
+        {"runtime_up": False, "runtime_reason": "runtime: connection refused"},
         {"runtime_up": False},
         {"store_open": False},
-        {"loops_alive": False},
+        {"store_failure": "IO error: No space left on device"},
+        {"loops_down": (("session", "RecursionError"),)},
         {"init_done": False},
         {"desired_read": False},
     ):
         holder.snap = healthy(**broken)
         assert reg.get_sample_value("reconciler_node_ready") == 0.0, broken
-        ready, reason = readiness(holder.snap)
+        ready, reason = holder.snap.readiness()
         assert not ready and reason
 
 

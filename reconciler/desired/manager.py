@@ -29,6 +29,16 @@ online, offline or with a plain directory. It owns:
   policy (backoff and attempts reset), as SwarmKit does when a service's spec version changes.
   ``restarts`` counts replacements made by the restart policy, per name.
 
+**Adoption** (after the store was created or rebuilt, ``adopt()``): each task name's newest
+container labelled with this node is recorded as *adopted*, with its task id, container id and
+spec hash, and nothing else happens to it until a valid desired set has been read: the desired
+set is unknown until then, and no name is evaluated. When one arrives, an adopted name that is
+still desired becomes the current instance with the desired spec, keeping its task id, so the
+worker re-attaches to the container as it would after a restart. If the container's spec hash
+differs from the desired spec's (a container without the label counts as matching), it is then
+replaced as any changed spec is. A name that is no longer desired is simply forgotten; its
+container is an orphan, removed by the agent's sweep once the desired set has been applied.
+
 Why all of it is stored: an agent restart must change nothing and replace no container. The
 last valid desired set, and one record per name (instances with their specs, restart counter,
 backoff state, the deadline of a pending restart, an in-flight replacement) live in the store's
@@ -55,8 +65,10 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
-from reconciler.errors import StoreError
+from reconciler.errors import StoreCorrupt
+from reconciler.executor import RuntimeContainer
 from reconciler.model import (
     Assignment,
     Task,
@@ -64,11 +76,13 @@ from reconciler.model import (
     TaskState,
     TaskStatus,
     spec_from_dict,
+    spec_hash,
     spec_to_dict,
 )
 from reconciler.session import DesiredTask
 from reconciler.snapshot import TaskView
-from reconciler.store import Store
+from reconciler.store import ADOPT_PENDING, Store
+from reconciler.supervisor import describe_error
 from reconciler.taskmanager import UPDATE_FAILED
 
 __all__ = [
@@ -96,6 +110,11 @@ RESET_AFTER = 600.0
 RESOURCES_REPLACED = "resources could not be updated in place; instance replaced"
 """The message shown on both instances when a resources change fell back to a replacement."""
 
+ADOPTED = "adopted from the runtime after the store was rebuilt"
+"""The note of an instance adopted from a running container after a store rebuild."""
+ROUND_BACKOFF = Backoff(initial=0.5, cap=10.0)
+"""How a failed round (the store or the worker refused) is retried."""
+
 _COALESCE = 0.05
 """Pending restarts due within this many seconds of a firing one are made in the same round."""
 
@@ -122,6 +141,7 @@ class _Instance:
     status: TaskStatus | None = None
     gone: bool = False  # its record vanished from the store (counts as ended)
     update_failed: bool = False  # an in-place update was reported as failed
+    initial: TaskStatus | None = None  # the status it is first assigned with (adoption)
     _task: Task | None = None
     _spec_json: dict[str, Any] | None = None
 
@@ -137,7 +157,7 @@ class _Instance:
     def task(self, node_id: str) -> Task:
         """The task to assign; cached, so a full assignment costs a list of references."""
         if self._task is None:
-            status = TaskStatus(TaskState.NEW, self.created, self.note)
+            status = self.initial or TaskStatus(TaskState.NEW, self.created, self.note)
             self._task = Task(self.id, self.spec, self.desired, status, node_id)
         return self._task
 
@@ -174,6 +194,52 @@ class _Instance:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Adopted:
+    """A container adopted for a name after a store rebuild, waiting for the desired set."""
+
+    task_id: str
+    container_id: str
+    spec_hash: str | None
+    running: bool
+    started: bool
+    exit_code: int | None
+    created: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "taskId": self.task_id,
+            "containerId": self.container_id,
+            "specHash": self.spec_hash,
+            "running": self.running,
+            "started": self.started,
+            "exitCode": self.exit_code,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Adopted:
+        return cls(
+            task_id=str(d["taskId"]),
+            container_id=str(d["containerId"]),
+            spec_hash=d.get("specHash"),
+            running=bool(d["running"]),
+            started=bool(d.get("started", True)),
+            exit_code=d.get("exitCode"),
+            created=float(d.get("created", 0.0)),
+        )
+
+    def status(self, now: float) -> TaskStatus:
+        """The status the adopted instance is first assigned with: running (its wait judges
+        an exited container by its exit code), or ready for one that never started."""
+        state = TaskState.RUNNING if self.started else TaskState.READY
+        return TaskStatus(state, now, ADOPTED, container_id=self.container_id or None)
+
+    def matches(self, spec: TaskSpec) -> bool:
+        """Whether the container runs ``spec`` (one without the label counts as matching)."""
+        return self.spec_hash is None or self.spec_hash == spec_hash(spec)
+
+
 @dataclass(eq=False, slots=True)
 class _Name:
     """Everything kept for one named task."""
@@ -187,6 +253,7 @@ class _Name:
     attempts: list[float] = field(default_factory=list)  # wall-clock times, for maxAttempts
     replacing: bool = False  # step 1 of a stop-first replacement is done
     replace_note: str = ""  # the note the new instance gets
+    adopted: _Adopted | None = None  # a container adopted after a store rebuild
 
     def instances(self) -> Iterator[_Instance]:
         if self.current is not None:
@@ -203,6 +270,8 @@ class _Name:
             "attempts": self.attempts,
             "replacing": None,
         }
+        if self.adopted is not None:
+            d["adopted"] = self.adopted.to_json()
         if self.replacing:
             old = self.current.id if self.current is not None else None
             d["replacing"] = {"old": old, "note": self.replace_note}
@@ -212,6 +281,7 @@ class _Name:
     def from_json(cls, name: str, d: dict[str, Any]) -> _Name:
         cur = d.get("current")
         rep = d.get("replacing")
+        adopted = d.get("adopted")
         return cls(
             name=name,
             current=_Instance.from_json(cur) if cur is not None else None,
@@ -222,6 +292,7 @@ class _Name:
             attempts=[float(t) for t in d.get("attempts", ())],
             replacing=rep is not None,
             replace_note=rep.get("note", "") if rep is not None else "",
+            adopted=_Adopted.from_json(adopted) if adopted is not None else None,
         )
 
 
@@ -232,17 +303,24 @@ def _desired_to_json(desired: Mapping[str, DesiredTask]) -> dict[str, Any]:
     }
 
 
-def _load(store: Store) -> tuple[dict[str, DesiredTask], dict[str, _Name]]:
-    """The stored desired set and name records, each instance with its stored status."""
+def _load(store: Store) -> tuple[dict[str, DesiredTask] | None, dict[str, _Name]]:
+    """The stored desired set (None if none was ever stored) and name records, each instance
+    with its stored status. Raises ``StoreCorrupt`` if they do not decode."""
     try:
-        raw = store.get_meta(_DESIRED_KEY) or {}
-        desired = {
-            name: DesiredTask(spec_from_dict(v["spec"]), TaskState(v["desiredState"]))
-            for name, v in raw.items()
-        }
+        raw = store.get_meta(_DESIRED_KEY)
+        desired = (
+            None
+            if raw is None
+            else {
+                name: DesiredTask(spec_from_dict(v["spec"]), TaskState(v["desiredState"]))
+                for name, v in raw.items()
+            }
+        )
         names = {key: _Name.from_json(key, rec) for key, rec in store.walk_meta(_NAME_PREFIX)}
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise StoreError(f"the local manager's state in {store.path} is unreadable: {err}") from err
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise StoreCorrupt(
+            f"the local manager's state in {store.path} is unreadable: {err}"
+        ) from err
     for st in names.values():
         for inst in st.instances():
             inst.status = store.get_status(inst.id)
@@ -269,12 +347,36 @@ def _view(inst: _Instance, restarts: int, current: bool) -> TaskView:
     )
 
 
+def _adopted_view(name: str, a: _Adopted) -> TaskView:
+    if a.running:
+        state = TaskState.RUNNING
+    elif not a.started:
+        state = TaskState.READY
+    else:
+        state = TaskState.COMPLETE if a.exit_code == 0 else TaskState.FAILED
+    return TaskView(
+        name=name,
+        id=a.task_id,
+        desired_state=_RUNNING,
+        state=state,
+        message=f"{ADOPTED}; waiting for the desired state",
+        err=None,
+        container_id=a.container_id or None,
+        exit_code=a.exit_code if not a.running else None,
+        updated_at=a.created,
+        restarts=0,
+        current=True,
+    )
+
+
 def _views(names: Mapping[str, _Name]) -> list[TaskView]:
     out: list[TaskView] = []
     for name in sorted(names):
         st = names[name]
         if st.current is not None:
             out.append(_view(st.current, st.restarts, True))
+        elif st.adopted is not None:
+            out.append(_adopted_view(name, st.adopted))
         out.extend(_view(i, st.restarts, False) for i in st.history)
     return out
 
@@ -282,11 +384,16 @@ def _views(names: Mapping[str, _Name]) -> list[TaskView]:
 def views_from_store(store: Store) -> list[TaskView]:
     """The views ``LocalManager.views()`` gives, read from a store (read-only is fine).
 
-    For ``reconciler ps`` while the agent is not running. Reads only; raises ``StoreError``
+    For ``reconciler ps`` while the agent is not running. Reads only; raises ``StoreCorrupt``
     if the local manager's records are unreadable.
     """
     _, names = _load(store)
     return _views(names)
+
+
+def check_records(store: Store) -> None:
+    """Decode the local manager's records. Raises ``StoreCorrupt`` if they do not decode."""
+    _load(store)
 
 
 # ----------------------------------------------------------------------------- manager
@@ -310,6 +417,7 @@ class LocalManager:
         self._assign = assign
         self._history_limit = max(0, history_limit)
         self._desired: dict[str, DesiredTask] = {}
+        self._desired_known = False  # a desired set was ever stored (see adoption)
         self._names: dict[str, _Name] = {}
         self._index: dict[str, tuple[_Name, _Instance]] = {}
         self._dirty: set[str] = set()  # names to evaluate
@@ -322,6 +430,7 @@ class LocalManager:
         self._lock = asyncio.Lock()
         self._loaded = False
         self._closed = False
+        self._retrying = False
 
     # --------------------------------------------------------------------------- API
 
@@ -343,9 +452,55 @@ class LocalManager:
         """
         async with self._lock:
             self._load_state()
-            self._dirty.update(self._names.keys() | self._desired.keys())
+            if self._desired_known:
+                self._dirty.update(self._names.keys() | self._desired.keys())
             self._need_assign = True
             await self._process()
+
+    async def adopt(self, containers: list[RuntimeContainer]) -> int:
+        """Record the runtime's containers after the store was created or rebuilt.
+
+        The newest container of each task name is adopted for it (older ones are orphans);
+        names that already have records are left alone. The records and the end of the
+        store's adopt-pending mark are written in one synced batch. Returns how many names
+        were adopted. Call it before ``start()``. Raises ``StoreError`` if the write fails.
+        """
+        async with self._lock:
+            self._load_state()
+            newest: dict[str, RuntimeContainer] = {}
+            for c in containers:
+                have = newest.get(c.name)
+                if have is None or (c.created, c.task_id) > (have.created, have.task_id):
+                    newest[c.name] = c
+            adopted = 0
+            for name, c in sorted(newest.items()):
+                if name in self._names:
+                    continue
+                self._names[name] = _Name(
+                    name,
+                    adopted=_Adopted(
+                        c.task_id,
+                        c.container_id,
+                        c.spec_hash,
+                        c.running,
+                        c.started,
+                        c.exit_code,
+                        c.created,
+                    ),
+                )
+                self._write.add(name)
+                adopted += 1
+            meta = [(_NAME_PREFIX + n, self._names[n].to_json()) for n in sorted(self._write)]
+            self._store.apply_assignment((), (), meta=[*meta, (ADOPT_PENDING, None)])
+            self._write.clear()
+            for name in newest:
+                log.info(
+                    "adopted container name=%s id=%s running=%s",
+                    name,
+                    newest[name].task_id,
+                    newest[name].running,
+                )
+            return adopted
 
     async def set_desired(self, tasks: Mapping[str, DesiredTask]) -> None:
         """Make ``tasks`` (a new, valid, full desired set keyed by name) the desired state.
@@ -361,6 +516,12 @@ class LocalManager:
                 return
             self._load_state()
             new = dict(tasks)
+            if not self._desired_known:
+                # The first desired set ever (or since a store rebuild): every name counts,
+                # adopted ones included, and the set is stored even when empty.
+                self._desired_known = True
+                self._write_desired = True
+                self._dirty.update(self._names.keys() | new.keys())
             for name in self._desired.keys() | new.keys():
                 if self._desired.get(name) != new.get(name):
                     self._dirty.add(name)
@@ -435,7 +596,8 @@ class LocalManager:
         if self._loaded:
             return
         desired, names = _load(self._store)
-        self._desired = desired
+        self._desired = desired or {}
+        self._desired_known = desired is not None
         self._names = names
         for st in names.values():
             for inst in st.instances():
@@ -461,7 +623,7 @@ class LocalManager:
             self._runner = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        retry = 1.0
+        retry = Retry(ROUND_BACKOFF, clock=self._clock)
         while not self._closed:
             try:
                 async with self._lock:
@@ -469,12 +631,24 @@ class LocalManager:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # The store or the worker failed; the state is level-based, so a later
-                # round simply does the same work again.
-                log.exception("local manager round failed; retrying in %.0fs", retry)
-            await self._clock.sleep(retry)
-            retry = min(retry * 2.0, 30.0)
+            except Exception as err:
+                # The store (a full disk) or the worker failed; the state is level-based, so
+                # a later round simply does the same work again.
+                log.warning("local manager round failed; retrying err=%s", describe_error(err))
+            self._retrying = True
+            try:
+                await retry.wait()
+            finally:
+                self._retrying = False
+
+    def retry_now(self) -> None:
+        """Run a round now if one is waiting out its backoff (the store works again)."""
+        if self._retrying and self._runner is not None:
+            self._runner.cancel()
+            self._runner = None
+            self._retrying = False
+        if self._dirty or self._write or self._need_assign or self._write_desired:
+            self._kick()
 
     async def _process(self) -> None:
         """Evaluate dirty names, store what changed, then send one full assignment."""
@@ -523,6 +697,8 @@ class LocalManager:
             self._need_assign = True
 
     def _evaluate(self, name: str) -> None:
+        if not self._desired_known:
+            return  # nothing is decided before a desired set was read (adoption)
         d = self._desired.get(name)
         st = self._names.get(name)
         if d is None:
@@ -544,6 +720,8 @@ class LocalManager:
     def _step(self, st: _Name, d: DesiredTask) -> bool:
         """One decision for one name. Returns whether another step may follow."""
         cur = st.current
+        if cur is None and st.adopted is not None:
+            return self._take_adopted(st, d, st.adopted)
         if cur is None:
             self._new_instance(st, d, "")
             return False
@@ -596,6 +774,24 @@ class LocalManager:
 
         if cur.ended():
             return self._restart_policy(st, d, cur)
+        return False
+
+    def _take_adopted(self, st: _Name, d: DesiredTask, a: _Adopted) -> bool:
+        """An adopted container becomes the current instance, with the desired spec."""
+        st.adopted = None
+        desired = _SHUTDOWN if d.desired_state >= _SHUTDOWN else _RUNNING
+        now = self._clock.time()
+        inst = _Instance(a.task_id, d.spec, desired, a.created or now, ADOPTED)
+        inst.initial = inst.status = a.status(now)
+        if a.running:
+            inst.started_at = now
+        st.current = inst
+        self._index[inst.id] = (st, inst)
+        self._changed(st, assign=True)
+        log.info("adopted instance name=%s id=%s", st.name, inst.id)
+        if desired == _RUNNING and not a.matches(d.spec):
+            self._begin_replacement(st, "")
+            return True
         return False
 
     def _begin_replacement(self, st: _Name, note: str) -> None:
@@ -741,7 +937,8 @@ class LocalManager:
         self._changed(st, assign=True)
 
     def _drop(self, st: _Name) -> None:
-        """A name left the desired set: forget it; the next assignment deletes its instances."""
+        """A name left the desired set: forget it; the next assignment deletes its instances
+        (an adopted container it still had becomes an orphan, for the agent's sweep)."""
         self._cancel_restart(st)
         for inst in st.instances():
             self._index.pop(inst.id, None)

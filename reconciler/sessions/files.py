@@ -122,11 +122,20 @@ class FileSession:
         """The initial read, then one message per change that alters the result.
 
         Every message is a full ``DesiredTasks`` or a ``DesiredInvalid``. Ends when ``close()``
-        is called. May be iterated only once per session. Never raises for bad input.
+        is called. One iteration at a time; a new one (after the previous ended or failed)
+        starts again with a full read. Never raises for bad input.
         """
         if self._started:
-            raise RuntimeError("FileSession.messages() can be iterated only once")
+            raise RuntimeError("FileSession.messages() is already being iterated")
         self._started = True
+        try:
+            async for msg in self._messages():
+                yield msg
+        finally:
+            self._started = False
+
+    async def _messages(self) -> AsyncGenerator[SessionMessage, None]:
+        self._last = None  # a new iteration (a restarted loop) starts with a full message
         msg = await self._read()
         if msg is not None:
             yield msg

@@ -25,12 +25,12 @@ from typing import Any
 
 from reconciler.clock import Clock
 from reconciler.errors import PermanentError
-from reconciler.executor import RuntimeObserver
+from reconciler.executor import RuntimeContainer, RuntimeObserver
 from reconciler.model import NodeDescription, Task
 from runtime.podman.client import NotFound, PodmanAPI, Reachability
-from runtime.podman.controller import PodmanController, Runtime
+from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
 from runtime.podman.events import ContainerEvent, EventStream
-from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
+from runtime.podman.spec import NODE_LABEL, SPEC_HASH_LABEL, TASK_ID_LABEL, TASK_NAME_LABEL
 
 ORPHAN_STOP_TIMEOUT = 10.0
 """Seconds an orphan gets to exit on its stop signal before it is killed and removed."""
@@ -140,6 +140,32 @@ class PodmanExecutor:
         self._rt.registry[ctlr.name] = ctlr
         return ctlr
 
+    async def list_containers(self) -> list[RuntimeContainer]:
+        """This node's labelled containers, from one list call (no inspect per container)."""
+        listed = await self._api.list(labels={NODE_LABEL: self.node_id})
+        out: list[RuntimeContainer] = []
+        for c in listed:
+            labels = c.get("Labels") or {}
+            task_id = labels.get(TASK_ID_LABEL)
+            name = labels.get(TASK_NAME_LABEL)
+            if not task_id or not name or labels.get(NODE_LABEL) != self.node_id:
+                continue
+            state = str(c.get("State") or "")
+            code = c.get("ExitCode")
+            out.append(
+                RuntimeContainer(
+                    task_id=str(task_id),
+                    name=str(name),
+                    container_id=str(c.get("Id") or ""),
+                    spec_hash=labels.get(SPEC_HASH_LABEL),
+                    running=state in ("running", "paused", "stopping"),
+                    started=_started(c),
+                    exit_code=int(code) if isinstance(code, int) else None,
+                    created=_created(c.get("Created")),
+                )
+            )
+        return out
+
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         known = set(known_task_ids)
         listed = await self._api.list(labels={NODE_LABEL: self.node_id})
@@ -190,3 +216,20 @@ class PodmanExecutor:
             seen = by_name.get(name)
             if seen is None or str(seen.get("State") or "") != "running":
                 self._events.post(name, ContainerEvent("recheck", name, detail="resync"))
+
+
+def _created(value: object) -> float:
+    """podman's list ``Created``: an RFC 3339 string (libpod) or Unix seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return parse_timestamp_ns(value) / 1e9
+    return 0.0
+
+
+def _started(listed: dict[str, Any]) -> bool:
+    state = str(listed.get("State") or "")
+    if state in ("running", "paused", "stopping", "exited", "stopped"):
+        return True
+    started = listed.get("StartedAt")
+    return isinstance(started, int | float) and started > 0
