@@ -86,7 +86,6 @@ def full_snapshot() -> Snapshot:
     return Snapshot(
         node_id="n1",
         node=node,
-        ready=True,
         store_open=True,
         init_done=True,
         runtime_up=True,
