@@ -155,6 +155,7 @@ class TaskStatus:
     container_id: str | None = None
     pid: int | None = None
     exit_code: int | None = None
+    update_failed: bool = False  # the runtime could not apply the last update in place
 
     def with_timestamp(self, timestamp: float) -> TaskStatus:
         """A copy with another timestamp (hot path: cheaper than ``dataclasses.replace``)."""
@@ -166,6 +167,7 @@ class TaskStatus:
             self.container_id,
             self.pid,
             self.exit_code,
+            self.update_failed,
         )
 
     def same_as(self, other: TaskStatus) -> bool:
@@ -177,6 +179,7 @@ class TaskStatus:
             and self.container_id == other.container_id
             and self.pid == other.pid
             and self.exit_code == other.exit_code
+            and self.update_failed == other.update_failed
         )
 
 
@@ -351,6 +354,7 @@ def status_to_dict(status: TaskStatus) -> dict[str, Any]:
             "containerId": status.container_id,
             "pid": status.pid,
             "exitCode": status.exit_code,
+            "updateFailed": True if status.update_failed else None,
         }
     )
 
@@ -364,6 +368,7 @@ def status_from_dict(d: dict[str, Any]) -> TaskStatus:
         container_id=d.get("containerId"),
         pid=d.get("pid"),
         exit_code=d.get("exitCode"),
+        update_failed=bool(d.get("updateFailed", False)),
     )
 
 

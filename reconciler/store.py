@@ -115,23 +115,27 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _status_bytes(status: TaskStatus) -> bytes:
-    """A status as a compact JSON row: statuses are the hot write path (several per task)."""
-    return _encode(
-        [
-            int(status.state),
-            status.timestamp,
-            status.message,
-            status.err,
-            status.container_id,
-            status.pid,
-            status.exit_code,
-        ]
-    ).encode()
+    """A status as a compact JSON row: statuses are the hot write path (several per task).
+    The update-failed flag is appended only when set, so most rows keep seven fields."""
+    row = [
+        int(status.state),
+        status.timestamp,
+        status.message,
+        status.err,
+        status.container_id,
+        status.pid,
+        status.exit_code,
+    ]
+    if status.update_failed:
+        row.append(True)
+    return _encode(row).encode()
 
 
 def _status_from(raw: bytes) -> TaskStatus:
-    state, ts, message, err, container_id, pid, exit_code = json.loads(raw)
-    return TaskStatus(TaskState(state), ts, message, err, container_id, pid, exit_code)
+    state, ts, message, err, container_id, pid, exit_code, *flags = json.loads(raw)
+    return TaskStatus(
+        TaskState(state), ts, message, err, container_id, pid, exit_code, bool(flags and flags[0])
+    )
 
 
 def _options(read_only: bool) -> Options:

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from reconciler.backoff import Backoff
 from reconciler.clock import Clock
@@ -38,7 +38,8 @@ from reconciler.model import Task, TaskStatus
 log = logging.getLogger(__name__)
 
 UPDATE_FAILED = "update in place failed"
-"""The status message recorded when the controller could not apply an update in place."""
+"""The status message recorded, with ``TaskStatus.update_failed`` set, when the controller
+could not apply an update in place (the local manager then replaces the instance)."""
 
 StatusSink = Callable[[str, TaskStatus], None]
 
@@ -149,56 +150,66 @@ class TaskManager:
                 assert current is not None
                 while current.cancelling():
                     current.uncancel()
-            finally:
-                self._stepping = False
 
     async def _iteration(self) -> None:
         self._wake.clear()
-        task = self._task
         self._stepping = True
+        try:
+            pause = await self._step(self._task)
+        finally:
+            self._stepping = False
+        if pause is not None and not self._updated:
+            await self._wait_for_update(pause.delay)
+
+    async def _step(self, task: Task) -> _Pause | None:
+        """Apply a pending update, then one ``do()`` step. Returns how long to pause after
+        it, or None to step again at once."""
         if self._updated:
             self._updated = False
-            try:
-                await self.ctlr.update(task)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("updating controller failed task=%s err=%r", task.id, str(err))
-                self._set_status(
-                    replace(
-                        task.status,
-                        message=UPDATE_FAILED,
-                        err=str(err),
-                        timestamp=self._clock.time(),
-                    )
-                )
+            await self._update_controller(task)
         try:
             status = await do(task, self.ctlr, now=self._clock.time)
         except TaskNoop:
-            self._stepping = False
             self.attempts = 0
-            if not self._updated:
-                await self._wait_for_update(None)
-            return
+            return _Pause(None)
         except TaskRetry as retry:
-            self._stepping = False
-            assert isinstance(retry.status, TaskStatus)
             self._set_status(retry.status)
-            delay = self._backoff.delay(self.attempts, self._rng)
-            self.attempts += 1
-            if not self._updated:
-                await self._wait_for_update(delay)
-            return
+            return _Pause(self._next_delay())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # do() turns controller errors into statuses; anything else is a bug in a step.
-            self._stepping = False
             log.error("task step crashed task=%s err=%r", task.id, exc, exc_info=exc)
-            delay = self._backoff.delay(self.attempts, self._rng)
-            self.attempts += 1
-            await self._wait_for_update(delay)
-            return
-        self._stepping = False
+            return _Pause(self._next_delay())
         self.attempts = 0
         self._set_status(status)
+        return None
+
+    async def _update_controller(self, task: Task) -> None:
+        try:
+            await self.ctlr.update(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("updating controller failed task=%s err=%r", task.id, str(err))
+            self._set_status(
+                replace(
+                    task.status,
+                    message=UPDATE_FAILED,
+                    err=str(err),
+                    timestamp=self._clock.time(),
+                    update_failed=True,
+                )
+            )
+
+    def _next_delay(self) -> float:
+        delay = self._backoff.delay(self.attempts, self._rng)
+        self.attempts += 1
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    """How long the loop waits after a step: ``delay`` seconds, or for an update (None)."""
+
+    delay: float | None
