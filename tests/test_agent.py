@@ -290,7 +290,7 @@ async def test_a_store_that_stops_taking_writes_makes_the_node_unready_until_it_
         await clock.advance(20.0)
         assert not r.agent.snapshot().ready
         del r.store.recover  # space is back: the watcher reopens the store, applies what waited
-        await clock.advance(5.0)
+        await clock.advance(10.0)  # the watcher's longest wait, with jitter
         await settle()
         assert r.agent.snapshot().ready, r.agent.snapshot().ready_reason
         assert states(r.agent) == {"web": S.RUNNING, "db": S.RUNNING}

@@ -28,8 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler import cli, http
 from reconciler.desired.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
 from reconciler.metrics import Metrics
-from reconciler.model import NodeDescription, TaskState
+from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from tests.builders import node
 from tests.contract import AGENT_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def documented(name: str, spans: set[str]) -> bool:
 
 def full_snapshot() -> Snapshot:
     """A snapshot with a described node and a current task, so every family is rendered."""
-    node = NodeDescription("edge-1", "linux", "amd64", 2, 1 << 30, "podman", "4.3.1", "0")
+    described = node()
     task = TaskView(
         name="web",
         id="abc123",
@@ -85,7 +86,7 @@ def full_snapshot() -> Snapshot:
     )
     return Snapshot(
         node_id="n1",
-        node=node,
+        node=described,
         store_open=True,
         init_done=True,
         runtime_up=True,

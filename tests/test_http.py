@@ -14,19 +14,11 @@ from prometheus_client import CollectorRegistry
 from reconciler import __version__
 from reconciler import http as rhttp
 from reconciler.metrics import Metrics
-from reconciler.model import NodeDescription, TaskState
+from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from tests.builders import node
 
-NODE = NodeDescription(
-    hostname="edge-1",
-    os="linux",
-    arch="arm64",
-    cpus=4,
-    memory_bytes=4 * 1024**3,
-    runtime_name="podman",
-    runtime_version="4.3.1",
-    agent_version=__version__,
-)
+NODE = node(arch="arm64", cpus=4, memory_bytes=4 * 1024**3)
 
 
 def view(name: str, id: str, state: TaskState, *, current: bool = True) -> TaskView:

@@ -9,20 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler import __version__
 from reconciler.executor import RuntimeObserver
 from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
-from reconciler.model import NodeDescription, TaskState
+from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from tests.builders import node
 from tests.contract import AGENT_METRICS
 
-NODE = NodeDescription(
-    hostname="edge-1",
-    os="linux",
-    arch="amd64",
-    cpus=2,
-    memory_bytes=2 * 1024**3,
-    runtime_name="podman",
-    runtime_version="4.3.1",
-    agent_version=__version__,
-)
+NODE = node()
 
 
 def task(
@@ -414,15 +406,8 @@ def test_render_matches_what_the_registry_collects() -> None:
 
 
 def test_render_escapes_label_values() -> None:
-    odd = NodeDescription(
-        hostname='edge "one"\\n',
-        os="linux",
-        arch="arm64",
-        cpus=4,
-        memory_bytes=1,
-        runtime_name="podman",
-        runtime_version="4.3.1\nx",
-        agent_version=__version__,
+    odd = node(
+        hostname='edge "one"\\n', arch="arm64", cpus=4, memory_bytes=1, runtime_version="4.3.1\nx"
     )
     m, _, _ = make(healthy(node=odd))
     parsed = samples(m.render().decode())
@@ -455,8 +440,14 @@ def test_the_default_registry_is_private_never_the_global_one() -> None:
     assert REGISTRY.get_sample_value("reconciler_runtime_errors_total", {"op": "pull"}) is None
 
 
-def test_metrics_is_a_runtime_observer() -> None:
-    observer: RuntimeObserver = Metrics(snapshot=Snapshot)
+def test_metrics_is_a_runtime_observer_and_counts_what_the_runtime_reports() -> None:
+    metrics = Metrics(snapshot=Snapshot)
+    observer: RuntimeObserver = metrics
     observer.runtime_error("remove")
     observer.drift_corrected("container_missing")
-    observer.runtime_up(False)
+    observer.runtime_up(False)  # accepted; runtime_up itself comes from the snapshot
+    reg = metrics.registry
+    assert reg.get_sample_value("reconciler_runtime_errors_total", {"op": "remove"}) == 1.0
+    kind = {"kind": "container_missing"}
+    assert reg.get_sample_value("reconciler_drift_corrections_total", kind) == 1.0
+    assert reg.get_sample_value("reconciler_runtime_up") == 0.0

@@ -20,18 +20,11 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from runtime.podman.service import PodmanService
 from tests.contract import missing
 from tests.e2e.agent_support import Harness, task
 from tests.e2e.test_agent_crash import all_running, started
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 def db(h: Harness) -> Path:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.model import NodeDescription
 from reconciler.session import DesiredInvalid, DesiredTasks, Session, SessionMessage
 from reconciler.sessions.files import FileSession, read_desired
+from tests.builders import node
 from tests.desired.helpers import safe_dir, task_set, write
 
 TIMEOUT = 20.0
@@ -214,8 +214,7 @@ async def test_session_protocol_no_ops(tmp_path: Path) -> None:
     session: Session = FileSession(tmp_path)
     assert session.connected is True
     await session.report({})
-    node = NodeDescription("h", "linux", "amd64", 2, 1 << 30, "podman", "4.3.1", "0.1.0")
-    await session.heartbeat(node, ready=True)
+    await session.heartbeat(node(), ready=True)
     await session.close()
 
 
