@@ -175,6 +175,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run.add_argument("--manager-creds", metavar="FILE")
     run.add_argument("--manager-tls-ca", metavar="FILE")
     run.add_argument("--node-label", metavar="KEY=VALUE", action="append", default=[])
+    run.add_argument("--stats-interval", metavar="DURATION", help="usage sampling period; 0: off")
     subs["run"] = run
 
     validate = sub.add_parser("validate", parents=[common], help="check desired-state files")
@@ -233,6 +234,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         resync = parse_duration(args.resync_interval or "30s")
     except ValueError as err:
         raise UsageError(f"--resync-interval: {err}") from err
+    try:
+        stats = parse_duration(args.stats_interval or "10s")
+    except ValueError as err:
+        raise UsageError(f"--stats-interval: {err}") from err
     labels = parse_labels(args.node_label or [])
 
     prepare_state_dir(state_dir)
@@ -266,6 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 podman_url=args.podman_url,
                 node_id=node_id,
                 resync=resync,
+                stats=stats,
                 labels=labels,
                 clock=SystemClock(),
             )
@@ -285,6 +291,7 @@ async def _run_agent(
     podman_url: str | None,
     node_id: str,
     resync: float,
+    stats: float,
     labels: tuple[tuple[str, str], ...],
     clock: Clock,
 ) -> int:
@@ -295,7 +302,13 @@ async def _run_agent(
     from runtime.podman.executor import PodmanExecutor
 
     agent = Agent(
-        config=AgentConfig(node_id=node_id, resync_interval=resync, labels=labels),
+        config=AgentConfig(
+            node_id=node_id,
+            resync_interval=resync,
+            labels=labels,
+            stats_interval=stats,
+            state_dir=str(state_dir),
+        ),
         store=store,
         clock=clock,
         store_origin=store_origin,

@@ -71,6 +71,10 @@ class Snapshot:
     tasks: tuple[TaskView, ...] = ()
     # restarts per name from stored counters, including names with no current instance
     restarts: tuple[tuple[str, int], ...] = field(default=())
+    # OOM kills per name from stored counters, for the same names as ``restarts``
+    oom_kills: tuple[tuple[str, int], ...] = ()
+    # (condition, holds) from the last node usage sample; empty before one (never readiness)
+    conditions: tuple[tuple[str, bool], ...] = ()
 
     def current(self) -> tuple[TaskView, ...]:
         return tuple(t for t in self.tasks if t.current)

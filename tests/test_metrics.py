@@ -11,7 +11,7 @@ from reconciler.executor import RuntimeObserver
 from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
-from tests.builders import node
+from tests.builders import full_usage, node
 from tests.contract import AGENT_METRICS
 
 NODE = node()
@@ -119,16 +119,28 @@ def test_fixed_label_sets_are_exactly_the_contract() -> None:
     assert states == {s.name.lower() for s in TaskState}
 
 
+def everything() -> Metrics:
+    """Metrics with a current task, a condition and a full usage sample: every family."""
+    m, _, _ = make(
+        healthy(
+            tasks=(task("web", "i1"),),
+            restarts=(("web", 0),),
+            oom_kills=(("web", 0),),
+            conditions=(("disk_pressure", False), ("memory_pressure", False)),
+        )
+    )
+    m.set_usage(full_usage())
+    return m
+
+
 def test_every_agent_metric_of_the_contract_is_rendered() -> None:
-    m, _, _ = make(healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),)))
-    rendered = names_in(m.render().decode())
+    rendered = names_in(everything().render().decode())
     for name in AGENT_METRICS:
         assert name in rendered or f"{name}_count" in rendered, name
 
 
 def test_every_rendered_metric_is_one_the_contract_names() -> None:
-    m, _, _ = make(healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),)))
-    rendered = names_in(m.render().decode())
+    rendered = names_in(everything().render().decode())
     histogram_parts = {f"{n}_{s}" for n in AGENT_METRICS for s in ("bucket", "sum", "count")}
     assert rendered - set(AGENT_METRICS) - histogram_parts == set()
 

@@ -1,0 +1,416 @@
+"""What each running container uses, read straight from the kernel: no podman call per sample.
+
+This module owns per-container usage sampling. podman's own ``stats`` costs a round trip and a
+cgroup walk inside podman per call; the agent instead reads the same kernel files itself, for
+every container in one pass, from the pids podman's list and inspect answers already gave:
+
+* **The cgroup** of a container comes from ``/proc/<pid>/cgroup``, cached per pid. A pid can be
+  reused once its container exits, so a cgroup path that does not name the container's id is
+  not the container's, and that container is skipped.
+* **cgroup v1 or v2** is decided per controller by the unified root's ``cgroup.controllers``: a
+  controller listed there lives in the unified hierarchy, any other in its own v1 hierarchy.
+  (A host in hybrid mode mounts a unified hierarchy that has ``cpu.stat`` and no controller at
+  all, so the presence of a file proves nothing.) Mount points come from
+  ``/proc/self/mountinfo``, so nothing assumes ``/sys/fs/cgroup``.
+* **The network** figures come from ``/proc/<pid>/net/dev``, every interface except ``lo``,
+  and only when the process has a network namespace of its own: a container on the host's
+  network would otherwise report the whole host's traffic.
+
+============================  ==========================================  =======================
+figure                        cgroup v1                                   cgroup v2
+============================  ==========================================  =======================
+CPU seconds                   ``cpuacct.usage`` (ns)                      ``cpu.stat`` usage_usec
+memory working set            ``memory.usage_in_bytes`` less              ``memory.current`` less
+                              ``memory.stat`` total_inactive_file         ``memory.stat``
+                                                                          inactive_file
+memory limit                  ``memory.limit_in_bytes`` (2^62 up: none)   ``memory.max``
+block I/O read, written       ``blkio.throttle.io_service_bytes_recursive``  ``io.stat``
+PIDs                          ``pids.current``                            ``pids.current``
+============================  ==========================================  =======================
+
+The working set is what the kubelet calls it: usage less the file cache the kernel can drop
+first. Block I/O is what the kernel accounts to the cgroup; cgroup v1 counts only I/O that
+reaches a block device directly, so buffered writes often show 0 there, as in podman's own
+``stats``.
+
+``UsageReader.read`` does blocking file reads (a few microseconds each): run it off the event
+loop. Every root it reads (``/proc``) is injectable, for tests with fixture files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.executor import TaskUsage
+
+PROC = Path("/proc")
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+UNLIMITED_V1 = 1 << 62
+"""cgroup v1 reports "no limit" as a huge page-rounded number; anything from here up is none."""
+
+#: Resource -> (its v1 controller, its v2 controller).
+_CONTROLLERS = {
+    "cpu": ("cpuacct", "cpu"),
+    "memory": ("memory", "memory"),
+    "io": ("blkio", "io"),
+    "pids": ("pids", "pids"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A running container to sample: which task it runs, its id and its main process."""
+
+    task_id: str
+    name: str
+    container_id: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A mounted cgroup hierarchy: where it is mounted and which of its paths is mounted there."""
+
+    path: Path
+    root: str = "/"
+
+    def dir(self, cgroup_path: str) -> Path | None:
+        """The directory of ``cgroup_path`` under this mount; None if it lies outside it."""
+        root = self.root.rstrip("/")
+        if root and cgroup_path != root and not cgroup_path.startswith(root + "/"):
+            return None
+        rel = cgroup_path[len(root) :].strip("/")
+        return self.path / rel if rel else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLayout:
+    """Where each cgroup controller is read: its v1 hierarchy, or the unified (v2) one."""
+
+    v1: Mapping[str, Mount]
+    v2: Mount | None = None
+    v2_controllers: frozenset[str] = frozenset()
+
+    def place(self, resource: str, paths: Mapping[str, str]) -> tuple[int, Path] | None:
+        """(cgroup version, directory) of ``resource`` for a process whose
+        ``/proc/<pid>/cgroup`` is ``paths``; None when neither hierarchy has it."""
+        c1, c2 = _CONTROLLERS[resource]
+        unified = paths.get("")
+        if self.v2 is not None and unified is not None and c2 in self.v2_controllers:
+            found = self.v2.dir(unified)
+            return (2, found) if found is not None else None
+        mount = self.v1.get(c1)
+        if mount is not None and c1 in paths:
+            found = mount.dir(paths[c1])
+            return (1, found) if found is not None else None
+        if self.v2 is not None and unified is not None and resource == "cpu":
+            # cgroup v2 keeps cpu.stat's usage in every cgroup, controller or not.
+            found = self.v2.dir(unified)
+            return (2, found) if found is not None else None
+        return None
+
+
+# --------------------------------------------------------------------------------- parsers
+
+
+def parse_mountinfo(text: str) -> tuple[dict[str, Mount], Mount | None]:
+    """The cgroup mounts of a ``/proc/<pid>/mountinfo``: v1 controller -> mount, and the
+    unified mount (or None)."""
+    v1: dict[str, Mount] = {}
+    v2: Mount | None = None
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        if sep < 5 or len(fields) < sep + 4:
+            continue
+        fstype, options = fields[sep + 1], fields[sep + 3]
+        mount = Mount(Path(_unescape(fields[4])), _unescape(fields[3]))
+        if fstype == "cgroup2" and v2 is None:
+            v2 = mount
+        elif fstype == "cgroup":
+            for option in options.split(","):
+                if option in ("cpuacct", "memory", "blkio", "pids"):
+                    v1.setdefault(option, mount)
+    return v1, v2
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """``/proc/<pid>/cgroup`` as controller -> path; the unified hierarchy's path is under ""."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if not controllers:
+            out[""] = path
+        else:
+            for controller in controllers.split(","):
+                out[controller] = path
+    return out
+
+
+def keyed(text: str, key: str) -> int | None:
+    """The integer after ``key`` on its own line of a flat-keyed file (``memory.stat``,
+    ``cpu.stat``); None when absent."""
+    prefix = key + " "
+    if text.startswith(prefix):
+        at = 0
+    else:
+        at = text.find("\n" + prefix)
+        if at < 0:
+            return None
+        at += 1
+    end = text.find("\n", at)
+    try:
+        return int(text[at + len(prefix) : end if end >= 0 else None])
+    except ValueError:
+        return None
+
+
+def parse_net_dev(text: str) -> tuple[int, int]:
+    """Bytes received and sent over every interface except ``lo``, from ``net/dev``."""
+    rx = tx = 0
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        if not sep or name.strip() == "lo":
+            continue
+        fields = rest.split()
+        if len(fields) >= 9:
+            rx += int(fields[0])
+            tx += int(fields[8])
+    return rx, tx
+
+
+def parse_blkio_v1(text: str) -> tuple[int, int]:
+    """Bytes read and written over every device, from ``blkio.*io_service_bytes*``."""
+    read = write = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 3:
+            continue
+        if fields[1] == "Read":
+            read += int(fields[2])
+        elif fields[1] == "Write":
+            write += int(fields[2])
+    return read, write
+
+
+def parse_io_stat(text: str) -> tuple[int, int]:
+    """Bytes read and written over every device, from cgroup v2's ``io.stat``."""
+    read = write = 0
+    for line in text.splitlines():
+        for item in line.split()[1:]:
+            key, _, value = item.partition("=")
+            if key == "rbytes":
+                read += int(value)
+            elif key == "wbytes":
+                write += int(value)
+    return read, write
+
+
+def _read(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 1 << 16).decode("ascii", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _int(path: Path) -> int | None:
+    text = _read(path)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------- reader
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where one container's figures are read: per resource (version, directory)."""
+
+    container_id: str
+    cpu: tuple[int, Path] | None
+    memory: tuple[int, Path] | None
+    io: tuple[int, Path] | None
+    pids: tuple[int, Path] | None
+    own_netns: bool
+
+
+class UsageReader:
+    """Reads the usage of many containers in one pass. Not thread-safe: one pass at a time."""
+
+    def __init__(self, *, proc: Path = PROC, layout: CgroupLayout | None = None) -> None:
+        self._proc = proc
+        self._layout = layout
+        self._places: dict[int, _Place] = {}
+        self._host_netns: str | None = None
+
+    @property
+    def layout(self) -> CgroupLayout:
+        """The cgroup mounts, read from ``/proc/self/mountinfo`` on first use."""
+        if self._layout is None:
+            self._layout = read_layout(self._proc)
+        return self._layout
+
+    def read(self, targets: Iterable[Target]) -> list[TaskUsage]:
+        """The usage of each target that can be read; the others are left out."""
+        out: list[TaskUsage] = []
+        seen: set[int] = set()
+        for target in targets:
+            seen.add(target.pid)
+            place = self._place(target)
+            if place is None:
+                continue
+            usage = self._usage(target, place)
+            if usage is not None:
+                out.append(usage)
+        for pid in [p for p in self._places if p not in seen]:
+            del self._places[pid]
+        return out
+
+    def _place(self, target: Target) -> _Place | None:
+        place = self._places.get(target.pid)
+        if place is not None and place.container_id == target.container_id:
+            return place
+        text = _read(self._proc / str(target.pid) / "cgroup")
+        if text is None:
+            return None
+        paths = parse_proc_cgroup(text)
+        if not target.container_id or not any(target.container_id in p for p in paths.values()):
+            return None  # not (or no longer) the container's process
+        layout = self.layout
+        place = _Place(
+            container_id=target.container_id,
+            cpu=layout.place("cpu", paths),
+            memory=layout.place("memory", paths),
+            io=layout.place("io", paths),
+            pids=layout.place("pids", paths),
+            own_netns=self._own_netns(target.pid),
+        )
+        self._places[target.pid] = place
+        return place
+
+    def _own_netns(self, pid: int) -> bool:
+        if self._host_netns is None:
+            try:
+                self._host_netns = os.readlink(self._proc / "self" / "ns" / "net")
+            except OSError:
+                self._host_netns = ""
+        try:
+            return os.readlink(self._proc / str(pid) / "ns" / "net") != self._host_netns
+        except OSError:
+            return False
+
+    def _usage(self, target: Target, place: _Place) -> TaskUsage | None:
+        cpu = _cpu_seconds(place.cpu)
+        working_set, limit = _memory(place.memory)
+        if cpu is None and working_set is None:
+            return None  # the cgroup is gone: the container exited
+        read = write = None
+        if place.io is not None:
+            version, d = place.io
+            if version == 2:
+                text = _read(d / "io.stat")
+                if text is not None:
+                    read, write = parse_io_stat(text)
+            else:
+                text = _read(d / "blkio.throttle.io_service_bytes_recursive")
+                if text is None:
+                    text = _read(d / "blkio.throttle.io_service_bytes")
+                if text is not None:
+                    read, write = parse_blkio_v1(text)
+        rx = tx = None
+        if place.own_netns:
+            text = _read(self._proc / str(target.pid) / "net" / "dev")
+            if text is not None:
+                rx, tx = parse_net_dev(text)
+        return TaskUsage(
+            task_id=target.task_id,
+            name=target.name,
+            cpu_seconds=cpu,
+            memory_working_set_bytes=working_set,
+            memory_limit_bytes=limit,
+            network_receive_bytes=rx,
+            network_transmit_bytes=tx,
+            block_read_bytes=read,
+            block_write_bytes=write,
+            pids=_int(place.pids[1] / "pids.current") if place.pids is not None else None,
+        )
+
+
+def _cpu_seconds(place: tuple[int, Path] | None) -> float | None:
+    if place is None:
+        return None
+    version, d = place
+    if version == 2:
+        text = _read(d / "cpu.stat")
+        usec = keyed(text, "usage_usec") if text is not None else None
+        return usec / 1e6 if usec is not None else None
+    ns = _int(d / "cpuacct.usage")
+    return ns / 1e9 if ns is not None else None
+
+
+def _memory(place: tuple[int, Path] | None) -> tuple[int | None, int | None]:
+    """(working set, limit) in bytes."""
+    if place is None:
+        return None, None
+    version, d = place
+    if version == 2:
+        usage = _int(d / "memory.current")
+        inactive_key = "inactive_file"
+        raw_limit = _read(d / "memory.max")
+        limit = None if raw_limit is None or raw_limit.strip() == "max" else _to_int(raw_limit)
+    else:
+        usage = _int(d / "memory.usage_in_bytes")
+        inactive_key = "total_inactive_file"
+        raw = _int(d / "memory.limit_in_bytes")
+        limit = raw if raw is not None and raw < UNLIMITED_V1 else None
+    if usage is None:
+        return None, limit
+    stat = _read(d / "memory.stat")
+    inactive = keyed(stat, inactive_key) if stat is not None else None
+    return max(0, usage - (inactive or 0)), limit
+
+
+def _to_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def read_layout(proc: Path = PROC) -> CgroupLayout:
+    """The host's cgroup mounts as this process sees them, and the unified root's controllers."""
+    try:
+        text = (proc / "self" / "mountinfo").read_text()
+    except OSError:
+        text = ""
+    v1, v2 = parse_mountinfo(text)
+    controllers: frozenset[str] = frozenset()
+    if v2 is not None:
+        listed = _read(v2.path / "cgroup.controllers")
+        controllers = frozenset(listed.split()) if listed else frozenset()
+    return CgroupLayout(v1=v1, v2=v2, v2_controllers=controllers)
