@@ -88,8 +88,11 @@ def write_desired(directory: Path, name: str, text: str) -> None:
 class AgentProcess:
     """The agent as a subprocess on a private podman service."""
 
-    def __init__(self, svc: PodmanService, work: Path, *, resync: str = "30s") -> None:
+    def __init__(
+        self, svc: PodmanService, work: Path, *, resync: str = "30s", args: tuple[str, ...] = ()
+    ) -> None:
         self.svc = svc
+        self.args = args  # further ``reconciler run`` flags
         self.work = work
         self.desired = work / "desired"
         self.state = work / "state"
@@ -123,6 +126,7 @@ class AgentProcess:
                     "bench-node",
                     "--log-level",
                     os.environ.get("BENCH_AGENT_LOG_LEVEL", "warning"),
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=log,

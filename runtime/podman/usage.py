@@ -23,7 +23,8 @@ CPU seconds                   ``cpuacct.usage`` (ns)                      ``cpu.
 memory working set            ``memory.usage_in_bytes`` less              ``memory.current`` less
                               ``memory.stat`` total_inactive_file         ``memory.stat``
                                                                           inactive_file
-memory limit                  ``memory.limit_in_bytes`` (2^62 up: none)   ``memory.max``
+memory limit                  ``memory.stat`` hierarchical_memory_limit   ``memory.max``
+                              (2^62 up: none)
 block I/O read, written       ``blkio.throttle.io_service_bytes_recursive``  ``io.stat``
 PIDs                          ``pids.current``                            ``pids.current``
 ============================  ==========================================  =======================
@@ -49,6 +50,8 @@ from reconciler.executor import TaskUsage
 
 PROC = Path("/proc")
 _OCTAL = re.compile(r"\\([0-7]{3})")
+
+_CHUNK = 1 << 14
 
 UNLIMITED_V1 = 1 << 62
 """cgroup v1 reports "no limit" as a huge page-rounded number; anything from here up is none."""
@@ -221,20 +224,27 @@ def parse_io_stat(text: str) -> tuple[int, int]:
     return read, write
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str | Path) -> str | None:
+    """A small kernel file's text, None if it cannot be read (the cgroup is gone, say)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return os.read(fd, 1 << 16).decode("ascii", "replace")
+        data = os.read(fd, _CHUNK)
+        if len(data) == _CHUNK:  # rare: a host with many devices or interfaces
+            chunks = [data]
+            while chunk := os.read(fd, _CHUNK):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data.decode("ascii", "replace")
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
-def _int(path: Path) -> int | None:
+def _int(path: str) -> int | None:
     text = _read(path)
     if text is None:
         return None
@@ -248,15 +258,51 @@ def _int(path: Path) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Place:
-    """Where one container's figures are read: per resource (version, directory)."""
+class _Files:
+    """The files one container's figures are read from, as ready-made path strings (a pass
+    reads hundreds of them; building ``Path`` objects each time would cost more than the
+    reads). None: that figure is not available."""
 
     container_id: str
-    cpu: tuple[int, Path] | None
-    memory: tuple[int, Path] | None
-    io: tuple[int, Path] | None
-    pids: tuple[int, Path] | None
-    own_netns: bool
+    cpu: str | None
+    cpu_v2: bool
+    memory: str | None  # usage: memory.usage_in_bytes (v1) or memory.current (v2)
+    memory_stat: str | None
+    memory_max: str | None  # v2 only: v1's limit is memory.stat's hierarchical_memory_limit
+    memory_v2: bool
+    io: str | None
+    io_v2: bool
+    pids: str | None
+    net_dev: str | None
+
+    @classmethod
+    def of(
+        cls, container_id: str, layout: CgroupLayout, paths: Mapping[str, str], net_dev: str | None
+    ) -> _Files:
+        cpu = layout.place("cpu", paths)
+        memory = layout.place("memory", paths)
+        io = layout.place("io", paths)
+        pids = layout.place("pids", paths)
+        cpu_v2 = cpu is not None and cpu[0] == 2
+        mem_v2 = memory is not None and memory[0] == 2
+        io_v2 = io is not None and io[0] == 2
+
+        def file(place: tuple[int, Path] | None, name: str) -> str | None:
+            return None if place is None else f"{place[1]}/{name}"
+
+        return cls(
+            container_id=container_id,
+            cpu=file(cpu, "cpu.stat" if cpu_v2 else "cpuacct.usage"),
+            cpu_v2=cpu_v2,
+            memory=file(memory, "memory.current" if mem_v2 else "memory.usage_in_bytes"),
+            memory_stat=file(memory, "memory.stat"),
+            memory_max=file(memory, "memory.max") if mem_v2 else None,
+            memory_v2=mem_v2,
+            io=file(io, "io.stat" if io_v2 else "blkio.throttle.io_service_bytes_recursive"),
+            io_v2=io_v2,
+            pids=file(pids, "pids.current"),
+            net_dev=net_dev,
+        )
 
 
 class UsageReader:
@@ -265,7 +311,7 @@ class UsageReader:
     def __init__(self, *, proc: Path = PROC, layout: CgroupLayout | None = None) -> None:
         self._proc = proc
         self._layout = layout
-        self._places: dict[int, _Place] = {}
+        self._files: dict[int, _Files] = {}
         self._host_netns: str | None = None
 
     @property
@@ -281,37 +327,30 @@ class UsageReader:
         seen: set[int] = set()
         for target in targets:
             seen.add(target.pid)
-            place = self._place(target)
-            if place is None:
+            files = self._files_of(target)
+            if files is None:
                 continue
-            usage = self._usage(target, place)
+            usage = _usage(target, files)
             if usage is not None:
                 out.append(usage)
-        for pid in [p for p in self._places if p not in seen]:
-            del self._places[pid]
+        for pid in [p for p in self._files if p not in seen]:
+            del self._files[pid]
         return out
 
-    def _place(self, target: Target) -> _Place | None:
-        place = self._places.get(target.pid)
-        if place is not None and place.container_id == target.container_id:
-            return place
-        text = _read(self._proc / str(target.pid) / "cgroup")
+    def _files_of(self, target: Target) -> _Files | None:
+        files = self._files.get(target.pid)
+        if files is not None and files.container_id == target.container_id:
+            return files
+        text = _read(f"{self._proc}/{target.pid}/cgroup")
         if text is None:
             return None
         paths = parse_proc_cgroup(text)
         if not target.container_id or not any(target.container_id in p for p in paths.values()):
             return None  # not (or no longer) the container's process
-        layout = self.layout
-        place = _Place(
-            container_id=target.container_id,
-            cpu=layout.place("cpu", paths),
-            memory=layout.place("memory", paths),
-            io=layout.place("io", paths),
-            pids=layout.place("pids", paths),
-            own_netns=self._own_netns(target.pid),
-        )
-        self._places[target.pid] = place
-        return place
+        net_dev = f"{self._proc}/{target.pid}/net/dev" if self._own_netns(target.pid) else None
+        files = _Files.of(target.container_id, self.layout, paths, net_dev)
+        self._files[target.pid] = files
+        return files
 
     def _own_netns(self, pid: int) -> bool:
         if self._host_netns is None:
@@ -324,74 +363,64 @@ class UsageReader:
         except OSError:
             return False
 
-    def _usage(self, target: Target, place: _Place) -> TaskUsage | None:
-        cpu = _cpu_seconds(place.cpu)
-        working_set, limit = _memory(place.memory)
-        if cpu is None and working_set is None:
-            return None  # the cgroup is gone: the container exited
-        read = write = None
-        if place.io is not None:
-            version, d = place.io
-            if version == 2:
-                text = _read(d / "io.stat")
-                if text is not None:
-                    read, write = parse_io_stat(text)
-            else:
-                text = _read(d / "blkio.throttle.io_service_bytes_recursive")
-                if text is None:
-                    text = _read(d / "blkio.throttle.io_service_bytes")
-                if text is not None:
-                    read, write = parse_blkio_v1(text)
-        rx = tx = None
-        if place.own_netns:
-            text = _read(self._proc / str(target.pid) / "net" / "dev")
-            if text is not None:
-                rx, tx = parse_net_dev(text)
-        return TaskUsage(
-            task_id=target.task_id,
-            name=target.name,
-            cpu_seconds=cpu,
-            memory_working_set_bytes=working_set,
-            memory_limit_bytes=limit,
-            network_receive_bytes=rx,
-            network_transmit_bytes=tx,
-            block_read_bytes=read,
-            block_write_bytes=write,
-            pids=_int(place.pids[1] / "pids.current") if place.pids is not None else None,
-        )
+
+def _usage(target: Target, files: _Files) -> TaskUsage | None:
+    cpu = _cpu_seconds(files)
+    working_set, limit = _memory(files)
+    if cpu is None and working_set is None:
+        return None  # the cgroup is gone: the container exited
+    read = write = None
+    if files.io is not None:
+        text = _read(files.io)
+        if text is not None:
+            read, write = parse_io_stat(text) if files.io_v2 else parse_blkio_v1(text)
+    rx = tx = None
+    if files.net_dev is not None:
+        text = _read(files.net_dev)
+        if text is not None:
+            rx, tx = parse_net_dev(text)
+    return TaskUsage(
+        task_id=target.task_id,
+        name=target.name,
+        cpu_seconds=cpu,
+        memory_working_set_bytes=working_set,
+        memory_limit_bytes=limit,
+        network_receive_bytes=rx,
+        network_transmit_bytes=tx,
+        block_read_bytes=read,
+        block_write_bytes=write,
+        pids=_int(files.pids) if files.pids is not None else None,
+    )
 
 
-def _cpu_seconds(place: tuple[int, Path] | None) -> float | None:
-    if place is None:
+def _cpu_seconds(files: _Files) -> float | None:
+    if files.cpu is None:
         return None
-    version, d = place
-    if version == 2:
-        text = _read(d / "cpu.stat")
+    if files.cpu_v2:
+        text = _read(files.cpu)
         usec = keyed(text, "usage_usec") if text is not None else None
         return usec / 1e6 if usec is not None else None
-    ns = _int(d / "cpuacct.usage")
+    ns = _int(files.cpu)
     return ns / 1e9 if ns is not None else None
 
 
-def _memory(place: tuple[int, Path] | None) -> tuple[int | None, int | None]:
+def _memory(files: _Files) -> tuple[int | None, int | None]:
     """(working set, limit) in bytes."""
-    if place is None:
+    if files.memory is None or files.memory_stat is None:
         return None, None
-    version, d = place
-    if version == 2:
-        usage = _int(d / "memory.current")
-        inactive_key = "inactive_file"
-        raw_limit = _read(d / "memory.max")
-        limit = None if raw_limit is None or raw_limit.strip() == "max" else _to_int(raw_limit)
-    else:
-        usage = _int(d / "memory.usage_in_bytes")
-        inactive_key = "total_inactive_file"
-        raw = _int(d / "memory.limit_in_bytes")
-        limit = raw if raw is not None and raw < UNLIMITED_V1 else None
+    usage = _int(files.memory)
     if usage is None:
-        return None, limit
-    stat = _read(d / "memory.stat")
-    inactive = keyed(stat, inactive_key) if stat is not None else None
+        return None, None
+    stat = _read(files.memory_stat) or ""
+    if files.memory_v2:
+        inactive = keyed(stat, "inactive_file")
+        raw = _read(files.memory_max) if files.memory_max is not None else None
+        limit = None if raw is None or raw.strip() == "max" else _to_int(raw)
+    else:
+        inactive = keyed(stat, "total_inactive_file")
+        # The limit in force, the lowest of the cgroup's and its ancestors' (one file less).
+        hierarchical = keyed(stat, "hierarchical_memory_limit")
+        limit = hierarchical if hierarchical is not None and hierarchical < UNLIMITED_V1 else None
     return max(0, usage - (inactive or 0)), limit
 
 

@@ -33,6 +33,7 @@ NET_DEV = (FIXTURES / "net_dev.txt").read_text()  # /proc/<pid>/net/dev: lo, eth
 
 MEMORY_STAT_V1 = """\
 cache 4096
+hierarchical_memory_limit {limit}
 rss 114688
 inactive_file 111
 total_cache 40960
@@ -87,7 +88,7 @@ def proc_for(tmp: Path, mountinfo: str, proc_cgroup: str, *, own_netns: bool = T
     return proc
 
 
-def v1_host(tmp: Path, *, limit: str = "16777216\n") -> Path:
+def v1_host(tmp: Path, *, limit: int = 16777216) -> Path:
     """This CI host's layout: a v1 hierarchy per controller, and a unified hierarchy with
     cpu.stat and no controllers (hybrid mode)."""
     cg = tmp / "sys" / "fs" / "cgroup"
@@ -120,8 +121,7 @@ def v1_host(tmp: Path, *, limit: str = "16777216\n") -> Path:
     write(cg / "unified" / CG.lstrip("/") / "cpu.stat", "usage_usec 999000000\n")
     write(cg / "cpuacct" / CG.lstrip("/") / "cpuacct.usage", "65258444\n")
     write(cg / "memory" / CG.lstrip("/") / "memory.usage_in_bytes", "33890304\n")
-    write(cg / "memory" / CG.lstrip("/") / "memory.stat", MEMORY_STAT_V1)
-    write(cg / "memory" / CG.lstrip("/") / "memory.limit_in_bytes", limit)
+    write(cg / "memory" / CG.lstrip("/") / "memory.stat", MEMORY_STAT_V1.format(limit=limit))
     write(cg / "blkio" / CG.lstrip("/") / "blkio.throttle.io_service_bytes_recursive", BLKIO_V1)
     write(cg / "pids" / CG.lstrip("/") / "pids.current", "3\n")
     return proc_for(tmp, mountinfo, proc_cgroup)
@@ -179,7 +179,7 @@ def test_a_unified_hierarchy_without_controllers_is_not_taken_for_cgroup_v2(
 
 
 def test_cgroup_v1_without_a_memory_limit_reports_none(tmp_path: Path) -> None:
-    reader = UsageReader(proc=v1_host(tmp_path, limit="9223372036854771712\n"))
+    reader = UsageReader(proc=v1_host(tmp_path, limit=9223372036854771712))
     (usage,) = reader.read([target()])
     assert usage.memory_limit_bytes is None
     assert usage.memory_working_set_bytes == 33890304 - 8192
@@ -307,3 +307,16 @@ def test_block_io_parsers_sum_every_device() -> None:
     assert parse_blkio_v1(BLKIO_V1) == (5096, 8216)
     assert parse_io_stat(IO_STAT_V2) == (5096, 8216)
     assert parse_blkio_v1("Total 0\n") == (0, 0)
+
+
+def test_a_file_larger_than_one_read_is_read_whole(tmp_path: Path) -> None:
+    proc = v2_host(tmp_path)
+    many = "".join(
+        f"  veth{i}:     100       1    0    0    0     0          0         0       10       1"
+        "    0    0    0     0       0          0\n"
+        for i in range(400)
+    )
+    (proc / str(PID) / "net" / "dev").write_text(NET_DEV + many)
+    (usage,) = UsageReader(proc=proc).read([target()])
+    assert usage.network_receive_bytes == 354782 + 400 * 100
+    assert usage.network_transmit_bytes == 1036 + 400 * 10
