@@ -207,7 +207,8 @@ class RuntimeObserver(Protocol):
 
     def oom_killed(self, name: str, task_id: str) -> None:
         """The kernel's OOM killer killed a process of the task instance's container (its main
-        process or another one), as the kernel reported it. Called once per kill."""
+        process or another one), as the kernel reported it. Called once per kill, on the event
+        loop."""
 
 
 class NullObserver:

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 KMSG = Path("/dev/kmsg")
 RECORD_MAX = 1 << 14
 """Larger than any kernel log record (the kernel caps them near 8 KiB)."""
+BATCH = 256
+"""Records read per wake-up of the event loop."""
 
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 _PREFIX = "oom-kill:"
@@ -137,7 +139,11 @@ class KernelLogOoms:
 
     def _readable(self) -> None:
         fd = self._fd
-        while fd is not None:
+        if fd is None:
+            return
+        # A bounded batch per wake-up, so a flood of kernel messages cannot hold the loop;
+        # the loop calls again while records remain.
+        for _ in range(BATCH):
             try:
                 data = os.read(fd, RECORD_MAX)
             except BlockingIOError:

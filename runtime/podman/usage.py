@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,13 +307,15 @@ class _Files:
 
 
 class UsageReader:
-    """Reads the usage of many containers in one pass. Not thread-safe: one pass at a time."""
+    """Reads the usage of many containers in one pass; passes run one at a time (a pass left
+    running by a cancelled caller finishes before the next one starts)."""
 
     def __init__(self, *, proc: Path = PROC, layout: CgroupLayout | None = None) -> None:
         self._proc = proc
         self._layout = layout
         self._files: dict[int, _Files] = {}
         self._host_netns: str | None = None
+        self._lock = threading.Lock()
 
     @property
     def layout(self) -> CgroupLayout:
@@ -323,6 +326,10 @@ class UsageReader:
 
     def read(self, targets: Iterable[Target]) -> list[TaskUsage]:
         """The usage of each target that can be read; the others are left out."""
+        with self._lock:
+            return self._read_all(targets)
+
+    def _read_all(self, targets: Iterable[Target]) -> list[TaskUsage]:
         out: list[TaskUsage] = []
         seen: set[int] = set()
         for target in targets:
