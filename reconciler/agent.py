@@ -535,14 +535,16 @@ class Agent:
         restart of ``resync``, and never interrupts the relist or readiness."""
         sampler = None
         if self.usage.interval > 0:
-            current = lambda: {v.id for v in self._snapshot.tasks if v.current}  # noqa: E731
-            sampler = asyncio.create_task(self.usage.run(executor, current), name="usage")
+            sampler = asyncio.create_task(self.usage.run(executor, self._current_ids), name="usage")
         try:
             await self._resync_loop(executor)
         finally:
             if sampler is not None:
                 sampler.cancel()
                 await asyncio.gather(sampler, return_exceptions=True)
+
+    def _current_ids(self) -> set[str]:
+        return {v.id for v in self._snapshot.tasks if v.current}
 
     async def _resync_loop(self, executor: Executor) -> None:
         retry = Retry(Backoff(initial=0.5, cap=self.config.resync_interval), clock=self.clock)
