@@ -1,5 +1,5 @@
-"""OOM kills from kernel log records: the parser, and the reader on a pipe standing in for
-/dev/kmsg."""
+"""OOM kills from kernel log records: the parser, the reader on a pipe standing in for
+/dev/kmsg, and the controller's verdict on an exit that follows a kill."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import settle
+from reconciler.clock import FakeClock, settle
+from reconciler.errors import ExitError
+from reconciler.executor import NullObserver
+from reconciler.model import Task, TaskSpec
+from runtime.podman.controller import PodmanController, Runtime
 from runtime.podman.oom import KernelLogOoms, OomKill, parse_record
 
 CID = "0e9e4e46ab873ba1f55c4bb9a5b33e7726bb3feaa673a9011f0081fc1d5f2273"
@@ -133,3 +137,49 @@ async def wait_for(done: Callable[[], bool], rounds: int = 500) -> None:
         await asyncio.sleep(0.01)
     await settle()
     assert done(), "the reader did not get there"
+
+
+# ------------------------------------------------------------------ the controller's verdict
+
+
+def controller_with_main_pid(pid: int) -> PodmanController:
+    runtime = Runtime(
+        api=None,  # type: ignore[arg-type]  # judging an exit makes no call
+        events=None,  # type: ignore[arg-type]
+        clock=FakeClock(),
+        observer=NullObserver(),
+        node_id="node-a",
+    )
+    task = Task(id="i1", spec=TaskSpec(name="web", image="localhost/busybox:latest"))
+    ctlr = PodmanController(runtime, task)
+    ctlr.observe({"Id": CID, "Pid": pid})
+    return ctlr
+
+
+def verdict(ctlr: PodmanController, code: int) -> str:
+    with pytest.raises(ExitError) as raised:
+        ctlr._judge(code)
+    assert raised.value.exit_code == code  # the exit is still judged by its code
+    return str(raised.value)
+
+
+def test_the_main_process_killed_for_memory_says_out_of_memory() -> None:
+    ctlr = controller_with_main_pid(532)
+    ctlr.oom_killed(532, "java")
+    assert verdict(ctlr, 137) == "out of memory: the kernel killed the main process (exit code 137)"
+
+
+def test_a_sigkill_exit_after_a_child_was_killed_names_the_child() -> None:
+    ctlr = controller_with_main_pid(100)
+    ctlr.oom_killed(532, "tail")
+    assert (
+        verdict(ctlr, 137)
+        == "out of memory: the kernel killed process tail, pid 532 (exit code 137)"
+    )
+
+
+def test_an_ordinary_failure_after_a_child_was_killed_is_not_called_out_of_memory() -> None:
+    ctlr = controller_with_main_pid(100)
+    ctlr.oom_killed(532, "tail")
+    assert verdict(ctlr, 1) == "task exited with code 1"
+    assert verdict(controller_with_main_pid(100), 137) == "task exited with code 137"
