@@ -16,8 +16,9 @@ It reads plain files and ``statvfs``; nothing here talks to the container runtim
 
 **Conditions** (``conditions()``, a pure decision): ``disk_pressure`` while the state dir's or
 the image store's filesystem has under 5% of its blocks available, ``memory_pressure`` while
-``MemAvailable`` is under 5% of ``MemTotal``. A figure that could not be read raises no
-condition. Conditions are reported; they never make the node not ready.
+``MemAvailable`` is under 5% of ``MemTotal``. The node's description (``/v1/node``) names them
+``diskPressure`` and ``memoryPressure``. A figure that could not be read raises no condition.
+Conditions are reported; they never make the node not ready.
 
 ``HostStats.read`` blocks on file I/O (a few small files): run it off the event loop. Its roots
 (``/proc``, ``statvfs``) are injectable, for tests with fixture files.
@@ -45,10 +46,17 @@ PRESSURE_THRESHOLD: Final = 0.05
 
 
 class Condition(enum.Enum):
-    """A node condition, by the name the metric label and ``/v1/node`` use."""
+    """A node condition. Its value is the metric's label value (``disk_pressure``); ``key`` is
+    its name in the node's description (``diskPressure``), camel-cased like every other key
+    there."""
 
     DISK_PRESSURE = "disk_pressure"
     MEMORY_PRESSURE = "memory_pressure"
+
+    @property
+    def key(self) -> str:
+        head, *rest = self.value.split("_")
+        return head + "".join(word.capitalize() for word in rest)
 
 
 @dataclass(frozen=True, slots=True)

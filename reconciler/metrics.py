@@ -238,8 +238,8 @@ def _node_families(s: Snapshot, counts: dict[str, int]) -> list[Metric]:
             "usage sample. Conditions never make the node not ready.",
             labels=["condition"],
         )
-        for cname, holds in s.conditions:
-            condition.add_metric([cname], float(holds))
+        for c, holds in s.conditions:
+            condition.add_metric([c.value], float(holds))
         out.append(condition)
     return out
 

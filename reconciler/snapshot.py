@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.hoststats import Condition
 from reconciler.model import NodeDescription, TaskState
 
 
@@ -74,7 +75,7 @@ class Snapshot:
     # OOM kills per name from stored counters, for the same names as ``restarts``
     oom_kills: tuple[tuple[str, int], ...] = ()
     # (condition, holds) from the last node usage sample; empty before one (never readiness)
-    conditions: tuple[tuple[str, bool], ...] = ()
+    conditions: tuple[tuple[Condition, bool], ...] = ()
 
     def current(self) -> tuple[TaskView, ...]:
         return tuple(t for t in self.tasks if t.current)

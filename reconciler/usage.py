@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.errors import StoreError
 from reconciler.executor import Executor, TaskUsage
-from reconciler.hoststats import HostStats, NodeUsage, conditions
+from reconciler.hoststats import Condition, HostStats, NodeUsage, conditions
 from reconciler.supervisor import describe_error
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class UsageMonitor:
         self.host = host or HostStats()  # injectable (tests)
         self._oom: dict[str, int] = store.oom_kills()
         self._unstored: set[str] = set()
-        self._conditions: tuple[tuple[str, bool], ...] = ()
+        self._conditions: tuple[tuple[Condition, bool], ...] = ()
         self._last_error: str | None = None
 
     # ------------------------------------------------------------------------ OOM kills
@@ -127,20 +127,20 @@ class UsageMonitor:
     # ----------------------------------------------------------------------- conditions
 
     @property
-    def conditions(self) -> tuple[tuple[str, bool], ...]:
+    def conditions(self) -> tuple[tuple[Condition, bool], ...]:
         """(condition, holds) for every condition, from the last node sample; empty before."""
         return self._conditions
 
     def _take_conditions(self, node: NodeUsage) -> None:
-        now = tuple((c.value, holds) for c, holds in conditions(node))
+        now = conditions(node)
         if now == self._conditions:
             return
         before = dict(self._conditions)
-        for name, holds in now:
-            if holds and not before.get(name, False):
-                log.warning("node condition holds condition=%s", name)
-            elif not holds and before.get(name, False):
-                log.info("node condition cleared condition=%s", name)
+        for condition, holds in now:
+            if holds and not before.get(condition, False):
+                log.warning("node condition holds condition=%s", condition.value)
+            elif not holds and before.get(condition, False):
+                log.info("node condition cleared condition=%s", condition.value)
         self._conditions = now
         self._on_change()
 

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import cli, http
 from reconciler.desired.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
+from reconciler.hoststats import Condition
 from reconciler.metrics import Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
@@ -95,7 +96,7 @@ def full_snapshot() -> Snapshot:
         tasks=(task,),
         restarts=(("web", 1),),
         oom_kills=(("web", 0),),
-        conditions=(("disk_pressure", False), ("memory_pressure", False)),
+        conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
     )
 
 

@@ -138,3 +138,10 @@ def test_parsers_ignore_what_they_do_not_know() -> None:
     assert parse_proc_stat("intr 1\n", 100) == ()
     assert parse_meminfo("MemTotal: 1000\n") == (None, 1000)
     assert parse_pressure("some avg10=0.00 total=x\nweird total=5\n") == ()
+
+
+def test_a_condition_is_snake_case_in_metrics_and_camel_case_in_the_node_description() -> None:
+    assert [(c.value, c.key) for c in Condition] == [
+        ("disk_pressure", "diskPressure"),
+        ("memory_pressure", "memoryPressure"),
+    ]

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
 from reconciler.executor import RuntimeObserver
+from reconciler.hoststats import Condition
 from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
@@ -126,7 +127,7 @@ def everything() -> Metrics:
             tasks=(task("web", "i1"),),
             restarts=(("web", 0),),
             oom_kills=(("web", 0),),
-            conditions=(("disk_pressure", False), ("memory_pressure", False)),
+            conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
         )
     )
     m.set_usage(full_usage())

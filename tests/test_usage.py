@@ -19,7 +19,7 @@ from reconciler.agent import Agent, AgentConfig
 from reconciler.clock import FakeClock, settle
 from reconciler.desired.manager import check_records
 from reconciler.executor import RuntimeUsage, TaskUsage
-from reconciler.hoststats import DiskFree, HostStats, NodeUsage
+from reconciler.hoststats import Condition, DiskFree, HostStats, NodeUsage
 from reconciler.metrics import Metrics
 from reconciler.model import RestartPolicy, TaskSpec, TaskState
 from reconciler.session import DesiredTask, DesiredTasks
@@ -195,7 +195,10 @@ async def test_only_current_instances_are_published(tmp_path: Path, clock: FakeC
         store.close()
     assert published == [usage]
     assert [t.task_id for t in usage.tasks] == ["new"]
-    assert monitor.conditions == (("disk_pressure", False), ("memory_pressure", False))
+    assert monitor.conditions == (
+        (Condition.DISK_PRESSURE, False),
+        (Condition.MEMORY_PRESSURE, False),
+    )
 
 
 class BrokenExecutor(FakeExecutor):
@@ -231,8 +234,8 @@ async def test_conditions_follow_the_node_and_never_make_it_unready(
         await settle()
         await until(lambda: bool(r.agent.snapshot().conditions))
         assert http.node_json(r.agent.snapshot())["conditions"] == {
-            "disk_pressure": False,
-            "memory_pressure": False,
+            "diskPressure": False,
+            "memoryPressure": False,
         }
         r.host.node = NodeUsage(
             memory_available_bytes=GIB // 100,
@@ -240,11 +243,11 @@ async def test_conditions_follow_the_node_and_never_make_it_unready(
             disks=(DiskFree("state", 1, 1000),),
         )
         await clock.advance(10.0)
-        await until(lambda: dict(r.agent.snapshot().conditions)["memory_pressure"])
+        await until(lambda: dict(r.agent.snapshot().conditions)[Condition.MEMORY_PRESSURE])
         snap = r.agent.snapshot()
         assert http.node_json(snap)["conditions"] == {
-            "disk_pressure": True,
-            "memory_pressure": True,
+            "diskPressure": True,
+            "memoryPressure": True,
         }
         assert snap.ready
         for condition in ("disk_pressure", "memory_pressure"):
@@ -411,7 +414,7 @@ def test_oom_kills_and_conditions_come_from_the_snapshot() -> None:
         node_id="n",
         restarts=(("db", 0), ("web", 2)),
         oom_kills=(("db", 0), ("web", 3)),
-        conditions=(("disk_pressure", False), ("memory_pressure", True)),
+        conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, True)),
     )
     registry = CollectorRegistry()
     metrics = Metrics(snapshot=lambda: snap, registry=registry)

@@ -189,8 +189,8 @@ def test_the_node_figures_are_exported(world: Harness) -> None:
         assert (("reconciler_node_condition", (("condition", condition),))) in samples
     status, body = agent.get("/v1/node")
     assert status == 200 and set(json.loads(body)["conditions"]) == {
-        "disk_pressure",
-        "memory_pressure",
+        "diskPressure",
+        "memoryPressure",
     }
 
 

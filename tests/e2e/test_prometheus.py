@@ -36,7 +36,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from reconciler.executor import TaskUsage
-from reconciler.hoststats import CPU_MODES, DiskFree, NodeUsage
+from reconciler.hoststats import CPU_MODES, Condition, DiskFree, NodeUsage
 from reconciler.http import serve
 from reconciler.metrics import Metrics
 from reconciler.model import TaskState
@@ -108,7 +108,7 @@ def realistic_snapshot(now: float) -> Snapshot:
         tasks=tuple(tasks),
         restarts=tuple(sorted(restarts.items())),
         oom_kills=tuple((name, 1 if name == "api" else 0) for name in sorted(restarts)),
-        conditions=(("disk_pressure", False), ("memory_pressure", False)),
+        conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
     )
 
 
