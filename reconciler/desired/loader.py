@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.desired.problems import DesiredStateError, Problem
+from reconciler.desired.problems import DesiredStateError, Problem, describe
 from reconciler.desired.schema import check_document
 from reconciler.desired.yamlsource import MAX_FILE_BYTES, decode, load_documents
 from reconciler.session import DesiredTask
@@ -236,8 +236,7 @@ def _os_problem(path: str, what: str, e: OSError) -> Problem:
 
 def _crash(path: str, what: str, e: Exception) -> Problem:
     """A problem for an unexpected exception: bounded, one line, no traceback."""
-    detail = str(e) or "no detail"
-    return Problem(path, 0, what, f"could not be read ({type(e).__name__}: {detail})")
+    return Problem(path, 0, what, f"could not be read ({describe(e)})")
 
 
 def _resolved_to(shown: str, real: str) -> str:
@@ -291,9 +290,12 @@ def parse_file(data: bytes, path: str) -> tuple[list[Declared], list[Problem]]:
         return [], [_crash(path, "file", e)]
     if len(problems) > MAX_PROBLEMS_PER_FILE:
         problems.sort(key=lambda p: (p.line, p.field, p.message))
-        more = len(problems) - MAX_PROBLEMS_PER_FILE
+        rest = problems[MAX_PROBLEMS_PER_FILE:]
         problems = problems[:MAX_PROBLEMS_PER_FILE]
-        problems.append(Problem(path, problems[-1].line, "file", f"{more} more problems not shown"))
+        message = (
+            f"stopped after {MAX_PROBLEMS_PER_FILE} problems; more from this line on are not shown"
+        )
+        problems.append(Problem(path, rest[0].line, "file", message))
     return declared, problems
 
 
@@ -304,6 +306,9 @@ def _parse(data: bytes, path: str) -> tuple[list[Declared], list[Problem]]:
     if text is None:
         return [], problems
     documents, problems = load_documents(text, path)
+    # A value the reader refused (a 40-digit integer) reads as null; the schema's complaint
+    # about that null would only repeat the problem.
+    refused = {p.field for p in problems}
     declared: list[Declared] = []
     for doc in documents:
         if len(problems) > MAX_PROBLEMS_PER_FILE:
@@ -315,7 +320,7 @@ def _parse(data: bytes, path: str) -> tuple[list[Declared], list[Problem]]:
             start_line=doc.start_line,
             limit=MAX_PROBLEMS_PER_FILE + 1 - len(problems),
         )
-        problems.extend(more)
+        problems.extend(p for p in more if p.field not in refused)
         declared.extend(Declared(task, path, line, prefix) for task, line, prefix in tasks)
     return declared, problems
 

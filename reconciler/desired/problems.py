@@ -20,7 +20,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MAX_FIELD_CHARS", "MAX_MESSAGE_CHARS", "DesiredStateError", "Problem"]
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "MAX_MESSAGE_CHARS",
+    "DesiredStateError",
+    "Problem",
+    "describe",
+    "one_line",
+]
 
 MAX_FIELD_CHARS = 200
 MAX_MESSAGE_CHARS = 400
@@ -43,6 +50,15 @@ def one_line(text: str, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+def describe(e: BaseException) -> str:
+    """An unexpected exception in a few words: ``RecursionError: maximum recursion depth...``.
+
+    For a problem line, never a traceback; the problem cuts it to length.
+    """
+    detail = str(e)
+    return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
 
 
 @dataclass(frozen=True, slots=True, order=True)

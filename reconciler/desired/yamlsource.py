@@ -244,10 +244,10 @@ class _Budget:
             self.done(f"*{name}", height)
         elif isinstance(event, yaml.CollectionStartEvent):
             self.add(event, 1)
+            self.depth(event, len(self.stack) + 1)
             self.stack.append(
                 _Open(isinstance(event, yaml.MappingStartEvent), self.count - 1, event.anchor)
             )
-            self.depth(event, len(self.stack))
             if event.anchor is not None:
                 self.open_anchors.add(event.anchor)
         elif isinstance(event, yaml.CollectionEndEvent):

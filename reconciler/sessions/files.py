@@ -47,6 +47,7 @@ from pathlib import Path
 from watchfiles import Change, awatch
 
 from reconciler.desired import DesiredStateError, Problem, is_desired_file_name, load_directory
+from reconciler.desired.problems import describe
 from reconciler.model import NodeDescription
 from reconciler.session import (
     DesiredInvalid,
@@ -77,9 +78,7 @@ def read_desired(desired_dir: Path) -> DesiredTasks | DesiredInvalid:
 
 
 def _unreadable(desired_dir: Path, e: BaseException) -> DesiredInvalid:
-    problem = Problem(
-        os.fspath(desired_dir), 0, "directory", f"could not be read ({type(e).__name__}: {e})"
-    )
+    problem = Problem(os.fspath(desired_dir), 0, "directory", f"could not be read ({describe(e)})")
     return DesiredInvalid(errors=(str(problem),))
 
 
