@@ -23,7 +23,7 @@ from reconciler.desired.schema import TASK_SCHEMA
 from reconciler.desired.units import parse_duration
 from tests.desired.hostile import check_lines
 
-__all__ = ["VALID_FIELDS", "Case", "check_case", "documents", "texts"]
+__all__ = ["VALID_FIELDS", "Case", "Verdict", "check_case", "documents", "judge", "texts"]
 
 FUZZ_PATH = "fuzz/tasks.yaml"
 
@@ -243,17 +243,41 @@ def texts() -> st.SearchStrategy[Case]:
     ).map(lambda t: Case(t, None))
 
 
-def check_case(case: Case) -> list[str]:
-    """Run one case through the reader: what went wrong (an escaped exception, a line not in
-    the PATH:LINE: FIELD: problem form, a valid case refused); empty when all is well."""
+@dataclass(frozen=True)
+class Verdict:
+    """What went wrong with one case: an exception that escaped the reader, lines not in the
+    PATH:LINE: FIELD: problem form, or a valid case refused. ``wrong`` lists them all."""
+
+    escaped: str | None = None
+    malformed: tuple[str, ...] = ()
+    refused_valid: str | None = None
+
+    @property
+    def crashed(self) -> bool:
+        return self.escaped is not None or bool(self.malformed)
+
+    @property
+    def wrong(self) -> list[str]:
+        return [w for w in (self.escaped, *self.malformed, self.refused_valid) if w]
+
+
+def judge(case: Case) -> Verdict:
+    """Run one case through the reader and judge its answer."""
     try:
         declared, problems = parse_file(case.text.encode("utf-8", "surrogatepass"), FUZZ_PATH)
     except Exception as e:
-        return [f"{type(e).__name__} escaped the reader: {str(e)[:200]}"]
-    wrong = check_lines((str(p) for p in problems), [FUZZ_PATH])
+        return Verdict(escaped=f"{type(e).__name__} escaped the reader: {str(e)[:200]}")
+    malformed = tuple(check_lines((str(p) for p in problems), [FUZZ_PATH]))
+    refused = None
     if case.valid_names is not None:
+        names = tuple(sorted(d.task.name for d in declared))
         if problems:
-            wrong.append(f"a valid case was refused: {[str(p) for p in problems[:3]]}")
-        elif tuple(sorted(d.task.name for d in declared)) != case.valid_names:
-            wrong.append(f"valid case declared {[d.task.name for d in declared]}")
-    return wrong
+            refused = f"a valid case was refused: {[str(p) for p in problems[:3]]}"
+        elif names != case.valid_names:
+            refused = f"a valid case declared {list(names)}, not {list(case.valid_names)}"
+    return Verdict(malformed=malformed, refused_valid=refused)
+
+
+def check_case(case: Case) -> list[str]:
+    """Everything wrong with the reader's answer to ``case``; empty when all is well."""
+    return judge(case).wrong
