@@ -1,6 +1,6 @@
 """The desired-state schema: declared as JSON Schema, checked by ``jsonschema``, turned into specs.
 
-This module owns what a valid task looks like (PRODUCT.md, "Desired-state YAML") and how a valid
+This module owns what a valid task looks like in a desired-state file and how a valid
 one becomes a ``reconciler.session.DesiredTask`` in the canonical units of ``reconciler.model``.
 
 Why JSON Schema: the schema is data, so it reads like the contract, and ``jsonschema`` reports

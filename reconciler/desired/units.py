@@ -1,8 +1,8 @@
 """Human units in desired-state files: durations ("1h30m") and sizes ("64Mi").
 
-This module owns the two unit grammars of PRODUCT.md so that the schema, the CLI and the fleet
-session all accept exactly the same spellings and turn them into the canonical form of
-``reconciler.model``: float seconds and integer bytes.
+This module owns the two unit grammars of desired-state files so that the schema, the CLI and
+the fleet session all accept exactly the same spellings and turn them into the canonical form
+of ``reconciler.model``: float seconds and integer bytes.
 
 - A duration is one or more ``<number><unit>`` groups, units ``ms``, ``s``, ``m`` and ``h``, in
   any order and without spaces (``500ms``, ``10s``, ``1.5m``, ``1h30m``), like Go's
