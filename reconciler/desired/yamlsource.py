@@ -27,7 +27,8 @@ is built from it when it breaks one of these limits:
 These counts are taken from libyaml's event stream, which costs almost nothing per event and
 holds no tree, before the node graph is composed. Libyaml is used rather than the pure-Python
 parser because it is about fourteen times faster, which keeps a 1 MiB file well under the
-time budget. While building values:
+time budget; a PyYAML built without libyaml falls back to the pure-Python safe loader, with
+the same limits at a higher cost. While building values:
 
 - integers of more than ``MAX_INT_DIGITS`` (18) digits are refused: no field needs them, and
   Python refuses to convert past 4,300 digits anyway (quote such a value to make it text);
@@ -83,6 +84,10 @@ one file, and bounds what validating a file can cost.
 
 MAX_INT_DIGITS = 18
 """The longest integer accepted: any 18-digit number fits in 64 bits."""
+
+_Loader = type[yaml.CSafeLoader] | type[yaml.SafeLoader]
+LOADER: _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""The safe loader: libyaml's when PyYAML has it."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INT = "tag:yaml.org,2002:int"
@@ -269,7 +274,7 @@ def _check_budget(text: str, path: str) -> Problem | None:
     """
     budget = _Budget()
     try:
-        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        for event in yaml.parse(text, Loader=LOADER):
             budget.feed(event)
     except _OverBudget as e:
         fpath = format_field(e.fpath) if e.fpath else "file"
@@ -301,7 +306,9 @@ class _TooLarge(Exception):
 
 
 class _Builder:
-    def __init__(self, loader: yaml.CSafeLoader, path: str, problems: list[Problem]) -> None:
+    def __init__(
+        self, loader: yaml.CSafeLoader | yaml.SafeLoader, path: str, problems: list[Problem]
+    ) -> None:
         self.loader = loader
         self.path = path
         self.problems = problems
@@ -452,7 +459,7 @@ def load_documents(text: str, path: str) -> tuple[list[Document], list[Problem]]
         return [], [refused]
     problems: list[Problem] = []
     documents: list[Document] = []
-    loader = yaml.CSafeLoader(text)
+    loader = LOADER(text)
     try:
         while loader.check_node():
             node = loader.get_node()

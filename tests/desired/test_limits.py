@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 import reconciler.desired.loader as loader
+import reconciler.desired.yamlsource as yamlsource
 from reconciler.desired import DesiredStateError, Problem, load_directory, load_paths
 from reconciler.desired.problems import MAX_FIELD_CHARS, MAX_MESSAGE_CHARS
 from reconciler.desired.yamlsource import (
@@ -358,3 +360,32 @@ def test_any_exception_while_reading_a_file_is_a_problem_for_that_file(
     assert "xxxx" in problem.message
     assert len(problem.message) <= MAX_MESSAGE_CHARS
     assert len(calls) == 2  # the other file was still read
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        nested(MAX_DEPTH + 1),
+        "a0: &a0 {k: v}\n"
+        + "".join(f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}\n" for i in range(1, 25)),
+        "a: &x {b: [{c: *x}]}\n",
+        task_with("restart: {maxAttempts: " + "1" * 19 + "}"),
+        task_with("pull: never\n    pull: always"),
+        task_with("pull: never"),
+    ],
+)
+def test_the_pure_python_loader_keeps_the_same_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """PyYAML without libyaml falls back to its pure-Python safe loader: same answers."""
+    path = write(tmp_path / "t.yaml", text)
+
+    def answer() -> list[str]:
+        try:
+            return sorted(load_paths([path]).tasks)
+        except DesiredStateError as e:
+            return list(e.lines())
+
+    with_libyaml = answer()
+    monkeypatch.setattr(yamlsource, "LOADER", yaml.SafeLoader)
+    assert answer() == with_libyaml
