@@ -106,14 +106,23 @@ def is_desired_file_name(name: str) -> bool:
 
 
 def check_ownership(
-    st: os.stat_result, path: str, what: str, *, fix: str | None = None
+    st: os.stat_result, path: str, what: str, *, fix: str | None = None, on_the_way: bool = False
 ) -> list[Problem]:
     """sshd StrictModes for one file or directory: refuse group/other-writable or foreign-owned.
 
     ``path`` is what the problems name; ``fix`` (default ``path``) is the path in the hint.
+    A directory ``on_the_way`` to the desired state passes when it is root-owned and sticky
+    (``/tmp``): there others may add entries but never replace ours.
     """
-    problems = []
+    if on_the_way and st.st_uid == 0 and st.st_mode & stat.S_ISVTX:
+        return []
     fix = fix or path
+    why = (
+        "whoever can write it can swap what is below it"
+        if on_the_way
+        else "it decides what runs on this host"
+    )
+    problems = []
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         problems.append(
             Problem(
@@ -121,7 +130,7 @@ def check_ownership(
                 0,
                 "permissions",
                 f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"refusing it, since it decides what runs on this host: chmod go-w {fix}",
+                f"refusing it, since {why}: chmod go-w {fix}",
             )
         )
     me = os.geteuid()
@@ -139,33 +148,8 @@ def check_ownership(
 
 
 def _on_the_way(st: os.stat_result, directory: str, shown: str) -> list[Problem]:
-    """The StrictModes rule for a directory on the way to ``shown``; sticky /tmp is fine."""
-    if st.st_uid == 0 and st.st_mode & stat.S_ISVTX:
-        return []  # root-owned and sticky: others may add entries, never replace ours
-    problems = []
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problems.append(
-            Problem(
-                shown,
-                0,
-                "permissions",
-                f"directory {directory} on the way to it is writable by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}), so they could swap what it holds; "
-                f"refusing it: chmod go-w {directory}",
-            )
-        )
-    me = os.geteuid()
-    if st.st_uid not in (0, me):
-        problems.append(
-            Problem(
-                shown,
-                0,
-                "permissions",
-                f"directory {directory} on the way to it is owned by uid {st.st_uid}, not by "
-                f"root or the agent's user (uid {me}); refusing it",
-            )
-        )
-    return problems
+    what = f"directory {directory} on the way to it"
+    return check_ownership(st, shown, what, fix=directory, on_the_way=True)
 
 
 def resolve_checked(path: str, shown: str | None = None) -> tuple[str, list[Problem]]:

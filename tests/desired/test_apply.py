@@ -205,6 +205,7 @@ def test_a_missing_directory_under_an_unsafe_parent_is_refused_and_not_created(
         apply_file(src, d, dry_run=False)
     assert [str(p) for p in e.value.problems] == [
         f"{d}:0: permissions: directory {parent} on the way to it is writable by group or "
-        f"others (mode 0777), so they could swap what it holds; refusing it: chmod go-w {parent}"
+        f"others (mode 0777); refusing it, since whoever can write it can swap what is below "
+        f"it: chmod go-w {parent}"
     ]
     assert os.listdir(parent) == []

@@ -389,3 +389,10 @@ def test_the_pure_python_loader_keeps_the_same_limits(
     with_libyaml = answer()
     monkeypatch.setattr(yamlsource, "LOADER", yaml.SafeLoader)
     assert answer() == with_libyaml
+
+
+def test_a_character_libyaml_refuses_is_reported_at_its_line(tmp_path: Path) -> None:
+    text = task_with("env: {A: 'x\ufffe'}")
+    assert lines_of(tmp_path, text) == [
+        "6: yaml: invalid YAML: the character U+FFFE is not allowed"
+    ]

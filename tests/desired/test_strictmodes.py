@@ -50,8 +50,8 @@ def test_a_writable_directory_on_the_way_is_refused(tmp_path: Path, mode: int) -
     os.chmod(parent, mode)
     assert error_lines(d) == [
         f"{d}:0: permissions: directory {parent} on the way to it is writable by group or "
-        f"others (mode {mode:04o}), so they could swap what it holds; "
-        f"refusing it: chmod go-w {parent}"
+        f"others (mode {mode:04o}); refusing it, since whoever can write it can swap what is "
+        f"below it: chmod go-w {parent}"
     ]
     os.chmod(parent, 0o755)
     assert sorted(load_directory(d).tasks) == ["web"]
@@ -184,8 +184,8 @@ def test_a_symlinked_file_in_an_unsafe_directory_is_refused_unprinted(tmp_path: 
     lines = error_lines(d)
     assert lines == [
         f"{d / 'web.yaml'}:0: permissions: directory {unsafe} on the way to it is writable by "
-        f"group or others (mode 0777), so they could swap what it holds; "
-        f"refusing it: chmod go-w {unsafe}"
+        f"group or others (mode 0777); refusing it, since whoever can write it can swap what "
+        f"is below it: chmod go-w {unsafe}"
     ]
     assert SECRET not in "\n".join(lines)
 
