@@ -1,6 +1,6 @@
 """The desired-state schema: declared as JSON Schema, checked by ``jsonschema``, turned into specs.
 
-This module owns what a valid task looks like (PRODUCT.md, "Desired-state YAML") and how a valid
+This module owns what a valid task looks like in a desired-state file and how a valid
 one becomes a ``reconciler.session.DesiredTask`` in the canonical units of ``reconciler.model``.
 
 Why JSON Schema: the schema is data, so it reads like the contract, and ``jsonschema`` reports
@@ -15,6 +15,13 @@ must be unique across files are the loader's business.
 The same task validator serves files (``tasks[i]`` inside a ``TaskSet`` document) and the fleet
 session, which delivers one task as a JSON dict with the YAML's field names (``parse_task``).
 
+Limits: every duration and size is bounded, so nothing read from a file can become an infinite
+or absurd number downstream (a deadline, a cgroup limit): ``stopGracePeriod`` is at most an
+hour, every other duration at most a day, ``memory`` and ``logs.maxSize`` at most 1Ti, and
+``cpus`` at most 1024 and finite. Env names are what a shell can export
+(``[A-Za-z_][A-Za-z0-9_]*``). Checking stops at a caller's problem limit, so a file of
+thousands of broken tasks costs no more than its first few dozen problems.
+
 Canonical form (so equal intent compares equal): env and labels are sorted by key; signals are
 upper case with the ``SIG`` prefix; env and label values are the scalar's text as written in the
 YAML (``1.10`` stays ``1.10``, ``yes`` stays ``yes``); from JSON, booleans are ``true``/``false``
@@ -26,7 +33,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import itertools
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING
@@ -35,7 +44,13 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 from reconciler.desired.problems import DesiredStateError, Problem
-from reconciler.desired.units import UnitError, format_duration, parse_duration, parse_size
+from reconciler.desired.units import (
+    UnitError,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 from reconciler.desired.yamlsource import FieldPath, SourceMap, format_field
 from reconciler.model import (
     Device,
@@ -53,6 +68,11 @@ __all__ = [
     "API_VERSION",
     "DOCUMENT_SCHEMA",
     "KIND",
+    "MAX_CPUS",
+    "MAX_DURATION",
+    "MAX_RESTART_DELAY",
+    "MAX_SIZE",
+    "MAX_STOP_GRACE_PERIOD",
     "RESERVED_LABEL_PREFIX",
     "TASK_SCHEMA",
     "check_document",
@@ -66,6 +86,16 @@ __all__ = [
 API_VERSION = "reconciler/v1"
 KIND = "TaskSet"
 RESERVED_LABEL_PREFIX = "reconciler."
+
+MAX_STOP_GRACE_PERIOD = 3600.0
+"""``stopGracePeriod`` is at most an hour: a stop must end while someone still waits for it."""
+MAX_RESTART_DELAY = 24 * 3600.0
+"""``restart.delay`` and ``restart.maxDelay`` are at most a day."""
+MAX_DURATION = 24 * 3600.0
+"""Every other duration is at most a day too."""
+MAX_SIZE = 1024**4
+"""``memory`` and ``logs.maxSize`` are at most 1Ti."""
+MAX_CPUS = 1024
 
 # ---------------------------------------------------------------------------------- formats
 
@@ -114,15 +144,29 @@ def _check_image(value: str) -> None:
         raise ValueError(f"{value!r} is not an image reference such as localhost/busybox:latest")
 
 
-@_string_format("duration")
-def _check_duration(value: str) -> None:
-    parse_duration(value)
+def _duration_format(maximum: float) -> str:
+    """The name of a format for durations of at most ``maximum`` seconds, registered once."""
+    name = f"duration:{format_duration(maximum)}"
+    if name not in FORMATS.checkers:
+
+        @_string_format(name)
+        def _check_duration(value: str) -> None:
+            parse_duration(value, maximum=maximum)
+
+    return name
 
 
 @_string_format("positive-size")
 def _check_size(value: str) -> None:
-    if parse_size(value) <= 0:
+    if parse_size(value, maximum=MAX_SIZE) <= 0:
         raise UnitError(f"size {value!r} must be greater than 0")
+
+
+@FORMATS.checks("finite", raises=(ValueError,))
+def _check_finite(instance: object) -> bool:
+    if isinstance(instance, float) and not math.isfinite(instance):
+        raise ValueError(f"must be a finite number, not {instance}")
+    return True
 
 
 @_string_format("absolute-path")
@@ -177,10 +221,16 @@ def _check_user(value: str) -> None:
         raise ValueError(f"{value!r} is not a user: use NAME, UID, NAME:GROUP or UID:GID")
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 @_string_format("env-name")
 def _check_env_name(value: str) -> None:
-    if not value or "=" in value or "\0" in value:
-        raise ValueError(f"{value!r} is not a usable environment variable name")
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a usable environment variable name: use letters, digits and "
+            "'_', not starting with a digit"
+        )
 
 
 @_string_format("label-key")
@@ -283,8 +333,18 @@ def parse_signal(text: str) -> str:
 
 # ----------------------------------------------------------------------------------- schema
 
-_DURATION: dict[str, Any] = {"type": "string", "format": "duration"}
-_SIZE: dict[str, Any] = {"type": ["integer", "string"], "format": "positive-size", "minimum": 1}
+
+def _duration(maximum: float = MAX_DURATION) -> dict[str, Any]:
+    return {"type": "string", "format": _duration_format(maximum)}
+
+
+_DURATION = _duration()
+_SIZE: dict[str, Any] = {
+    "type": ["integer", "string"],
+    "format": "positive-size",
+    "minimum": 1,
+    "maximum": MAX_SIZE,
+}
 _SCALAR_MESSAGE = (
     "must be a scalar (string, number or boolean); lists and maps are not allowed, "
     "quote the text instead"
@@ -363,7 +423,12 @@ TASK_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "cpus": {"type": "number", "exclusiveMinimum": 0},
+                "cpus": {
+                    "type": "number",
+                    "format": "finite",
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_CPUS,
+                },
                 "memory": _SIZE,
             },
         },
@@ -376,7 +441,7 @@ TASK_SCHEMA: dict[str, Any] = {
         "capAdd": _strings(format="capability"),
         "capDrop": _strings(format="capability"),
         "stopSignal": {"type": "string", "format": "signal"},
-        "stopGracePeriod": _DURATION,
+        "stopGracePeriod": _duration(MAX_STOP_GRACE_PERIOD),
         "pull": {"enum": ["missing", "always", "never"]},
         "logs": {
             "type": "object",
@@ -388,8 +453,8 @@ TASK_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "condition": {"enum": ["any", "on-failure", "none"]},
-                "delay": _DURATION,
-                "maxDelay": _DURATION,
+                "delay": _duration(MAX_RESTART_DELAY),
+                "maxDelay": _duration(MAX_RESTART_DELAY),
                 "maxAttempts": {"type": "integer", "minimum": 0},
                 "window": _DURATION,
             },
@@ -496,7 +561,7 @@ def _problems_from_error(
     elif kw == "additionalProperties":
         known = sorted(schema.get("properties", {}))
         for extra in sorted(k for k in instance if k not in known):
-            close = difflib.get_close_matches(extra, known, n=1)
+            close = difflib.get_close_matches(extra, known, n=1) if len(extra) <= 64 else []
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(known)}"
             yield at((*rel, extra), f"unknown field{hint}", key=True)
     elif "propertyNames" in error.relative_schema_path:
@@ -518,8 +583,10 @@ def _message(error: ValidationError, custom: str | None) -> str:
         return custom
     if kw == "format" and error.cause is not None:
         return str(error.cause)
-    if kw == "type" and isinstance(error.schema, dict) and error.schema.get("format") in _NOUNS:
-        return f"must be {_NOUNS[error.schema['format']]}, not {_kind(instance)}"
+    fmt = error.schema.get("format") if isinstance(error.schema, dict) else None
+    noun = _NOUNS.get(str(fmt).partition(":")[0])
+    if kw == "type" and noun:
+        return f"must be {noun}, not {_kind(instance)}"
     if kw == "type":
         kinds = value if isinstance(value, list) else [value]
         kinds = [k for k in kinds if k != "null"]
@@ -532,17 +599,34 @@ def _message(error: ValidationError, custom: str | None) -> str:
         return f"must be at least {value}, not {instance}"
     if kw == "exclusiveMinimum":
         return f"must be greater than {value}, not {instance}"
+    if kw == "maximum" and fmt == "positive-size":
+        return f"must be at most {format_size(value)} ({value} bytes), not {instance}"
+    if kw == "maximum":
+        return f"must be at most {value}, not {instance}"
     if kw == "minItems":
         return "must not be empty" if value == 1 else f"must have at least {value} items"
     return str(error.message)
 
 
 def _schema_problems(
-    validator: Draft202012Validator, data: Any, *, path: str, field: str, source: SourceMap
+    validator: Draft202012Validator,
+    data: Any,
+    *,
+    path: str,
+    field: str,
+    source: SourceMap,
+    limit: int | None = None,
 ) -> list[Problem]:
+    """The schema's problems with ``data``; checking stops once ``limit`` are found."""
     problems: list[Problem] = []
     for error in validator.iter_errors(data):
-        problems.extend(_problems_from_error(error, path=path, field=field, source=source))
+        found = _problems_from_error(error, path=path, field=field, source=source)
+        if limit is None:
+            problems.extend(found)
+            continue
+        problems.extend(itertools.islice(found, max(0, limit - len(problems))))
+        if len(problems) >= limit:
+            break
     return _unique(problems)
 
 
@@ -728,14 +812,17 @@ class _Checker:
 
 
 def task_problems(
-    data: Any, *, path: str, field: str, source: SourceMap
+    data: Any, *, path: str, field: str, source: SourceMap, limit: int | None = None
 ) -> tuple[DesiredTask | None, list[Problem]]:
     """Validate one task value and convert it; never raises for bad input.
 
     Returns ``(task, [])`` for a valid task, else ``(None, problems)``. ``field`` is the
     prefix of every FIELD (``tasks[3]``), ``source`` locates values relative to the task.
+    With a ``limit``, at most that many schema problems are looked for.
     """
-    problems = _schema_problems(_TASK_VALIDATOR, data, path=path, field=field, source=source)
+    problems = _schema_problems(
+        _TASK_VALIDATOR, data, path=path, field=field, source=source, limit=limit
+    )
     if problems:
         return None, problems
     checker = _Checker(data, path=path, field=field, source=source)
@@ -767,25 +854,34 @@ def parse_task(
 
 
 def check_document(
-    data: Any, *, path: str, source: SourceMap, start_line: int
+    data: Any, *, path: str, source: SourceMap, start_line: int, limit: int | None = None
 ) -> tuple[list[tuple[DesiredTask, int, str]], list[Problem]]:
     """Validate one ``TaskSet`` document; return its valid tasks and its problems.
 
     Each task comes with the line of its name and its FIELD prefix (``tasks[2]``).
 
     Problems for every invalid part are returned, never raised. A null document (an empty
-    ``---`` section) is a problem: it is almost always a truncated or mis-split file.
+    ``---`` section) is a problem: it is almost always a truncated or mis-split file. With a
+    ``limit``, checking stops once that many problems are found (the tasks returned are then
+    only those checked so far, and the problems say the document is invalid).
     """
     if data is None:
         return [], [Problem(path, start_line, "document", "document is empty")]
-    problems = _schema_problems(_DOCUMENT_VALIDATOR, data, path=path, field="", source=source)
+    problems = _schema_problems(
+        _DOCUMENT_VALIDATOR, data, path=path, field="", source=source, limit=limit
+    )
     tasks: list[tuple[DesiredTask, int, str]] = []
     items = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(items, list):
         for i, item in enumerate(items):
+            left = None if limit is None else limit - len(problems)
+            if left is not None and left <= 0:
+                break
             prefix = f"tasks[{i}]"
             task_source = source.child(("tasks", i))
-            task, more = task_problems(item, path=path, field=prefix, source=task_source)
+            task, more = task_problems(
+                item, path=path, field=prefix, source=task_source, limit=left
+            )
             problems.extend(more)
             if task is not None:
                 tasks.append((task, task_source.line(("name",)), prefix))
