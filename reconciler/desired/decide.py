@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from reconciler.desired.records import ADOPTED, Adopted, Instance, NameRecord, Seen
-from reconciler.model import IN_PLACE_FIELDS, RestartPolicy, TaskState, TaskStatus
+from reconciler.model import IN_PLACE_FIELDS, RestartCondition, RestartPolicy, TaskState, TaskStatus
 from reconciler.session import DesiredTask
 
 __all__ = [
@@ -263,7 +263,9 @@ class _Decider:
         status = self.status(cur) or TaskStatus(TaskState.FAILED)
         gone = self.gone(cur)
         complete = status.state == TaskState.COMPLETE and not gone
-        restart = policy.condition == "any" or (policy.condition == "on-failure" and not complete)
+        restart = policy.condition == RestartCondition.ANY or (
+            policy.condition == RestartCondition.ON_FAILURE and not complete
+        )
         if restart and policy.max_attempts > 0:
             recent = [t for t in rec.attempts if policy.window <= 0 or t > self.now - policy.window]
             if len(recent) >= policy.max_attempts:
