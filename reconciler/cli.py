@@ -291,7 +291,7 @@ async def _run_agent(
     from reconciler import http
     from reconciler.agent import Agent, AgentConfig
     from reconciler.sessions.files import FileSession
-    from runtime.podman.discovery import find_podman
+    from runtime.podman.discovery import find_podman, rediscovery
     from runtime.podman.executor import PodmanExecutor
 
     agent = Agent(
@@ -323,7 +323,12 @@ async def _run_agent(
     # 3. podman (never fatal: the agent retries and /readyz says why)
     url, service = await asyncio.to_thread(find_podman, podman_url, state_dir)
     executor = PodmanExecutor(
-        url=url, node_id=node_id, clock=clock, observer=agent, agent_version=__version__
+        url=url,
+        node_id=node_id,
+        clock=clock,
+        observer=agent,
+        agent_version=__version__,
+        discover=rediscovery(podman_url, state_dir),
     )
     session = FileSession(desired)
     try:
