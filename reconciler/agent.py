@@ -172,6 +172,7 @@ class Agent:
         self.reporter: StatusReporter | None = None
         self._session: Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resync_now = asyncio.Event()  # the runtime came back: resync without waiting
         if store_origin is StoreOrigin.REBUILT:
             self.metrics.store_rebuilt()
         store.add_failure_listener(self._store_failed)
@@ -242,6 +243,9 @@ class Agent:
                 log.info("runtime up")
             else:
                 log.warning("runtime down reason=%r", reason)
+            if up and not self._runtime_up and self.worker is not None:
+                self.worker.retry_now()  # what was due during the outage goes now
+                self._resync_now.set()
             self._runtime_up = up
             self._runtime_reason = reason
             self._changed()
@@ -513,9 +517,17 @@ class Agent:
         while True:
             if await self._resync_once(executor):
                 retry.reset()
-                await self.clock.sleep(self.config.resync_interval)
+                self._resync_now.clear()
+                delay = self.config.resync_interval
             else:
-                await retry.wait()
+                delay = retry.next_delay()
+            sleep = asyncio.ensure_future(self.clock.sleep(delay))
+            woken = asyncio.ensure_future(self._resync_now.wait())
+            try:
+                await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+                woken.cancel()
 
     async def _resync_once(self, executor: Executor) -> bool:
         assert self.worker is not None
