@@ -317,7 +317,7 @@ class Agent:
         self.reporter = StatusReporter(
             self._deliver, clock=self.clock, on_pending=lambda _: self._changed()
         )
-        await executor.start()
+        await executor.start(supervise=self.supervisor.start)
         if self.store.get_meta(ADOPT_PENDING):
             await self._adopt(executor, manager)
         await self._stored(worker.init)

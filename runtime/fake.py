@@ -32,7 +32,7 @@ from reconciler.errors import (
     TaskStarted,
     TemporaryError,
 )
-from reconciler.executor import ContainerStatus, RuntimeContainer
+from reconciler.executor import ContainerStatus, RuntimeContainer, Supervise
 from reconciler.model import NodeDescription, Task, spec_hash
 
 OPS = ("prepare", "start", "wait", "update", "shutdown", "terminate", "remove", "resolve")
@@ -151,7 +151,7 @@ class FakeExecutor:
             raise PermanentError("no image given")
         return FakeController(self, task)
 
-    async def start(self) -> None:
+    async def start(self, *, supervise: Supervise | None = None) -> None:
         pass
 
     async def close(self) -> None:

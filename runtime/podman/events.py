@@ -48,7 +48,7 @@ import podman
 
 from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
-from reconciler.executor import RuntimeObserver
+from reconciler.executor import RuntimeObserver, Supervise
 from runtime.podman.client import Reachability
 from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
 from runtime.podman.transport import AbortReason, Call, make_client, running
@@ -129,12 +129,20 @@ class EventStream:
 
     # ------------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Start following events in the background. Never fails if podman is down."""
-        if self._supervisor is not None:
+    async def start(self, *, supervise: Supervise | None = None) -> None:
+        """Start following events in the background. Never fails if podman is down.
+
+        With ``supervise``, the reader loop (``run``) is handed to it under the name
+        ``events`` (the agent's supervisor restarts it after an unexpected error); otherwise
+        it runs in a task of its own. Idempotent.
+        """
+        if self._connected_event is not None:
             return
         self._connected_event = asyncio.Event()
-        self._supervisor = asyncio.create_task(self._supervise(), name="podman-events")
+        if supervise is not None:
+            supervise("events", self.run)
+        else:
+            self._supervisor = asyncio.create_task(self.run(), name="podman-events")
 
     async def close(self) -> None:
         """Stop the reader thread and the supervisor; wait for both."""
@@ -145,8 +153,12 @@ class EventStream:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        await self._join_reader()
+
+    async def _join_reader(self) -> None:
         thread = self._thread
         if thread is not None:
+            self._abort(AbortReason.CLOSING)
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
             self._thread = None
 
@@ -213,7 +225,11 @@ class EventStream:
 
     # ------------------------------------------------------------------------ supervisor
 
-    async def _supervise(self) -> None:
+    async def run(self) -> None:
+        """The reader loop: connect, read until the stream ends, reconnect with backoff. Runs
+        until ``close()``. May be started again after it failed: a reader thread left over
+        from the failed run is stopped first."""
+        await self._join_reader()
         retry = Retry(RECONNECT, clock=self._clock)
         loop = asyncio.get_running_loop()
         while not self._closing.is_set():

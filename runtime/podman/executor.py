@@ -30,7 +30,7 @@ from typing import Any
 
 from reconciler.clock import Clock
 from reconciler.errors import PermanentError
-from reconciler.executor import RuntimeContainer, RuntimeObserver
+from reconciler.executor import RuntimeContainer, RuntimeObserver, Supervise
 from reconciler.model import NodeDescription, Task
 from runtime.podman.client import NotFound, PodmanAPI, Reachability
 from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
@@ -92,13 +92,13 @@ class PodmanExecutor:
 
     # ------------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, *, supervise: Supervise | None = None) -> None:
         """Begin following podman's events and probing it, in the background. Never fails if
-        podman is down."""
+        podman is down. With ``supervise``, the event stream's loop runs under it."""
         if self._started:
             return
         self._started = True
-        await self._events.start()
+        await self._events.start(supervise=supervise)
         await self._liveness.start()
 
     async def close(self) -> None:
