@@ -38,6 +38,8 @@ from reconciler.snapshot import TaskView
 
 if TYPE_CHECKING:
     from reconciler.clock import Clock
+    from reconciler.fleet.connect import NatsOptions
+    from reconciler.model import NodeDescription
     from reconciler.store import Store
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -200,6 +202,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", type=int, metavar="N")
     subs["logs"] = logs
+
+    manager = sub.add_parser("manager", help="fleet manager commands (NATS JetStream)")
+    manager_sub = manager.add_subparsers(dest="manager_command", required=True, metavar="COMMAND")
+    init = manager_sub.add_parser("init", parents=[common], help="create the fleet's buckets")
+    init.add_argument("--nats", metavar="URL", help="NATS server(s): nats://HOST:PORT[,...]")
+    init.add_argument("--creds", metavar="FILE", help="NATS credentials of a manager user")
+    init.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signs the servers' certs")
+    init.set_defaults(config_parser="manager init")
+    subs["manager init"] = init
     return parser, subs
 
 
@@ -229,12 +240,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.desired import parse_duration
     from reconciler.store import Store
 
-    if args.manager:
-        print(
-            "reconciler: fleet mode (--manager) is not available in this version; use --desired",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     desired = Path(args.desired) if args.desired else default_desired_dir()
     host, port = parse_listen(args.listen or "127.0.0.1:9469")
@@ -243,6 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(f"--resync-interval: {err}") from err
     labels = parse_labels(args.node_label or [])
+    manager = fleet_options(args.manager, args.manager_creds, args.manager_tls_ca, "--manager")
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state_dir, 0o700)
@@ -257,6 +263,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     try:
         node_id = load_node_id(state_dir, args.node_id)
+        if manager is not None:
+            from reconciler.fleet.buckets import check_node_id
+
+            try:
+                check_node_id(node_id)
+            except ValueError as err:
+                raise UsageError(f"--node-id: {err}") from err
         log.info("starting version=%s node_id=%s state_dir=%s", __version__, node_id, state_dir)
         return asyncio.run(
             _run_agent(
@@ -269,10 +282,42 @@ def cmd_run(args: argparse.Namespace) -> int:
                 resync=resync,
                 labels=labels,
                 clock=SystemClock(),
+                manager=manager,
             )
         )
     finally:
         store.close()
+
+
+def fleet_options(
+    servers: str | None, creds: str | None, tls_ca: str | None, flag: str
+) -> NatsOptions | None:
+    """NATS connection options from flags, checked now (a bad one is a usage error)."""
+    if not servers:
+        if creds or tls_ca:
+            raise UsageError(f"credentials and a TLS CA need {flag}")
+        return None
+    from reconciler.fleet.connect import (
+        ConfigError,
+        NatsOptions,
+        load_credentials,
+        parse_servers,
+        tls_context,
+    )
+
+    try:
+        options = NatsOptions(
+            servers=parse_servers(servers),
+            creds=Path(creds) if creds else None,
+            tls_ca=Path(tls_ca) if tls_ca else None,
+        )
+        if options.creds is not None:
+            load_credentials(options.creds)
+        if options.tls_ca is not None:
+            tls_context(options.tls_ca)
+    except ConfigError as err:
+        raise UsageError(f"{flag}: {err}") from err
+    return options
 
 
 async def _run_agent(
@@ -286,10 +331,11 @@ async def _run_agent(
     resync: float,
     labels: tuple[tuple[str, str], ...],
     clock: Clock,
+    manager: NatsOptions | None = None,
 ) -> int:
     from reconciler import http
     from reconciler.agent import Agent, AgentConfig
-    from reconciler.sessions.files import FileSession
+    from reconciler.session import Session
     from runtime.podman.discovery import find_podman
     from runtime.podman.executor import PodmanExecutor
 
@@ -314,7 +360,23 @@ async def _run_agent(
     executor = PodmanExecutor(
         url=url, node_id=node_id, clock=clock, observer=agent, agent_version=__version__
     )
-    session = FileSession(desired)
+    session: Session
+    if manager is not None:
+        from reconciler.fleet.connect import redact
+        from reconciler.sessions.nats import NatsSession
+
+        def describe() -> tuple[NodeDescription | None, bool]:
+            snap = agent.snapshot()
+            return snap.node, snap.ready
+
+        session = NatsSession(
+            node_id=node_id, options=manager, clock=clock, describe=describe, labels=labels
+        )
+        log.info("fleet mode managers=%s", ",".join(redact(u) for u in manager.servers))
+    else:
+        from reconciler.sessions.files import FileSession
+
+        session = FileSession(desired)
     try:
         await agent.run(executor, session, stop)
     finally:
@@ -530,6 +592,48 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------- manager
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    """``reconciler manager init``: the other manager commands come with the manager."""
+    if not args.nats:
+        raise UsageError("--nats URL is required")
+    options = fleet_options(args.nats, args.creds, args.tls_ca, "--nats")
+    assert options is not None
+    return asyncio.run(_manager_init(options))
+
+
+async def _manager_init(options: NatsOptions) -> int:
+    from reconciler.fleet.buckets import default_replicas, init_buckets
+    from reconciler.fleet.connect import connect, redact
+
+    async def quiet(err: Exception) -> None:
+        log.debug("NATS error: %s", err)
+
+    nc = None
+    errors: list[str] = []
+    for url in options.servers:
+        try:
+            nc = await connect(options, url, error_cb=quiet)
+            break
+        except Exception as err:
+            errors.append(f"{redact(url)}: {str(err) or type(err).__name__}")
+    if nc is None:
+        print(f"reconciler: no NATS server answers: {'; '.join(errors)}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        results = await init_buckets(nc.jetstream(), replicas=default_replicas(nc))
+    except Exception as err:
+        print(f"reconciler: creating the buckets failed: {str(err) or type(err)}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await nc.close()
+    for bucket, result in results:
+        print(f"{result.value} {bucket}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------- main
 
 COMMANDS = {
@@ -539,6 +643,7 @@ COMMANDS = {
     "ps": cmd_ps,
     "inspect": cmd_inspect,
     "logs": cmd_logs,
+    "manager": cmd_manager,
 }
 
 
@@ -546,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, subs = build_parser()
     args = parser.parse_args(argv)
     try:
-        apply_config(args, subs[args.command])
+        apply_config(args, subs[getattr(args, "config_parser", args.command)])
         setup_logging(args.log_level or "info")
         return COMMANDS[args.command](args)
     except UsageError as err:

@@ -322,6 +322,7 @@ class LocalManager:
         self._lock = asyncio.Lock()
         self._loaded = False
         self._closed = False
+        self._paused = False
 
     # --------------------------------------------------------------------------- API
 
@@ -398,6 +399,22 @@ class LocalManager:
             dirty = True
         if dirty:
             self._dirty.add(st.name)
+            self._kick()
+
+    def pause(self, paused: bool) -> None:
+        """Hold (``True``) or release the start of names that have no instance yet.
+
+        A paused node starts no new tasks: a name added while paused gets its first instance
+        once released. Names that have an instance keep running, restarting and being updated
+        or replaced as usual. In memory only; idempotent.
+        """
+        if paused == self._paused:
+            return
+        self._paused = paused
+        if not paused and self._loaded:
+            names = self._names
+            held = [n for n in self._desired if n not in names or names[n].current is None]
+            self._dirty.update(held)
             self._kick()
 
     def views(self) -> list[TaskView]:
@@ -545,6 +562,9 @@ class LocalManager:
         """One decision for one name. Returns whether another step may follow."""
         cur = st.current
         if cur is None:
+            if self._paused:
+                log.info("paused: holding new task name=%s", st.name)
+                return False
             self._new_instance(st, d, "")
             return False
 
