@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tests.contract import missing
 
+REPO = Path(__file__).resolve().parents[1]
 START_DEADLINE = 60.0
 
 

@@ -159,6 +159,10 @@ async def connect(
         name=options.name,
         inbox_prefix=options.inbox_prefix,
         allow_reconnect=False,
+        # nats-py retries a server that refuses up to this many more times (at least once)
+        # before it gives up; no wait in between.
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0,
         connect_timeout=connect_timeout,
         ping_interval=ping_interval,
         max_outstanding_pings=3,

@@ -150,7 +150,8 @@ class NatsSession:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._outage_logged = False
-        self._last_error = ""
+        self._last_error = ""  # the last refusal logged, so a repeated one is not
+        self._connect_error = ""  # the error of the connection attempt under way
 
     # --------------------------------------------------------------------- the protocol
 
@@ -304,6 +305,7 @@ class NatsSession:
     async def _connect(self, lost: Callable[[], Any]) -> Client:
         failures: list[str] = []
         for url in self._servers():
+            self._connect_error = ""
             try:
                 nc = await open_connection(
                     self._options,
@@ -315,7 +317,8 @@ class NatsSession:
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                failures.append(f"{redact(url)}: {str(err) or type(err).__name__}")
+                why = self._connect_error or str(err) or type(err).__name__
+                failures.append(f"{redact(url)}: {why}")
                 continue
             log.info("connected to the fleet url=%s", redact(url))
             return nc
@@ -332,7 +335,7 @@ class NatsSession:
             log.error("NATS refused: %s", text)
         else:
             log.debug("NATS error: %s", text)
-        self._last_error = text
+        self._last_error = self._connect_error = text
 
     def _emit(self, message: SessionMessage) -> None:
         self._out.put_nowait(message)
