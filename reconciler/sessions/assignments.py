@@ -9,6 +9,9 @@ valid spec it has for that name; every other task is applied as usual.
 
 - ``full_assignment``: the values read when a watch starts, i.e. the whole desired set.
 - ``assignment_change``: one later put (or delete, ``value`` None), an incremental change.
+- ``merge_changes``: two incremental changes as one, so that a burst of puts that queued while
+  the agent was busy is applied in one go (one stored desired set, one assignment to the
+  worker) instead of one by one.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from reconciler.desired import DesiredStateError, Problem, parse_task
 from reconciler.fleet.values import BadValue, load_json
 from reconciler.session import DesiredTask, DesiredTasks, RejectedTask
 
-__all__ = ["assignment_change", "full_assignment", "read_assignment"]
+__all__ = ["assignment_change", "full_assignment", "merge_changes", "read_assignment"]
 
 
 def read_assignment(
@@ -65,6 +68,25 @@ def assignment_change(bucket: str, node_id: str, key: str, value: bytes | None) 
     if isinstance(read, RejectedTask):
         return DesiredTasks(tasks=(), full=False, rejected=(read,))
     return DesiredTasks(tasks=(read,), full=False)
+
+
+def merge_changes(first: DesiredTasks, then: DesiredTasks) -> DesiredTasks | None:
+    """``first`` followed by ``then`` as one incremental change, or None when they cannot be.
+
+    Only incremental changes without rejections merge: a rejection keeps the receiver's last
+    valid spec, which must be the one from before it, so it is delivered on its own.
+    """
+    if first.full or then.full or first.rejected or then.rejected:
+        return None
+    tasks = {t.name: t for t in first.tasks}
+    removed = dict.fromkeys(first.removed)
+    for name in then.removed:
+        tasks.pop(name, None)
+        removed[name] = None
+    for task in then.tasks:
+        tasks[task.name] = task
+        removed.pop(task.name, None)
+    return DesiredTasks(tasks=tuple(tasks.values()), full=False, removed=tuple(removed))
 
 
 def _name(node_id: str, key: str) -> str:

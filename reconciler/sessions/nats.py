@@ -47,9 +47,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -88,20 +88,26 @@ from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch
 from reconciler.model import NodeDescription
 from reconciler.session import (
     ConnectionChanged,
+    DesiredTasks,
     ManagerMessage,
     NamedStatus,
     SessionMessage,
 )
-from reconciler.sessions.assignments import assignment_change, full_assignment
+from reconciler.sessions.assignments import assignment_change, full_assignment, merge_changes
 
 __all__ = ["Describe", "NatsSession"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Describe = Callable[[], tuple[NodeDescription | None, bool]]
 """Gives the node description (None until the runtime described it) and readiness."""
 
 RECONNECT_BACKOFF = Backoff(initial=0.05, cap=1.0)
+COALESCE_GAP = 0.01
+COALESCE_MAX = 0.1
+"""Changes to the assignments that follow each other within ``COALESCE_GAP`` seconds (up to
+``COALESCE_MAX`` in all) reach the agent as one: one stored desired set, one assignment."""
 READY_POLL = 1.0
 """How often (seconds) the heartbeat loop looks for a readiness change between beats."""
 _CAS_ATTEMPTS = 5
@@ -139,6 +145,7 @@ class NatsSession:
         self._out: asyncio.Queue[SessionMessage | None] = asyncio.Queue()
         self._online = asyncio.Event()
         self._closing = asyncio.Event()
+        self._epoch_over = asyncio.Event()  # set when the current connection ends
         self._beat_wake = asyncio.Event()
         self._beat_now = False
         self._settings = FleetSettings()
@@ -169,8 +176,9 @@ class NatsSession:
         """Start the session and yield its messages until ``close()``. Iterate once.
 
         After every (re)connect: a ``ConnectionChanged(True)``, the availability, then a full
-        ``DesiredTasks``; then incremental ones; ``ConnectionChanged(False)`` when the
-        connection is lost. Never raises for bad input or an unreachable manager.
+        ``DesiredTasks``; then incremental ones (a burst of changes comes merged into one);
+        ``ConnectionChanged(False)`` when the connection is lost.
+        Never raises for bad input or an unreachable manager.
         """
         if self._started:
             raise RuntimeError("NatsSession.messages() can be iterated only once")
@@ -179,11 +187,44 @@ class NatsSession:
             asyncio.create_task(self._run(), name="nats-session"),
             asyncio.create_task(self._heartbeats(), name="nats-heartbeat"),
         ]
+        held: list[SessionMessage | None] = []
         while True:
-            message = await self._out.get()
+            message = held.pop() if held else await self._out.get()
+            if isinstance(message, DesiredTasks):
+                message = await self._coalesce(message, held)
             if message is None:
                 return
             yield message
+
+    async def _coalesce(
+        self, message: DesiredTasks, held: list[SessionMessage | None]
+    ) -> DesiredTasks:
+        """Merge the changes that follow ``message`` closely (a burst of puts) into it.
+
+        Waits at most ``COALESCE_GAP`` for each next change and ``COALESCE_MAX`` in all; the
+        first message that cannot merge is put in ``held``, to be delivered next.
+        """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + COALESCE_MAX
+        while not message.full and not message.rejected:
+            wait = min(COALESCE_GAP, until - loop.time())
+            if self._out.empty() and wait <= 0:
+                break
+            getter = asyncio.ensure_future(self._out.get())
+            await asyncio.wait({getter}, timeout=max(0.0, wait))
+            getter.cancel()
+            try:
+                following = await getter  # it may have finished as it was cancelled
+            except asyncio.CancelledError:
+                break
+            merged = (
+                merge_changes(message, following) if isinstance(following, DesiredTasks) else None
+            )
+            if merged is None:
+                held.append(following)
+                break
+            message = merged
+        return message
 
     async def report(self, statuses: Mapping[str, NamedStatus]) -> None:
         """Write each status to ``reconciler_status/<node>.<name>``, compare-and-set.
@@ -194,7 +235,7 @@ class NatsSession:
         """
         for name, status in statuses.items():
             kv = await self._wait_online(lambda: self._status_kv)
-            await self._write_status(kv, name, status)
+            await self._while_connected(self._write_status(kv, name, status))
 
     async def heartbeat(self, node: NodeDescription | None, *, ready: bool) -> None:
         """Put the node value into ``reconciler_nodes/<node>`` now.
@@ -213,7 +254,7 @@ class NatsSession:
             version=self._version,
             now=self._clock.time(),
         )
-        await kv.put(self._node_id, value)
+        await self._while_connected(kv.put(self._node_id, value))
 
     async def close(self) -> None:
         """Disconnect and stop heartbeats; ``messages()`` ends. Idempotent."""
@@ -270,6 +311,7 @@ class NatsSession:
             self._on_fleet(_value(initial[_FLEET].get(FLEET_KEY)))
             self._on_control(_value(initial[_NODE].get(node_control_key(node))), emit=False)
             tasks = {k: e.value for k, e in initial[_TASKS].items() if e.value is not None}
+            self._epoch_over = asyncio.Event()
             self._online.set()
             retry.reset()
             self._outage_logged = False
@@ -288,6 +330,7 @@ class NatsSession:
                 self._dispatch(tag, item)
         finally:
             was_online = self._online.is_set()
+            self._epoch_over.set()
             self._online.clear()
             self._status_kv = self._nodes_kv = None
             for pump in pumps:
@@ -395,6 +438,26 @@ class NatsSession:
 
     # -------------------------------------------------------------------------- status
 
+    async def _while_connected(self, write: Awaitable[T]) -> T:
+        """Run ``write``; raise ``ConnectionError`` at once if the connection ends meanwhile.
+
+        A write in flight when the connection drops would otherwise wait for its reply until
+        its timeout, and hold back the retry that the next connection could take at once.
+        """
+        over = self._epoch_over
+        task = asyncio.ensure_future(write)
+        waiter = asyncio.ensure_future(over.wait())
+        try:
+            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_retrieve)
+        if task not in done:
+            raise ConnectionError("the connection to the fleet was lost during a write")
+        return task.result()
+
     async def _wait_online(self, get: Callable[[], KeyValue | None]) -> KeyValue:
         while True:
             kv = get()
@@ -473,6 +536,12 @@ def _kv(js: Any, bucket: str) -> KeyValue:
     return KeyValue(
         name=bucket, stream=stream_name(bucket), pre=key_subject(bucket, ""), js=js, direct=True
     )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Consume the outcome of an abandoned write, so that asyncio does not warn about it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _stored(status: NamedStatus) -> StoredStatus:

@@ -6,7 +6,12 @@ import json
 
 from reconciler.model import TaskState
 from reconciler.session import DesiredTask, DesiredTasks, RejectedTask
-from reconciler.sessions.assignments import assignment_change, full_assignment, read_assignment
+from reconciler.sessions.assignments import (
+    assignment_change,
+    full_assignment,
+    merge_changes,
+    read_assignment,
+)
 
 B = "reconciler_assignments"
 
@@ -61,3 +66,28 @@ def test_changes_are_incremental() -> None:
     )
     bad = assignment_change(B, "n1", "n1.web", b"[]")
     assert bad.tasks == () and [r.name for r in bad.rejected] == ["web"]
+
+
+def test_consecutive_changes_merge_with_the_later_one_winning() -> None:
+    put_a = assignment_change(B, "n1", "n1.a", value())
+    put_b = assignment_change(B, "n1", "n1.b", value())
+    del_a = assignment_change(B, "n1", "n1.a", None)
+    put_a2 = assignment_change(B, "n1", "n1.a", value(env={"V": "2"}))
+    merged = merge_changes(put_a, put_b)
+    assert merged is not None and [t.name for t in merged.tasks] == ["a", "b"]
+    merged = merge_changes(merged, del_a)
+    assert merged is not None
+    assert [t.name for t in merged.tasks] == ["b"] and merged.removed == ("a",)
+    merged = merge_changes(merged, put_a2)
+    assert merged is not None and merged.removed == ()
+    assert {t.name: dict(t.spec.env) for t in merged.tasks} == {"b": {}, "a": {"V": "2"}}
+
+
+def test_full_assignments_and_rejections_never_merge() -> None:
+    put = assignment_change(B, "n1", "n1.a", value())
+    bad = assignment_change(B, "n1", "n1.a", b"[]")
+    full = full_assignment(B, "n1", {})
+    assert merge_changes(put, bad) is None
+    assert merge_changes(bad, put) is None
+    assert merge_changes(full, put) is None
+    assert merge_changes(put, full) is None

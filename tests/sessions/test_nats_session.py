@@ -20,8 +20,8 @@ from reconciler.session import (
     SessionMessage,
 )
 from reconciler.sessions.nats import NatsSession
-from tests.fleet.support import Manager, eventually, spec
-from tests.natsserver import NatsServer, nats_server
+from tests.fleet.support import Manager, TcpProxy, eventually, spec
+from tests.natsserver import NatsServer, free_port, nats_server
 
 
 @pytest.fixture
@@ -238,3 +238,27 @@ async def test_status_write_rereads_a_key_changed_behind_its_back(
     assert (await manager.status("node-a", "web") or {})["state"] == "running"
     await session.report({"web": status("i1", TaskState.COMPLETE, 120.0)})
     assert (await manager.status("node-a", "web") or {})["state"] == "complete"
+
+
+async def test_managers_from_the_fleet_settings_are_used_on_the_next_reconnect(
+    manager: Manager, server: NatsServer
+) -> None:
+    configured = TcpProxy(server.port, free_port())
+    published = TcpProxy(server.port, free_port())
+    await configured.start()
+    await published.start()
+    session = NatsSession(
+        node_id="node-a", options=NatsOptions(servers=(configured.url,)), clock=SystemClock()
+    )
+    c = Collected(session)
+    try:
+        await eventually(c.desired, "connected through the configured URL")
+        await manager.fleet(managers=[published.url])
+        await eventually(lambda: session.settings.managers == (published.url,), "managers read")
+        await configured.cut()  # for good: only the published URL leads back
+        await eventually(lambda: c.messages.count(ConnectionChanged(True)) == 2, "reconnected")
+        assert ConnectionChanged(False) in c.messages
+        assert session.connected
+    finally:
+        await c.close()
+        await published.cut()
