@@ -175,7 +175,7 @@ async def _ensure(js: Any, bucket: Bucket, replicas: int) -> InitResult:
                 direct=True,
             )
         )
-        log.info("bucket created bucket=%s replicas=%d", bucket.name, replicas)
+        log.debug("bucket created bucket=%s replicas=%d", bucket.name, replicas)
         return InitResult.CREATED
     config = info.config
     wanted = {
@@ -194,5 +194,5 @@ async def _ensure(js: Any, bucket: Bucket, replicas: int) -> InitResult:
     config.max_msgs_per_subject = bucket.history
     config.allow_direct = True
     await js.update_stream(config)
-    log.info("bucket settings updated bucket=%s was=%s", bucket.name, have)
+    log.debug("bucket settings updated bucket=%s was=%s", bucket.name, have)
     return InitResult.UPDATED

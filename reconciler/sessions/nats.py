@@ -187,6 +187,8 @@ class NatsSession:
             asyncio.create_task(self._run(), name="nats-session"),
             asyncio.create_task(self._heartbeats(), name="nats-heartbeat"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         held: list[SessionMessage | None] = []
         while True:
             message = held.pop() if held else await self._out.get()
@@ -211,12 +213,14 @@ class NatsSession:
             if self._out.empty() and wait <= 0:
                 break
             getter = asyncio.ensure_future(self._out.get())
-            await asyncio.wait({getter}, timeout=max(0.0, wait))
-            getter.cancel()
             try:
-                following = await getter  # it may have finished as it was cancelled
-            except asyncio.CancelledError:
+                await asyncio.wait({getter}, timeout=max(0.0, wait))
+            finally:
+                if not getter.done():
+                    getter.cancel()  # the item, if any, stays in the queue
+            if not getter.done() or getter.cancelled():
                 break
+            following = getter.result()
             merged = (
                 merge_changes(message, following) if isinstance(following, DesiredTasks) else None
             )
@@ -255,6 +259,14 @@ class NatsSession:
             now=self._clock.time(),
         )
         await self._while_connected(kv.put(self._node_id, value))
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The session's loops end only when closed; anything else ends the session loudly."""
+        if task.cancelled() or self._closing.is_set():
+            return
+        err = task.exception()
+        log.error("fleet session loop ended loop=%s err=%r", task.get_name(), err, exc_info=err)
+        self._out.put_nowait(None)  # messages() ends, so the agent sees its session loop end
 
     async def close(self) -> None:
         """Disconnect and stop heartbeats; ``messages()`` ends. Idempotent."""
@@ -296,6 +308,7 @@ class NatsSession:
             events.put_nowait(("", None))
 
         nc = await self._connect(lost)
+        self._epoch_over = asyncio.Event()
         node = self._node_id
         watches = {
             _FLEET: KeyWatch(nc, CONTROL, FLEET_KEY, idle_heartbeat=self._idle),
@@ -311,11 +324,12 @@ class NatsSession:
             self._on_fleet(_value(initial[_FLEET].get(FLEET_KEY)))
             self._on_control(_value(initial[_NODE].get(node_control_key(node))), emit=False)
             tasks = {k: e.value for k, e in initial[_TASKS].items() if e.value is not None}
-            self._epoch_over = asyncio.Event()
             self._online.set()
             retry.reset()
             self._outage_logged = False
-            log.info("fleet session up tasks=%d availability=%s", len(tasks), self._availability)
+            log.info(
+                "fleet session up tasks=%d availability=%s", len(tasks), self._availability.value
+            )
             self._emit(ConnectionChanged(True))
             self._emit(ManagerMessage(availability=self._availability.value))
             self._emit(full_assignment(ASSIGNMENTS, node, tasks))
