@@ -608,17 +608,21 @@ async def _manager_init(options: NatsOptions) -> int:
     from reconciler.fleet.buckets import default_replicas, init_buckets
     from reconciler.fleet.connect import connect, redact
 
+    seen: list[str] = []  # what nats-py reported while connecting, the most telling error
+
     async def quiet(err: Exception) -> None:
-        log.debug("NATS error: %s", err)
+        seen.append(str(err) or type(err).__name__)
+        log.debug("NATS error: %s", seen[-1])
 
     nc = None
     errors: list[str] = []
     for url in options.servers:
+        seen.clear()
         try:
             nc = await connect(options, url, error_cb=quiet)
             break
         except Exception as err:
-            errors.append(f"{redact(url)}: {str(err) or type(err).__name__}")
+            errors.append(f"{redact(url)}: {seen[-1] if seen else str(err) or type(err)}")
     if nc is None:
         print(f"reconciler: no NATS server answers: {'; '.join(errors)}", file=sys.stderr)
         return EXIT_FAILURE

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from reconciler.fleet.connect import NatsOptions
 from reconciler.fleet.watch import KeyWatch, WatchLost
 from reconciler.sessions.nats import NatsSession
 from tests.fleet.support import Manager, eventually, running_agent, spec
-from tests.natsserver import REPO, NatsServer
+from tests.natsserver import REPO, NatsServer, require_nats_server
 
 FLEET_CONF = REPO / "deploy" / "nats" / "fleet.conf"
 PASSWORDS = {"manager": "m-secret", "node-a": "a-secret", "node-b": "b-secret"}
@@ -195,3 +197,23 @@ async def test_node_a_credentials_under_node_b_id_never_get_node_b_tasks(
     finally:
         await session.close()
         await task
+
+
+def test_the_shipped_server_config_parses(tmp_path: Path) -> None:
+    binary = require_nats_server()
+    for name in ("nats-server.conf", "fleet.conf"):
+        shutil.copy(REPO / "deploy" / "nats" / name, tmp_path / name)
+    env = {
+        "RECONCILER_MANAGER_PASSWORD": "m",
+        "RECONCILER_NODE_A_PASSWORD": "a",
+        "RECONCILER_NODE_B_PASSWORD": "b",
+    }
+    check = subprocess.run(
+        [binary, "-t", "-c", str(tmp_path / "nats-server.conf")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "is valid" in check.stdout + check.stderr
