@@ -297,27 +297,12 @@ def fleet_options(
         if creds or tls_ca:
             raise UsageError(f"credentials and a TLS CA need {flag}")
         return None
-    from reconciler.fleet.connect import (
-        ConfigError,
-        NatsOptions,
-        load_credentials,
-        parse_servers,
-        tls_context,
-    )
+    from reconciler.fleet.connect import ConfigError, checked_options
 
     try:
-        options = NatsOptions(
-            servers=parse_servers(servers),
-            creds=Path(creds) if creds else None,
-            tls_ca=Path(tls_ca) if tls_ca else None,
-        )
-        if options.creds is not None:
-            load_credentials(options.creds)
-        if options.tls_ca is not None:
-            tls_context(options.tls_ca)
+        return checked_options(servers, creds=creds, tls_ca=tls_ca)
     except ConfigError as err:
         raise UsageError(f"{flag}: {err}") from err
-    return options
 
 
 async def _run_agent(
@@ -606,25 +591,12 @@ def cmd_manager(args: argparse.Namespace) -> int:
 
 async def _manager_init(options: NatsOptions) -> int:
     from reconciler.fleet.buckets import default_replicas, init_buckets
-    from reconciler.fleet.connect import connect, redact
+    from reconciler.fleet.connect import connect_first
 
-    seen: list[str] = []  # what nats-py reported while connecting, the most telling error
-
-    async def quiet(err: Exception) -> None:
-        seen.append(str(err) or type(err).__name__)
-        log.debug("NATS error: %s", seen[-1])
-
-    nc = None
-    errors: list[str] = []
-    for url in options.servers:
-        seen.clear()
-        try:
-            nc = await connect(options, url, error_cb=quiet)
-            break
-        except Exception as err:
-            errors.append(f"{redact(url)}: {seen[-1] if seen else str(err) or type(err)}")
-    if nc is None:
-        print(f"reconciler: no NATS server answers: {'; '.join(errors)}", file=sys.stderr)
+    try:
+        nc, _ = await connect_first(options, options.servers)
+    except ConnectionError as err:
+        print(f"reconciler: {err}", file=sys.stderr)
         return EXIT_FAILURE
     try:
         results = await init_buckets(nc.jetstream(), replicas=default_replicas(nc))

@@ -20,8 +20,9 @@ about a credentials file name the file and the field, never its content.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ from nats.aio.client import Client
 __all__ = [
     "ConfigError",
     "NatsOptions",
+    "checked_options",
     "connect",
+    "connect_first",
     "load_credentials",
     "parse_servers",
     "redact",
@@ -59,6 +62,22 @@ class NatsOptions:
     tls_ca: Path | None = None
     name: str = "reconciler"
     inbox_prefix: str = "_INBOX"
+
+
+def checked_options(
+    servers: str, *, creds: str | None = None, tls_ca: str | None = None
+) -> NatsOptions:
+    """Options from command-line text, each part checked now. Raises ``ConfigError``."""
+    options = NatsOptions(
+        servers=parse_servers(servers),
+        creds=Path(creds) if creds else None,
+        tls_ca=Path(tls_ca) if tls_ca else None,
+    )
+    if options.creds is not None:
+        load_credentials(options.creds)
+    if options.tls_ca is not None:
+        tls_context(options.tls_ca)
+    return options
 
 
 def parse_servers(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -171,3 +190,42 @@ async def connect(
         closed_cb=closed_cb,
         **kwargs,
     )
+
+
+async def connect_first(
+    options: NatsOptions,
+    servers: Sequence[str],
+    *,
+    error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None,
+    closed_cb: Callback | None = None,
+) -> tuple[Client, str]:
+    """Connect to the first of ``servers`` that answers, in order: the client and its URL.
+
+    Raises ``ConfigError`` for unusable settings, and ``ConnectionError`` naming each URL
+    (redacted) with the reason it failed when none answers.
+    """
+    failures: list[str] = []
+    for url in servers:
+        last = [""]  # the most telling error: what nats-py reported while connecting
+
+        async def on_error(err: Exception, last: list[str] = last) -> None:
+            last[0] = str(err) or type(err).__name__
+            if error_cb is not None:
+                await error_cb(err)
+
+        try:
+            nc = await connect(
+                options,
+                url,
+                error_cb=on_error,
+                disconnected_cb=disconnected_cb,
+                closed_cb=closed_cb,
+            )
+        except (asyncio.CancelledError, ConfigError):
+            raise
+        except Exception as err:
+            failures.append(f"{redact(url)}: {last[0] or str(err) or type(err).__name__}")
+            continue
+        return nc, url
+    raise ConnectionError("no NATS server answers (" + "; ".join(failures) + ")")

@@ -70,8 +70,14 @@ from reconciler.fleet.buckets import (
     status_key,
     stream_name,
 )
-from reconciler.fleet.connect import ConfigError, NatsOptions, parse_servers, redact
-from reconciler.fleet.connect import connect as open_connection
+from reconciler.fleet.connect import (
+    Callback,
+    ConfigError,
+    NatsOptions,
+    connect_first,
+    parse_servers,
+    redact,
+)
 from reconciler.fleet.values import (
     Availability,
     BadValue,
@@ -158,7 +164,6 @@ class NatsSession:
         self._started = False
         self._outage_logged = False
         self._last_error = ""  # the last refusal logged, so a repeated one is not
-        self._connect_error = ""  # the error of the connection attempt under way
 
     # --------------------------------------------------------------------- the protocol
 
@@ -359,27 +364,16 @@ class NatsSession:
                 self._outage_logged = True
                 log.warning("lost the fleet manager, running offline until it is back")
 
-    async def _connect(self, lost: Callable[[], Any]) -> Client:
-        failures: list[str] = []
-        for url in self._servers():
-            self._connect_error = ""
-            try:
-                nc = await open_connection(
-                    self._options,
-                    url,
-                    error_cb=self._on_error,
-                    disconnected_cb=lost,
-                    closed_cb=lost,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                why = self._connect_error or str(err) or type(err).__name__
-                failures.append(f"{redact(url)}: {why}")
-                continue
-            log.info("connected to the fleet url=%s", redact(url))
-            return nc
-        raise ConnectionError("no NATS server answers (" + "; ".join(failures) + ")")
+    async def _connect(self, lost: Callback) -> Client:
+        nc, url = await connect_first(
+            self._options,
+            self._servers(),
+            error_cb=self._on_error,
+            disconnected_cb=lost,
+            closed_cb=lost,
+        )
+        log.info("connected to the fleet url=%s", redact(url))
+        return nc
 
     def _servers(self) -> tuple[str, ...]:
         urls = [*self._settings.managers, *self._options.servers]
@@ -392,7 +386,7 @@ class NatsSession:
             log.error("NATS refused: %s", text)
         else:
             log.debug("NATS error: %s", text)
-        self._last_error = self._connect_error = text
+        self._last_error = text
 
     def _emit(self, message: SessionMessage) -> None:
         self._out.put_nowait(message)
