@@ -84,6 +84,14 @@ class Manager:
 
     @classmethod
     async def connect(cls, url: str | list[str], **kwargs: Any) -> Manager:
+        """Connect; the client reconnects on its own, quickly and for ever, quietly."""
+
+        async def quiet(err: Exception) -> None:
+            pass
+
+        kwargs.setdefault("reconnect_time_wait", 0.1)
+        kwargs.setdefault("max_reconnect_attempts", -1)
+        kwargs.setdefault("error_cb", quiet)
         return cls(await nats.connect(url, **kwargs))
 
     async def init(self, *, replicas: int = 1) -> None:

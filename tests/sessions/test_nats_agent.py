@@ -223,3 +223,24 @@ async def test_an_agent_that_finds_no_buckets_keeps_retrying_and_is_not_ready_un
             await eventually(lambda: r.agent.snapshot().ready, "ready")
         finally:
             await m.close()
+
+
+async def test_an_agent_started_while_nats_is_down_runs_its_stored_tasks_until_it_is_back(
+    tmp_path: Path, manager: Manager, server: NatsServer
+) -> None:
+    await manager.assign("node-a", "web", spec("web"))
+    async with running_agent(tmp_path / "state", [server.url]) as r:
+        await eventually(lambda: r.running("web"), "web running")
+        web_id = r.current_id("web")
+        executor = r.executor
+    await asyncio.to_thread(server.stop)
+    async with running_agent(tmp_path / "state", [server.url], executor=executor) as r:
+        await eventually(lambda: r.agent.snapshot().node is not None, "the runtime described")
+        assert r.current_id("web") == web_id and r.running("web")
+        assert executor.calls[(web_id, "start")] == 1  # adopted, never started again
+        assert r.agent.snapshot().ready_reason == "desired state has not been read yet"
+        await asyncio.to_thread(server.start)
+        await manager.unassign("node-a", "web")
+        await manager.assign("node-a", "db", spec("db"))
+        await eventually(lambda: set(r.states()) == {"db"} and r.running("db"), "converged")
+        await eventually(lambda: r.agent.snapshot().ready, "ready")
