@@ -10,8 +10,10 @@ every task ``running`` in ``/v1/tasks``:
 * ``nats``: the 30 keys ``reconciler_assignments/<node>.<name>`` put back to back.
 
 Then both remove their tasks (untimed) and the containers are cleaned. Prints the median and the
-spread (min, max) per path over ``BENCH_SESSION_ROUNDS`` rounds (default 5) and
-``ratio_nats_yaml`` (goal: <= 1.05).
+spread (min..max) per path over ``BENCH_SESSION_ROUNDS`` rounds (default 9), and
+``ratio_nats_yaml``, the median of the rounds' nats/yaml ratios (goal: <= 1.05), with its
+spread. Each round's pair runs back to back, so the paired ratio cancels most of the drift in
+load that a shared machine shows between rounds; the ratio of the two medians is printed too.
 
 **restart** (fake runtime, in process, the real clock): an agent holds 100 tasks whose statuses
 are all delivered; NATS stops; every container exits and the restart policy replaces it, so
@@ -21,6 +23,10 @@ store. Timed from the server's start to the last queued status delivered (the re
 nothing pending and every task's key holds its new instance). Prints the median over
 ``BENCH_SESSION_RESTARTS`` rounds (default 5) (goal: < 2 s) and, for context, how long the
 server itself took to answer.
+
+**agent only** (fake runtime, in process): the same two paths for 30 tasks, from the write to
+every task ``running``, without podman: the agent's own share of ``start``, which a shared
+machine's noise does not drown (``agent_only_*_seconds``, medians of twice as many rounds).
 
 Run with ``bench/run session``; ``BENCH_SESSION_TASKS`` overrides 30.
 """
@@ -54,6 +60,7 @@ from reconciler.clock import SystemClock
 from reconciler.fleet.buckets import ASSIGNMENTS, STATUS, init_buckets
 from reconciler.fleet.connect import NatsOptions
 from reconciler.model import NodeDescription
+from reconciler.sessions.files import FileSession
 from reconciler.sessions.nats import NatsSession
 from reconciler.store import Store
 from runtime.fake import FakeExecutor
@@ -61,7 +68,7 @@ from runtime.podman.service import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
 
 REPO = Path(__file__).resolve().parents[1]
 N = int(os.environ.get("BENCH_SESSION_TASKS", "30"))
-ROUNDS = int(os.environ.get("BENCH_SESSION_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_SESSION_ROUNDS", "9"))
 RESTART_TASKS = 100
 RESTARTS = int(os.environ.get("BENCH_SESSION_RESTARTS", "5"))
 OUTAGE = float(os.environ.get("BENCH_SESSION_OUTAGE", "3"))
@@ -279,6 +286,84 @@ def bench_start(base: Path) -> dict[str, list[float]]:
     return results
 
 
+# ---------------------------------------------------------------------- in process (fake)
+
+
+class InProcess:
+    """An agent in this process on the fake runtime: a fleet session, or a desired dir."""
+
+    def __init__(self, state: Path, node: str, manager: str | None, desired: Path | None = None):
+        clock = SystemClock()
+        self.store = Store.open(state)
+        self.agent = Agent(
+            config=AgentConfig(node_id=node, boot_id="bench"), store=self.store, clock=clock
+        )
+        self.executor = FakeExecutor(clock=clock, node_id=node)
+        self.session: NatsSession | FileSession
+        if manager is not None:
+            self.session = NatsSession(
+                node_id=node,
+                options=NatsOptions(servers=(manager,)),
+                clock=clock,
+                describe=self.describe,
+            )
+        else:
+            assert desired is not None
+            self.session = FileSession(desired)
+        self.stop = asyncio.Event()
+        self.run = asyncio.create_task(self.agent.run(self.executor, self.session, self.stop))
+
+    def describe(self) -> tuple[NodeDescription | None, bool]:
+        snap = self.agent.snapshot()
+        return snap.node, snap.ready
+
+    def running(self) -> set[str]:
+        return {
+            v.name for v in self.agent.snapshot().tasks if v.current and v.state.label == "running"
+        }
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.run
+        self.store.close()
+
+
+async def agent_only_rounds(base: Path) -> dict[str, list[float]]:
+    """The agent's own part of ``start``: the same writes, on the fake runtime, in process."""
+    results: dict[str, list[float]] = {"yaml": [], "nats": []}
+    desired = base / "inproc-desired"
+    desired.mkdir(mode=0o755)
+    os.chmod(desired, 0o755)
+    write_desired(desired, "bench.yaml", task_yaml([]))
+    with nats_server(base / "nats-inproc") as server:
+        nc = await nats.connect(server.url)
+        await init_buckets(nc.jetstream())
+        kv = await nc.jetstream().key_value(ASSIGNMENTS)
+        files = InProcess(base / "inproc-files", "bench-files", None, desired)
+        fleet = InProcess(base / "inproc-fleet", FLEET_NODE, server.url)
+        try:
+            await _until(
+                lambda: files.agent.snapshot().ready and fleet.agent.snapshot().ready, "ready"
+            )
+            for r in range(ROUNDS * 2):
+                tasks = [{"name": f"i{r}-{i}", "image": TEST_IMAGE} for i in range(N)]
+                names = {t["name"] for t in tasks}
+                t0 = time.perf_counter()
+                write_desired(desired, "bench.yaml", task_yaml(tasks))
+                await _until(lambda n=names: n <= files.running(), "yaml tasks")
+                results["yaml"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                await _put_all(kv, tasks)
+                await _until(lambda n=names: n <= fleet.running(), "nats tasks")
+                results["nats"].append(time.perf_counter() - t0)
+                await _delete_all(kv, tasks)
+        finally:
+            await files.close()
+            await fleet.close()
+            await nc.close()
+    return results
+
+
 # ------------------------------------------------------------------------------- restart
 
 
@@ -324,23 +409,9 @@ async def restart_rounds(base: Path) -> tuple[list[float], list[float]]:
         for i in range(RESTART_TASKS):
             spec = {"image": TEST_IMAGE, "restart": {"delay": "50ms", "maxDelay": "50ms"}}
             await assignments.put(f"{node}.t{i}", json.dumps(spec).encode())
-        clock = SystemClock()
-        store = Store.open(base / "restart-state")
-        agent = Agent(config=AgentConfig(node_id=node, boot_id="bench"), store=store, clock=clock)
-        executor = FakeExecutor(clock=clock, node_id=node)
-
-        def describe() -> tuple[NodeDescription | None, bool]:
-            snap = agent.snapshot()
-            return snap.node, snap.ready
-
-        session = NatsSession(
-            node_id=node,
-            options=NatsOptions(servers=(server.url,)),
-            clock=clock,
-            describe=describe,
-        )
-        stop = asyncio.Event()
-        run = asyncio.create_task(agent.run(executor, session, stop))
+        local = InProcess(base / "restart-state", node, server.url)
+        agent, executor, session = local.agent, local.executor, local.session
+        assert isinstance(session, NatsSession)
         names = {f"t{i}" for i in range(RESTART_TASKS)}
 
         def current() -> dict[str, str]:
@@ -373,9 +444,7 @@ async def restart_rounds(base: Path) -> tuple[list[float], list[float]]:
                 delivered.append(time.perf_counter() - t0)
                 assert await _statuses(status_kv, want), "a status in the bucket is not the latest"
         finally:
-            stop.set()
-            await run
-            store.close()
+            await local.close()
             await manager.close()
     return delivered, answered
 
@@ -392,17 +461,23 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="rcs-", dir="/tmp"))
     try:
         delivered, answered = asyncio.run(restart_rounds(base))
+        agent_only = asyncio.run(agent_only_rounds(base))
         start = bench_start(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     yaml_med = statistics.median(start["yaml"])
     nats_med = statistics.median(start["nats"])
+    ratios = [n / y for n, y in zip(start["nats"], start["yaml"], strict=True)]
     print(f"tasks={N} rounds={ROUNDS}")
     print(f"yaml_seconds={yaml_med:.3f}")
     print(f"yaml_seconds_spread={_spread(start['yaml'])}")
     print(f"nats_seconds={nats_med:.3f}")
     print(f"nats_seconds_spread={_spread(start['nats'])}")
-    print(f"ratio_nats_yaml={nats_med / yaml_med:.3f}")
+    print(f"ratio_nats_yaml={statistics.median(ratios):.3f}")
+    print(f"ratio_nats_yaml_spread={_spread(ratios)}")
+    print(f"ratio_of_medians_nats_yaml={nats_med / yaml_med:.3f}")
+    print(f"agent_only_yaml_seconds={statistics.median(agent_only['yaml']):.3f}")
+    print(f"agent_only_nats_seconds={statistics.median(agent_only['nats']):.3f}")
     print(f"restart_tasks={RESTART_TASKS} restart_rounds={RESTARTS}")
     print(f"restart_to_delivered_seconds={statistics.median(delivered):.3f}")
     print(f"restart_to_delivered_seconds_spread={_spread(delivered)}")
