@@ -64,6 +64,7 @@ from reconciler.session import (
     DesiredTasks,
     ManagerMessage,
     NamedStatus,
+    RejectedTask,
     Session,
 )
 from reconciler.snapshot import Snapshot, TaskView
@@ -156,6 +157,7 @@ class Agent:
         self._availability = "active"
         self._desired: dict[str, DesiredTask] = {}
         self._unstored_desired: dict[str, DesiredTask] | None = None
+        self._rejected: set[str] = set()  # names whose last value was rejected
         self._started_at: dict[str, float] = {}
         self._views_by_id: dict[str, TaskView] = {}
         # Orphans are only removed once a valid desired set was applied and a resync pass
@@ -471,11 +473,15 @@ class Agent:
             if isinstance(message, DesiredTasks):
                 if message.full:
                     desired = {t.name: t for t in message.tasks}
+                    self._rejected.clear()
                 else:
                     desired = dict(self._desired)
                     for name in message.removed:
                         desired.pop(name, None)
                     desired.update((t.name, t) for t in message.tasks)
+                    self._rejected.difference_update(message.removed)
+                    self._rejected.difference_update(t.name for t in message.tasks)
+                self._keep_rejected(message.rejected, desired)
                 await self._apply_or_queue(desired)
             elif isinstance(message, DesiredInvalid):
                 self._desired_read = True
@@ -486,6 +492,8 @@ class Agent:
                 log.warning("keeping the last valid desired state running")
             elif isinstance(message, ManagerMessage):
                 self._availability = message.availability
+                if self.manager is not None:
+                    self.manager.pause(message.availability == "pause")
                 log.info("node availability availability=%s", message.availability)
             self._changed()
 
@@ -500,12 +508,26 @@ class Agent:
             self._unstored_desired = dict(desired)
             log.warning("desired state not stored yet; will apply it once the store works")
 
+    def _keep_rejected(
+        self, rejected: tuple[RejectedTask, ...], desired: dict[str, DesiredTask]
+    ) -> None:
+        """A task whose new value was rejected keeps its last valid spec; log and count it."""
+        for task in rejected:
+            self._rejected.add(task.name)
+            last = self._desired.get(task.name)
+            if last is not None:
+                desired[task.name] = last
+            for line in task.problems:
+                log.error("desired state rejected: %s", line)
+        if rejected:
+            self.metrics.desired_state_error()
+
     async def _apply(self, desired: Mapping[str, DesiredTask]) -> None:
         assert self.manager is not None
         self._desired = dict(desired)
         await self.manager.set_desired(self._desired)
         self._desired_read = True
-        self._desired_valid = True
+        self._desired_valid = not self._rejected
         self._desired_applied_at = self.clock.time()
         self._applied_count += 1
         log.info("desired state applied tasks=%d", len(desired))

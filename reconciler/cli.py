@@ -38,6 +38,8 @@ from reconciler.snapshot import TaskView
 
 if TYPE_CHECKING:
     from reconciler.clock import Clock
+    from reconciler.fleet.connect import NatsOptions
+    from reconciler.model import NodeDescription
     from reconciler.store import Store, StoreOrigin
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -207,6 +209,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", type=int, metavar="N")
     subs["logs"] = logs
+
+    manager = sub.add_parser("manager", help="fleet manager commands (NATS JetStream)")
+    manager_sub = manager.add_subparsers(dest="manager_command", required=True, metavar="COMMAND")
+    init = manager_sub.add_parser("init", parents=[common], help="create the fleet's buckets")
+    init.add_argument("--nats", metavar="URL", help="NATS server(s): nats://HOST:PORT[,...]")
+    init.add_argument("--creds", metavar="FILE", help="NATS credentials of a manager user")
+    init.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signs the servers' certs")
+    init.set_defaults(config_parser="manager init")
+    subs["manager init"] = init
     return parser, subs
 
 
@@ -220,12 +231,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.statedir import StateDirLock, load_node_id, prepare_state_dir
     from reconciler.store import open_store
 
-    if args.manager:
-        print(
-            "reconciler: fleet mode (--manager) is not available in this version; use --desired",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     desired = Path(args.desired) if args.desired else default_desired_dir()
     host, port = parse_listen(args.listen or "127.0.0.1:9469")
@@ -234,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(f"--resync-interval: {err}") from err
     labels = parse_labels(args.node_label or [])
+    manager = fleet_options(args.manager, args.manager_creds, args.manager_tls_ca, "--manager")
 
     prepare_state_dir(state_dir)
     # 1. the state-dir lock: a second agent exits here, with code 1, before any store is
@@ -249,6 +255,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = opened.store
     try:
         node_id = load_node_id(state_dir, args.node_id)
+        if manager is not None:
+            from reconciler.fleet.buckets import check_node_id
+
+            try:
+                check_node_id(node_id)
+            except ValueError as err:
+                raise UsageError(f"--node-id: {err}") from err
         log.info(
             "starting version=%s node_id=%s state_dir=%s store=%s",
             __version__,
@@ -268,11 +281,28 @@ def cmd_run(args: argparse.Namespace) -> int:
                 resync=resync,
                 labels=labels,
                 clock=SystemClock(),
+                manager=manager,
             )
         )
     finally:
         store.close()
         lock.release()
+
+
+def fleet_options(
+    servers: str | None, creds: str | None, tls_ca: str | None, flag: str
+) -> NatsOptions | None:
+    """NATS connection options from flags, checked now (a bad one is a usage error)."""
+    if not servers:
+        if creds or tls_ca:
+            raise UsageError(f"credentials and a TLS CA need {flag}")
+        return None
+    from reconciler.fleet.connect import ConfigError, checked_options
+
+    try:
+        return checked_options(servers, creds=creds, tls_ca=tls_ca)
+    except ConfigError as err:
+        raise UsageError(f"{flag}: {err}") from err
 
 
 async def _run_agent(
@@ -287,10 +317,11 @@ async def _run_agent(
     resync: float,
     labels: tuple[tuple[str, str], ...],
     clock: Clock,
+    manager: NatsOptions | None = None,
 ) -> int:
     from reconciler import http
     from reconciler.agent import Agent, AgentConfig
-    from reconciler.sessions.files import FileSession
+    from reconciler.session import Session
     from runtime.podman.discovery import find_podman, rediscovery
     from runtime.podman.executor import PodmanExecutor
 
@@ -330,7 +361,23 @@ async def _run_agent(
         agent_version=__version__,
         discover=rediscovery(podman_url, state_dir),
     )
-    session = FileSession(desired)
+    session: Session
+    if manager is not None:
+        from reconciler.fleet.connect import redact
+        from reconciler.sessions.nats import NatsSession
+
+        def describe() -> tuple[NodeDescription | None, bool]:
+            snap = agent.snapshot()
+            return snap.node, snap.ready
+
+        session = NatsSession(
+            node_id=node_id, options=manager, clock=clock, describe=describe, labels=labels
+        )
+        log.info("fleet mode managers=%s", ",".join(redact(u) for u in manager.servers))
+    else:
+        from reconciler.sessions.files import FileSession
+
+        session = FileSession(desired)
     try:
         await agent.run(executor, session, stop, loops={"http": serve_http})
     finally:
@@ -547,6 +594,39 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------- manager
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    """``reconciler manager init``: the other manager commands come with the manager."""
+    if not args.nats:
+        raise UsageError("--nats URL is required")
+    options = fleet_options(args.nats, args.creds, args.tls_ca, "--nats")
+    assert options is not None
+    return asyncio.run(_manager_init(options))
+
+
+async def _manager_init(options: NatsOptions) -> int:
+    from reconciler.fleet.buckets import default_replicas, init_buckets
+    from reconciler.fleet.connect import connect_first
+
+    try:
+        nc, _ = await connect_first(options, options.servers)
+    except ConnectionError as err:
+        print(f"reconciler: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        results = await init_buckets(nc.jetstream(), replicas=default_replicas(nc))
+    except Exception as err:
+        print(f"reconciler: creating the buckets failed: {str(err) or type(err)}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await nc.close()
+    for bucket, result in results:
+        print(f"{result.value} {bucket}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------- main
 
 COMMANDS = {
@@ -556,6 +636,7 @@ COMMANDS = {
     "ps": cmd_ps,
     "inspect": cmd_inspect,
     "logs": cmd_logs,
+    "manager": cmd_manager,
 }
 
 
@@ -563,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, subs = build_parser()
     args = parser.parse_args(argv)
     try:
-        apply_config(args, subs[args.command])
+        apply_config(args, subs[getattr(args, "config_parser", args.command)])
         setup_logging(args.log_level or "info")
         return COMMANDS[args.command](args)
     except UsageError as err:
