@@ -124,6 +124,7 @@ class EventStream:
         self._wake = asyncio.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[ContainerEvent], None]] = []
+        self._interrupted = False  # interrupt() marked the stream lost before its reader did
         self.connections = 0
         """How many times the stream has connected (for tests and logs)."""
 
@@ -177,8 +178,15 @@ class EventStream:
         return self._url
 
     def interrupt(self) -> None:
-        """podman stopped answering: drop the stream now (watchers get "lost"), reconnect."""
+        """podman stopped answering: drop the stream now (watchers get "lost"), reconnect.
+
+        The stream counts as disconnected at once, before its reader thread has noticed, so a
+        waiter that retries meanwhile blocks until the stream is back instead of spinning on
+        calls that fail fast while podman is down."""
         self._abort(AbortReason.RUNTIME_DOWN)
+        if self._connected:
+            self._set_disconnected()
+            self._interrupted = True
 
     def wake(self) -> None:
         """podman answers again: end any reconnect backoff now."""
@@ -256,7 +264,8 @@ class EventStream:
                     call.abort(AbortReason.CLOSING)  # cancelled by close()
             await loop.run_in_executor(None, thread.join)
             self._thread = None
-            was_connected = self._connected
+            was_connected = self._connected or self._interrupted
+            self._interrupted = False
             self._set_disconnected()
             if self._closing.is_set():
                 return
