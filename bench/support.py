@@ -89,9 +89,16 @@ class AgentProcess:
     """The agent as a subprocess on a private podman service."""
 
     def __init__(
-        self, svc: PodmanService, work: Path, *, resync: str = "30s", args: tuple[str, ...] = ()
+        self,
+        svc: PodmanService,
+        work: Path,
+        *,
+        resync: str = "30s",
+        podman_url: str | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.svc = svc
+        self.podman_url = podman_url or svc.url  # another socket in front of svc, say
         self.args = args  # further ``reconciler run`` flags
         self.work = work
         self.desired = work / "desired"
@@ -117,7 +124,7 @@ class AgentProcess:
                     "--state-dir",
                     str(self.state),
                     "--podman-url",
-                    self.svc.url,
+                    self.podman_url,
                     "--listen",
                     f"127.0.0.1:{self.port}",
                     "--resync-interval",

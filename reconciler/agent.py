@@ -66,6 +66,7 @@ from reconciler.session import (
     DesiredTasks,
     ManagerMessage,
     NamedStatus,
+    RejectedTask,
     Session,
 )
 from reconciler.snapshot import Snapshot, TaskView
@@ -161,6 +162,7 @@ class Agent:
         self._availability = "active"
         self._desired: dict[str, DesiredTask] = {}
         self._unstored_desired: dict[str, DesiredTask] | None = None
+        self._rejected: set[str] = set()  # names whose last value was rejected
         self._started_at: dict[str, float] = {}
         self._views_by_id: dict[str, TaskView] = {}
         # Orphans are only removed once a valid desired set was applied and a resync pass
@@ -186,6 +188,7 @@ class Agent:
         self.reporter: StatusReporter | None = None
         self._session: Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resync_now = asyncio.Event()  # the runtime came back: resync without waiting
         if store_origin is StoreOrigin.REBUILT:
             self.metrics.store_rebuilt()
         store.add_failure_listener(self._store_failed)
@@ -262,6 +265,9 @@ class Agent:
                 log.info("runtime up")
             else:
                 log.warning("runtime down reason=%r", reason)
+            if up and not self._runtime_up and self.worker is not None:
+                self.worker.retry_now()  # what was due during the outage goes now
+                self._resync_now.set()
             self._runtime_up = up
             self._runtime_reason = reason
             self._changed()
@@ -333,7 +339,7 @@ class Agent:
         self.reporter = StatusReporter(
             self._deliver, clock=self.clock, on_pending=lambda _: self._changed()
         )
-        await executor.start()
+        await executor.start(supervise=self.supervisor.start)
         if self.store.get_meta(ADOPT_PENDING):
             await self._adopt(executor, manager)
         await self._stored(worker.init)
@@ -488,11 +494,15 @@ class Agent:
             if isinstance(message, DesiredTasks):
                 if message.full:
                     desired = {t.name: t for t in message.tasks}
+                    self._rejected.clear()
                 else:
                     desired = dict(self._desired)
                     for name in message.removed:
                         desired.pop(name, None)
                     desired.update((t.name, t) for t in message.tasks)
+                    self._rejected.difference_update(message.removed)
+                    self._rejected.difference_update(t.name for t in message.tasks)
+                self._keep_rejected(message.rejected, desired)
                 await self._apply_or_queue(desired)
             elif isinstance(message, DesiredInvalid):
                 self._desired_read = True
@@ -503,6 +513,8 @@ class Agent:
                 log.warning("keeping the last valid desired state running")
             elif isinstance(message, ManagerMessage):
                 self._availability = message.availability
+                if self.manager is not None:
+                    self.manager.pause(message.availability == "pause")
                 log.info("node availability availability=%s", message.availability)
             self._changed()
 
@@ -517,12 +529,26 @@ class Agent:
             self._unstored_desired = dict(desired)
             log.warning("desired state not stored yet; will apply it once the store works")
 
+    def _keep_rejected(
+        self, rejected: tuple[RejectedTask, ...], desired: dict[str, DesiredTask]
+    ) -> None:
+        """A task whose new value was rejected keeps its last valid spec; log and count it."""
+        for task in rejected:
+            self._rejected.add(task.name)
+            last = self._desired.get(task.name)
+            if last is not None:
+                desired[task.name] = last
+            for line in task.problems:
+                log.error("desired state rejected: %s", line)
+        if rejected:
+            self.metrics.desired_state_error()
+
     async def _apply(self, desired: Mapping[str, DesiredTask]) -> None:
         assert self.manager is not None
         self._desired = dict(desired)
         await self.manager.set_desired(self._desired)
         self._desired_read = True
-        self._desired_valid = True
+        self._desired_valid = not self._rejected
         self._desired_applied_at = self.clock.time()
         self._applied_count += 1
         log.info("desired state applied tasks=%d", len(desired))
@@ -551,9 +577,17 @@ class Agent:
         while True:
             if await self._resync_once(executor):
                 retry.reset()
-                await self.clock.sleep(self.config.resync_interval)
+                self._resync_now.clear()
+                delay = self.config.resync_interval
             else:
-                await retry.wait()
+                delay = retry.next_delay()
+            sleep = asyncio.ensure_future(self.clock.sleep(delay))
+            woken = asyncio.ensure_future(self._resync_now.wait())
+            try:
+                await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+                woken.cancel()
 
     async def _resync_once(self, executor: Executor) -> bool:
         assert self.worker is not None

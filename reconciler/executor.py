@@ -11,7 +11,7 @@ thread pool, and a cancelled call lets its thread finish before re-raising ``Can
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,6 +119,11 @@ class Controller(Protocol):
         ...
 
 
+Supervise = Callable[[str, Callable[[], Awaitable[None]]], None]
+"""Hands a named long-running coroutine to a supervisor (``reconciler.supervisor``), which
+restarts it after an unexpected error."""
+
+
 class Executor(Protocol):
     """Makes controllers and describes the node."""
 
@@ -130,8 +135,11 @@ class Executor(Protocol):
         """A controller for the task. Raises ``PermanentError`` if the spec cannot be run."""
         ...
 
-    async def start(self) -> None:
-        """Begin watching the runtime (events, connection). Never fails if it is down."""
+    async def start(self, *, supervise: Supervise | None = None) -> None:
+        """Begin watching the runtime (events, connection). Never fails if it is down.
+
+        With ``supervise``, the runtime hands its long-running loops (the event stream, as
+        ``events``) to it instead of running them itself."""
         ...
 
     async def close(self) -> None:

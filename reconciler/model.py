@@ -56,6 +56,35 @@ class TaskState(enum.IntEnum):
 # --------------------------------------------------------------------------------------- spec
 
 
+class MountType(enum.StrEnum):
+    BIND = "bind"
+    VOLUME = "volume"
+    TMPFS = "tmpfs"
+
+
+class RestartCondition(enum.StrEnum):
+    ANY = "any"
+    ON_FAILURE = "on-failure"
+    NONE = "none"
+
+
+class PullPolicy(enum.StrEnum):
+    MISSING = "missing"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class NetworkMode(enum.StrEnum):
+    BRIDGE = "bridge"
+    HOST = "host"
+    NONE = "none"
+
+
+class Protocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     cpus: float | None = None
@@ -66,13 +95,13 @@ class Resources:
 class PortMapping:
     host_port: int
     container_port: int
-    protocol: str = "tcp"
+    protocol: Protocol = Protocol.TCP
     host_ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Mount:
-    type: str  # bind | volume | tmpfs
+    type: MountType
     target: str
     source: str = ""
     read_only: bool = False
@@ -86,7 +115,7 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class RestartPolicy:
-    condition: str = "any"  # any | on-failure | none
+    condition: RestartCondition = RestartCondition.ANY
     delay: float = 5.0
     max_delay: float = 300.0
     max_attempts: int = 0
@@ -119,7 +148,7 @@ class TaskSpec:
     resources: Resources = field(default_factory=Resources)
     ports: tuple[PortMapping, ...] = ()
     mounts: tuple[Mount, ...] = ()
-    network: str = "bridge"
+    network: NetworkMode = NetworkMode.BRIDGE
     user: str | None = None
     workdir: str | None = None
     devices: tuple[Device, ...] = ()
@@ -127,7 +156,7 @@ class TaskSpec:
     cap_drop: tuple[str, ...] = ()
     stop_signal: str | None = None
     stop_grace_period: float = 10.0
-    pull: str = "missing"  # missing | always | never
+    pull: PullPolicy = PullPolicy.MISSING
     log_max_size: int = 10 * 1024 * 1024
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     healthcheck: HealthCheck | None = None
@@ -325,9 +354,9 @@ def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
         env=tuple((k, v) for k, v in d.get("env", ())),
         labels=tuple((k, v) for k, v in d.get("labels", ())),
         resources=Resources(cpus=res.get("cpus"), memory=res.get("memory")),
-        ports=tuple(PortMapping(h, c, p, ip) for h, c, p, ip in d.get("ports", ())),
-        mounts=tuple(Mount(t, tg, s, ro) for t, tg, s, ro in d.get("mounts", ())),
-        network=d.get("network", "bridge"),
+        ports=tuple(PortMapping(h, c, Protocol(p), ip) for h, c, p, ip in d.get("ports", ())),
+        mounts=tuple(Mount(MountType(t), tg, s, ro) for t, tg, s, ro in d.get("mounts", ())),
+        network=NetworkMode(d.get("network", "bridge")),
         user=d.get("user"),
         workdir=d.get("workdir"),
         devices=tuple(Device(h, c) for h, c in d.get("devices", ())),
@@ -335,9 +364,11 @@ def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
         cap_drop=tuple(d.get("capDrop", ())),
         stop_signal=d.get("stopSignal"),
         stop_grace_period=d.get("stopGracePeriod", 10.0),
-        pull=d.get("pull", "missing"),
+        pull=PullPolicy(d.get("pull", "missing")),
         log_max_size=d.get("logMaxSize", 10 * 1024 * 1024),
-        restart=RestartPolicy(*r) if r is not None else RestartPolicy(),
+        restart=(
+            RestartPolicy(RestartCondition(r[0]), *r[1:]) if r is not None else RestartPolicy()
+        ),
         healthcheck=(
             HealthCheck(tuple(hc[0]), hc[1], hc[2], hc[3], hc[4]) if hc is not None else None
         ),

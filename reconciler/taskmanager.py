@@ -13,7 +13,9 @@ Updates:
 * the controller's ``update`` is called once before the first step after an accepted update.
 
 Retries back off exponentially with jitter, capped, on the injected clock (SwarmKit retries
-every second, which hammers a runtime that is down). A step that makes progress resets it.
+every second, which hammers a runtime that is down). A step that makes progress resets it, and so
+does ``retry_now()``: when the runtime answers again after an outage, the wait a manager owes was
+for the outage, so it retries at once from the shortest backoff.
 
 ``close()`` stops the loop. It is idempotent and never stops or removes the container: whether
 a container goes away is the worker's decision (``remove()``), not the manager's.
@@ -66,6 +68,7 @@ class TaskManager:
         self._updated = False
         self._wake = asyncio.Event()
         self._stepping = False
+        self._backing_off = False
         self._loop: asyncio.Task[None] | None = None
         self._closed = False
         self.attempts = 0  # consecutive retries, for observability and tests
@@ -104,6 +107,17 @@ class TaskManager:
         self._wake.set()
         return True
 
+    def retry_now(self) -> None:
+        """Forget the failures so far and, if waiting to retry, retry at once.
+
+        For when the runtime answers again after an outage. A manager that is stepping or
+        waiting for an update is left alone, except that its next failure backs off from the
+        start. Idempotent.
+        """
+        self.attempts = 0
+        if self._backing_off:
+            self._wake.set()
+
     async def close(self) -> None:
         """Stop driving the task. Idempotent; never touches the container."""
         self._closed = True
@@ -120,7 +134,8 @@ class TaskManager:
         self._report(self._task.id, status)
 
     async def _wait_for_update(self, delay: float | None) -> None:
-        """Wait until an update arrives, or ``delay`` seconds of clock time pass."""
+        """Wait until an update arrives, or ``delay`` seconds of clock time pass (a backoff,
+        which ``retry_now`` also ends)."""
         if self._wake.is_set():
             return
         waiter = asyncio.ensure_future(self._wake.wait())
@@ -128,9 +143,11 @@ class TaskManager:
             await waiter
             return
         sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        self._backing_off = True
         try:
             await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._backing_off = False
             for f in (waiter, sleeper):
                 if not f.done():
                     f.cancel()

@@ -198,6 +198,12 @@ class Worker:
 
         return unsubscribe
 
+    def retry_now(self) -> None:
+        """Every task manager waiting to retry retries at once, its backoff reset (the runtime
+        answers again after an outage)."""
+        for mgr in list(self.managers.values()):
+            mgr.retry_now()
+
     # ------------------------------------------------------------------------- shutdown
 
     async def wait_closed(self) -> None:

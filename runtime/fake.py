@@ -41,6 +41,7 @@ from reconciler.executor import (
     RuntimeContainer,
     RuntimeObserver,
     RuntimeUsage,
+    Supervise,
     TaskUsage,
 )
 from reconciler.model import NodeDescription, Task, spec_hash
@@ -179,7 +180,7 @@ class FakeExecutor:
             raise PermanentError("no image given")
         return FakeController(self, task)
 
-    async def start(self) -> None:
+    async def start(self, *, supervise: Supervise | None = None) -> None:
         pass
 
     async def close(self) -> None:

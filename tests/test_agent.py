@@ -11,6 +11,7 @@ from pathlib import Path
 from reconciler.agent import HOST_REBOOTED, Agent, AgentConfig
 from reconciler.clock import FakeClock, settle
 from reconciler.desired.manager import check_records
+from reconciler.executor import Supervise
 from reconciler.model import RestartPolicy, TaskSpec, TaskState
 from reconciler.session import DesiredInvalid, DesiredTask, DesiredTasks
 from reconciler.sessions.memory import MemorySession
@@ -345,3 +346,34 @@ async def test_a_session_loop_that_fails_is_restarted_counted_and_named_by_healt
         stop.set()
         await task
         opened.store.close()
+
+
+class EventsFailOnce(FakeExecutor):
+    """A runtime whose event loop, handed to the agent's supervisor, fails once."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.event_runs = 0
+
+    async def start(self, *, supervise: Supervise | None = None) -> None:
+        assert supervise is not None
+
+        async def events() -> None:
+            self.event_runs += 1
+            if self.event_runs == 1:
+                raise ConnectionResetError("event stream broke in an unexpected way")
+            await asyncio.Event().wait()
+
+        supervise("events", events)
+
+
+async def test_the_runtimes_event_loop_runs_under_the_agents_supervisor(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = EventsFailOnce(clock)
+    async with running_agent(tmp_path, clock, executor) as r:
+        assert metric(r.agent, "reconciler_loop_restarts_total", loop="events") == 1
+        assert r.agent.snapshot().health()[0] is False
+        await clock.advance(5.0)
+        assert executor.event_runs == 2
+        assert r.agent.snapshot().health() == (True, "ok")

@@ -12,7 +12,7 @@ The rules, one step at a time (a step may enable the next; at most ``MAX_STEPS``
 
 * **No instance**: an adopted container (after a store rebuild) becomes the current instance
   with the desired spec and keeps its id; replaced at once if its spec hash differs. Otherwise
-  a new instance is made.
+  a new instance is made, unless new instances are held (a paused node).
 * **Desired shutdown**: the current instance is stopped and kept; a pending restart or
   replacement is dropped. Back to running makes a new instance once the old one has stopped.
 * **Spec changed**: ``resources`` alone updates the instance in place. Anything else replaces
@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from reconciler.desired.records import ADOPTED, Adopted, Instance, NameRecord, Seen
-from reconciler.model import IN_PLACE_FIELDS, RestartPolicy, TaskState, TaskStatus
+from reconciler.model import IN_PLACE_FIELDS, RestartCondition, RestartPolicy, TaskState, TaskStatus
 from reconciler.session import DesiredTask
 
 __all__ = [
@@ -94,14 +94,18 @@ def decide(
     due: bool = False,
     new_id: Callable[[], str],
     history_limit: int = HISTORY_LIMIT,
+    hold_new: bool = False,
 ) -> Decision:
     """Decide for one name; see the module docstring. ``due`` says that a pending restart's
-    wait has been served (the driver's timer fired). ``new_id`` makes instance ids."""
+    wait has been served (the driver's timer fired). ``new_id`` makes instance ids.
+    ``hold_new`` (the node is paused) holds the first instance of a name that has none."""
     if desired is None:
         if record is None:
             return Decision(None)
         return Decision(None, assign=True, events=(f"removed name={name}",))
-    d = _Decider(record or NameRecord(name), desired, seen, now, due, new_id, history_limit)
+    d = _Decider(
+        record or NameRecord(name), desired, seen, now, due, new_id, history_limit, hold_new
+    )
     d.run()
     return Decision(d.rec, d.assign, d.requeue_after(), tuple(d.events))
 
@@ -115,6 +119,7 @@ class _Decider:
     due: bool
     new_id: Callable[[], str]
     history_limit: int
+    hold_new: bool
     assign: bool = False
     events: list[str] = field(default_factory=list)
 
@@ -169,7 +174,8 @@ class _Decider:
         if cur is None and rec.adopted is not None:
             return self.take_adopted(rec.adopted)
         if cur is None:
-            self.new_instance("")
+            if not self.hold_new:
+                self.new_instance("")
             return False
 
         if want.desired_state >= _SHUTDOWN:
@@ -263,7 +269,9 @@ class _Decider:
         status = self.status(cur) or TaskStatus(TaskState.FAILED)
         gone = self.gone(cur)
         complete = status.state == TaskState.COMPLETE and not gone
-        restart = policy.condition == "any" or (policy.condition == "on-failure" and not complete)
+        restart = policy.condition == RestartCondition.ANY or (
+            policy.condition == RestartCondition.ON_FAILURE and not complete
+        )
         if restart and policy.max_attempts > 0:
             recent = [t for t in rec.attempts if policy.window <= 0 or t > self.now - policy.window]
             if len(recent) >= policy.max_attempts:

@@ -124,6 +124,7 @@ class LocalManager:
         self._loaded = False
         self._closed = False
         self._retrying = False
+        self._paused = False
 
     # --------------------------------------------------------------------------- API
 
@@ -245,6 +246,22 @@ class LocalManager:
             self._dirty.add(name)
             self._kick()
 
+    def pause(self, paused: bool) -> None:
+        """Hold (``True``) or release the start of names that have no instance yet.
+
+        A paused node starts no new tasks: a name added while paused gets its first instance
+        once released. Names that have an instance keep running, restarting and being updated
+        or replaced as usual. In memory only; idempotent.
+        """
+        if paused == self._paused:
+            return
+        self._paused = paused
+        if not paused and self._loaded:
+            records = self._records
+            held = [n for n in self._desired if n not in records or records[n].current is None]
+            self._dirty.update(held)
+            self._kick()
+
     def views(self) -> list[TaskView]:
         """The current instance of every name and its history, as operators see them.
 
@@ -355,6 +372,7 @@ class LocalManager:
             due=due,
             new_id=self._new_id,
             history_limit=self._history_limit,
+            hold_new=self._paused,
         )
         self._due.discard(name)
         for event in decision.events:

@@ -12,12 +12,20 @@ from reconciler.desired.decide import (
     restart_delay,
 )
 from reconciler.desired.records import ADOPTED, Adopted, Instance, NameRecord, Seen
-from reconciler.model import Resources, RestartPolicy, TaskSpec, TaskState, TaskStatus, spec_hash
+from reconciler.model import (
+    Resources,
+    RestartCondition,
+    RestartPolicy,
+    TaskSpec,
+    TaskState,
+    TaskStatus,
+    spec_hash,
+)
 from reconciler.session import DesiredTask
 
 S = TaskState
 NOW = 1_000.0
-POLICY = RestartPolicy("any", delay=5.0, max_delay=40.0)
+POLICY = RestartPolicy(RestartCondition.ANY, delay=5.0, max_delay=40.0)
 SPEC = TaskSpec(name="web", image="localhost/busybox:latest", restart=POLICY)
 
 
@@ -130,7 +138,7 @@ def test_an_ended_instance_waits_out_the_restart_delay_then_is_replaced() -> Non
 
 
 def test_on_failure_does_not_restart_a_completed_job_and_none_restarts_nothing() -> None:
-    job = replace(SPEC, restart=replace(POLICY, condition="on-failure"))
+    job = replace(SPEC, restart=replace(POLICY, condition=RestartCondition.ON_FAILURE))
     d = decide(
         "web",
         with_current(spec=job),
@@ -142,7 +150,7 @@ def test_on_failure_does_not_restart_a_completed_job_and_none_restarts_nothing()
     assert d.record is not None and d.record.restart_at is None
     assert d.record.current is not None and d.record.current.id == "old"
     assert d.record.current.end_handled
-    never = replace(SPEC, restart=replace(POLICY, condition="none"))
+    never = replace(SPEC, restart=replace(POLICY, condition=RestartCondition.NONE))
     d = decide(
         "web",
         with_current(spec=never),

@@ -1,0 +1,92 @@
+"""``main()``: parse, merge ``--config``, set up logging, run the command, show its result.
+
+Each command is a function that returns data and a renderer that turns that data into text
+(``HANDLERS``); what a failure prints and which code it exits with is ``exits.outcome``'s one
+decision. The flags themselves are declared in ``options``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.cli import agent, fleet, tasks
+from reconciler.cli.exits import EXIT_OK, outcome
+from reconciler.cli.logfmt import setup_logging
+from reconciler.cli.options import CommandSpec, apply_config, build_parser, state_dir
+from reconciler.cli.render import json_text, task_table, tasks_json
+
+__all__ = ["HANDLERS", "main"]
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """How one command runs: ``run`` returns data (or, with no ``render``, an exit code) and
+    ``render`` turns that data into the text printed on stdout."""
+
+    run: Callable[[Any], Any]
+    render: Callable[[Any, Any], str] | None = None
+
+
+def _ps(args: Any) -> Any:
+    if args.watch:
+        tasks.ps_watch(args, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        return None
+    return tasks.ps(args)
+
+
+def _render_ps(views: Any, args: Any) -> str:
+    if views is None:
+        return ""
+    return tasks_json(views) if args.output == "json" else task_table(views)
+
+
+def _logs(args: Any) -> int:
+    from reconciler.cli.wiring import container_logs
+
+    view = tasks.find_view(tasks.read_views(state_dir(args)), args.ref)
+    ref = view.container_id or f"{view.name}.{view.id}"
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends -f
+        container_logs(state_dir(args), args.podman_url, ref, follow=args.follow, tail=args.tail)
+    return EXIT_OK
+
+
+HANDLERS: dict[tuple[str, ...], Handler] = {
+    ("run",): Handler(agent.run),
+    ("validate",): Handler(tasks.validate, lambda n, _: f"ok: {n} task(s)"),
+    ("apply",): Handler(tasks.apply, lambda lines, _: "\n".join(map(str, lines))),
+    ("ps",): Handler(_ps, _render_ps),
+    ("inspect",): Handler(tasks.inspect, lambda data, _: json_text(data)),
+    ("logs",): Handler(_logs),
+    ("manager", "init"): Handler(
+        fleet.manager_init, lambda done, _: "\n".join(f"{what} {bucket}" for bucket, what in done)
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    spec: CommandSpec = args.spec
+    handler = HANDLERS[spec.path]
+    try:
+        apply_config(args, spec)
+        setup_logging(args.log_level or "info")
+        result = handler.run(args)
+    except Exception as err:
+        decided = outcome(err)
+        if decided is None:
+            raise
+        code, lines = decided
+        for line in lines:
+            print(line, file=sys.stderr)
+        return code
+    if handler.render is None:
+        return int(result)
+    text = handler.render(result, args)
+    if text:
+        print(text)
+    return EXIT_OK

@@ -1,0 +1,320 @@
+"""Every command and flag of the ``reconciler`` command line, declared as data.
+
+One table (``COMMANDS``) says which commands exist, which flags each takes, and what each flag
+means. The argparse parser is built from it, ``--config FILE`` is checked against it (its keys
+are the long flag names without dashes; flags given on the command line win), and the docs
+test reads it. Nothing reaches into argparse's private state.
+
+Defaults that depend on the user live here once: as root the state dir is
+``/var/lib/reconciler`` and the desired dir ``/etc/reconciler/desired.d``; otherwise they are
+under ``$XDG_STATE_HOME`` and ``$XDG_CONFIG_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler import __version__
+from reconciler.cli.exits import UsageError
+
+__all__ = [
+    "COMMANDS",
+    "CommandSpec",
+    "Flag",
+    "Kind",
+    "UsageError",
+    "apply_config",
+    "build_parser",
+    "default_desired_dir",
+    "default_state_dir",
+    "desired_dir",
+    "state_dir",
+]
+
+
+class Kind(Enum):
+    """How a flag takes its value."""
+
+    VALUE = "value"  # --flag VALUE
+    INT = "int"  # --flag N
+    SWITCH = "switch"  # --flag (true when given)
+    REPEAT = "repeat"  # --flag V, repeatable
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """One option: ``name`` is its long name without dashes, as ``--config`` keys spell it."""
+
+    name: str
+    help: str
+    metavar: str | None = None
+    kind: Kind = Kind.VALUE
+    short: str | None = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def unset(self) -> Any:
+        """What argparse leaves when the flag is not given."""
+        return {Kind.SWITCH: False, Kind.REPEAT: []}.get(self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Positional:
+    name: str
+    metavar: str
+    help: str = ""
+    many: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One command: ``path`` is its words after ``reconciler`` (``("manager", "init")``)."""
+
+    path: tuple[str, ...]
+    help: str
+    flags: tuple[Flag, ...] = ()
+    positionals: tuple[Positional, ...] = ()
+    fleet: bool = field(default=False)  # a command of fleet mode
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.path)
+
+
+COMMON = (
+    Flag("config", "YAML file of flag values (keys: the long flag names)", "FILE"),
+    Flag(
+        "log-level",
+        "log level (default info)",
+        choices=("debug", "info", "warning", "error"),
+    ),
+)
+
+STATE_DIR = Flag("state-dir", "state directory", "DIR")
+DESIRED = Flag("desired", "desired-state directory", "DIR")
+PODMAN_URL = Flag("podman-url", "podman API, unix:///path", "URL")
+NATS = Flag("nats", "NATS server(s): nats://HOST:PORT[,...]", "URL")
+NATS_CREDS = Flag("creds", "NATS credentials of a manager user", "FILE")
+NATS_TLS_CA = Flag("tls-ca", "CA bundle that signs the NATS servers' certificates", "FILE")
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec(
+        ("run",),
+        "run the agent in the foreground",
+        (
+            DESIRED,
+            STATE_DIR,
+            PODMAN_URL,
+            Flag("listen", "HTTP listen address (default 127.0.0.1:9469)", "HOST:PORT"),
+            Flag("node-id", "node id (default: generated once, kept in the state dir)", "ID"),
+            Flag("resync-interval", "full resync period (default 30s)", "DURATION"),
+            Flag("stats-interval", "usage sampling period (default 10s; 0: off)", "DURATION"),
+            Flag(
+                "manager", "fleet mode: the manager's NATS server(s), nats://HOST:PORT[,...]", "URL"
+            ),
+            Flag("manager-creds", "fleet mode: this node's NATS credentials", "FILE"),
+            Flag("manager-tls-ca", "fleet mode: CA bundle for the NATS servers' TLS", "FILE"),
+            Flag("node-label", "a label of this node, repeatable", "KEY=VALUE", Kind.REPEAT),
+        ),
+    ),
+    CommandSpec(
+        ("validate",),
+        "check desired-state files",
+        positionals=(Positional("paths", "PATH", "files or directories", many=True),),
+    ),
+    CommandSpec(
+        ("apply",),
+        "apply one desired-state file",
+        (
+            Flag("file", "the file to apply", "FILE", short="-f", required=True),
+            DESIRED,
+            Flag("dry-run", "print the plan, write nothing", kind=Kind.SWITCH),
+        ),
+    ),
+    CommandSpec(
+        ("ps",),
+        "list tasks",
+        (
+            STATE_DIR,
+            Flag("all", "include the history", kind=Kind.SWITCH, short="-a"),
+            Flag("output", "output format (default table)", short="-o", choices=("table", "json")),
+            Flag("watch", "refresh the table in place", kind=Kind.SWITCH),
+        ),
+    ),
+    CommandSpec(
+        ("inspect",),
+        "show one task as JSON",
+        (STATE_DIR, Flag("show-env", "show env values instead of <redacted>", kind=Kind.SWITCH)),
+        (Positional("ref", "NAME|ID"),),
+    ),
+    CommandSpec(
+        ("logs",),
+        "print a task's container logs",
+        (
+            STATE_DIR,
+            PODMAN_URL,
+            Flag("follow", "keep printing new output", kind=Kind.SWITCH, short="-f"),
+            Flag("tail", "only the last N lines", "N", Kind.INT),
+        ),
+        (Positional("ref", "NAME|ID"),),
+    ),
+    CommandSpec(
+        ("manager", "init"),
+        "create the fleet's buckets (idempotent)",
+        (NATS, NATS_CREDS, NATS_TLS_CA),
+        fleet=True,
+    ),
+)
+
+
+def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    names = [f"--{flag.name}"] + ([flag.short] if flag.short else [])
+    kw: dict[str, Any] = {"dest": flag.dest, "help": flag.help}
+    if flag.kind is Kind.SWITCH:
+        kw["action"] = "store_true"
+    elif flag.kind is Kind.REPEAT:
+        kw.update(action="append", default=[], metavar=flag.metavar)
+    else:
+        kw.update(metavar=flag.metavar, default=None)
+        if flag.kind is Kind.INT:
+            kw["type"] = int
+        if flag.choices:
+            kw["choices"] = flag.choices
+            kw.pop("metavar")
+    if flag.required:
+        kw["required"] = True
+    parser.add_argument(*names, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every command in ``COMMANDS``. Parsed arguments carry the
+    command's spec as ``spec``."""
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="Keep this host's podman containers equal to the desired tasks.",
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    groups[()] = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for spec in COMMANDS:
+        for depth in range(1, len(spec.path)):
+            prefix = spec.path[:depth]
+            if prefix not in groups:
+                group = groups[prefix[:-1]].add_parser(
+                    prefix[-1], help=f"{' '.join(prefix)} commands (fleet mode, NATS JetStream)"
+                )
+                groups[prefix] = group.add_subparsers(
+                    dest="_".join(prefix) + "_command", required=True, metavar="COMMAND"
+                )
+        sub = groups[spec.path[:-1]].add_parser(spec.path[-1], help=spec.help)
+        for flag in (*spec.flags, *COMMON):
+            _add_flag(sub, flag)
+        for pos in spec.positionals:
+            sub.add_argument(
+                pos.name,
+                metavar=pos.metavar,
+                nargs="+" if pos.many else None,
+                help=pos.help or None,
+            )
+        sub.set_defaults(spec=spec)
+    return parser
+
+
+def all_flags(spec: CommandSpec) -> Iterator[Flag]:
+    yield from spec.flags
+    yield from COMMON
+
+
+def apply_config(args: argparse.Namespace, spec: CommandSpec) -> None:
+    """Fill the flags not given on the command line from ``--config FILE``.
+
+    Raises ``UsageError`` for an unreadable file, a key that is not a long flag of this
+    command, or a value of the wrong shape.
+    """
+    path = getattr(args, "config", None)
+    if not path:
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"--config {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a map of flag names to values")
+    flags = {f.name: f for f in all_flags(spec) if f.name != "config"}
+    for key, value in data.items():
+        flag = flags.get(str(key))
+        if flag is None:
+            raise UsageError(f"--config {path}: unknown key {key!r} for reconciler {spec.name}")
+        if getattr(args, flag.dest) != flag.unset:
+            continue  # the command line wins
+        setattr(args, flag.dest, _config_value(flag, value, path))
+
+
+def _config_value(flag: Flag, value: Any, path: str) -> Any:
+    where = f"--config {path}: {flag.name}"
+    if flag.kind is Kind.SWITCH:
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: expected true or false")
+        return value
+    if flag.kind is Kind.REPEAT:
+        items = value if isinstance(value, list) else [value]
+        return [str(v) for v in items]
+    if flag.kind is Kind.INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{where}: expected an integer")
+        return value
+    if isinstance(value, dict | list):
+        raise UsageError(f"{where}: expected a single value")
+    text = str(value)
+    if flag.choices and text not in flag.choices:
+        raise UsageError(f"{where}: expected one of {', '.join(flag.choices)}")
+    return text
+
+
+# ---------------------------------------------------------------------------- defaults
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/reconciler")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "reconciler"
+
+
+def default_desired_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/etc/reconciler/desired.d")
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "reconciler" / "desired.d"
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    """``--state-dir``, or the default for this user."""
+    return Path(args.state_dir) if getattr(args, "state_dir", None) else default_state_dir()
+
+
+def desired_dir(args: argparse.Namespace) -> Path:
+    """``--desired``, or the default for this user."""
+    return Path(args.desired) if getattr(args, "desired", None) else default_desired_dir()
+
+
+def command(path: Sequence[str]) -> CommandSpec:
+    """The spec of one command by its words. Raises ``KeyError``."""
+    for spec in COMMANDS:
+        if spec.path == tuple(path):
+            return spec
+    raise KeyError(" ".join(path))

@@ -1,0 +1,132 @@
+"""The composition root: the one module that picks concrete implementations.
+
+Everything else in ``reconciler`` receives its collaborators as arguments, which is what keeps
+the core testable with fakes. Here the real ones are chosen: the podman runtime, the session
+(the desired directory, or the fleet over NATS in fleet mode), the system clock and the HTTP
+server. import-linter allows this module, and no other under ``reconciler/``, to import
+``runtime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler import __version__
+from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, NotFound
+from reconciler.clock import SystemClock
+
+if TYPE_CHECKING:
+    from reconciler.agent import Agent
+    from reconciler.cli.agent import AgentOptions
+    from reconciler.model import NodeDescription
+    from reconciler.session import Session
+    from reconciler.store import OpenedStore
+
+__all__ = ["container_logs", "run_agent"]
+
+log = logging.getLogger("reconciler")
+
+
+async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> int:
+    """Wire and run the agent until SIGTERM or SIGINT; containers keep running."""
+    import sys
+
+    from reconciler import http
+    from reconciler.agent import Agent, AgentConfig
+    from runtime.podman.discovery import find_podman, rediscovery
+    from runtime.podman.executor import PodmanExecutor
+
+    clock = SystemClock()
+    agent = Agent(
+        config=AgentConfig(
+            node_id=node_id,
+            resync_interval=opts.resync_interval,
+            labels=opts.labels,
+            stats_interval=opts.stats_interval,
+            state_dir=str(opts.state_dir),
+        ),
+        store=opened.store,
+        clock=clock,
+        store_origin=opened.origin,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = opts.listen
+    try:
+        server = await http.serve(host, port, snapshot=agent.snapshot, metrics=agent.metrics)
+    except OSError as err:
+        print(f"reconciler: cannot listen on {host}:{port}: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    log.info("listening addr=%s:%d", host, port)
+
+    async def serve_http() -> None:
+        """The supervised HTTP loop: serve; if the server fails, bind again."""
+        nonlocal server
+        if not server.is_serving():
+            server.close()
+            server = await http.serve(host, port, snapshot=agent.snapshot, metrics=agent.metrics)
+        await server.serve_forever()
+
+    url, service = await asyncio.to_thread(find_podman, opts.podman_url, opts.state_dir)
+    executor = PodmanExecutor(
+        url=url,
+        node_id=node_id,
+        clock=clock,
+        observer=agent,
+        agent_version=__version__,
+        discover=rediscovery(opts.podman_url, opts.state_dir),
+    )
+    session = _session(opts, node_id, agent, clock)
+    try:
+        await agent.run(executor, session, stop, loops={"http": serve_http})
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+        if service is not None:
+            await asyncio.to_thread(service.stop)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _session(opts: AgentOptions, node_id: str, agent: Agent, clock: SystemClock) -> Session:
+    if opts.manager is None:
+        from reconciler.sessions.files import FileSession
+
+        return FileSession(opts.desired)
+    from reconciler.fleet.connect import redact
+    from reconciler.sessions.nats import NatsSession
+
+    def describe() -> tuple[NodeDescription | None, bool]:
+        snap = agent.snapshot()
+        return snap.node, snap.ready
+
+    log.info("fleet mode managers=%s", ",".join(redact(u) for u in opts.manager.servers))
+    return NatsSession(
+        node_id=node_id, options=opts.manager, clock=clock, describe=describe, labels=opts.labels
+    )
+
+
+def container_logs(
+    state_dir: Path, podman_url: str | None, ref: str, *, follow: bool, tail: int | None
+) -> None:
+    """Print the container logs of ``ref`` (a container id or name). Raises ``Failure`` when
+    no podman answers and ``NotFound`` when podman has no such container."""
+    from runtime.podman.discovery import answers, candidates
+    from runtime.podman.discovery import container_logs as podman_logs
+
+    urls = [podman_url] if podman_url else candidates(state_dir)
+    url = next((u for u in urls if answers(u)), None)
+    if url is None:
+        raise Failure("no podman API answers; pass --podman-url")
+    try:
+        podman_logs(url, ref, follow=follow, tail=tail)
+    except LookupError as err:
+        raise NotFound(str(err)) from err
