@@ -266,6 +266,7 @@ def _view(inst: _Instance, restarts: int, current: bool) -> TaskView:
         updated_at=status.timestamp,
         restarts=restarts,
         current=current,
+        image=inst.spec.image,
     )
 
 
