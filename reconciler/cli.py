@@ -304,7 +304,9 @@ async def _run_agent(
         loop.add_signal_handler(sig, stop.set)
     # 2. the listener
     try:
-        server = await http.serve(*listen, snapshot=agent.snapshot, metrics=agent.metrics)
+        server = await http.serve(
+            *listen, snapshot=agent.snapshot, metrics=agent.metrics, changes=agent.changes
+        )
     except OSError as err:
         print(f"reconciler: cannot listen on {listen[0]}:{listen[1]}: {err}", file=sys.stderr)
         return EXIT_FAILURE
