@@ -242,14 +242,14 @@ def _field(f: Field, state: Mapping[str, Any], now: float) -> str:
 def _card(title: str, fields: Sequence[Field], state: Mapping[str, Any], now: float) -> str:
     slug = title.lower().replace(" ", "-")
     rows = "".join(f"<dt>{escape(f.label)}</dt><dd>{_field(f, state, now)}</dd>" for f in fields)
-    extra = _errors(state["desired"]["errors"]) if title == "Desired state" else ""
     return (
         f'<section class="card" aria-labelledby="h-{slug}">'
-        f'<h2 id="h-{slug}">{escape(title)}</h2><dl>{rows}</dl>{extra}</section>'
+        f'<h2 id="h-{slug}">{escape(title)}</h2><dl>{rows}</dl></section>'
     )
 
 
 def _errors(problems: Sequence[Mapping[str, Any]]) -> str:
+    """The last rejected read's problems, across the whole width (hidden while there are none)."""
     rows = "".join(
         f"<tr><td>{_code(p['file'])}</td><td>{escape(fmt_text(p['line']))}</td>"
         f"<td>{escape(p['text'])}</td></tr>"
@@ -257,10 +257,11 @@ def _errors(problems: Sequence[Mapping[str, Any]]) -> str:
     )
     hidden = "" if problems else " hidden"
     return (
-        f'<div id="errors" class="scroll"{hidden}><table class="errors">'
-        "<caption>Problems in the last rejected read</caption><thead><tr>"
+        f'<section id="errors" class="card wide" aria-labelledby="h-problems"{hidden}>'
+        '<h2 id="h-problems">Problems in the last rejected read of the desired state</h2>'
+        '<div class="scroll"><table class="errors"><thead><tr>'
         '<th scope="col">File</th><th scope="col">Line</th><th scope="col">Problem</th>'
-        f'</tr></thead><tbody id="errors-body">{rows}</tbody></table></div>'
+        f'</tr></thead><tbody id="errors-body">{rows}</tbody></table></div></section>'
     )
 
 
@@ -391,6 +392,7 @@ def render(state: Mapping[str, Any], *, now: float) -> str:
     name = node.get("hostname") or node.get("nodeId") or ""
     ready = bool(node.get("ready"))
     cards = "".join(_card(title, fields, state, now) for title, fields in CARDS)
+    cards += _errors(state["desired"]["errors"])
     words = json.dumps(WORDS).replace("</", "<\\/")
     main = (
         f'<div class="cards">{cards}</div>'

@@ -89,12 +89,12 @@ def test_a_rejected_desired_read_shows_file_line_and_problem() -> None:
     )
     row = "<tr><td><code>/etc/d/web.yaml</code></td><td>7</td><td>tasks[0].image: required"
     assert row in html
-    assert '<div id="errors" class="scroll">' in html  # shown, not hidden
+    assert '<section id="errors" class="card wide" aria-labelledby="h-problems">' in html
     assert 'class="w-invalid">invalid' in html
 
 
 def test_without_errors_the_problem_table_is_hidden() -> None:
-    assert '<div id="errors" class="scroll" hidden>' in page_for()
+    assert 'aria-labelledby="h-problems" hidden>' in page_for()
 
 
 def test_snapshot_text_is_escaped() -> None:
