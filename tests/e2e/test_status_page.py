@@ -135,9 +135,10 @@ class Browser:
               .find((b) => b.dataset.name === arguments[0]);
             if (!body) return null;
             const id = body.querySelector('td[data-label="Instance"] code');
+            const summary = body.querySelector("summary");  // "History: N earlier ..."
             return {state: body.dataset.state, id: id ? id.textContent : null,
-                    text: body.rows[0].innerText, history: body.querySelectorAll(
-                      "table.history > tbody > tr").length};
+                    text: body.rows[0].innerText,
+                    history: summary ? parseInt(summary.textContent.split(" ")[1]) : 0};
             """,
             name,
         )
@@ -234,10 +235,13 @@ def test_the_page_follows_the_agent_live_without_a_reload(
 
     # the history is one click away
     browser.driver.find_element("css selector", '#tasks > tbody[data-name="api"] summary').click()
-    history = browser.js(
-        "return [...document.querySelectorAll("
-        "'#tasks > tbody[data-name=\"api\"] details[open] table.history tbody tr')]"
-        ".map((r) => r.innerText)"
+    history = h.wait_for(
+        lambda: browser.js(
+            "return [...document.querySelectorAll("
+            "'#tasks > tbody[data-name=\"api\"] details[open] table.history tbody tr')]"
+            ".map((r) => r.innerText)"
+        ),
+        "api's history table",
     )
     assert len(history) == 1 and "failed" in history[0] and "137" in history[0], history
 
@@ -260,12 +264,13 @@ def test_without_javascript_the_page_is_the_same_static_snapshot(harness: Harnes
         h.wait_state(name, "running")
 
     def rows(b: Browser) -> list[str]:
-        # every task row's text, without the durations (they tick)
+        # every task's rows as text
         found: list[str] = b.js(
             """
             return [...document.querySelectorAll("#tasks > tbody")].map((body) => {
               const copy = body.cloneNode(true);
-              copy.querySelectorAll("time.ago").forEach((t) => t.remove());
+              // durations tick; the script builds a history table only once it is opened
+              copy.querySelectorAll("time.ago, table.history").forEach((t) => t.remove());
               return copy.textContent;
             });
             """
