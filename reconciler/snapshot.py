@@ -47,7 +47,7 @@ class TaskView:
     image: str = ""  # the image the instance's spec names
 
     def to_json(self) -> dict[str, Any]:
-        """PRODUCT.md's ``ps -o json`` object: null for absent values, RFC 3339 UTC times."""
+        """The ``ps -o json`` object: null for absent values, RFC 3339 UTC times."""
         import datetime as _dt
 
         ts = _dt.datetime.fromtimestamp(self.updated_at, tz=_dt.UTC)

@@ -257,7 +257,7 @@ def _errors(problems: Sequence[Mapping[str, Any]]) -> str:
     )
     hidden = "" if problems else " hidden"
     return (
-        f'<section id="errors" class="card wide" aria-labelledby="h-problems"{hidden}>'
+        f'<section id="errors" class="card problems" aria-labelledby="h-problems"{hidden}>'
         '<h2 id="h-problems">Problems in the last rejected read of the desired state</h2>'
         '<div class="scroll"><table class="errors"><thead><tr>'
         '<th scope="col">File</th><th scope="col">Line</th><th scope="col">Problem</th>'
@@ -392,10 +392,10 @@ def render(state: Mapping[str, Any], *, now: float) -> str:
     name = node.get("hostname") or node.get("nodeId") or ""
     ready = bool(node.get("ready"))
     cards = "".join(_card(title, fields, state, now) for title, fields in CARDS)
-    cards += _errors(state["desired"]["errors"])
     words = json.dumps(WORDS).replace("</", "<\\/")
     main = (
         f'<div class="cards">{cards}</div>'
+        f"{_errors(state['desired']['errors'])}"
         f"{_tasks_section(state['tasks'], now)}"
         f'<script type="application/json" id="words">{words}</script>'
     )

@@ -89,7 +89,7 @@ def test_a_rejected_desired_read_shows_file_line_and_problem() -> None:
     )
     row = "<tr><td><code>/etc/d/web.yaml</code></td><td>7</td><td>tasks[0].image: required"
     assert row in html
-    assert '<section id="errors" class="card wide" aria-labelledby="h-problems">' in html
+    assert '<section id="errors" class="card problems" aria-labelledby="h-problems">' in html
     assert 'class="w-invalid">invalid' in html
 
 
