@@ -254,6 +254,24 @@ def test_the_page_follows_the_agent_live_without_a_reload(
         DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_IMAGE)
 
+    # on a phone: no sideways scrolling, and the filter narrows the task cards
+    browser.driver.set_window_size(390, 844)
+    h.wait_for(lambda: browser.js("return window.innerWidth <= 420"), "a phone-sized window")
+    width = browser.js("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"the page is wider than the phone: {width}"
+    browser.driver.find_element("id", "filter").send_keys("web")
+    shown = h.wait_for(
+        lambda: browser.js(
+            "const shown = [...document.querySelectorAll('#tasks > tbody')]"
+            ".filter((b) => b.offsetParent !== null).map((b) => b.dataset.name);"
+            "return shown.length === 1 ? shown : null;"
+        ),
+        "the filter to leave one task",
+    )
+    assert shown == ["web"]
+    browser.screenshot(ARTIFACTS / "agent-page-phone.png")
+    assert browser.console_errors() == []
+
 
 def test_without_javascript_the_page_is_the_same_static_snapshot(harness: Harness) -> None:
     require_chromium()
