@@ -3,14 +3,15 @@
 A child process (``python -m bench.page serve``) runs the agent's real HTTP server
 (``reconciler.http.serve``) over the scrape bench's snapshot: 1,000 current task instances with
 5 history instances each, the worst a node keeps. Like an idle agent after each resync pass, it
-swaps in a new snapshot with the same content every ``IDLE_SWAP`` seconds (three times as often
-as the default resync interval), and on a command from this process it changes one task and
-swaps that in. A real headless Chromium (the system's, through chromium-driver) opens the page.
+swaps in a new snapshot of new view objects with the same content every ``IDLE_SWAP`` seconds
+(``BENCH_PAGE_IDLE_SWAP``, default 30: the agent's default resync interval), and on a command
+from this process it changes one task and swaps that in. A real headless Chromium (the
+system's, through chromium-driver) opens the page.
 
 Figures (``name=value``):
 
 * ``idle_cpu_no_page_pct`` and ``idle_cpu_one_page_pct``: the child's CPU, in percent of one
-  core, over ``BENCH_PAGE_IDLE_SECONDS`` (default 60) with no page open and with one page open;
+  core, over ``BENCH_PAGE_IDLE_SECONDS`` (default 90) with no page open and with one page open;
   ``page_idle_cpu_pct`` is the difference, what one watching page costs (goal < 0.05).
 * ``update_p50_ms``, ``update_p99_ms``, ``update_max_ms``: from the child's swap of a changed
   snapshot to the page's DOM holding the change (a MutationObserver's timestamp in the browser,
@@ -45,8 +46,8 @@ from reconciler.metrics import Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Changes, Snapshot
 
-IDLE_SWAP = 10.0
-IDLE_SECONDS = float(os.environ.get("BENCH_PAGE_IDLE_SECONDS", "60"))
+IDLE_SWAP = float(os.environ.get("BENCH_PAGE_IDLE_SWAP", "30"))
+IDLE_SECONDS = float(os.environ.get("BENCH_PAGE_IDLE_SECONDS", "90"))
 UPDATES = int(os.environ.get("BENCH_PAGE_UPDATES", "30"))
 LOADS = 5
 TARGET = "svc-0500"

@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -297,6 +298,12 @@ def _cell(label: str, body: str) -> str:
 
 
 def _history_row(name: str, hist: Sequence[Mapping[str, Any]]) -> str:
+    """The history of one name in a closed <details>.
+
+    The table sits in a <noscript>: without JavaScript it is ordinary markup, and with it the
+    browser keeps it as plain text (no 5,000 rows of DOM to build on a big node); the script
+    builds its own history table when a <details> opens.
+    """
     head = "".join(f'<th scope="col">{c}</th>' for c in _HISTORY_COLUMNS)
     rows = "".join(
         "<tr>"
@@ -313,9 +320,9 @@ def _history_row(name: str, hist: Sequence[Mapping[str, Any]]) -> str:
     return (
         '<tr class="hist"><td colspan="9"><details>'
         f"<summary>{summary}</summary>"
-        '<div class="scroll"><table class="history">'
+        '<div class="scroll"><noscript><table class="history">'
         f'<caption class="vh">Earlier instances of {escape(name)}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>"
+        f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></noscript></div>"
         "</details></td></tr>"
     )
 
@@ -365,10 +372,11 @@ def _summary(tasks: Iterable[Mapping[str, Any]]) -> tuple[int, str]:
     return n, text
 
 
-def _tasks_section(tasks: Sequence[Mapping[str, Any]], now: float) -> str:
+def _tasks_section(tasks: Sequence[Mapping[str, Any]], now: float, rows: str | None) -> str:
     n, summary = _summary(tasks)
     head = "".join(f'<th scope="col">{c}</th>' for c in _TASK_COLUMNS)
     bodies = "".join(task_body(t, now) for t in tasks)
+    attrs = (" hidden" if n == 0 else "") + (f' data-rows="{escape(rows)}"' if rows else "")
     return (
         '<section aria-labelledby="h-tasks"><div class="bar">'
         '<h2 id="h-tasks">Tasks</h2>'
@@ -377,7 +385,7 @@ def _tasks_section(tasks: Sequence[Mapping[str, Any]], now: float) -> str:
         'placeholder="Filter by name or state" hidden>'
         "</div>"
         f'<p id="none"{"" if n == 0 else " hidden"}>No tasks.</p>'
-        f'<table id="tasks" class="tasks"{" hidden" if n == 0 else ""}>'
+        f'<table id="tasks" class="tasks"{attrs}>'
         '<caption class="vh">Every named task: its current instance, then its history</caption>'
         f"<thead><tr>{head}</tr></thead>{bodies}</table></section>"
     )
@@ -386,8 +394,12 @@ def _tasks_section(tasks: Sequence[Mapping[str, Any]], now: float) -> str:
 # ------------------------------------------------------------------------------- page
 
 
-def render(state: Mapping[str, Any], *, now: float) -> str:
-    """The whole page for one full state (as ``full_state`` builds it), rendered at ``now``."""
+def render(state: Mapping[str, Any], *, now: float, rows: str | None = None) -> str:
+    """The whole page for one full state (as ``full_state`` builds it), rendered at ``now``.
+
+    ``rows`` names the task rows' content; when the stream's first event carries the same name,
+    the script keeps the rows the server rendered instead of building them again.
+    """
     node = state["node"]
     name = node.get("hostname") or node.get("nodeId") or ""
     ready = bool(node.get("ready"))
@@ -396,7 +408,7 @@ def render(state: Mapping[str, Any], *, now: float) -> str:
     main = (
         f'<div class="cards">{cards}</div>'
         f"{_errors(state['desired']['errors'])}"
-        f"{_tasks_section(state['tasks'], now)}"
+        f"{_tasks_section(state['tasks'], now, rows)}"
         f'<script type="application/json" id="words">{words}</script>'
     )
     stamp = dt.datetime.fromtimestamp(now, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -417,6 +429,10 @@ class AgentPage:
 
     Models and event bodies are cached per snapshot object (and the last delta per pair), so
     several open pages share the work of one change. ``clock`` gives the server's wall time.
+
+    Each model gets a name, unique to this process (a random prefix and a serial), that the
+    HTML and the first event both carry: when they match, the page the browser holds already
+    shows that model's rows, and its script adopts them rather than rebuilding 1,000 rows.
     """
 
     def __init__(
@@ -424,23 +440,33 @@ class AgentPage:
     ) -> None:
         self._snapshot = snapshot
         self._clock = clock
-        self._model: tuple[Snapshot | None, PageModel | None] = (None, None)
+        self._model: tuple[Snapshot | None, PageModel | None, str] = (None, None, "")
+        self._prefix = secrets.token_hex(4)
+        self._serial = 0
         self._full: tuple[PageModel | None, bytes] = (None, b"")
         self._delta: tuple[PageModel | None, PageModel | None, bytes | None] = (None, None, None)
 
     def model(self) -> PageModel:
         snap = self._snapshot()
-        cached_snap, model = self._model
+        cached_snap, model, _ = self._model
         if cached_snap is not snap or model is None:
             model = page_model(snap)
-            self._model = (snap, model)
+            self._serial += 1
+            self._model = (snap, model, f"{self._prefix}-{self._serial}")
         return model
+
+    def _rows(self, model: PageModel) -> str | None:
+        _, current, name = self._model
+        return name if current is model else None
 
     def full(self, model: PageModel) -> bytes:
         cached, body = self._full
         if cached is not model:
             state = full_state(model, now=0.0)
             del state["now"]
+            rows = self._rows(model)
+            if rows is not None:
+                state["rows"] = rows
             body = _json(state)
             self._full = (model, body)
         return self._with_now(body)
@@ -458,7 +484,8 @@ class AgentPage:
     def html(self) -> bytes:
         """The page for the current snapshot, rendered now (never cached: it shows durations)."""
         now = self._clock()
-        return render(full_state(self.model(), now=now), now=now).encode()
+        model = self.model()
+        return render(full_state(model, now=now), now=now, rows=self._rows(model)).encode()
 
     def _with_now(self, body: bytes) -> bytes:
         """``body`` (a JSON object) with the server's current time as its first key."""

@@ -185,3 +185,20 @@ def test_events_carry_the_server_time_first_and_deltas_only_on_change() -> None:
     assert [t["name"] for t in delta["tasks"]] == ["web"]
     now[0] += 5  # the cached body is reused with the time of the new call
     assert json.loads(page.delta(first, second) or b"")["now"] == "2023-11-14T22:13:30.000Z"
+
+
+def test_the_page_and_its_first_event_name_the_same_rows_until_the_snapshot_changes() -> None:
+    holder = Holder()
+    page = AgentPage(holder, clock=lambda: NOW)
+    named = re.search(r'<table id="tasks" class="tasks" data-rows="([^"]+)">', page.html().decode())
+    assert named is not None
+    assert json.loads(page.full(page.model()))["rows"] == named.group(1)
+    holder.snap = with_state(holder.snap, "web", TaskState.RUNNING)
+    assert json.loads(page.full(page.model()))["rows"] != named.group(1)
+    other = AgentPage(Holder(), clock=lambda: NOW)  # another agent process: never the same name
+    assert json.loads(other.full(other.model()))["rows"] != named.group(1)
+
+
+def test_with_javascript_the_history_table_is_left_as_noscript_text() -> None:
+    html = page_for()
+    assert '<div class="scroll"><noscript><table class="history">' in html
