@@ -88,8 +88,6 @@ def build_snapshot(now: float) -> Snapshot:
             runtime_version="0",
             agent_version=__version__,
         ),
-        ready=True,
-        ready_reason="ready",
         store_open=True,
         init_done=True,
         runtime_up=True,

@@ -88,8 +88,16 @@ def write_desired(directory: Path, name: str, text: str) -> None:
 class AgentProcess:
     """The agent as a subprocess on a private podman service."""
 
-    def __init__(self, svc: PodmanService, work: Path, *, resync: str = "30s") -> None:
+    def __init__(
+        self,
+        svc: PodmanService,
+        work: Path,
+        *,
+        resync: str = "30s",
+        podman_url: str | None = None,
+    ) -> None:
         self.svc = svc
+        self.podman_url = podman_url or svc.url  # another socket in front of svc, say
         self.work = work
         self.desired = work / "desired"
         self.state = work / "state"
@@ -114,7 +122,7 @@ class AgentProcess:
                     "--state-dir",
                     str(self.state),
                     "--podman-url",
-                    self.svc.url,
+                    self.podman_url,
                     "--listen",
                     f"127.0.0.1:{self.port}",
                     "--resync-interval",

@@ -7,17 +7,33 @@ Data flows one way round a loop:
        ▲                                                      │
        └──── reporter ◀── statuses (store first, then listeners) ┘──▶ local manager, snapshot
 
-Around that loop the agent runs:
+**Start-up**, in order: the host-reboot check (if the boot id changed since the last start,
+every instance that was running ended with the host: its stored status becomes ``failed``,
+"host rebooted", and the restart policy brings it back); adoption, when the store was just
+created or rebuilt (the runtime's containers for this node are listed, retrying until the
+runtime answers, and recorded by the local manager); the worker's Init; the local manager's
+first full assignment. Only then do the loops start. A stop request ends start-up at once.
 
-* the resync loop: every ``resync_interval`` it asks the runtime to relist its containers (the
-  level-triggered safety net under podman's event stream) and removes orphans; while the
-  runtime is down it retries sooner, with backoff, and ``/readyz`` says why;
-* the snapshot: after any change it rebuilds one immutable ``Snapshot`` (coalesced to once per
-  event-loop turn), which ``/metrics``, ``/readyz`` and ``/v1/*`` read without touching podman
-  or RocksDB;
-* the host-reboot check: if the boot id changed since the last start, every instance that was
-  running ended with the host; its stored status becomes ``failed``, "host rebooted", before the
-  worker starts, and the restart policy brings it back.
+**Loops**, each run by one ``Supervisor`` (restarted with backoff after an unexpected error,
+counted in ``reconciler_loop_restarts_total``, named by ``/healthz`` while down):
+
+* ``session``: desired-state messages into the local manager;
+* ``resync``: every ``resync_interval`` the runtime relists its containers (the level-triggered
+  safety net under its event stream) and orphans are removed; while the runtime is down it
+  retries sooner, with backoff, and ``/readyz`` says why. After a store was created or
+  rebuilt, no orphan is removed until a valid desired set has been applied and a pass that
+  began after it has adopted what exists;
+* ``reporter``: statuses to the session;
+* whatever the composition root adds (the HTTP server, the runtime's event stream).
+
+**The store failing** (a full disk) makes the node not ready with the reason; what runs keeps
+running, statuses stay queued in memory, and a watcher retries ``Store.recover()`` with
+backoff. Once writes work again the queued statuses are written, the local manager's pending
+round and any desired set that could not be stored are applied, without a restart.
+
+**The snapshot**: after any change one immutable ``Snapshot`` is rebuilt (coalesced to once
+per event-loop turn), which ``/metrics``, ``/readyz`` and ``/v1/*`` read without touching
+podman or RocksDB. Readiness is the snapshot's own rule (``Snapshot.readiness``).
 
 Bad input never reaches the worker: an invalid desired set only flips
 ``reconciler_desired_state_valid`` to 0 and the last valid set keeps running.
@@ -26,15 +42,18 @@ Bad input never reaches the worker: an invalid desired set only flips
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
-from reconciler.backoff import Backoff
+from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
 from reconciler.desired.manager import LocalManager
+from reconciler.errors import StoreError, TemporaryError
 from reconciler.executor import Executor
 from reconciler.metrics import Metrics
 from reconciler.model import NodeDescription, TaskState, TaskStatus
@@ -45,16 +64,27 @@ from reconciler.session import (
     DesiredTasks,
     ManagerMessage,
     NamedStatus,
+    RejectedTask,
     Session,
 )
 from reconciler.snapshot import Changes, Snapshot, TaskView, bounded_errors
-from reconciler.store import Store
+from reconciler.store import ADOPT_PENDING, Store, StoreOrigin
+from reconciler.supervisor import Supervisor, describe_error
 from reconciler.worker import Worker
 
 log = logging.getLogger(__name__)
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 HOST_REBOOTED = "host rebooted"
+
+STORE_RETRY = Backoff(initial=0.5, cap=5.0)
+"""How often a failed store is probed until writes work again."""
+
+RUNTIME_RETRY = Backoff(initial=0.5, cap=5.0)
+"""How often start-up asks a runtime that does not answer for its containers."""
+
+Loop = Callable[[], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +105,8 @@ def read_boot_id() -> str:
 def mark_host_reboot(store: Store, boot_id: str, *, now: float) -> list[str]:
     """If the boot id changed since the last start, fail every instance that was running.
 
-    Returns the ids marked failed. Runs before the worker starts, on the store alone.
+    Returns the ids marked failed. Runs before the worker starts, on the store alone. Raises
+    ``StoreError`` if the store cannot be written.
     """
     previous = store.get_meta("boot_id")
     marked: list[str] = []
@@ -107,6 +138,7 @@ class Agent:
         store: Store,
         clock: Clock,
         metrics: Metrics | None = None,
+        store_origin: StoreOrigin = StoreOrigin.OPENED,
     ) -> None:
         self.config = config
         self.store = store
@@ -125,21 +157,36 @@ class Agent:
         self._runtime_up = False
         self._runtime_reason = "container runtime not contacted yet"
         self._init_done = False
+        self._starting_reason = "worker init is not done"
         self._desired_read = False
         self._desired_valid = False
         self._desired_applied_at: float | None = None
         self._desired_errors: tuple[str, ...] = ()
         self._desired_errors_at: float | None = None
-        self._loops_alive = True
         self._availability = "active"
         self._desired: dict[str, DesiredTask] = {}
+        self._unstored_desired: dict[str, DesiredTask] | None = None
+        self._rejected: set[str] = set()  # names whose last value was rejected
         self._started_at: dict[str, float] = {}
         self._views_by_id: dict[str, TaskView] = {}
+        # Orphans are only removed once a valid desired set was applied and a resync pass
+        # that began after it adopted what exists; until then, after a store was created or
+        # rebuilt, an unknown container may be a task the store lost.
+        self._orphans_allowed = not store.get_meta(ADOPT_PENDING)
+        self._applied_count = 0
+        self._store_watch: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(
+            clock=clock, on_restart=self.metrics.loop_restarted, on_change=self._changed
+        )
         self.worker: Worker | None = None
         self.manager: LocalManager | None = None
         self.reporter: StatusReporter | None = None
         self._session: Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._resync_now = asyncio.Event()  # the runtime came back: resync without waiting
+        if store_origin is StoreOrigin.REBUILT:
+            self.metrics.store_rebuilt()
+        store.add_failure_listener(self._store_failed)
 
     # ------------------------------------------------------------------------- snapshot
 
@@ -151,25 +198,30 @@ class Agent:
         """Schedule one snapshot rebuild for this event-loop turn."""
         if self._rebuild_scheduled:
             return
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # not running yet: run() rebuilds when it starts
         self._rebuild_scheduled = True
-        loop = self._loop or asyncio.get_running_loop()
         loop.call_soon(self._rebuild)
 
     def _rebuild(self) -> None:
         self._rebuild_scheduled = False
         views = tuple(self.manager.views()) if self.manager is not None else ()
         restarts = tuple(sorted(self.manager.restarts().items())) if self.manager else ()
-        ready, reason = self._readiness()
         self._snapshot = Snapshot(
             node_id=self.config.node_id,
             node=self._node,
             labels=self.config.labels,
-            ready=ready,
-            ready_reason=reason,
-            store_open=True,
+            store_open=not self.store.closed,
+            store_failure=self.store.failure,
             init_done=self._init_done,
+            starting_reason=self._starting_reason,
             runtime_up=self._runtime_up,
-            loops_alive=self._loops_alive,
+            runtime_reason=self._runtime_reason,
+            loops_down=tuple(sorted(self.supervisor.down.items())),
             desired_read=self._desired_read,
             desired_valid=self._desired_valid,
             desired_applied_at=self._desired_applied_at,
@@ -183,19 +235,6 @@ class Agent:
         )
         self._views_by_id = {v.id: v for v in views}
         self.changes.bump()
-
-    def _readiness(self) -> tuple[bool, str]:
-        if not self._loops_alive:
-            return False, "agent loops are not alive"
-        if not self._init_done:
-            return False, "worker init is not done"
-        if not self._runtime_up:
-            return False, self._runtime_reason
-        if self._node is None:
-            return False, "node description not read from the runtime yet"
-        if not self._desired_read:
-            return False, "desired state has not been read yet"
-        return True, "ready"
 
     # ------------------------------------------------------------- runtime observations
 
@@ -219,18 +258,68 @@ class Agent:
                 log.info("runtime up")
             else:
                 log.warning("runtime down reason=%r", reason)
+            if up and not self._runtime_up and self.worker is not None:
+                self.worker.retry_now()  # what was due during the outage goes now
+                self._resync_now.set()
             self._runtime_up = up
             self._runtime_reason = reason
             self._changed()
 
     # ----------------------------------------------------------------------------- run
 
-    async def run(self, executor: Executor, session: Session, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set. Then stop cleanly, leaving containers running."""
+    async def run(
+        self,
+        executor: Executor,
+        session: Session,
+        stop: asyncio.Event,
+        *,
+        loops: Mapping[str, Loop] | None = None,
+    ) -> None:
+        """Run until ``stop`` is set. Then stop cleanly, leaving containers running.
+
+        ``loops`` are further long-running coroutines to supervise by name (the HTTP server,
+        say). Never raises because of the runtime, the store's writes or the session.
+        """
         self._loop = asyncio.get_running_loop()
         self._session = session
+        self._changed()
+        try:
+            started = await self._until_stopped(self._start(executor), stop)
+            if started:
+                self.supervisor.start("session", lambda: self._session_loop(session))
+                self.supervisor.start("resync", lambda: self._resync_loop(executor))
+                assert self.reporter is not None
+                self.supervisor.start("reporter", self.reporter.run)
+                for name, body in (loops or {}).items():
+                    self.supervisor.start(name, body)
+                await stop.wait()
+        finally:
+            log.info("stopping; containers keep running")
+            await self._shutdown(executor, session)
+
+    async def _until_stopped(self, work: Awaitable[None], stop: asyncio.Event) -> bool:
+        """Await ``work`` unless ``stop`` is set first. Returns whether ``work`` finished."""
+        job = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not job.done():
+                job.cancel()
+            await asyncio.gather(job, stopper, return_exceptions=True)
+        if job.cancelled():
+            return False
+        job.result()  # a start-up failure that is not the store's or the runtime's is a bug
+        return True
+
+    async def _start(self, executor: Executor) -> None:
         boot_id = self.config.boot_id if self.config.boot_id is not None else read_boot_id()
-        marked = mark_host_reboot(self.store, boot_id, now=self.clock.time())
+
+        async def reboot_check() -> list[str]:
+            return mark_host_reboot(self.store, boot_id, now=self.clock.time())
+
+        marked = await self._stored(reboot_check)
         if marked:
             log.warning("host rebooted since last start; instances marked failed n=%d", len(marked))
 
@@ -240,47 +329,110 @@ class Agent:
             self.store, node_id=self.config.node_id, clock=self.clock, assign=worker.assign
         )
         self.manager = manager
-        reporter = StatusReporter(
+        self.reporter = StatusReporter(
             self._deliver, clock=self.clock, on_pending=lambda _: self._changed()
         )
-        self.reporter = reporter
-
-        await executor.start()
-        await worker.init()
+        await executor.start(supervise=self.supervisor.start)
+        if self.store.get_meta(ADOPT_PENDING):
+            await self._adopt(executor, manager)
+        await self._stored(worker.init)
         worker.listen(self._on_status)
         worker.listen(manager.on_status)
-        await manager.start()
+        await self._stored(manager.start)
         self._desired = dict(manager.desired)  # incremental messages apply on top of this
         self._init_done = True
-        reporter.start()
         self._changed()
 
-        loops = [
-            asyncio.create_task(self._session_loop(session), name="session"),
-            asyncio.create_task(self._resync_loop(executor, worker), name="resync"),
-        ]
-        for t in loops:
-            t.add_done_callback(self._loop_ended)
-        try:
-            await stop.wait()
-        finally:
-            log.info("stopping; containers keep running")
-            for t in loops:
-                t.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            await manager.close()
-            await worker.close()
-            await reporter.close()
-            await session.close()
-            await executor.close()
-
-    def _loop_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        log.error("agent loop ended loop=%s err=%r", task.get_name(), exc, exc_info=exc)
-        self._loops_alive = False
+    async def _adopt(self, executor: Executor, manager: LocalManager) -> None:
+        """Record the runtime's containers in a new store, retrying until the runtime answers."""
+        self._starting_reason = "adopting the runtime's containers into a new store"
         self._changed()
+        retry = Retry(RUNTIME_RETRY, clock=self.clock)
+        while True:
+            try:
+                containers = await executor.list_containers()
+                break
+            except asyncio.CancelledError:
+                raise
+            except TemporaryError:
+                self._set_runtime_up(False, "container runtime does not answer")
+                await retry.wait()
+            except Exception as err:
+                self._set_runtime_up(False, f"container runtime error: {describe_error(err)}")
+                await retry.wait()
+        self._set_runtime_up(True, "ready")
+        why = self.store.get_meta(ADOPT_PENDING)
+        n = await self._stored(lambda: manager.adopt(containers))
+        if why == StoreOrigin.REBUILT.value:
+            log.warning(
+                "store rebuilt from the runtime's containers; history and restart counters "
+                "were lost adopted=%d",
+                n,
+            )
+        else:
+            log.info("new store: adopted the runtime's containers for this node adopted=%d", n)
+        self._starting_reason = "worker init is not done"
+
+    async def _stored(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a start-up step that writes the store, retrying while the store fails."""
+        while True:
+            try:
+                return await write()
+            except StoreError as err:
+                if self.store.failure is None:
+                    raise
+                log.warning("start-up waits for the store err=%s", describe_error(err))
+                await self._recovered()
+
+    async def _shutdown(self, executor: Executor, session: Session) -> None:
+        await self.supervisor.stop()
+        if self._store_watch is not None:
+            self._store_watch.cancel()
+            await asyncio.gather(self._store_watch, return_exceptions=True)
+        for step in (
+            self.manager.close if self.manager else None,
+            self.worker.close if self.worker else None,
+            self.reporter.close if self.reporter else None,
+            session.close,
+            executor.close,
+        ):
+            if step is None:
+                continue
+            try:
+                await step()
+            except Exception as err:  # stopping must never end in a traceback
+                log.warning("error while stopping err=%s", describe_error(err))
+
+    # ---------------------------------------------------------------------------- store
+
+    def _store_failed(self, reason: str) -> None:
+        """A store write failed: not ready until a probe writes again."""
+        self._changed()
+        if self._store_watch is None or self._store_watch.done():
+            with contextlib.suppress(RuntimeError):  # no loop: start-up retries by itself
+                self._store_watch = asyncio.get_running_loop().create_task(
+                    self._watch_store(), name="store-recovery"
+                )
+
+    async def _recovered(self) -> None:
+        """Wait until the store takes writes again."""
+        retry = Retry(STORE_RETRY, clock=self.clock)
+        while not self.store.recover():
+            self._changed()
+            await retry.wait()
+        self._changed()
+
+    async def _watch_store(self) -> None:
+        await self._recovered()
+        log.info("store recovered; writing what was queued")
+        if self.worker is not None:
+            self.worker.flush()
+        if self.manager is not None:
+            self.manager.retry_now()
+        if self._unstored_desired is not None:
+            desired, self._unstored_desired = self._unstored_desired, None
+            with contextlib.suppress(StoreError):
+                await self._apply(desired)
 
     # --------------------------------------------------------------------------- status
 
@@ -330,17 +482,20 @@ class Agent:
     # -------------------------------------------------------------------------- session
 
     async def _session_loop(self, session: Session) -> None:
-        assert self.manager is not None
         async for message in session.messages():
             if isinstance(message, DesiredTasks):
                 if message.full:
                     desired = {t.name: t for t in message.tasks}
+                    self._rejected.clear()
                 else:
                     desired = dict(self._desired)
                     for name in message.removed:
                         desired.pop(name, None)
                     desired.update((t.name, t) for t in message.tasks)
-                await self._apply(desired)
+                    self._rejected.difference_update(message.removed)
+                    self._rejected.difference_update(t.name for t in message.tasks)
+                self._keep_rejected(message.rejected, desired)
+                await self._apply_or_queue(desired)
             elif isinstance(message, DesiredInvalid):
                 self._desired_read = True
                 self._desired_valid = False
@@ -352,36 +507,73 @@ class Agent:
                 log.warning("keeping the last valid desired state running")
             elif isinstance(message, ManagerMessage):
                 self._availability = message.availability
+                if self.manager is not None:
+                    self.manager.pause(message.availability == "pause")
                 log.info("node availability availability=%s", message.availability)
             self._changed()
+
+    async def _apply_or_queue(self, desired: dict[str, DesiredTask]) -> None:
+        """Apply a desired set; if the store cannot take it, keep it for the store watcher."""
+        try:
+            await self._apply(desired)
+        except StoreError:
+            if self.store.failure is None:
+                raise
+            self._desired = dict(desired)
+            self._unstored_desired = dict(desired)
+            log.warning("desired state not stored yet; will apply it once the store works")
+
+    def _keep_rejected(
+        self, rejected: tuple[RejectedTask, ...], desired: dict[str, DesiredTask]
+    ) -> None:
+        """A task whose new value was rejected keeps its last valid spec; log and count it."""
+        for task in rejected:
+            self._rejected.add(task.name)
+            last = self._desired.get(task.name)
+            if last is not None:
+                desired[task.name] = last
+            for line in task.problems:
+                log.error("desired state rejected: %s", line)
+        if rejected:
+            self.metrics.desired_state_error()
+            self._desired_errors = bounded_errors(p for t in rejected for p in t.problems)
+            self._desired_errors_at = self.clock.time()
 
     async def _apply(self, desired: Mapping[str, DesiredTask]) -> None:
         assert self.manager is not None
         self._desired = dict(desired)
         await self.manager.set_desired(self._desired)
         self._desired_read = True
-        self._desired_valid = True
+        self._desired_valid = not self._rejected
         self._desired_applied_at = self.clock.time()
-        self._desired_errors, self._desired_errors_at = (), None
+        self._applied_count += 1
+        if not self._rejected:
+            self._desired_errors, self._desired_errors_at = (), None
         log.info("desired state applied tasks=%d", len(desired))
 
     # --------------------------------------------------------------------------- resync
 
-    async def _resync_loop(self, executor: Executor, worker: Worker) -> None:
-        failures = 0
+    async def _resync_loop(self, executor: Executor) -> None:
+        retry = Retry(Backoff(initial=0.5, cap=self.config.resync_interval), clock=self.clock)
         while True:
-            ok = await self._resync_once(executor, worker)
-            if ok:
-                failures = 0
-                await self.clock.sleep(self.config.resync_interval)
+            if await self._resync_once(executor):
+                retry.reset()
+                self._resync_now.clear()
+                delay = self.config.resync_interval
             else:
-                failures += 1
-                await self.clock.sleep(
-                    min(self.config.resync_interval, 0.5 * 2 ** min(failures, 6))
-                )
+                delay = retry.next_delay()
+            sleep = asyncio.ensure_future(self.clock.sleep(delay))
+            woken = asyncio.ensure_future(self._resync_now.wait())
+            try:
+                await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+                woken.cancel()
 
-    async def _resync_once(self, executor: Executor, worker: Worker) -> bool:
+    async def _resync_once(self, executor: Executor) -> bool:
+        assert self.worker is not None
         began = time.perf_counter()
+        applied_before = self._applied_count
         try:
             if not await executor.ping():
                 self._set_runtime_up(False, "container runtime does not answer")
@@ -397,15 +589,18 @@ class Agent:
             self._set_runtime_up(True, "ready")
             await executor.resync()
             known = self.store.task_ids()
-            removed = await executor.remove_orphans(known)
+            if self._orphans_allowed:
+                removed = await executor.remove_orphans(known)
+                if removed:
+                    log.info("orphans removed n=%d", len(removed))
+            elif applied_before > 0:
+                self._orphans_allowed = True  # the next pass may remove what is left over
             self._forget_unknown(known)
-            if removed:
-                log.info("orphans removed n=%d", len(removed))
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            log.warning("resync failed err=%r", str(err))
-            self._set_runtime_up(False, f"container runtime error: {err}")
+            log.warning("resync failed err=%s", describe_error(err))
+            self._set_runtime_up(False, f"container runtime error: {describe_error(err)}")
             return False
         finally:
             self._changed()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -24,7 +25,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,13 +32,15 @@ from typing import TYPE_CHECKING
 import yaml
 
 from reconciler import __version__
-from reconciler.errors import StateDirInUse, StoreError, UnknownTask
+from reconciler.errors import StoreError, UnknownTask
 from reconciler.model import spec_to_dict, status_to_dict
 from reconciler.snapshot import TaskView
 
 if TYPE_CHECKING:
     from reconciler.clock import Clock
-    from reconciler.store import Store
+    from reconciler.fleet.connect import NatsOptions
+    from reconciler.model import NodeDescription
+    from reconciler.store import Store, StoreOrigin
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -52,6 +54,10 @@ class UsageError(Exception):
 # ------------------------------------------------------------------------------- logging
 
 
+MAX_TRACEBACK = 8000
+"""The longest traceback a log line carries (its tail, where the error is)."""
+
+
 class KeyValueFormatter(logging.Formatter):
     """``ts=... level=... logger=... msg="..."`` on one line."""
 
@@ -62,8 +68,11 @@ class KeyValueFormatter(logging.Formatter):
             f"ts={ts.replace('+00:00', 'Z')} level={record.levelname.lower()} "
             f"logger={record.name} msg={json.dumps(msg)}"
         )
-        if record.exc_info and record.levelno >= logging.ERROR:
-            line += " exc=" + json.dumps(self.formatException(record.exc_info))
+        if record.exc_info:
+            exc = self.formatException(record.exc_info)
+            if len(exc) > MAX_TRACEBACK:  # a RecursionError's traceback is ~400 KB
+                exc = "..." + exc[-MAX_TRACEBACK:]
+            line += " exc=" + json.dumps(exc)
         return line
 
 
@@ -200,41 +209,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--tail", type=int, metavar="N")
     subs["logs"] = logs
+
+    manager = sub.add_parser("manager", help="fleet manager commands (NATS JetStream)")
+    manager_sub = manager.add_subparsers(dest="manager_command", required=True, metavar="COMMAND")
+    init = manager_sub.add_parser("init", parents=[common], help="create the fleet's buckets")
+    init.add_argument("--nats", metavar="URL", help="NATS server(s): nats://HOST:PORT[,...]")
+    init.add_argument("--creds", metavar="FILE", help="NATS credentials of a manager user")
+    init.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signs the servers' certs")
+    init.set_defaults(config_parser="manager init")
+    subs["manager init"] = init
     return parser, subs
 
 
 # ----------------------------------------------------------------------------------- run
 
 
-def load_node_id(state_dir: Path, explicit: str | None) -> str:
-    """The node id: the flag, else the one kept in the state dir, else a new one (kept)."""
-    if explicit:
-        return explicit
-    path = state_dir / "node-id"
-    try:
-        existing = path.read_text().strip()
-        if existing:
-            return existing
-    except FileNotFoundError:
-        pass
-    node_id = uuid.uuid4().hex[:16]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(node_id + "\n")
-    os.replace(tmp, path)
-    return node_id
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.clock import SystemClock
     from reconciler.desired import parse_duration
-    from reconciler.store import Store
+    from reconciler.desired.manager import check_records
+    from reconciler.statedir import StateDirLock, load_node_id, prepare_state_dir
+    from reconciler.store import open_store
 
-    if args.manager:
-        print(
-            "reconciler: fleet mode (--manager) is not available in this version; use --desired",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     desired = Path(args.desired) if args.desired else default_desired_dir()
     host, port = parse_listen(args.listen or "127.0.0.1:9469")
@@ -243,24 +239,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(f"--resync-interval: {err}") from err
     labels = parse_labels(args.node_label or [])
+    manager = fleet_options(args.manager, args.manager_creds, args.manager_tls_ca, "--manager")
 
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
-    # 1. the state-dir lock (RocksDB's LOCK): a second agent exits here, with code 1
+    prepare_state_dir(state_dir)
+    # 1. the state-dir lock: a second agent exits here, with code 1, before any store is
+    #    opened, moved aside or rebuilt
+    lock = StateDirLock(state_dir)
     try:
-        store = Store.open(state_dir)
-    except StateDirInUse as err:
-        print(f"reconciler: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+        lock.acquire()
+        opened = open_store(state_dir, verify=check_records)
     except StoreError as err:
         print(f"reconciler: {err}", file=sys.stderr)
+        lock.release()
         return EXIT_FAILURE
+    store = opened.store
     try:
         node_id = load_node_id(state_dir, args.node_id)
-        log.info("starting version=%s node_id=%s state_dir=%s", __version__, node_id, state_dir)
+        if manager is not None:
+            from reconciler.fleet.buckets import check_node_id
+
+            try:
+                check_node_id(node_id)
+            except ValueError as err:
+                raise UsageError(f"--node-id: {err}") from err
+        log.info(
+            "starting version=%s node_id=%s state_dir=%s store=%s",
+            __version__,
+            node_id,
+            state_dir,
+            opened.origin.value,
+        )
         return asyncio.run(
             _run_agent(
                 store=store,
+                store_origin=opened.origin,
                 state_dir=state_dir,
                 desired=desired,
                 listen=(host, port),
@@ -269,15 +281,34 @@ def cmd_run(args: argparse.Namespace) -> int:
                 resync=resync,
                 labels=labels,
                 clock=SystemClock(),
+                manager=manager,
             )
         )
     finally:
         store.close()
+        lock.release()
+
+
+def fleet_options(
+    servers: str | None, creds: str | None, tls_ca: str | None, flag: str
+) -> NatsOptions | None:
+    """NATS connection options from flags, checked now (a bad one is a usage error)."""
+    if not servers:
+        if creds or tls_ca:
+            raise UsageError(f"credentials and a TLS CA need {flag}")
+        return None
+    from reconciler.fleet.connect import ConfigError, checked_options
+
+    try:
+        return checked_options(servers, creds=creds, tls_ca=tls_ca)
+    except ConfigError as err:
+        raise UsageError(f"{flag}: {err}") from err
 
 
 async def _run_agent(
     *,
     store: Store,
+    store_origin: StoreOrigin,
     state_dir: Path,
     desired: Path,
     listen: tuple[str, int],
@@ -286,17 +317,19 @@ async def _run_agent(
     resync: float,
     labels: tuple[tuple[str, str], ...],
     clock: Clock,
+    manager: NatsOptions | None = None,
 ) -> int:
     from reconciler import http
     from reconciler.agent import Agent, AgentConfig
-    from reconciler.sessions.files import FileSession
-    from runtime.podman.discovery import find_podman
+    from reconciler.session import Session
+    from runtime.podman.discovery import find_podman, rediscovery
     from runtime.podman.executor import PodmanExecutor
 
     agent = Agent(
         config=AgentConfig(node_id=node_id, resync_interval=resync, labels=labels),
         store=store,
         clock=clock,
+        store_origin=store_origin,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -311,17 +344,50 @@ async def _run_agent(
         print(f"reconciler: cannot listen on {listen[0]}:{listen[1]}: {err}", file=sys.stderr)
         return EXIT_FAILURE
     log.info("listening addr=%s:%d", *listen)
+
+    async def serve_http() -> None:
+        """The supervised HTTP loop: serve; if the server fails, bind again."""
+        nonlocal server
+        if not server.is_serving():
+            server.close()
+            server = await http.serve(
+                *listen, snapshot=agent.snapshot, metrics=agent.metrics, changes=agent.changes
+            )
+        await server.serve_forever()
+
     # 3. podman (never fatal: the agent retries and /readyz says why)
     url, service = await asyncio.to_thread(find_podman, podman_url, state_dir)
     executor = PodmanExecutor(
-        url=url, node_id=node_id, clock=clock, observer=agent, agent_version=__version__
+        url=url,
+        node_id=node_id,
+        clock=clock,
+        observer=agent,
+        agent_version=__version__,
+        discover=rediscovery(podman_url, state_dir),
     )
-    session = FileSession(desired)
+    session: Session
+    if manager is not None:
+        from reconciler.fleet.connect import redact
+        from reconciler.sessions.nats import NatsSession
+
+        def describe() -> tuple[NodeDescription | None, bool]:
+            snap = agent.snapshot()
+            return snap.node, snap.ready
+
+        session = NatsSession(
+            node_id=node_id, options=manager, clock=clock, describe=describe, labels=labels
+        )
+        log.info("fleet mode managers=%s", ",".join(redact(u) for u in manager.servers))
+    else:
+        from reconciler.sessions.files import FileSession
+
+        session = FileSession(desired)
     try:
-        await agent.run(executor, session, stop)
+        await agent.run(executor, session, stop, loops={"http": serve_http})
     finally:
         server.close()
-        await server.wait_closed()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
         if service is not None:
             await asyncio.to_thread(service.stop)
     log.info("stopped")
@@ -532,6 +598,39 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------- manager
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    """``reconciler manager init``: the other manager commands come with the manager."""
+    if not args.nats:
+        raise UsageError("--nats URL is required")
+    options = fleet_options(args.nats, args.creds, args.tls_ca, "--nats")
+    assert options is not None
+    return asyncio.run(_manager_init(options))
+
+
+async def _manager_init(options: NatsOptions) -> int:
+    from reconciler.fleet.buckets import default_replicas, init_buckets
+    from reconciler.fleet.connect import connect_first
+
+    try:
+        nc, _ = await connect_first(options, options.servers)
+    except ConnectionError as err:
+        print(f"reconciler: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        results = await init_buckets(nc.jetstream(), replicas=default_replicas(nc))
+    except Exception as err:
+        print(f"reconciler: creating the buckets failed: {str(err) or type(err)}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await nc.close()
+    for bucket, result in results:
+        print(f"{result.value} {bucket}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------- main
 
 COMMANDS = {
@@ -541,6 +640,7 @@ COMMANDS = {
     "ps": cmd_ps,
     "inspect": cmd_inspect,
     "logs": cmd_logs,
+    "manager": cmd_manager,
 }
 
 
@@ -548,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, subs = build_parser()
     args = parser.parse_args(argv)
     try:
-        apply_config(args, subs[args.command])
+        apply_config(args, subs[getattr(args, "config_parser", args.command)])
         setup_logging(args.log_level or "info")
         return COMMANDS[args.command](args)
     except UsageError as err:

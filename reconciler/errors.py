@@ -12,6 +12,11 @@ so the core never needs to know what podman's errors look like.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.model import TaskStatus
+
 
 class ReconcilerError(Exception):
     """Base class for errors raised by reconciler itself."""
@@ -30,7 +35,7 @@ class TaskRetry(ReconcilerError):
     ``status`` is the status to record meanwhile (same state, message saying why).
     """
 
-    def __init__(self, status: object) -> None:
+    def __init__(self, status: TaskStatus) -> None:
         super().__init__("retry")
         self.status = status
 
@@ -90,3 +95,13 @@ class StoreVersionError(StoreError):
 
 class UnknownTask(StoreError):
     """The store holds no task with that id."""
+
+
+class StoreCorrupt(StoreError):
+    """RocksDB reports corruption or missing files (``CURRENT``, ``MANIFEST``, an SST), or a
+    stored row does not decode. A lock or an I/O error is not corruption."""
+
+
+class StoreWriteError(StoreError):
+    """A write failed (a full disk, an I/O error); nothing of it was stored. The caller keeps
+    what it meant to write and retries once ``Store.recover()`` succeeds."""

@@ -11,7 +11,7 @@ thread pool, and a cancelled call lets its thread finish before re-raising ``Can
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +25,22 @@ class ContainerStatus:
     container_id: str | None = None
     pid: int | None = None
     exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeContainer:
+    """One of this node's containers as the runtime lists it, for adoption after a store was
+    created or rebuilt. ``spec_hash`` is None for a container made by an agent that did not
+    label it."""
+
+    task_id: str
+    name: str  # the task name
+    container_id: str
+    spec_hash: str | None
+    running: bool
+    started: bool  # it has run at some point (created-only containers have not)
+    exit_code: int | None
+    created: float  # wall-clock seconds; the newest container of a name wins
 
 
 class Controller(Protocol):
@@ -73,6 +89,11 @@ class Controller(Protocol):
         ...
 
 
+Supervise = Callable[[str, Callable[[], Awaitable[None]]], None]
+"""Hands a named long-running coroutine to a supervisor (``reconciler.supervisor``), which
+restarts it after an unexpected error."""
+
+
 class Executor(Protocol):
     """Makes controllers and describes the node."""
 
@@ -84,8 +105,11 @@ class Executor(Protocol):
         """A controller for the task. Raises ``PermanentError`` if the spec cannot be run."""
         ...
 
-    async def start(self) -> None:
-        """Begin watching the runtime (events, connection). Never fails if it is down."""
+    async def start(self, *, supervise: Supervise | None = None) -> None:
+        """Begin watching the runtime (events, connection). Never fails if it is down.
+
+        With ``supervise``, the runtime hands its long-running loops (the event stream, as
+        ``events``) to it instead of running them itself."""
         ...
 
     async def close(self) -> None:
@@ -100,6 +124,13 @@ class Executor(Protocol):
         """Relist the node's containers once and feed what is true to the controllers, so
         that anything the event stream missed is noticed. Raises ``TemporaryError`` if the
         runtime does not answer."""
+        ...
+
+    async def list_containers(self) -> list[RuntimeContainer]:
+        """This node's labelled containers, running or not, in one listing.
+
+        Containers without reconciler's labels, or labelled for another node, are left out.
+        Raises ``TemporaryError`` if the runtime does not answer."""
         ...
 
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:

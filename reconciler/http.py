@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from reconciler.metrics import Metrics, readiness
+from reconciler.metrics import Metrics
 from reconciler.snapshot import Changes, Snapshot
 from reconciler.web import sse
 from reconciler.web.agent_page import CONTENT_SECURITY_POLICY, AgentPage
@@ -236,12 +236,13 @@ class _App:
         return 200, METRICS_CONTENT_TYPE, self._metrics.render()
 
     def _get_healthz(self, _: _Request) -> _Response:
-        if self._snapshot().loops_alive:
+        alive, why = self._snapshot().health()
+        if alive:
             return 200, _TEXT, b"ok"
-        return 503, _TEXT, b"agent loops are not alive"
+        return 503, _TEXT, why.encode()
 
     def _get_readyz(self, _: _Request) -> _Response:
-        ready, reason = readiness(self._snapshot())
+        ready, reason = self._snapshot().readiness()
         if ready:
             return 200, _TEXT, b"ready"
         return 503, _TEXT, reason.encode()
@@ -285,6 +286,13 @@ class Server:
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         return self._server.sockets
+
+    def is_serving(self) -> bool:
+        return self._server.is_serving()
+
+    async def serve_forever(self) -> None:
+        """Accept connections until ``close()``; as ``asyncio.Server.serve_forever``."""
+        await self._server.serve_forever()
 
     def close(self) -> None:
         self._server.close()

@@ -36,15 +36,16 @@ from reconciler import __version__
 from reconciler.executor import DRIFT_KINDS, RUNTIME_OPS
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot
+from reconciler.supervisor import LOOPS
 
 __all__ = [
     "CONTENT_TYPE",
     "DRIFT_KINDS",
+    "LOOPS",
     "RECONCILE_BUCKETS",
     "RUNTIME_OPS",
     "START_BUCKETS",
     "Metrics",
-    "readiness",
 ]
 
 #: The exposition format ``render()`` produces (the classic Prometheus text format).
@@ -58,28 +59,6 @@ START_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 1
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _STATE_LABELS: Final = tuple(s.label for s in TaskState)
-
-
-def readiness(snapshot: Snapshot) -> tuple[bool, str]:
-    """Whether the node is ready, and if not why: the one rule behind node_ready and /readyz.
-
-    The agent computes ``snapshot.ready``; this also refuses readiness when a component the
-    contract names (store, loops, runtime, Init, first desired read) is reported unhealthy, so
-    ``reconciler_node_ready`` and ``/readyz`` can never claim more than the parts say.
-    """
-    if not snapshot.ready:
-        return False, snapshot.ready_reason or "not ready"
-    if not snapshot.loops_alive:
-        return False, "agent loops are not alive"
-    if not snapshot.store_open:
-        return False, "store is not open"
-    if not snapshot.init_done:
-        return False, "worker init is not done"
-    if not snapshot.runtime_up:
-        return False, "container runtime does not answer"
-    if not snapshot.desired_read:
-        return False, "desired state has not been read yet"
-    return True, "ready"
 
 
 class _SnapshotCollector(Collector):
@@ -151,7 +130,7 @@ def render_snapshot(s: Snapshot) -> str:
 
 def _node_families(s: Snapshot, counts: dict[str, int]) -> list[Metric]:
     """The node-level state families; ``counts`` is current instances per state label."""
-    ready, _ = readiness(s)
+    ready = s.ready
     out: list[Metric] = []
 
     build = GaugeMetricFamily(
@@ -348,12 +327,27 @@ class Metrics:
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        self._loop_restarts = Counter(
+            "reconciler_loop_restarts",
+            "Restarts of an agent loop after an unexpected error, by loop.",
+            ["loop"],
+            registry=self.registry,
+        )
+        for loop in LOOPS:
+            self._loop_restarts.labels(loop)
+        self._store_rebuilds = Counter(
+            "reconciler_store_rebuilds",
+            "Corrupt stores moved aside and rebuilt from the runtime's containers.",
+            registry=self.registry,
+        )
         self._event_metrics: tuple[Counter | Histogram, ...] = (
             self._drift,
             self._runtime_errors,
             self._desired_errors,
             self._task_start,
             self._reconcile,
+            self._loop_restarts,
+            self._store_rebuilds,
         )
 
     # ------------------------------------------------------------------ RuntimeObserver
@@ -380,6 +374,18 @@ class Metrics:
     def desired_state_error(self) -> None:
         """Count one rejected reload of the desired state."""
         self._desired_errors.inc()
+        self._bump()
+
+    def loop_restarted(self, loop: str) -> None:
+        """Count one restart of a supervised loop. Raises ``ValueError`` for an unknown loop."""
+        if loop not in LOOPS:
+            raise ValueError(f"unknown loop {loop!r}; expected one of {LOOPS}")
+        self._loop_restarts.labels(loop).inc()
+        self._bump()
+
+    def store_rebuilt(self) -> None:
+        """Count one corrupt store moved aside and rebuilt."""
+        self._store_rebuilds.inc()
         self._bump()
 
     def observe_task_start(self, seconds: float) -> None:

@@ -15,6 +15,8 @@ integer bytes in that form; parsing human units ("10s", "64Mi") is the job of
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,6 +56,35 @@ class TaskState(enum.IntEnum):
 # --------------------------------------------------------------------------------------- spec
 
 
+class MountType(enum.StrEnum):
+    BIND = "bind"
+    VOLUME = "volume"
+    TMPFS = "tmpfs"
+
+
+class RestartCondition(enum.StrEnum):
+    ANY = "any"
+    ON_FAILURE = "on-failure"
+    NONE = "none"
+
+
+class PullPolicy(enum.StrEnum):
+    MISSING = "missing"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class NetworkMode(enum.StrEnum):
+    BRIDGE = "bridge"
+    HOST = "host"
+    NONE = "none"
+
+
+class Protocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     cpus: float | None = None
@@ -64,13 +95,13 @@ class Resources:
 class PortMapping:
     host_port: int
     container_port: int
-    protocol: str = "tcp"
+    protocol: Protocol = Protocol.TCP
     host_ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Mount:
-    type: str  # bind | volume | tmpfs
+    type: MountType
     target: str
     source: str = ""
     read_only: bool = False
@@ -84,7 +115,7 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class RestartPolicy:
-    condition: str = "any"  # any | on-failure | none
+    condition: RestartCondition = RestartCondition.ANY
     delay: float = 5.0
     max_delay: float = 300.0
     max_attempts: int = 0
@@ -117,7 +148,7 @@ class TaskSpec:
     resources: Resources = field(default_factory=Resources)
     ports: tuple[PortMapping, ...] = ()
     mounts: tuple[Mount, ...] = ()
-    network: str = "bridge"
+    network: NetworkMode = NetworkMode.BRIDGE
     user: str | None = None
     workdir: str | None = None
     devices: tuple[Device, ...] = ()
@@ -125,7 +156,7 @@ class TaskSpec:
     cap_drop: tuple[str, ...] = ()
     stop_signal: str | None = None
     stop_grace_period: float = 10.0
-    pull: str = "missing"  # missing | always | never
+    pull: PullPolicy = PullPolicy.MISSING
     log_max_size: int = 10 * 1024 * 1024
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     healthcheck: HealthCheck | None = None
@@ -153,6 +184,7 @@ class TaskStatus:
     container_id: str | None = None
     pid: int | None = None
     exit_code: int | None = None
+    update_failed: bool = False  # the runtime could not apply the last update in place
 
     def with_timestamp(self, timestamp: float) -> TaskStatus:
         """A copy with another timestamp (hot path: cheaper than ``dataclasses.replace``)."""
@@ -164,6 +196,7 @@ class TaskStatus:
             self.container_id,
             self.pid,
             self.exit_code,
+            self.update_failed,
         )
 
     def same_as(self, other: TaskStatus) -> bool:
@@ -175,6 +208,7 @@ class TaskStatus:
             and self.container_id == other.container_id
             and self.pid == other.pid
             and self.exit_code == other.exit_code
+            and self.update_failed == other.update_failed
         )
 
 
@@ -291,6 +325,21 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     )
 
 
+IN_PLACE_FIELDS = frozenset({"resources"})
+"""Spec fields a change of which updates the running instance instead of replacing it."""
+
+
+def spec_hash(spec: TaskSpec) -> str:
+    """A short, stable hash of the fields whose change forces a replacement.
+
+    It is put on every container as a label, so that a container can be matched to its desired
+    spec without the store (after a store rebuild). Fields updated in place are left out.
+    """
+    d = {k: v for k, v in spec_to_dict(spec).items() if k not in IN_PLACE_FIELDS}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
     res = d.get("resources", {})
     hc = d.get("healthcheck")
@@ -305,9 +354,9 @@ def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
         env=tuple((k, v) for k, v in d.get("env", ())),
         labels=tuple((k, v) for k, v in d.get("labels", ())),
         resources=Resources(cpus=res.get("cpus"), memory=res.get("memory")),
-        ports=tuple(PortMapping(h, c, p, ip) for h, c, p, ip in d.get("ports", ())),
-        mounts=tuple(Mount(t, tg, s, ro) for t, tg, s, ro in d.get("mounts", ())),
-        network=d.get("network", "bridge"),
+        ports=tuple(PortMapping(h, c, Protocol(p), ip) for h, c, p, ip in d.get("ports", ())),
+        mounts=tuple(Mount(MountType(t), tg, s, ro) for t, tg, s, ro in d.get("mounts", ())),
+        network=NetworkMode(d.get("network", "bridge")),
         user=d.get("user"),
         workdir=d.get("workdir"),
         devices=tuple(Device(h, c) for h, c in d.get("devices", ())),
@@ -315,9 +364,11 @@ def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
         cap_drop=tuple(d.get("capDrop", ())),
         stop_signal=d.get("stopSignal"),
         stop_grace_period=d.get("stopGracePeriod", 10.0),
-        pull=d.get("pull", "missing"),
+        pull=PullPolicy(d.get("pull", "missing")),
         log_max_size=d.get("logMaxSize", 10 * 1024 * 1024),
-        restart=RestartPolicy(*r) if r is not None else RestartPolicy(),
+        restart=(
+            RestartPolicy(RestartCondition(r[0]), *r[1:]) if r is not None else RestartPolicy()
+        ),
         healthcheck=(
             HealthCheck(tuple(hc[0]), hc[1], hc[2], hc[3], hc[4]) if hc is not None else None
         ),
@@ -334,6 +385,7 @@ def status_to_dict(status: TaskStatus) -> dict[str, Any]:
             "containerId": status.container_id,
             "pid": status.pid,
             "exitCode": status.exit_code,
+            "updateFailed": True if status.update_failed else None,
         }
     )
 
@@ -347,6 +399,7 @@ def status_from_dict(d: dict[str, Any]) -> TaskStatus:
         container_id=d.get("containerId"),
         pid=d.get("pid"),
         exit_code=d.get("exitCode"),
+        update_failed=bool(d.get("updateFailed", False)),
     )
 
 

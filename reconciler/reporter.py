@@ -73,8 +73,9 @@ class StatusReporter:
                 del table[task_id]
 
     def start(self) -> None:
+        """Run the delivery loop in a task of its own (``close()`` stops it)."""
         if self._loop is None:
-            self._loop = asyncio.create_task(self._run(), name="status-reporter")
+            self._loop = asyncio.create_task(self.run(), name="status-reporter")
 
     async def close(self) -> None:
         if self._loop is not None:
@@ -83,7 +84,8 @@ class StatusReporter:
                 await self._loop
             self._loop = None
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The delivery loop; runs until cancelled. May be started again after it failed."""
         attempt = 0
         while True:
             if not self._pending:

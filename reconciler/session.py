@@ -9,6 +9,10 @@ The first ``DesiredTasks`` message after every (re)connect is full: it lists eve
 node should run, so the receiver can drop what is no longer listed. Later ones may be
 incremental. Both kinds carry named task specs; turning names into task instances (ids, restart
 policy, history) is the local manager's job, the same for every session.
+
+A session that judges each task on its own (the fleet's, one key per task) rejects a bad task
+alone: it is listed in ``DesiredTasks.rejected``, and the receiver keeps the last valid spec it
+has for that name. ``ConnectionChanged`` tells the receiver when the manager is reached or lost.
 """
 
 from __future__ import annotations
@@ -33,16 +37,26 @@ class DesiredTask:
 
 
 @dataclass(frozen=True, slots=True)
+class RejectedTask:
+    """A named task whose new value is invalid; the receiver keeps its last valid spec."""
+
+    name: str
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredTasks:
     """A change to the node's desired tasks.
 
     ``full``: ``tasks`` is the whole desired set. Otherwise ``tasks`` are upserts and
-    ``removed`` names are deleted.
+    ``removed`` names are deleted. ``rejected`` names had an invalid value: in a full message
+    they are every name currently invalid, otherwise the names this change made invalid.
     """
 
     tasks: tuple[DesiredTask, ...]
     full: bool
     removed: tuple[str, ...] = ()
+    rejected: tuple[RejectedTask, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +73,14 @@ class ManagerMessage:
     availability: str = "active"
 
 
-SessionMessage = DesiredTasks | DesiredInvalid | ManagerMessage
+@dataclass(frozen=True, slots=True)
+class ConnectionChanged:
+    """The session reached its manager (``connected``) or lost it; ``Session.connected`` too."""
+
+    connected: bool
+
+
+SessionMessage = DesiredTasks | DesiredInvalid | ManagerMessage | ConnectionChanged
 
 
 @dataclass(frozen=True, slots=True)

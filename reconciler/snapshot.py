@@ -70,13 +70,14 @@ class Snapshot:
     node_id: str = ""
     node: NodeDescription | None = None
     labels: tuple[tuple[str, str], ...] = ()
-    # readiness: ready is True only when every component is healthy; reason says what is not
-    ready: bool = False
-    ready_reason: str = "starting"
+    # readiness comes from these components, by ``readiness()`` alone
     store_open: bool = False
     init_done: bool = False
+    starting_reason: str = "worker init is not done"  # what init waits for, until it is done
     runtime_up: bool = False
-    loops_alive: bool = True
+    runtime_reason: str = "container runtime does not answer"  # why it is down, while it is
+    loops_down: tuple[tuple[str, str], ...] = ()  # (loop, why) for each loop being restarted
+    store_failure: str | None = None  # why the last store write failed, until it works again
     desired_read: bool = False
     desired_valid: bool = False
     desired_applied_at: float | None = None
@@ -94,6 +95,45 @@ class Snapshot:
 
     def current(self) -> tuple[TaskView, ...]:
         return tuple(t for t in self.tasks if t.current)
+
+    @property
+    def loops_alive(self) -> bool:
+        return not self.loops_down
+
+    def health(self) -> tuple[bool, str]:
+        """Whether every loop is alive (``/healthz``), and if not which one is down and why."""
+        if self.loops_down:
+            loop, why = self.loops_down[0]
+            return False, f"agent loop {loop} is down: {why}"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the node is ready, and if not why: the one rule behind
+        ``reconciler_node_ready``, ``/readyz`` and the node's heartbeat."""
+        alive, why = self.health()
+        if not alive:
+            return False, why
+        if not self.store_open:
+            return False, "store is not open"
+        if self.store_failure is not None:
+            return False, f"store write failed, retrying: {self.store_failure}"
+        if not self.runtime_up:
+            return False, self.runtime_reason
+        if not self.init_done:
+            return False, self.starting_reason
+        if self.node is None:
+            return False, "node description not read from the runtime yet"
+        if not self.desired_read:
+            return False, "desired state has not been read yet"
+        return True, "ready"
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness()[0]
+
+    @property
+    def ready_reason(self) -> str:
+        return self.readiness()[1]
 
 
 def bounded_errors(lines: Iterable[str]) -> tuple[str, ...]:

@@ -15,20 +15,40 @@ WAL; status writes are not synced (the WAL still survives a kill -9 of the proce
 fsync per status would cap throughput at a few thousand per second). Write buffers and the
 block cache are sized for an edge host rather than RocksDB's server defaults.
 
-One process owns a store: RocksDB's LOCK file makes a second read-write open fail, which is
-reported as ``StateDirInUse``. ``ps``/``inspect`` open it read-only, which takes no lock.
+One process owns a store: the agent holds ``reconciler.statedir.StateDirLock`` before it opens
+one, and RocksDB's LOCK file makes a second read-write open fail too (``StateDirInUse``).
+``ps``/``inspect`` open it read-only, which takes no lock.
 
 The store holds a format version. Opening an older store migrates it in place after copying it
 aside; a store newer than this agent is refused.
+
+**Never silently re-created** (``open_store``). A store is created only where ``tasks.db`` does
+not exist; an existing one is opened without RocksDB's ``create_if_missing`` (which would write
+a fresh, empty ``CURRENT`` over a lost one and make every running container look like an
+orphan). Opening walks and decodes every row. A store that RocksDB reports corrupt or missing
+files for, or with a row that does not decode, is moved aside to
+``tasks.db.corrupt-<UTC timestamp>`` and a new one is created, marked ``adopt-pending``: the
+agent then rebuilds it from the containers the runtime holds for this node. A lock or I/O error
+is never taken for corruption.
+
+**Failed writes** (a full disk) raise ``StoreWriteError`` and leave the store ``failed`` with the
+reason. RocksDB keeps refusing writes after such an error ("Writer has previous error"), even
+once space returns; ``recover()`` probes with a small synced write and, if the handle is stuck,
+closes and reopens the database in place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import enum
 import json
+import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +63,14 @@ from rocksdict import (
     WriteOptions,
 )
 
-from reconciler.errors import StateDirInUse, StoreError, StoreVersionError, UnknownTask
+from reconciler.errors import (
+    StateDirInUse,
+    StoreCorrupt,
+    StoreError,
+    StoreVersionError,
+    StoreWriteError,
+    UnknownTask,
+)
 from reconciler.model import (
     Task,
     TaskState,
@@ -52,6 +79,8 @@ from reconciler.model import (
     task_to_dict,
 )
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 
 _TASK = b"t/"
@@ -59,6 +88,10 @@ _STATUS = b"s/"
 _ASSIGNED = b"a/"
 _META = b"m/"
 _FORMAT_KEY = _META + b"format"
+_PROBE_KEY = _META + b"probe"
+ADOPT_PENDING = "adopt-pending"
+"""Metadata key set on a store that was just created or rebuilt: the agent must adopt the
+runtime's containers before anything else (its value says why: "created" or "rebuilt")."""
 
 # Migrations from version N to N+1. Each takes the open database; the store is copied aside
 # before the first one runs. Version 0 is a store written before the format key existed.
@@ -82,23 +115,27 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _status_bytes(status: TaskStatus) -> bytes:
-    """A status as a compact JSON row: statuses are the hot write path (several per task)."""
-    return _encode(
-        [
-            int(status.state),
-            status.timestamp,
-            status.message,
-            status.err,
-            status.container_id,
-            status.pid,
-            status.exit_code,
-        ]
-    ).encode()
+    """A status as a compact JSON row: statuses are the hot write path (several per task).
+    The update-failed flag is appended only when set, so most rows keep seven fields."""
+    row = [
+        int(status.state),
+        status.timestamp,
+        status.message,
+        status.err,
+        status.container_id,
+        status.pid,
+        status.exit_code,
+    ]
+    if status.update_failed:
+        row.append(True)
+    return _encode(row).encode()
 
 
 def _status_from(raw: bytes) -> TaskStatus:
-    state, ts, message, err, container_id, pid, exit_code = json.loads(raw)
-    return TaskStatus(TaskState(state), ts, message, err, container_id, pid, exit_code)
+    state, ts, message, err, container_id, pid, exit_code, *flags = json.loads(raw)
+    return TaskStatus(
+        TaskState(state), ts, message, err, container_id, pid, exit_code, bool(flags and flags[0])
+    )
 
 
 def _options(read_only: bool) -> Options:
@@ -125,64 +162,132 @@ def _is_lock_error(err: Exception) -> bool:
     return "lock" in text and ("resource temporarily unavailable" in text or "lock hold" in text)
 
 
+def _is_corruption(err: Exception) -> bool:
+    """RocksDB's own word for it, or a file it needs that is gone (CURRENT, MANIFEST, an SST)."""
+    text = str(err)
+    return (
+        text.startswith("Corruption")
+        or "does not exist (create_if_missing is false)" in text
+        or ("No such file or directory" in text and "IO error" in text)
+    )
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 class Store:
     """Tasks, statuses, assigned flags and metadata of one agent."""
 
     def __init__(self, db: Rdict, path: Path, *, read_only: bool) -> None:
-        self._db = db
+        self._db: Rdict | None = db
         self.path = path
         self.read_only = read_only
         self._sync = WriteOptions()
         self._sync.sync = True
         self._nosync = WriteOptions()
         self._nosync.sync = False
-        self._ids: set[str] = {k[len(_TASK) :].decode() for k in self._keys(_TASK)}
+        self._ids: set[str] = set()
         self._closed = False
+        self.failure: str | None = None
+        """Why the last write failed, until ``recover()`` succeeds; None while healthy."""
+        self._failure_listeners: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------------ open / close
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, read_only: bool = False) -> Store:
-        """Open (creating if needed) the store of ``state_dir``.
+        """Open the store of ``state_dir``, creating it only where ``tasks.db`` does not exist.
 
-        Raises ``StateDirInUse`` if another process has it open for writing,
-        ``StoreVersionError`` if a newer agent wrote it, ``StoreError`` otherwise.
+        Every row is decoded on the way in. Raises ``StateDirInUse`` if another process has it
+        open for writing, ``StoreCorrupt`` if RocksDB reports corruption or missing files or
+        a row does not decode, ``StoreVersionError`` if a newer agent wrote it, and
+        ``StoreError`` for anything else (a missing read-only store, an I/O error).
         """
         path = db_path(state_dir)
+        create = False
         if read_only:
-            if not (path / "CURRENT").exists():
+            if not path.exists():
                 raise StoreError(f"no store at {path}")
             access = AccessType.read_only()
         else:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            create = not path.exists()
             access = AccessType.read_write()
-        try:
-            db = Rdict(str(path), options=_options(read_only), access_type=access)
-        except Exception as err:
-            if _is_lock_error(err):
-                raise StateDirInUse(
-                    f"state dir {Path(state_dir)} is in use by another reconciler process"
-                ) from err
-            raise StoreError(f"cannot open store {path}: {err}") from err
+        db = cls._open_db(path, access, create=create, state_dir=Path(state_dir))
         store = cls(db, path, read_only=read_only)
         try:
+            store._load_ids()
             store._check_format()
+            store._verify_rows()
         except BaseException:
             store.close()
             raise
         return store
 
+    @staticmethod
+    def _open_db(path: Path, access: AccessType, *, create: bool, state_dir: Path) -> Rdict:
+        try:
+            return Rdict(str(path), options=_options(not create), access_type=access)
+        except Exception as err:
+            if _is_lock_error(err):
+                raise StateDirInUse(
+                    f"state dir {state_dir} is in use by another reconciler process"
+                ) from err
+            if _is_corruption(err):
+                raise StoreCorrupt(f"store {path} is corrupt: {_short(err)}") from err
+            raise StoreError(f"cannot open store {path}: {_short(err)}") from err
+
+    def _load_ids(self) -> None:
+        try:
+            self._ids = {k[len(_TASK) :].decode() for k in self._keys(_TASK)}
+        except UnicodeDecodeError as err:
+            raise StoreCorrupt(f"store {self.path} has an undecodable task key") from err
+        except Exception as err:
+            if _is_corruption(err):
+                raise StoreCorrupt(f"store {self.path} is corrupt: {_short(err)}") from err
+            raise StoreError(f"cannot read store {self.path}: {_short(err)}") from err
+
+    def _verify_rows(self) -> None:
+        """Decode every row once, so that damage is found at open, not mid-run."""
+        try:
+            for key, raw in self._items(b""):
+                if key.startswith("t/"):
+                    task_from_dict(_loads(raw))
+                elif key.startswith("s/"):
+                    _status_from(raw)
+                elif key.startswith("m/"):
+                    _loads(raw)
+        except StoreError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as err:
+            raise StoreCorrupt(f"store {self.path} has a row that does not decode: {err}") from err
+        except Exception as err:
+            if _is_corruption(err):
+                raise StoreCorrupt(f"store {self.path} is corrupt: {_short(err)}") from err
+            raise StoreError(f"cannot read store {self.path}: {_short(err)}") from err
+
     def _check_format(self) -> None:
-        raw = self._db.get(_FORMAT_KEY)
+        raw = self._handle().get(_FORMAT_KEY)
         if raw is None:
             empty = not any(True for _ in self._keys(b""))
             if empty:
                 if not self.read_only:
-                    self._db.put(_FORMAT_KEY, _dumps(FORMAT_VERSION), self._sync)
+                    # A new store: its format and the duty to adopt what the runtime already
+                    # runs are written together, so no crash can leave a new store that looks
+                    # like an established one.
+                    batch = WriteBatch(raw_mode=True)
+                    batch.put(_FORMAT_KEY, _dumps(FORMAT_VERSION))
+                    batch.put(_META + ADOPT_PENDING.encode(), _dumps("created"))
+                    self._write(batch, self._sync)
                 return
             version = 0
         else:
-            version = int(_loads(raw))
+            try:
+                version = int(_loads(raw))
+            except (ValueError, TypeError) as err:
+                raise StoreCorrupt(f"store {self.path} has an unreadable format version") from err
         if version > FORMAT_VERSION:
             raise StoreVersionError(
                 f"store {self.path} has format version {version}, newer than this agent "
@@ -198,29 +303,106 @@ class Store:
             self._migrate(version)
 
     def _migrate(self, version: int) -> None:
-        self._db.flush()
+        db = self._handle()
+        db.flush()
         backup = self.path.with_name(f"{self.path.name}.v{version}.{int(time.time())}.bak")
         shutil.copytree(self.path, backup, ignore=shutil.ignore_patterns("LOCK"))
         while version < FORMAT_VERSION:
-            MIGRATIONS[version](self._db)
+            MIGRATIONS[version](db)
             version += 1
-            self._db.put(_FORMAT_KEY, _dumps(version), self._sync)
+            self._write_put(_FORMAT_KEY, _dumps(version))
 
     def close(self) -> None:
-        """Close the store. Idempotent."""
+        """Close the store. Idempotent, and never raises (a handle stuck after a failed write
+        complains when closed; there is nothing left to lose by then)."""
         if not self._closed:
             self._closed = True
-            self._db.close()
+            db, self._db = self._db, None
+            if db is not None:
+                with contextlib.suppress(Exception):
+                    db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def format_version(self) -> int:
-        raw = self._db.get(_FORMAT_KEY)
+        raw = self._handle().get(_FORMAT_KEY)
         return int(_loads(raw)) if raw is not None else 0
+
+    def _handle(self) -> Rdict:
+        db = self._db
+        if db is None:
+            raise StoreError(
+                f"store {self.path} is not open"
+                + (f" (last write failed: {self.failure})" if self.failure else "")
+            )
+        return db
+
+    # ------------------------------------------------------------------ failure / recovery
+
+    def add_failure_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` whenever a write fails."""
+        self._failure_listeners.append(listener)
+
+    def _write(self, batch: WriteBatch, opts: WriteOptions) -> None:
+        """Write one batch; a failure marks the store failed and raises ``StoreWriteError``."""
+        try:
+            self._handle().write(batch, opts)
+        except Exception as err:
+            reason = str(err) if isinstance(err, StoreError) else _short(err)
+            if self.failure is None:
+                log.error("store write failed path=%s err=%r", self.path, reason)
+            self.failure = reason
+            for listener in tuple(self._failure_listeners):
+                listener(reason)
+            raise StoreWriteError(f"store write failed: {reason}") from err
+
+    def _write_put(self, key: bytes, value: bytes, *, sync: bool = True) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.put(key, value)
+        self._write(batch, self._sync if sync else self._nosync)
+
+    def recover(self) -> bool:
+        """Try to make writes work again after a failure. Returns whether they do.
+
+        Probes with one small synced write; if RocksDB still refuses (it stays in its
+        background-error state after a full disk, even once space is back), the database is
+        closed and reopened in place. Never raises. A no-op returning True when healthy.
+        """
+        if self.read_only or self._closed:
+            return self.failure is None
+        if self.failure is None and self._db is not None:
+            return True
+        try:
+            if self._db is not None:
+                try:
+                    self._db.put(_PROBE_KEY, b"1", self._sync)
+                    self._recovered()
+                    return True
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        self._db.close()
+                    self._db = None
+            self._db = Rdict(
+                str(self.path), options=_options(True), access_type=AccessType.read_write()
+            )
+            self._db.put(_PROBE_KEY, b"1", self._sync)
+        except Exception as err:
+            self.failure = _short(err)
+            return False
+        self._recovered()
+        return True
+
+    def _recovered(self) -> None:
+        log.info("store writable again path=%s", self.path)
+        self.failure = None
 
     # --------------------------------------------------------------------------- reading
 
     def _keys(self, prefix: bytes) -> Iterator[bytes]:
-        it = self._db.iter(ReadOptions())
+        it = self._handle().iter(ReadOptions())
         it.seek(prefix)
         while it.valid():
             key = it.key()
@@ -230,7 +412,7 @@ class Store:
             it.next()
 
     def _items(self, prefix: bytes) -> Iterator[tuple[str, bytes]]:
-        it = self._db.iter(ReadOptions())
+        it = self._handle().iter(ReadOptions())
         it.seek(prefix)
         n = len(prefix)
         while it.valid():
@@ -258,21 +440,21 @@ class Store:
 
     def get_task(self, task_id: str) -> Task:
         """The task with its stored status. Raises ``UnknownTask``."""
-        raw = self._db.get(_TASK + task_id.encode())
+        raw = self._handle().get(_TASK + task_id.encode())
         if raw is None:
             raise UnknownTask(task_id)
         return task_from_dict(_loads(raw), self.get_status(task_id) or TaskStatus())
 
     def get_status(self, task_id: str) -> TaskStatus | None:
-        raw = self._db.get(_STATUS + task_id.encode())
+        raw = self._handle().get(_STATUS + task_id.encode())
         return _status_from(raw) if raw is not None else None
 
     def is_assigned(self, task_id: str) -> bool:
-        return self._db.get(_ASSIGNED + task_id.encode()) is not None
+        return self._handle().get(_ASSIGNED + task_id.encode()) is not None
 
     def get_meta(self, key: str) -> Any:
         """A metadata value, or None."""
-        raw = self._db.get(_META + key.encode())
+        raw = self._handle().get(_META + key.encode())
         return _loads(raw) if raw is not None else None
 
     def walk_meta(self, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -286,14 +468,14 @@ class Store:
         """Store the task's data (not its status). Synced: losing it would lose a task."""
         batch = WriteBatch(raw_mode=True)
         batch.put(_TASK + task.id.encode(), _dumps(task_to_dict(task, with_status=False)))
-        self._db.write(batch, self._sync)
+        self._write(batch, self._sync)
         self._ids.add(task.id)
 
     def put_status(self, task_id: str, status: TaskStatus) -> None:
         """Store a task's status. Raises ``UnknownTask`` if the task is not stored."""
         if task_id not in self._ids:
             raise UnknownTask(task_id)
-        self._db.put(_STATUS + task_id.encode(), _status_bytes(status), self._nosync)
+        self._write_put(_STATUS + task_id.encode(), _status_bytes(status), sync=False)
 
     def put_statuses(self, statuses: Iterable[tuple[str, TaskStatus]]) -> None:
         """Store many statuses in one unsynced batch; those of unknown tasks are skipped."""
@@ -302,14 +484,16 @@ class Store:
             if task_id in self._ids:
                 batch.put(_STATUS + task_id.encode(), _status_bytes(status))
         if not batch.is_empty():
-            self._db.write(batch, self._nosync)
+            self._write(batch, self._nosync)
 
     def set_assigned(self, task_id: str, assigned: bool) -> None:
+        batch = WriteBatch(raw_mode=True)
         key = _ASSIGNED + task_id.encode()
         if assigned:
-            self._db.put(key, b"1", self._sync)
+            batch.put(key, b"1")
         else:
-            self._db.delete(key, self._sync)
+            batch.delete(key)
+        self._write(batch, self._sync)
 
     def delete_task(self, task_id: str) -> None:
         """Delete the whole record: data, status and assigned flag. Unknown ids are fine."""
@@ -347,13 +531,91 @@ class Store:
                 batch.delete(_META + key.encode())
             else:
                 batch.put(_META + key.encode(), _dumps(value))
-        self._db.write(batch, self._sync)
+        self._write(batch, self._sync)
         self._ids.update(added)
         self._ids.difference_update(gone)
 
     def put_meta(self, key: str, value: Any, *, sync: bool = True) -> None:
         """Put a metadata value (None deletes it)."""
+        batch = WriteBatch(raw_mode=True)
         if value is None:
-            self._db.delete(_META + key.encode(), self._sync if sync else self._nosync)
+            batch.delete(_META + key.encode())
         else:
-            self._db.put(_META + key.encode(), _dumps(value), self._sync if sync else self._nosync)
+            batch.put(_META + key.encode(), _dumps(value))
+        self._write(batch, self._sync if sync else self._nosync)
+
+
+# ------------------------------------------------------------------------- opening for the agent
+
+
+class StoreOrigin(enum.Enum):
+    """How the agent's store came to be open."""
+
+    OPENED = "opened"  # an existing, valid store
+    CREATED = "created"  # tasks.db did not exist
+    REBUILT = "rebuilt"  # the old one was corrupt and was moved aside
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStore:
+    store: Store
+    origin: StoreOrigin
+    moved_to: Path | None = None  # where a corrupt store went
+    reason: str = ""  # why it was corrupt
+
+    @property
+    def adopt_pending(self) -> bool:
+        """Whether the runtime's containers must be adopted before anything else."""
+        return self.store.get_meta(ADOPT_PENDING) is not None
+
+
+def _corrupt_name(path: Path, now: float) -> Path:
+    stamp = dt.datetime.fromtimestamp(now, tz=dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
+    return target
+
+
+def open_store(
+    state_dir: str | os.PathLike[str],
+    *,
+    verify: Callable[[Store], None] = lambda store: None,
+    now: Callable[[], float] = time.time,
+) -> OpenedStore:
+    """Open the agent's store read-write, never silently re-creating it.
+
+    The caller holds the state dir's lock. ``verify`` may read the store further (the local
+    manager's records) and raise ``StoreCorrupt``. A corrupt store is moved aside to
+    ``tasks.db.corrupt-<UTC timestamp>`` (logged once) and a new one created; a new store,
+    created or rebuilt, is marked ``adopt-pending``. Raises ``StateDirInUse``,
+    ``StoreVersionError`` and ``StoreError`` (I/O, permissions) as ``Store.open`` does; those
+    are never taken for corruption.
+    """
+    path = db_path(state_dir)
+    existed = path.exists()
+    try:
+        store = Store.open(state_dir)
+        try:
+            verify(store)
+        except BaseException:
+            store.close()
+            raise
+    except StoreCorrupt as err:
+        moved = _corrupt_name(path, now())
+        os.rename(path, moved)
+        log.error(
+            "store is corrupt; moved it aside and rebuilding from the runtime's containers "
+            "(history and restart counters are lost) path=%s moved_to=%s err=%r",
+            path,
+            moved,
+            str(err),
+        )
+        store = Store.open(state_dir)
+        store.put_meta(ADOPT_PENDING, StoreOrigin.REBUILT.value)
+        return OpenedStore(store, StoreOrigin.REBUILT, moved, str(err))
+    if not existed:
+        return OpenedStore(store, StoreOrigin.CREATED)
+    return OpenedStore(store, StoreOrigin.OPENED)

@@ -13,7 +13,9 @@ Updates:
 * the controller's ``update`` is called once before the first step after an accepted update.
 
 Retries back off exponentially with jitter, capped, on the injected clock (SwarmKit retries
-every second, which hammers a runtime that is down). A step that makes progress resets it.
+every second, which hammers a runtime that is down). A step that makes progress resets it, and so
+does ``retry_now()``: when the runtime answers again after an outage, the wait a manager owes was
+for the outage, so it retries at once from the shortest backoff.
 
 ``close()`` stops the loop. It is idempotent and never stops or removes the container: whether
 a container goes away is the worker's decision (``remove()``), not the manager's.
@@ -26,7 +28,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from reconciler.backoff import Backoff
 from reconciler.clock import Clock
@@ -38,7 +40,8 @@ from reconciler.model import Task, TaskStatus
 log = logging.getLogger(__name__)
 
 UPDATE_FAILED = "update in place failed"
-"""The status message recorded when the controller could not apply an update in place."""
+"""The status message recorded, with ``TaskStatus.update_failed`` set, when the controller
+could not apply an update in place (the local manager then replaces the instance)."""
 
 StatusSink = Callable[[str, TaskStatus], None]
 
@@ -65,6 +68,7 @@ class TaskManager:
         self._updated = False
         self._wake = asyncio.Event()
         self._stepping = False
+        self._backing_off = False
         self._loop: asyncio.Task[None] | None = None
         self._closed = False
         self.attempts = 0  # consecutive retries, for observability and tests
@@ -103,6 +107,17 @@ class TaskManager:
         self._wake.set()
         return True
 
+    def retry_now(self) -> None:
+        """Forget the failures so far and, if waiting to retry, retry at once.
+
+        For when the runtime answers again after an outage. A manager that is stepping or
+        waiting for an update is left alone, except that its next failure backs off from the
+        start. Idempotent.
+        """
+        self.attempts = 0
+        if self._backing_off:
+            self._wake.set()
+
     async def close(self) -> None:
         """Stop driving the task. Idempotent; never touches the container."""
         self._closed = True
@@ -119,7 +134,8 @@ class TaskManager:
         self._report(self._task.id, status)
 
     async def _wait_for_update(self, delay: float | None) -> None:
-        """Wait until an update arrives, or ``delay`` seconds of clock time pass."""
+        """Wait until an update arrives, or ``delay`` seconds of clock time pass (a backoff,
+        which ``retry_now`` also ends)."""
         if self._wake.is_set():
             return
         waiter = asyncio.ensure_future(self._wake.wait())
@@ -127,9 +143,11 @@ class TaskManager:
             await waiter
             return
         sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        self._backing_off = True
         try:
             await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._backing_off = False
             for f in (waiter, sleeper):
                 if not f.done():
                     f.cancel()
@@ -149,56 +167,66 @@ class TaskManager:
                 assert current is not None
                 while current.cancelling():
                     current.uncancel()
-            finally:
-                self._stepping = False
 
     async def _iteration(self) -> None:
         self._wake.clear()
-        task = self._task
         self._stepping = True
+        try:
+            pause = await self._step(self._task)
+        finally:
+            self._stepping = False
+        if pause is not None and not self._updated:
+            await self._wait_for_update(pause.delay)
+
+    async def _step(self, task: Task) -> _Pause | None:
+        """Apply a pending update, then one ``do()`` step. Returns how long to pause after
+        it, or None to step again at once."""
         if self._updated:
             self._updated = False
-            try:
-                await self.ctlr.update(task)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("updating controller failed task=%s err=%r", task.id, str(err))
-                self._set_status(
-                    replace(
-                        task.status,
-                        message=UPDATE_FAILED,
-                        err=str(err),
-                        timestamp=self._clock.time(),
-                    )
-                )
+            await self._update_controller(task)
         try:
             status = await do(task, self.ctlr, now=self._clock.time)
         except TaskNoop:
-            self._stepping = False
             self.attempts = 0
-            if not self._updated:
-                await self._wait_for_update(None)
-            return
+            return _Pause(None)
         except TaskRetry as retry:
-            self._stepping = False
-            assert isinstance(retry.status, TaskStatus)
             self._set_status(retry.status)
-            delay = self._backoff.delay(self.attempts, self._rng)
-            self.attempts += 1
-            if not self._updated:
-                await self._wait_for_update(delay)
-            return
+            return _Pause(self._next_delay())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # do() turns controller errors into statuses; anything else is a bug in a step.
-            self._stepping = False
             log.error("task step crashed task=%s err=%r", task.id, exc, exc_info=exc)
-            delay = self._backoff.delay(self.attempts, self._rng)
-            self.attempts += 1
-            await self._wait_for_update(delay)
-            return
-        self._stepping = False
+            return _Pause(self._next_delay())
         self.attempts = 0
         self._set_status(status)
+        return None
+
+    async def _update_controller(self, task: Task) -> None:
+        try:
+            await self.ctlr.update(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("updating controller failed task=%s err=%r", task.id, str(err))
+            self._set_status(
+                replace(
+                    task.status,
+                    message=UPDATE_FAILED,
+                    err=str(err),
+                    timestamp=self._clock.time(),
+                    update_failed=True,
+                )
+            )
+
+    def _next_delay(self) -> float:
+        delay = self._backoff.delay(self.attempts, self._rng)
+        self.attempts += 1
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    """How long the loop waits after a step: ``delay`` seconds, or for an update (None)."""
+
+    delay: float | None

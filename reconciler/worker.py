@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from reconciler.backoff import Backoff
 from reconciler.clock import Clock
+from reconciler.errors import StoreError
 from reconciler.executor import Executor
 from reconciler.lifecycle import resolve
 from reconciler.model import Assignment, AssignmentAction, Task, TaskStatus
@@ -164,11 +165,19 @@ class Worker:
             listener(task_id, status)
 
     def flush(self) -> None:
-        """Write the queued statuses now (one unsynced batch)."""
+        """Write the queued statuses now (one unsynced batch).
+
+        If the write fails (a full disk), the statuses stay queued, newer ones winning, for
+        the next flush; the store has already told its failure listeners. Never raises.
+        """
         self._flush_scheduled = False
         if self._unflushed:
             pending, self._unflushed = self._unflushed, {}
-            self.store.put_statuses(pending.items())
+            try:
+                self.store.put_statuses(pending.items())
+            except StoreError:
+                pending.update(self._unflushed)
+                self._unflushed = pending
 
     def _stored_status(self, task_id: str) -> TaskStatus | None:
         return self._unflushed.get(task_id) or self.store.get_status(task_id)
@@ -188,6 +197,12 @@ class Worker:
                 self._listeners.remove(listener)
 
         return unsubscribe
+
+    def retry_now(self) -> None:
+        """Every task manager waiting to retry retries at once, its backoff reset (the runtime
+        answers again after an outage)."""
+        for mgr in list(self.managers.values()):
+            mgr.retry_now()
 
     # ------------------------------------------------------------------------- shutdown
 

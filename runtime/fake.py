@@ -30,9 +30,10 @@ from reconciler.errors import (
     PermanentError,
     TaskPrepared,
     TaskStarted,
+    TemporaryError,
 )
-from reconciler.executor import ContainerStatus
-from reconciler.model import NodeDescription, Task
+from reconciler.executor import ContainerStatus, RuntimeContainer, Supervise
+from reconciler.model import NodeDescription, Task, spec_hash
 
 OPS = ("prepare", "start", "wait", "update", "shutdown", "terminate", "remove", "resolve")
 
@@ -46,6 +47,9 @@ class FakeContainer:
     exit_code: int | None = None
     pid: int | None = None
     memory: int | None = None
+    spec_hash: str | None = None
+    created: float = 0.0
+    started: bool = False
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -147,7 +151,7 @@ class FakeExecutor:
             raise PermanentError("no image given")
         return FakeController(self, task)
 
-    async def start(self) -> None:
+    async def start(self, *, supervise: Supervise | None = None) -> None:
         pass
 
     async def close(self) -> None:
@@ -158,6 +162,24 @@ class FakeExecutor:
 
     async def resync(self) -> None:
         self.calls[("*", "resync")] += 1
+
+    async def list_containers(self) -> list[RuntimeContainer]:
+        self.calls[("*", "list")] += 1
+        if not self.up:
+            raise TemporaryError("the fake runtime is down")
+        return [
+            RuntimeContainer(
+                task_id=c.task_id,
+                name=c.name.rsplit(".", 1)[0],
+                container_id=c.id,
+                spec_hash=c.spec_hash,
+                running=c.state == "running",
+                started=c.started,
+                exit_code=c.exit_code,
+                created=c.created,
+            )
+            for c in self.containers.values()
+        ]
 
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         orphans = [tid for tid in self.containers if tid not in known_task_ids]
@@ -188,6 +210,8 @@ class FakeController:
             task_id=self._task.id,
             name=f"{self._task.name}.{self._task.id}",
             memory=self._task.spec.resources.memory,
+            spec_hash=spec_hash(self._task.spec),
+            created=self._x.clock.time(),
         )
 
     async def start(self) -> None:
@@ -200,6 +224,7 @@ class FakeController:
         if c.state == "exited":
             c.exited = asyncio.Event()
         c.state, c.pid, c.exit_code = "running", next(self._x._pids), None
+        c.started = True
         code = self._x._exit_on_start.get(self._task.name)
         if code is not None:
             self._x.exit(self._task.id, code)

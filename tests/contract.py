@@ -35,6 +35,8 @@ AGENT_METRICS = (
     "reconciler_runtime_errors_total",
     "reconciler_status_reports_pending",
     "reconciler_session_connected",
+    "reconciler_loop_restarts_total",
+    "reconciler_store_rebuilds_total",
 )
 
 #: The metrics a fleet manager exports (each one named in PRODUCT.md).

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from reconciler.agent import HOST_REBOOTED, Agent, AgentConfig
 from reconciler.clock import FakeClock, settle
+from reconciler.desired.manager import check_records
+from reconciler.executor import Supervise
 from reconciler.model import RestartPolicy, TaskSpec, TaskState
 from reconciler.session import DesiredInvalid, DesiredTask, DesiredTasks
 from reconciler.sessions.memory import MemorySession
-from reconciler.store import Store
+from reconciler.store import Store, db_path, open_store
 from runtime.fake import FakeExecutor
 
 S = TaskState
@@ -43,11 +45,13 @@ class Running:
 async def running_agent(
     state: Path, clock: FakeClock, executor: FakeExecutor, *, boot_id: str = "boot-1"
 ) -> AsyncIterator[Running]:
-    store = Store.open(state)
+    opened = open_store(state, verify=check_records)
+    store = opened.store
     agent = Agent(
         config=AgentConfig(node_id="node-a", resync_interval=30.0, boot_id=boot_id),
         store=store,
         clock=clock,
+        store_origin=opened.origin,
     )
     session = MemorySession()
     stop = asyncio.Event()
@@ -168,6 +172,9 @@ async def test_resync_removes_orphans(tmp_path: Path, clock: FakeClock):
         from runtime.fake import FakeContainer
 
         executor.containers["stray"] = FakeContainer(id="cx", task_id="stray", name="x.stray")
+        # A new store: the pass after the first desired set only adopts; the next one sweeps.
+        await clock.advance(30.0)
+        assert "stray" in executor.containers
         await clock.advance(30.0)
         assert "stray" not in executor.containers
         assert executor.removed_orphans == ["stray"]
@@ -202,3 +209,171 @@ async def test_pending_reports_follow_a_manager_that_is_away_then_back(
         await clock.advance(60)
         assert metric(r.agent, "reconciler_status_reports_pending") == 0
         assert r.session.latest["web"].state == S.RUNNING
+
+
+# ------------------------------------------------------------------------- store recovery
+
+
+def spec(name: str, image: str = "localhost/busybox:latest") -> TaskSpec:
+    return TaskSpec(name=name, image=image, restart=RestartPolicy(delay=1.0, max_delay=4.0))
+
+
+async def test_a_corrupt_store_is_rebuilt_from_the_runtime_without_touching_a_container(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = FakeExecutor(clock=clock)
+    async with running_agent(tmp_path, clock, executor) as r:
+        r.session.send(desired("web", "db"))
+        await settle()
+        before = {v.name: v.id for v in r.agent.snapshot().current()}
+    containers = {tid: c.id for tid, c in executor.containers.items()}
+    (db_path(tmp_path) / "CURRENT").unlink()
+    executor.calls.clear()
+    async with running_agent(tmp_path, clock, executor) as r:
+        assert metric(r.agent, "reconciler_store_rebuilds_total") == 1
+        # adopted, waiting for the desired set: nothing decided, nothing removed
+        adopted = {v.name: v for v in r.agent.snapshot().current()}
+        assert {n: v.id for n, v in adopted.items()} == before
+        await clock.advance(60.0)
+        assert executor.removed_orphans == []
+        r.session.send(desired("web", "db"))
+        await settle()
+        assert {v.name: v.id for v in r.agent.snapshot().current()} == before
+        assert states(r.agent) == {"web": S.RUNNING, "db": S.RUNNING}
+        assert {tid: c.id for tid, c in executor.containers.items()} == containers
+        assert not [k for k in executor.calls if k[1] in ("prepare", "start", "shutdown")]
+
+
+async def test_after_a_rebuild_a_changed_spec_is_replaced_and_a_dropped_name_swept(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = FakeExecutor(clock=clock)
+    async with running_agent(tmp_path, clock, executor) as r:
+        r.session.send(desired("web", "db"))
+        await settle()
+        before = {v.name: v.id for v in r.agent.snapshot().current()}
+    (db_path(tmp_path) / "CURRENT").write_text("garbage\n")
+    async with running_agent(tmp_path, clock, executor) as r:
+        r.session.send(
+            DesiredTasks(tasks=(DesiredTask(spec("web", image="localhost/other:2")),), full=True)
+        )
+        await settle()
+        web = next(v for v in r.agent.snapshot().current() if v.name == "web")
+        assert web.id != before["web"]
+        assert web.state == S.RUNNING
+        assert before["web"] not in executor.containers or (
+            executor.containers[before["web"]].state == "exited"
+        )
+        # db is no longer desired: an orphan, swept once a pass after the desired set ran
+        assert before["db"] in executor.containers
+        await clock.advance(30.0)
+        await clock.advance(30.0)
+        assert before["db"] not in executor.containers
+
+
+async def test_a_store_that_stops_taking_writes_makes_the_node_unready_until_it_recovers(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = FakeExecutor(clock=clock)
+    async with running_agent(tmp_path, clock, executor) as r:
+        r.session.send(desired("web"))
+        await settle()
+        assert r.agent.snapshot().ready
+        r.store._handle().close()  # every write now fails, as on a full disk ...
+        r.store.recover = lambda: False  # type: ignore[method-assign] # ... until space returns
+        r.session.send(desired("web", "db"))
+        await settle()
+        snap = r.agent.snapshot()
+        assert not snap.ready
+        assert snap.ready_reason.startswith("store write failed, retrying")
+        assert states(r.agent)["web"] == S.RUNNING  # what runs keeps running
+        assert [c.name.split(".")[0] for c in executor.running()] == ["web"]
+        await clock.advance(20.0)
+        assert not r.agent.snapshot().ready
+        del r.store.recover  # space is back: the watcher reopens the store, applies what waited
+        await clock.advance(10.0)  # the watcher's longest wait, with jitter
+        await settle()
+        assert r.agent.snapshot().ready, r.agent.snapshot().ready_reason
+        assert states(r.agent) == {"web": S.RUNNING, "db": S.RUNNING}
+    store = Store.open(tmp_path)
+    try:
+        assert {t.name for t in store.walk_tasks()} == {"web", "db"}
+    finally:
+        store.close()
+
+
+class FlakySession(MemorySession):
+    """A session whose first iteration fails the way a hostile input once did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.iterations = 0
+
+    async def messages(self) -> AsyncIterator[DesiredTasks | DesiredInvalid]:  # type: ignore[override]
+        self.iterations += 1
+        if self.iterations == 1:
+            raise RecursionError("maximum recursion depth exceeded")
+        async for m in super().messages():
+            yield m  # type: ignore[misc]
+
+
+async def test_a_session_loop_that_fails_is_restarted_counted_and_named_by_health(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = FakeExecutor(clock=clock)
+    opened = open_store(tmp_path, verify=check_records)
+    agent = Agent(
+        config=AgentConfig(node_id="node-a", boot_id="b"),
+        store=opened.store,
+        clock=clock,
+        store_origin=opened.origin,
+    )
+    session = FlakySession()
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(executor, session, stop))
+    try:
+        await settle()
+        alive, why = agent.snapshot().health()
+        assert not alive
+        assert why == "agent loop session is down: RecursionError: maximum recursion depth exceeded"
+        assert metric(agent, "reconciler_loop_restarts_total", loop="session") == 1
+        await clock.advance(5.0)
+        assert agent.snapshot().health() == (True, "ok")
+        session.send(desired("web"))
+        await settle()
+        assert states(agent) == {"web": S.RUNNING}
+    finally:
+        stop.set()
+        await task
+        opened.store.close()
+
+
+class EventsFailOnce(FakeExecutor):
+    """A runtime whose event loop, handed to the agent's supervisor, fails once."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.event_runs = 0
+
+    async def start(self, *, supervise: Supervise | None = None) -> None:
+        assert supervise is not None
+
+        async def events() -> None:
+            self.event_runs += 1
+            if self.event_runs == 1:
+                raise ConnectionResetError("event stream broke in an unexpected way")
+            await asyncio.Event().wait()
+
+        supervise("events", events)
+
+
+async def test_the_runtimes_event_loop_runs_under_the_agents_supervisor(
+    tmp_path: Path, clock: FakeClock
+):
+    executor = EventsFailOnce(clock)
+    async with running_agent(tmp_path, clock, executor) as r:
+        assert metric(r.agent, "reconciler_loop_restarts_total", loop="events") == 1
+        assert r.agent.snapshot().health()[0] is False
+        await clock.advance(5.0)
+        assert executor.event_runs == 2
+        assert r.agent.snapshot().health() == (True, "ok")

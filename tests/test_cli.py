@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from reconciler import __version__
-from reconciler.cli import load_node_id, main
+from reconciler.cli import main
 from reconciler.clock import FakeClock, settle
+from reconciler.statedir import load_node_id
 
 from .desired.helpers import safe_dir, task_set, write
 from .test_agent import desired, running_agent

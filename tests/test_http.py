@@ -14,19 +14,11 @@ from prometheus_client import CollectorRegistry
 from reconciler import __version__
 from reconciler import http as rhttp
 from reconciler.metrics import Metrics
-from reconciler.model import NodeDescription, TaskState
+from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from tests.builders import node
 
-NODE = NodeDescription(
-    hostname="edge-1",
-    os="linux",
-    arch="arm64",
-    cpus=4,
-    memory_bytes=4 * 1024**3,
-    runtime_name="podman",
-    runtime_version="4.3.1",
-    agent_version=__version__,
-)
+NODE = node(arch="arm64", cpus=4, memory_bytes=4 * 1024**3)
 
 
 def view(name: str, id: str, state: TaskState, *, current: bool = True) -> TaskView:
@@ -50,12 +42,9 @@ def healthy(**kw: object) -> Snapshot:
         node_id="node-a",
         node=NODE,
         labels=(("site", "north"), ("rack", "3")),
-        ready=True,
-        ready_reason="ready",
         store_open=True,
         init_done=True,
         runtime_up=True,
-        loops_alive=True,
         desired_read=True,
         desired_valid=True,
         tasks=(
@@ -171,12 +160,13 @@ async def test_metrics_are_gzipped_when_the_scraper_accepts_it(agent: Agent) -> 
 async def test_healthz_is_ok_while_the_loops_are_alive(agent: Agent) -> None:
     r = await get(agent.port, "/healthz")
     assert (r.status, r.text) == (200, "ok")
-    agent.holder.snap = healthy(loops_alive=False)
-    assert (await get(agent.port, "/healthz")).status == 503
+    agent.holder.snap = healthy(loops_down=(("resync", "RuntimeError: boom"),))
+    r = await get(agent.port, "/healthz")
+    assert (r.status, r.text) == (503, "agent loop resync is down: RuntimeError: boom")
 
 
 async def test_healthz_answers_while_the_runtime_is_down(agent: Agent) -> None:
-    agent.holder.snap = healthy(runtime_up=False, ready=False, ready_reason="podman hangs")
+    agent.holder.snap = healthy(runtime_up=False, runtime_reason="podman hangs")
     r = await get(agent.port, "/healthz")
     assert (r.status, r.text) == (200, "ok")
 
@@ -188,7 +178,7 @@ async def test_readyz_is_ready_when_the_snapshot_is_ready(agent: Agent) -> None:
 
 async def test_readyz_gives_the_reason_as_plain_text_when_not_ready(agent: Agent) -> None:
     reason = "runtime: cannot reach unix:///run/podman/podman.sock"
-    agent.holder.snap = healthy(ready=False, ready_reason=reason)
+    agent.holder.snap = healthy(runtime_up=False, runtime_reason=reason)
     r = await get(agent.port, "/readyz")
     assert (r.status, r.text) == (503, reason)
     assert r.headers["content-type"].startswith("text/plain")

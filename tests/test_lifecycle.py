@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from reconciler.clock import FakeClock
-from reconciler.errors import InvalidTransition, PermanentError, TaskNoop, TaskRetry, TemporaryError
-from reconciler.lifecycle import _transition, do, resolve
+from reconciler.errors import PermanentError, TaskNoop, TaskRetry, TemporaryError
+from reconciler.lifecycle import do, resolve
 from reconciler.model import Task, TaskState, TaskStatus
 from runtime.fake import FakeController, FakeExecutor
 
@@ -253,6 +253,9 @@ async def test_timestamp_changes_only_when_status_changes(executor: FakeExecutor
     assert two.value.status is retried.status
 
 
-def test_transition_to_lower_state_raises():
-    with pytest.raises(InvalidTransition):
-        _transition(TaskStatus(state=S.RUNNING), S.READY, "back")
+async def test_a_step_never_moves_a_state_backwards(executor: FakeExecutor, clock: FakeClock):
+    # A task that is already running past its desired state is left alone, never lowered.
+    task = make_task(desired=S.READY, state=S.RUNNING)
+    ctlr = executor.controller(task)
+    with pytest.raises(TaskNoop):
+        await do(task, ctlr, now=clock.time)

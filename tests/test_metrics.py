@@ -8,21 +8,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
 from reconciler.executor import RuntimeObserver
-from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics, readiness
-from reconciler.model import NodeDescription, TaskState
+from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
+from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from tests.builders import node
 from tests.contract import AGENT_METRICS
 
-NODE = NodeDescription(
-    hostname="edge-1",
-    os="linux",
-    arch="amd64",
-    cpus=2,
-    memory_bytes=2 * 1024**3,
-    runtime_name="podman",
-    runtime_version="4.3.1",
-    agent_version=__version__,
-)
+NODE = node()
 
 
 def task(
@@ -52,12 +44,9 @@ def healthy(**kw: object) -> Snapshot:
     base: dict[str, object] = dict(
         node_id="node-a",
         node=NODE,
-        ready=True,
-        ready_reason="ready",
         store_open=True,
         init_done=True,
         runtime_up=True,
-        loops_alive=True,
         desired_read=True,
         desired_valid=True,
         desired_applied_at=1_700_000_100.0,
@@ -242,16 +231,17 @@ def test_node_ready_is_one_only_when_every_component_is_healthy() -> None:
     _, holder, reg = make(healthy())
     assert reg.get_sample_value("reconciler_node_ready") == 1.0
     for broken in (
-        {"ready": False, "ready_reason": "runtime: connection refused"},
+        {"runtime_up": False, "runtime_reason": "runtime: connection refused"},
         {"runtime_up": False},
         {"store_open": False},
-        {"loops_alive": False},
+        {"store_failure": "IO error: No space left on device"},
+        {"loops_down": (("session", "RecursionError"),)},
         {"init_done": False},
         {"desired_read": False},
     ):
         holder.snap = healthy(**broken)
         assert reg.get_sample_value("reconciler_node_ready") == 0.0, broken
-        ready, reason = readiness(holder.snap)
+        ready, reason = holder.snap.readiness()
         assert not ready and reason
 
 
@@ -416,15 +406,8 @@ def test_render_matches_what_the_registry_collects() -> None:
 
 
 def test_render_escapes_label_values() -> None:
-    odd = NodeDescription(
-        hostname='edge "one"\\n',
-        os="linux",
-        arch="arm64",
-        cpus=4,
-        memory_bytes=1,
-        runtime_name="podman",
-        runtime_version="4.3.1\nx",
-        agent_version=__version__,
+    odd = node(
+        hostname='edge "one"\\n', arch="arm64", cpus=4, memory_bytes=1, runtime_version="4.3.1\nx"
     )
     m, _, _ = make(healthy(node=odd))
     parsed = samples(m.render().decode())
@@ -457,8 +440,14 @@ def test_the_default_registry_is_private_never_the_global_one() -> None:
     assert REGISTRY.get_sample_value("reconciler_runtime_errors_total", {"op": "pull"}) is None
 
 
-def test_metrics_is_a_runtime_observer() -> None:
-    observer: RuntimeObserver = Metrics(snapshot=Snapshot)
+def test_metrics_is_a_runtime_observer_and_counts_what_the_runtime_reports() -> None:
+    metrics = Metrics(snapshot=Snapshot)
+    observer: RuntimeObserver = metrics
     observer.runtime_error("remove")
     observer.drift_corrected("container_missing")
-    observer.runtime_up(False)
+    observer.runtime_up(False)  # accepted; runtime_up itself comes from the snapshot
+    reg = metrics.registry
+    assert reg.get_sample_value("reconciler_runtime_errors_total", {"op": "remove"}) == 1.0
+    kind = {"kind": "container_missing"}
+    assert reg.get_sample_value("reconciler_drift_corrections_total", kind) == 1.0
+    assert reg.get_sample_value("reconciler_runtime_up") == 0.0

@@ -166,3 +166,56 @@ async def test_slow_start_is_cancelled_by_shutdown_update(executor: FakeExecutor
     await settle()
     assert tm.task.status.state == S.SHUTDOWN
     await tm.close()
+
+
+async def test_retry_now_ends_the_backoff_and_resets_the_attempts(
+    executor: FakeExecutor, clock: FakeClock
+):
+    rec = Recorder()
+    executor.fail("prepare", TemporaryError("podman is not answering"), times=4)
+    task = make_task()
+    tm = TaskManager(
+        task,
+        executor.controller(task),
+        report=rec,
+        clock=clock,
+        backoff=Backoff(initial=10, cap=600, jitter=0),
+    )
+    tm.start()
+    await settle()
+    await clock.advance(10)
+    await clock.advance(20)  # two retries: the next one is owed in 40 s
+    assert executor.calls[("t1", "prepare")] == 3
+    assert tm.attempts == 3
+
+    tm.retry_now()  # the runtime answers again
+    await settle()
+    assert executor.calls[("t1", "prepare")] == 4  # at once, without the clock moving
+    # ...and that failure backs off from the start again: 10 s, not 80 s.
+    await clock.advance(9.99)
+    assert executor.calls[("t1", "prepare")] == 4
+    await clock.advance(0.01)
+    assert executor.calls[("t1", "prepare")] == 5
+    assert tm.task.status.state == S.RUNNING
+    await tm.close()
+
+
+async def test_retry_now_leaves_a_running_task_and_a_step_in_flight_alone(
+    executor: FakeExecutor, clock: FakeClock
+):
+    rec = Recorder()
+    executor.delay("start", 60)
+    task = make_task()
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.STARTING
+    tm.retry_now()  # stepping: nothing to cut short
+    await settle()
+    assert executor.calls[(task.id, "start")] == 1
+    await clock.advance(60)
+    assert tm.task.status.state == S.RUNNING
+    tm.retry_now()  # waiting on the container: nothing to retry
+    await settle()
+    assert executor.calls[(task.id, "wait")] == 1
+    assert tm.task.status.state == S.RUNNING
+    await tm.close()

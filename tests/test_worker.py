@@ -202,3 +202,21 @@ async def test_statuses_of_one_turn_are_written_once_latest_wins(store, executor
     await asyncio.sleep(0)
     assert store.get_status("a").state == S.READY
     await w.close()
+
+
+async def test_retry_now_retries_every_task_waiting_in_backoff(store, executor, clock):
+    from reconciler.backoff import Backoff
+    from reconciler.errors import TemporaryError
+
+    w = Worker(store, executor, clock=clock, backoff=Backoff(initial=600, cap=600, jitter=0))
+    executor.fail("prepare", TemporaryError("podman is not answering"), times=2)
+    await w.assign(Assignment.complete([make_task("a"), make_task("b")]))
+    await settle()
+    assert executor.calls[("a", "prepare")] + executor.calls[("b", "prepare")] == 2
+    assert not executor.running()
+
+    w.retry_now()  # the runtime answers again: no 600 s wait
+    await settle()
+    assert {t.id: t.status.state for t in store.walk_tasks()} == {"a": S.RUNNING, "b": S.RUNNING}
+    assert all(m.attempts == 0 for m in w.managers.values())
+    await w.close()

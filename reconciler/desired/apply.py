@@ -7,17 +7,25 @@ base name is the one it replaces), so a name already declared elsewhere, an unsa
 any invalid file stops the apply before a byte is written. The write itself is a temp file in
 the directory (a dotfile, which the watcher ignores), fsync, rename over the target, fsync of
 the directory: the agent sees the old file or the new one, never a half-written one.
+
+Desired-state files often hold secrets in env values (passwords, tokens), so a new file is
+written 0600 and a directory that apply creates is 0700; a file it replaces keeps its mode
+(without group or other write, which the agent would refuse). Before anything is created, the
+directories above a missing desired directory are checked as the agent checks them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from reconciler.desired.loader import (
     Declared,
+    DesiredFile,
+    check_way,
     directory_files,
     is_desired_file_name,
     merge,
@@ -31,18 +39,19 @@ from reconciler.session import DesiredTask
 
 __all__ = ["apply_file"]
 
-FILE_MODE = 0o644
-DIR_MODE = 0o755
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+PARENT_MODE = 0o755
 
 
-def _current_tasks(files: list[str]) -> dict[str, DesiredTask]:
+def _current_tasks(files: list[DesiredFile]) -> dict[str, DesiredTask]:
     """Best effort: the tasks of the directory's files that are valid on their own."""
     declared: list[Declared] = []
-    for path in files:
-        data, problems = read_file(path)
+    for f in files:
+        data, problems = read_file(f.path, real=f.real)
         if data is None or problems:
             continue
-        found, problems = parse_file(data, path)
+        found, problems = parse_file(data, f.path)
         if not problems:
             declared.extend(found)
     return merge(declared)[0].tasks
@@ -58,8 +67,9 @@ def apply_file(file: Path, desired_dir: Path, *, dry_run: bool) -> list[PlanLine
     Raises ``DesiredStateError`` listing every problem, writing nothing, when FILE is unreadable
     or invalid, its base name is not a ``*.yaml``/``*.yml`` name the agent reads, the directory
     is unsafe or unreadable, another file of the directory is invalid, or a name is declared
-    twice. A missing directory counts as empty and is created (mode 0755) by a real apply.
-    Raises ``OSError`` if the write itself fails; the target is then unchanged.
+    twice. A missing directory counts as empty and is created (mode 0700; missing parents
+    0755) by a real apply, once the directories above it pass the agent's checks. Raises
+    ``OSError`` if the write itself fails; the target is then unchanged.
     """
     shown = os.fspath(file)
     basename = os.path.basename(shown)
@@ -83,12 +93,14 @@ def apply_file(file: Path, desired_dir: Path, *, dry_run: bool) -> list[PlanLine
 
     dir_shown = os.fspath(desired_dir)
     dir_exists = os.path.lexists(dir_shown)
-    files: list[str] = []
+    files: list[DesiredFile] = []
     if dir_exists:
         files, more = directory_files(dir_shown)
-        problems.extend(more)
+    else:
+        more = _missing_directory_problems(dir_shown)
+    problems.extend(more)
     target = os.path.join(dir_shown, basename)
-    others = [f for f in files if os.path.basename(f) != basename]
+    others = [f for f in files if os.path.basename(f.path) != basename]
     other_declared, more = read_files(others)
     problems.extend(more)
     new_set, dups = merge([*other_declared, *new_declared])
@@ -101,22 +113,46 @@ def apply_file(file: Path, desired_dir: Path, *, dry_run: bool) -> list[PlanLine
     lines = plan(_current_tasks(files), new_set.tasks)
     if not dry_run:
         if not dir_exists:
-            os.makedirs(dir_shown, mode=DIR_MODE, exist_ok=True)
+            _make_directory(dir_shown)
         write_atomically(target, data)
     return lines
+
+
+def _missing_directory_problems(directory: str) -> list[Problem]:
+    """The problems of the directories above a desired directory that does not exist yet."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        return check_way(parent, directory)
+    except OSError as e:
+        return [Problem(directory, 0, "directory", f"cannot be created: {e.strerror or e}")]
+
+
+def _make_directory(directory: str) -> None:
+    """Create ``directory`` 0700 and any missing parent 0755, whatever the umask."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=PARENT_MODE, exist_ok=True)
+    os.mkdir(directory, DIR_MODE)
+    os.chmod(directory, DIR_MODE)
 
 
 def write_atomically(target: str, data: bytes) -> None:
     """Replace ``target`` with ``data``: temp dotfile in the same directory, fsync, rename.
 
-    The file gets mode 0644. Raises ``OSError``; on failure the temp file is removed and the
-    target is unchanged.
+    A new file gets mode 0600; a replaced one keeps its mode, less group and other write.
+    Raises ``OSError``; on failure the temp file is removed and the target is unchanged.
     """
     directory = os.path.dirname(target) or "."
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH)
+    except FileNotFoundError:
+        mode = FILE_MODE
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

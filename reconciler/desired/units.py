@@ -1,8 +1,8 @@
 """Human units in desired-state files: durations ("1h30m") and sizes ("64Mi").
 
-This module owns the two unit grammars of PRODUCT.md so that the schema, the CLI and the fleet
-session all accept exactly the same spellings and turn them into the canonical form of
-``reconciler.model``: float seconds and integer bytes.
+This module owns the two unit grammars of desired-state files so that the schema, the CLI and
+the fleet session all accept exactly the same spellings and turn them into the canonical form
+of ``reconciler.model``: float seconds and integer bytes.
 
 - A duration is one or more ``<number><unit>`` groups, units ``ms``, ``s``, ``m`` and ``h``, in
   any order and without spaces (``500ms``, ``10s``, ``1.5m``, ``1h30m``), like Go's
@@ -11,6 +11,11 @@ session all accept exactly the same spellings and turn them into the canonical f
   binary suffix (``Ki``, ``Mi``, ``Gi``, ``Ti``: powers of 1024) or decimal suffix (``K`` or
   ``k``, ``M``, ``G``, ``T``: powers of 1000), as in Kubernetes. ``1.5Gi`` is fine; the result
   must be a whole number of bytes.
+
+Both parsers take a ``maximum`` and refuse anything above it, and anything above a ceiling
+when none is given (a year; the largest signed 64-bit number of bytes): a number written with
+four hundred digits would otherwise become an infinite float that breaks every deadline
+computed from it. A spelling longer than ``MAX_UNIT_CHARS`` is refused before it is read.
 
 Both parsers raise ``UnitError`` (a ``ValueError``) with a message that names the accepted
 forms, because these messages end up verbatim in ``PATH:LINE: FIELD: problem`` lines.
@@ -21,7 +26,25 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["UnitError", "format_duration", "parse_duration", "parse_size"]
+__all__ = [
+    "DURATION_CEILING",
+    "MAX_UNIT_CHARS",
+    "SIZE_CEILING",
+    "UnitError",
+    "format_duration",
+    "format_size",
+    "parse_duration",
+    "parse_size",
+]
+
+DURATION_CEILING = 365 * 24 * 3600.0
+"""The longest duration any caller accepts, in seconds, when it gives no maximum of its own."""
+
+SIZE_CEILING = 2**63 - 1
+"""The largest size any caller accepts, in bytes, when it gives no maximum of its own."""
+
+MAX_UNIT_CHARS = 64
+"""A duration or size spelled with more characters than this is refused unread."""
 
 
 class UnitError(ValueError):
@@ -29,8 +52,8 @@ class UnitError(ValueError):
 
 
 _DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
-_NUMBER_ONLY = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(ms|s|m|h)")
+_NUMBER_ONLY = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
 
 _SIZE_SUFFIXES = {
     "": 1,
@@ -44,7 +67,7 @@ _SIZE_SUFFIXES = {
     "G": 1000**3,
     "T": 1000**4,
 }
-_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([A-Za-z]*)")
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([A-Za-z]*)")
 
 _DURATION_HINT = "use a number with a unit (ms, s, m or h), such as 500ms, 10s, 5m or 1h30m"
 _SIZE_HINT = (
@@ -53,12 +76,12 @@ _SIZE_HINT = (
 )
 
 
-def parse_duration(text: str) -> float:
-    """Parse a duration string into float seconds.
+def parse_duration(text: str, *, maximum: float | None = None) -> float:
+    """Parse a duration string into float seconds, at most ``maximum`` (default: a year).
 
     Accepts ``0`` and concatenations of ``<number><unit>`` with units ms, s, m, h. Raises
     ``UnitError`` for anything else, including a non-string, a bare number other than 0, an
-    unknown unit, a sign or embedded spaces.
+    unknown unit, a sign, embedded spaces, or a duration longer than ``maximum``.
     """
     if not isinstance(text, str):
         raise UnitError(f"a duration must be a string, not {_kind(text)}; {_DURATION_HINT}")
@@ -66,6 +89,8 @@ def parse_duration(text: str) -> float:
         return 0.0
     if not text:
         raise UnitError(f"empty duration; {_DURATION_HINT}")
+    if len(text) > MAX_UNIT_CHARS:
+        raise UnitError(f"duration {_show(text)} is too long to be meant; {_DURATION_HINT}")
     if _NUMBER_ONLY.fullmatch(text):
         raise UnitError(f"duration {text!r} has no unit; {_DURATION_HINT}")
     total = Decimal(0)
@@ -77,6 +102,9 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if pos != len(text):
         raise UnitError(f"invalid duration {text!r}; {_DURATION_HINT}")
+    limit = DURATION_CEILING if maximum is None else maximum
+    if total > Decimal(limit):
+        raise UnitError(f"duration {text!r} is longer than the limit of {format_duration(limit)}")
     return float(total)
 
 
@@ -96,14 +124,32 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def parse_size(value: int | float | str) -> int:
-    """Parse a size into integer bytes.
+def parse_size(value: int | float | str, *, maximum: int | None = None) -> int:
+    """Parse a size into integer bytes, at most ``maximum`` (default: ``SIZE_CEILING``).
 
     Accepts a non-negative integer (or an integral float) of bytes, or a string of digits with
     an optional suffix: Ki, Mi, Gi, Ti (powers of 1024) or K/k, M, G, T (powers of 1000).
-    Raises ``UnitError`` for booleans, negative numbers, unknown suffixes (such as ``MB``) and
-    values that are not a whole number of bytes.
+    Raises ``UnitError`` for booleans, negative numbers, unknown suffixes (such as ``MB``),
+    values that are not a whole number of bytes and sizes above ``maximum``.
     """
+    size = _size(value)
+    limit = SIZE_CEILING if maximum is None else maximum
+    if size > limit:
+        shown = repr(value) if isinstance(value, str) else str(size)
+        raise UnitError(f"size {shown} is more than the limit of {format_size(limit)}")
+    return size
+
+
+def format_size(size: int) -> str:
+    """``size`` bytes with the largest binary suffix that divides it (``1Ti``, ``64Mi``)."""
+    for suffix in ("Ti", "Gi", "Mi", "Ki"):
+        unit = _SIZE_SUFFIXES[suffix]
+        if size and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def _size(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise UnitError(
             f"a size must be a number of bytes or a string, not a boolean; {_SIZE_HINT}"
@@ -115,9 +161,13 @@ def parse_size(value: int | float | str) -> int:
     if isinstance(value, float):
         if value < 0 or not value.is_integer():
             raise UnitError(f"size {value!r} is not a whole, non-negative number of bytes")
+        if value > SIZE_CEILING:
+            raise UnitError(f"size {value!r} is more than the limit of {format_size(SIZE_CEILING)}")
         return int(value)
     if not isinstance(value, str):
         raise UnitError(f"a size must be a number of bytes or a string, not {_kind(value)}")
+    if len(value) > MAX_UNIT_CHARS:
+        raise UnitError(f"size {_show(value)} is too long to be meant; {_SIZE_HINT}")
     match = _SIZE.fullmatch(value)
     if match is None:
         raise UnitError(f"invalid size {value!r}; {_SIZE_HINT}")
@@ -131,6 +181,10 @@ def parse_size(value: int | float | str) -> int:
     if amount != amount.to_integral_value():
         raise UnitError(f"size {value!r} is not a whole number of bytes")
     return int(amount)
+
+
+def _show(text: str) -> str:
+    return repr(text[:20] + "...")
 
 
 def _kind(value: object) -> str:

@@ -1,7 +1,7 @@
 """Sessions: the implementations of ``reconciler.session.Session``.
 
 - ``files``: the desired directory of YAML files, watched with ``watchfiles`` (offline manager).
-- ``nats``: the fleet manager over NATS JetStream.
+- ``nats``: the fleet manager over NATS JetStream (``assignments`` reads its values, purely).
 
 Each module is imported on its own by the composition root, so that running one session never
 loads the other's I/O library.

@@ -27,6 +27,12 @@ not sent again (receivers are idempotent anyway).
 
 Reading and validating run in a worker thread (``asyncio.to_thread``) so a large file set never
 stalls the event loop.
+
+**Never dies on input.** Whatever the directory holds (a hostile file, a symlink swapped under
+it, a file that makes a parser fail in a way nobody foresaw), a read ends as a ``DesiredTasks``
+or a ``DesiredInvalid`` with bounded problem lines; no exception from reading reaches the
+stream. The reader's own limits (file size, nesting, values, unsafe permissions on the way to
+the directory) live in ``reconciler.desired``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from reconciler.desired import DesiredStateError, is_desired_file_name, load_directory
+from reconciler.desired import DesiredStateError, Problem, is_desired_file_name, load_directory
+from reconciler.desired.problems import describe
 from reconciler.model import NodeDescription
 from reconciler.session import (
     DesiredInvalid,
@@ -58,13 +65,21 @@ def read_desired(desired_dir: Path) -> DesiredTasks | DesiredInvalid:
     """Read and validate the directory once, as the message the session would send.
 
     Blocking file I/O. ``DesiredTasks`` lists the tasks sorted by name and is always full.
+    Never raises: anything unforeseen becomes a ``DesiredInvalid`` naming the directory.
     """
     try:
         desired = load_directory(desired_dir)
     except DesiredStateError as e:
         return DesiredInvalid(errors=e.lines())
+    except Exception as e:  # load_directory promises otherwise; the session must outlive a bug
+        return _unreadable(desired_dir, e)
     tasks = tuple(desired.tasks[name] for name in sorted(desired.tasks))
     return DesiredTasks(tasks=tasks, full=True)
+
+
+def _unreadable(desired_dir: Path, e: BaseException) -> DesiredInvalid:
+    problem = Problem(os.fspath(desired_dir), 0, "directory", f"could not be read ({describe(e)})")
+    return DesiredInvalid(errors=(str(problem),))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -122,11 +137,20 @@ class FileSession:
         """The initial read, then one message per change that alters the result.
 
         Every message is a full ``DesiredTasks`` or a ``DesiredInvalid``. Ends when ``close()``
-        is called. May be iterated only once per session. Never raises for bad input.
+        is called. One iteration at a time; a new one (after the previous ended or failed)
+        starts again with a full read. Never raises for bad input.
         """
         if self._started:
-            raise RuntimeError("FileSession.messages() can be iterated only once")
+            raise RuntimeError("FileSession.messages() is already being iterated")
         self._started = True
+        try:
+            async for msg in self._messages():
+                yield msg
+        finally:
+            self._started = False
+
+    async def _messages(self) -> AsyncGenerator[SessionMessage, None]:
+        self._last = None  # a new iteration (a restarted loop) starts with a full message
         msg = await self._read()
         if msg is not None:
             yield msg
@@ -199,7 +223,11 @@ class FileSession:
 
     async def _read(self) -> SessionMessage | None:
         """Read the directory; the message, or None when it equals the last one sent."""
-        msg = await asyncio.to_thread(read_desired, self._dir)
+        try:
+            msg: SessionMessage = await asyncio.to_thread(read_desired, self._dir)
+        except Exception as e:  # the thread could not run: still a message, never a crash
+            msg = _unreadable(self._dir, e)
+            log.warning("desired directory read failed: %s", msg.errors[0])
         if msg == self._last:
             return None
         self._last = msg

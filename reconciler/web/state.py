@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from reconciler import __version__
-from reconciler.metrics import readiness
 from reconciler.snapshot import Snapshot, TaskView
 
 __all__ = [
@@ -70,14 +69,14 @@ def node_json(snap: Snapshot) -> dict[str, Any]:
         "runtimeVersion": node.runtime_version if node else None,
         "version": node.agent_version if node and node.agent_version else __version__,
         "labels": dict(snap.labels),
-        "ready": readiness(snap)[0],
+        "ready": snap.ready,
     }
 
 
 def agent_json(snap: Snapshot) -> dict[str, Any]:
     """The agent's own health: readiness reason, start time, loops, runtime, session."""
     return {
-        "readyReason": readiness(snap)[1],
+        "readyReason": snap.ready_reason,
         "startedAt": rfc3339(snap.started_at),
         "runtimeUp": snap.runtime_up,
         "loopsAlive": snap.loops_alive,

@@ -1,11 +1,13 @@
 """The podman runtime: real containers through podman's REST API (podman-py).
 
 ``PodmanExecutor`` is the entry point the composition root (``reconciler.cli``) picks; the rest
-of the package is its parts: ``spec`` (TaskSpec -> create arguments, pure), ``client`` (the
-bounded thread pool and the one place podman errors are translated), ``events`` (the single
-event-stream reader), ``controller`` (one task's container), ``cgroups`` (verifying live
-updates) and ``service`` (a private ``podman system service`` for tests, benchmarks and hosts
-without a socket).
+of the package is its parts: ``spec`` (TaskSpec -> create arguments, pure), ``client`` (the REST
+calls with their deadlines, and the one place podman errors are translated), ``lanes`` (bounded
+thread pools per class of call), ``transport`` (abortable unix-socket HTTP), ``probe`` (the
+liveness probe behind ``runtime_up``), ``events`` (the single event-stream reader),
+``controller`` (one task's container), ``cgroups`` (verifying live updates), ``discovery``
+(finding podman's socket) and ``service`` (a private ``podman system service`` for tests,
+benchmarks and hosts without a socket).
 """
 
 from runtime.podman.executor import PodmanExecutor

@@ -1,8 +1,12 @@
-"""Thin, async podman calls: one bounded thread pool, one place that translates errors.
+"""Thin, async podman calls: lanes with deadlines, and the one place that translates errors.
 
-podman-py is blocking, so every call runs in this module's own ``ThreadPoolExecutor`` (never the
-loop's default pool, which other parts of the agent share). The pool is bounded: a hung podman
-can tie up at most ``max_workers`` threads, and every request carries a socket timeout.
+podman-py is blocking, so every call runs in a thread of one of this module's lanes
+(``lanes.Lane``), never the loop's default pool: quick calls (inspect, list, info, create, start,
+kill, update, health checks) in one bounded pool, long ones (stop, remove, pull) in another, and
+the liveness ping in a lane of its own, so no slow call can delay the calls that decide whether
+podman is alive. Every call has a deadline (``Deadlines``): a stop gets its grace period plus a
+margin, a pull a long one, everything else seconds; at the deadline its socket is shut down and
+it fails as ``RuntimeUnavailable``.
 
 Calls go straight to the REST API through podman-py's ``APIClient`` rather than its resource
 managers, because the managers add round trips: ``containers.create()`` re-reads the container
@@ -12,43 +16,64 @@ podman-py's documented ``create()`` keywords.
 
 Error translation lives in ``translate()`` only:
 
-* no answer (connection refused, socket missing, timeout, broken stream) -> ``RuntimeUnavailable``
-  (a ``TemporaryError``) and the runtime is reported down;
+* no answer (connection refused, socket missing, timeout, broken stream, deadline passed, call
+  aborted) -> ``RuntimeUnavailable`` (a ``TemporaryError``);
 * 404 -> ``NotFound``; a name already in use -> ``NameConflict``; an image not present ->
   ``ImageMissing``; these are outcomes the controller turns into idempotent results;
 * a 5xx whose text says it is transient (locks, timeouts, "try again") -> ``TemporaryError``;
 * any other 4xx/5xx -> ``PermanentError`` carrying podman's own explanation.
 
-Every failure except the expected outcomes above is counted once through
-``RuntimeObserver.runtime_error(op)``. A cancelled call lets its thread finish before it
-re-raises ``CancelledError``, so no podman request is left half-observed.
+Whether podman is up is ``Reachability``'s, and the liveness probe (``probe``) alone turns it
+down: a call that gets no answer only asks the probe to look now, and any answer from podman
+counts as up. While the runtime is down, calls fail at once with ``RuntimeUnavailable`` without
+touching the socket (the probe keeps looking, and the agent retries everything when podman is
+back), so nothing queues up behind a hung podman.
+
+Every failure of a call that reached podman, except the expected outcomes above, is counted once
+through ``RuntimeObserver.runtime_error(op)``; calls refused while the runtime is down and failed
+liveness pings are not (``runtime_up`` reports those). A cancelled call lets its thread finish
+before it re-raises ``CancelledError``, so no podman request is left half-observed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import socket
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import podman
 import podman.errors
 import requests
 from podman import api as podman_api
-from podman.api.uds import UDSAdapter, UDSConnection, UDSConnectionPool, UDSPoolManager, UDSSocket
+from podman.api import APIClient
+from podman.domain.containers_create import CreateMixin
 
+from reconciler.clock import Clock
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.executor import RuntimeObserver
+from runtime.podman.lanes import Lane
+from runtime.podman.transport import Aborted, AbortReason
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 60.0
-"""Socket timeout for ordinary calls (seconds). Stops and pulls get longer ones."""
 
-PULL_TIMEOUT = 900.0
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """How long each kind of podman call may take, in seconds from when it starts."""
+
+    probe: float = 1.5
+    """The liveness ping: podman answers it at once unless it is hung."""
+    read: float = 30.0
+    """inspect, list, info."""
+    write: float = 60.0
+    """create, start, kill, update (podman takes locks and runs the OCI runtime)."""
+    margin: float = 30.0
+    """Added to a stop's grace period, a removal's stop timeout and a health check's timeout."""
+    pull: float = 900.0
+
 
 _TRANSIENT_MARKERS = (
     "timed out",
@@ -81,20 +106,42 @@ class ImageMissing(PermanentError):
 
 
 class Reachability:
-    """Whether podman answers, reported to the observer on every change (and the first time)."""
+    """Whether podman answers: the flag behind ``runtime_up``, and when podman last answered.
 
-    def __init__(self, observer: RuntimeObserver) -> None:
+    ``set`` reports every change (and the first value) to the observer and the change
+    listeners. ``answered`` records an answer from podman (any call's, or the event stream's) and
+    sets up; ``suspect`` asks the liveness probe to look now. All of it runs on the event loop.
+    """
+
+    def __init__(self, observer: RuntimeObserver, *, clock: Clock) -> None:
         self._observer = observer
+        self._clock = clock
         self._up: bool | None = None
         self._lock = threading.Lock()
         self._listeners: list[Callable[[bool], None]] = []
+        self._suspect_listeners: list[Callable[[], None]] = []
+        self.answers = 0
+        """How many answers podman has given (a count, so a probe can tell whether any came
+        while its own ping was in flight)."""
+        self.last_answer = float("-inf")
+        """When podman last answered, on the clock's monotonic time."""
 
     @property
     def up(self) -> bool:
         return bool(self._up)
 
+    @property
+    def down(self) -> bool:
+        """Known to be down (not merely not yet contacted)."""
+        return self._up is False
+
     def add_listener(self, fn: Callable[[bool], None]) -> None:
+        """Call ``fn(up)`` on every change."""
         self._listeners.append(fn)
+
+    def add_suspect_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` whenever a call got no answer."""
+        self._suspect_listeners.append(fn)
 
     def set(self, up: bool) -> None:
         with self._lock:
@@ -104,6 +151,15 @@ class Reachability:
         self._observer.runtime_up(up)
         for fn in list(self._listeners):
             fn(up)
+
+    def answered(self) -> None:
+        self.answers += 1
+        self.last_answer = self._clock.monotonic()
+        self.set(True)
+
+    def suspect(self) -> None:
+        for fn in list(self._suspect_listeners):
+            fn()
 
 
 def _explanation(err: podman.errors.APIError) -> str:
@@ -137,6 +193,8 @@ def translate(err: BaseException, *, what: str) -> ReconcilerError:
     """Turn any exception from podman-py / requests / sockets into a reconciler error."""
     if isinstance(err, ReconcilerError):
         return err
+    if isinstance(err, Aborted):
+        return RuntimeUnavailable(f"{what}: {err}")
     if isinstance(err, podman.errors.APIError):
         status = err.status_code
         text = _explanation(err)
@@ -179,62 +237,14 @@ def _root_cause(err: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-class _ClosingUDSConnection(UDSConnection):
-    """podman-py's UDS connection leaks its socket when connecting fails (podman down), which
-    surfaces as ResourceWarnings on every retry; this one closes it."""
-
-    def connect(self) -> None:
-        sock = UDSSocket(self.uds)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect()  # type: ignore[no-untyped-call]
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _ClosingUDSPool(UDSConnectionPool):
-    ConnectionCls = _ClosingUDSConnection
-
-
-class _ClosingUDSPoolManager(UDSPoolManager):
-    def __init__(self, num_pools: int = 10, headers: Any = None, **kwargs: Any) -> None:
-        super().__init__(num_pools, headers, **kwargs)  # type: ignore[no-untyped-call]
-        self.pool_classes_by_scheme = {"http": _ClosingUDSPool, "http+ssh": _ClosingUDSPool}
-
-
-class _ClosingUDSAdapter(UDSAdapter):
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **kw: Any
-    ) -> None:
-        pool_kwargs = dict(kw)
-        pool_kwargs.update(self._pool_kwargs)
-        self.poolmanager = _ClosingUDSPoolManager(
-            num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
-        )
-
-
-def make_client(
-    url: str, *, timeout: float | None = None, max_pool_size: int | None = None
-) -> podman.PodmanClient:
-    """A podman-py client whose unix-socket connections never leak when podman is down."""
-    client = podman.PodmanClient(base_url=url, timeout=timeout, max_pool_size=max_pool_size)
-    api = client.api
-    if api.base_url.scheme == "http+unix":
-        kwargs: dict[str, Any] = {}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
-        if max_pool_size is not None:
-            kwargs["pool_maxsize"] = max_pool_size
-        for prefix in ("http://", "https://"):
-            old = api.adapters[prefix]
-            api.mount(prefix, _ClosingUDSAdapter(api.base_url.geturl(), **kwargs))
-            old.close()
-    return client
-
-
 _QUIET: tuple[type[ReconcilerError], ...] = (NotFound, NameConflict, ImageMissing)
+
+Work = Callable[[APIClient], T]
+
+
+def _check(resp: Any) -> Any:
+    resp.raise_for_status()
+    return resp
 
 
 class PodmanAPI:
@@ -247,92 +257,99 @@ class PodmanAPI:
         observer: RuntimeObserver,
         reachability: Reachability,
         max_workers: int = 8,
+        deadlines: Deadlines | None = None,
     ) -> None:
-        self.url = url
         self._observer = observer
         self._reach = reachability
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="podman-call"
-        )
-        # One connection per worker thread, kept alive between calls.
-        self._client = make_client(url, timeout=DEFAULT_TIMEOUT, max_pool_size=max_workers)
-        self._api = self._client.api
+        self.deadlines = deadlines or Deadlines()
+        self.quick = Lane("call", size=max_workers, url=url)
+        """inspect, list, info, create, start, kill, update, health checks."""
+        self.slow = Lane("slow", size=max(1, max_workers // 2), url=url)
+        """stop, remove, pull: calls that may rightly take long."""
+        self.probe = Lane("probe", size=1, url=url)
+        """The liveness ping only."""
+        self._url = url
         self._closed = False
 
     @property
-    def client(self) -> podman.PodmanClient:
-        return self._client
+    def url(self) -> str:
+        return self._url
+
+    @url.setter
+    def url(self, url: str) -> None:
+        """Send later calls to another socket (calls in flight finish where they are)."""
+        self._url = url
+        for lane in (self.quick, self.slow, self.probe):
+            lane.url = url
+
+    def abort_inflight(self, reason: AbortReason = AbortReason.RUNTIME_DOWN) -> int:
+        """End every call in flight (the probe's own excepted). Returns how many there were."""
+        return self.quick.abort_all(reason) + self.slow.abort_all(reason)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(None, self._shutdown_blocking)
-
-    def _shutdown_blocking(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._client.close()  # type: ignore[no-untyped-call]
+        await asyncio.gather(self.quick.close(), self.slow.close(), self.probe.close())
 
     # ------------------------------------------------------------------------------- core
 
-    async def call(self, op: str, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in the pool; translate and count its failure as ``op``."""
+    async def call(self, op: str, what: str, fn: Work[T], *, lane: Lane, deadline: float) -> T:
+        """Run ``fn`` in ``lane`` with a deadline; translate and count its failure as ``op``."""
         if self._closed:
             raise RuntimeUnavailable(f"{what}: the podman client is closed")
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, fn)
+        if self._reach.down:
+            raise RuntimeUnavailable(f"{what}: podman is not answering")
         try:
-            result = await asyncio.shield(fut)
+            result = await lane.run(fn, deadline=deadline)
         except asyncio.CancelledError:
-            # Let the thread finish so the call's effect is settled before re-raising.
-            while not fut.done():
-                try:
-                    await asyncio.wait([fut])
-                except asyncio.CancelledError:
-                    continue
-            if not fut.cancelled() and fut.exception() is None:
-                self._reach.set(True)
             raise
-        except BaseException as exc:  # translated below
+        except Exception as exc:  # translated below
             err = translate(exc, what=what)
             if isinstance(err, RuntimeUnavailable):
-                self._reach.set(False)
+                self._reach.suspect()
             else:
-                self._reach.set(True)
+                self._reach.answered()
             if not isinstance(err, _QUIET):
                 self._observer.runtime_error(op)
             raise err from exc
-        self._reach.set(True)
+        self._reach.answered()
         return result
 
-    def _check(self, resp: Any) -> Any:
-        resp.raise_for_status()
-        return resp
+    async def _quick(self, op: str, what: str, fn: Work[T], *, deadline: float) -> T:
+        return await self.call(op, what, fn, lane=self.quick, deadline=deadline)
+
+    async def _slow(self, op: str, what: str, fn: Work[T], *, deadline: float) -> T:
+        return await self.call(op, what, fn, lane=self.slow, deadline=deadline)
 
     # ------------------------------------------------------------------------ containers
 
     async def create(self, kwargs: Mapping[str, Any]) -> str:
         """Create a container from podman-py ``create()`` keywords; return its id."""
-        body = podman_api.prepare_body(self._client.containers._render_payload(dict(kwargs)))
+        body = podman_api.prepare_body(CreateMixin._render_payload(dict(kwargs)))
         name = kwargs.get("name", "")
 
-        def run() -> str:
-            resp = self._api.post(
+        def run(api: APIClient) -> str:
+            resp = api.post(
                 "/containers/create", headers={"content-type": "application/json"}, data=body
             )
-            self._check(resp)
+            _check(resp)
             return str(resp.json()["Id"])
 
-        return await self.call("create", f"creating container {name}", run)
+        return await self._quick(
+            "create", f"creating container {name}", run, deadline=self.deadlines.write
+        )
 
     async def start(self, ref: str) -> bool:
         """Start a container. Returns False when it was already running (podman's 304)."""
 
-        def run() -> bool:
-            resp = self._check(self._api.post(f"/containers/{ref}/start"))
+        def run(api: APIClient) -> bool:
+            resp = _check(api.post(f"/containers/{ref}/start"))
             return bool(resp.status_code != 304)
 
-        return await self.call("start", f"starting container {ref}", run)
+        return await self._quick(
+            "start", f"starting container {ref}", run, deadline=self.deadlines.write
+        )
 
     async def stop(self, ref: str, *, grace: float) -> bool:
         """Stop with the container's stop signal, SIGKILL after ``grace`` seconds.
@@ -340,105 +357,101 @@ class PodmanAPI:
         Returns False when the container was not running."""
         t = max(0, round(grace))
 
-        def run() -> bool:
-            resp = self._api.post(
-                f"/containers/{ref}/stop", params={"timeout": t}, timeout=t + DEFAULT_TIMEOUT
-            )
+        def run(api: APIClient) -> bool:
+            resp = api.post(f"/containers/{ref}/stop", params={"timeout": t})
             if resp.status_code == 304:
                 return False
-            self._check(resp)
+            _check(resp)
             return True
 
-        return await self.call("stop", f"stopping container {ref}", run)
+        return await self._slow(
+            "stop", f"stopping container {ref}", run, deadline=t + self.deadlines.margin
+        )
 
     async def kill(self, ref: str, *, signal: str = "SIGKILL") -> bool:
         """Send a signal. Returns False when the container was not running."""
 
-        def run() -> bool:
-            resp = self._api.post(f"/containers/{ref}/kill", params={"signal": signal})
+        def run(api: APIClient) -> bool:
+            resp = api.post(f"/containers/{ref}/kill", params={"signal": signal})
             text = resp.text.lower() if resp.status_code >= 400 else ""
             if resp.status_code == 409 or any(
                 m in text for m in ("not running", "state improper", "can only kill running")
             ):
                 return False
-            self._check(resp)
+            _check(resp)
             return True
 
-        return await self.call("stop", f"killing container {ref}", run)
+        return await self._quick(
+            "stop", f"killing container {ref}", run, deadline=self.deadlines.write
+        )
 
     async def remove(self, ref: str, *, stop_timeout: float = 0) -> None:
         """Remove a container by force, with its anonymous volumes (never named ones)."""
         t = max(0, round(stop_timeout))
 
-        def run() -> None:
-            self._check(
-                self._api.delete(
-                    f"/containers/{ref}",
-                    params={"force": True, "v": True, "t": t},
-                    timeout=t + DEFAULT_TIMEOUT,
-                )
-            )
+        def run(api: APIClient) -> None:
+            _check(api.delete(f"/containers/{ref}", params={"force": True, "v": True, "t": t}))
 
-        await self.call("remove", f"removing container {ref}", run)
+        await self._slow(
+            "remove", f"removing container {ref}", run, deadline=t + self.deadlines.margin
+        )
 
     async def inspect(self, ref: str) -> dict[str, Any]:
-        def run() -> dict[str, Any]:
-            data = self._check(self._api.get(f"/containers/{ref}/json")).json()
-            return dict(data)
+        def run(api: APIClient) -> dict[str, Any]:
+            return dict(_check(api.get(f"/containers/{ref}/json")).json())
 
-        return await self.call("inspect", f"inspecting container {ref}", run)
+        return await self._quick(
+            "inspect", f"inspecting container {ref}", run, deadline=self.deadlines.read
+        )
 
     async def list(self, *, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Every container (running or not) carrying all of ``labels``."""
         filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
 
-        def run() -> list[dict[str, Any]]:
-            resp = self._check(
-                self._api.get("/containers/json", params={"all": True, "filters": filters})
-            )
+        def run(api: APIClient) -> list[dict[str, Any]]:
+            resp = _check(api.get("/containers/json", params={"all": True, "filters": filters}))
             return list(resp.json() or [])
 
-        return await self.call("list", "listing containers", run)
+        return await self._quick("list", "listing containers", run, deadline=self.deadlines.read)
 
     async def update_resources(self, ref: str, resources: Mapping[str, Any]) -> None:
         """POST /libpod/containers/{ref}/update with a LinuxResources body."""
         body = json.dumps(resources)
 
-        def run() -> None:
-            self._check(
-                self._api.post(
+        def run(api: APIClient) -> None:
+            _check(
+                api.post(
                     f"/containers/{ref}/update",
                     data=body,
                     headers={"content-type": "application/json"},
                 )
             )
 
-        await self.call("update", f"updating container {ref}", run)
+        await self._quick("update", f"updating container {ref}", run, deadline=self.deadlines.write)
 
     async def healthcheck(self, ref: str, *, check_timeout: float) -> dict[str, Any]:
         """Run the container's health check once; podman's cumulative verdict."""
 
-        def run() -> dict[str, Any]:
-            resp = self._check(
-                self._api.get(
-                    f"/containers/{ref}/healthcheck", timeout=check_timeout + DEFAULT_TIMEOUT
-                )
-            )
-            return dict(resp.json())
+        def run(api: APIClient) -> dict[str, Any]:
+            return dict(_check(api.get(f"/containers/{ref}/healthcheck")).json())
 
-        return await self.call("healthcheck", f"health check of {ref}", run)
+        return await self._quick(
+            "healthcheck",
+            f"health check of {ref}",
+            run,
+            deadline=check_timeout + self.deadlines.margin,
+        )
 
     # ---------------------------------------------------------------------------- images
 
     async def pull(self, image: str) -> None:
         """Pull ``image``. podman answers 200 and reports a failure inside the stream."""
 
-        def run() -> None:
-            resp = self._check(
-                self._api.post(
+        def run(api: APIClient) -> None:
+            resp = _check(
+                api.post(
                     "/images/pull",
                     params={"reference": image, "quiet": True, "policy": "always"},
-                    timeout=PULL_TIMEOUT,
                 )
             )
             for line in resp.text.splitlines():
@@ -452,22 +465,30 @@ class PodmanAPI:
                 if isinstance(item, dict) and item.get("error"):
                     raise TemporaryError(f"pulling image {image} failed: {item['error']}")
 
-        await self.call("pull", f"pulling image {image}", run)
+        await self._slow("pull", f"pulling image {image}", run, deadline=self.deadlines.pull)
 
     # ------------------------------------------------------------------------------ node
 
     async def info(self) -> dict[str, Any]:
-        def run() -> dict[str, Any]:
-            return dict(self._check(self._api.get("/info")).json())
+        def run(api: APIClient) -> dict[str, Any]:
+            return dict(_check(api.get("/info")).json())
 
-        return await self.call("inspect", "reading podman info", run)
+        return await self._quick(
+            "inspect", "reading podman info", run, deadline=self.deadlines.read
+        )
 
     async def ping(self) -> bool:
-        def run() -> bool:
-            resp = self._api.get("/_ping", timeout=10)
-            return bool(resp.ok)
+        """One ``/_ping`` in the probe's own lane, with the probe's short deadline.
+
+        Returns whether podman answered it; never raises for podman's failure, and leaves
+        ``Reachability`` to the caller (the liveness probe)."""
+
+        def run(api: APIClient) -> bool:
+            return bool(api.get("/_ping").ok)
 
         try:
-            return await self.call("inspect", "pinging podman", run)
-        except ReconcilerError:
+            return await self.probe.run(run, deadline=self.deadlines.probe)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
             return False

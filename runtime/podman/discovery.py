@@ -6,6 +6,11 @@ the agent starts its own ``podman system service`` on that state-dir socket, wit
 environment passed on (``CONTAINERS_CONF`` included) and the host's default storage, so images
 and containers are the ones ``podman`` on the command line sees. The agent stops that service
 on exit; containers keep running under conmon.
+
+Discovery is not only for start-up: ``rediscovery`` gives the executor a callable that walks the
+same order again while podman is down, so a socket that appears later (a socket-activated
+``podman.socket``, ``$CONTAINER_HOST``'s socket created after the agent) is found and used. An
+explicit ``--podman-url`` gets none: it is never replaced.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -124,6 +130,30 @@ def start_service(url: str, *, wait: float = 20.0) -> OwnService:
     raise RuntimeError(f"podman system service on {url} did not come up: {tail.strip()}")
 
 
+def first_answering(urls: Iterable[str], *, timeout: float = 2.0) -> str | None:
+    """The first of ``urls`` that answers a ping now, or None."""
+    return next((url for url in urls if answers(url, timeout)), None)
+
+
+REDISCOVERY_PING_TIMEOUT = 1.0
+"""Per candidate while podman is down: a hung socket must not hold rediscovery for long."""
+
+
+def rediscovery(explicit: str | None, state_dir: Path) -> Callable[[], str | None] | None:
+    """What the executor runs while podman is down to find a socket that appeared later.
+
+    None for an explicit URL, which is never replaced. Otherwise a blocking callable that
+    returns the first candidate (in the same order as at start-up) that answers now, or None.
+    """
+    if explicit:
+        return None
+
+    def find() -> str | None:
+        return first_answering(candidates(state_dir), timeout=REDISCOVERY_PING_TIMEOUT)
+
+    return find
+
+
 def find_podman(explicit: str | None, state_dir: Path) -> tuple[str, OwnService | None]:
     """The URL to use and, if the agent had to start one, its own service.
 
@@ -134,11 +164,10 @@ def find_podman(explicit: str | None, state_dir: Path) -> tuple[str, OwnService 
     """
     if explicit:
         return explicit, None
-    urls = candidates(state_dir)
-    for url in urls:
-        if answers(url):
-            log.info("found podman url=%s", url)
-            return url, None
+    url = first_answering(candidates(state_dir))
+    if url is not None:
+        log.info("found podman url=%s", url)
+        return url, None
     own = state_dir_socket(state_dir)
     try:
         return own, start_service(own)

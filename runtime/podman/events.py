@@ -17,10 +17,17 @@ in which an exit could be missed.
 
 Robustness:
 
-* **Reconnect.** A supervisor coroutine restarts the reader after the stream ends or fails, with
-  capped exponential backoff through the injected clock. Every watch is told the stream was
-  lost (its waiter raises ``TemporaryError`` and re-inspects when retried), because events may
-  have been missed while it was down.
+* **Reconnect.** A supervisor coroutine restarts the reader after the stream ends or fails, on
+  the agent's one backoff rule (``reconciler.backoff``): a stream that had connected is retried
+  at once (from ``initial``), one that never connected backs off, and the runtime coming back up
+  ends any backoff. Every watch is told the stream was lost (its waiter raises
+  ``TemporaryError`` and re-inspects when retried), because events may have been missed while it
+  was down.
+* **Hung podman.** podman sends nothing on an idle stream, so a read timeout would take a quiet
+  host for a hung one. Instead the stream is tied to the liveness probe: when the probe finds
+  podman hung, the executor calls ``interrupt()``, which shuts the stream's socket down
+  (``transport.Call``); the reader wakes, the watches get "lost", and the supervisor reconnects.
+  Connecting has a deadline of its own (``CONNECT_TIMEOUT``): the response headers must come.
 * **Rotation.** podman's file events logger rotates its log; the open stream survives it, but
   re-reads part of the rotated file, so old events come again. Events older than the newest one
   seen on this connection are dropped.
@@ -39,15 +46,20 @@ from typing import Any
 
 import podman
 
+from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
-from reconciler.executor import RuntimeObserver
-from runtime.podman.client import Reachability, make_client
+from reconciler.executor import RuntimeObserver, Supervise
+from runtime.podman.client import Reachability
 from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
+from runtime.podman.transport import AbortReason, Call, make_client, running
 
 log = logging.getLogger(__name__)
 
-INITIAL_BACKOFF = 0.1
-MAX_BACKOFF = 5.0
+RECONNECT = Backoff(initial=0.1, factor=2.0, cap=5.0, jitter=0.2)
+"""The wait before reconnecting: from ``initial`` after a stream that had connected."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds (real time) podman has to answer the stream's request with its headers."""
 
 # The actions a waiter cares about; everything else is dropped in the reader thread.
 RELEVANT_ACTIONS = frozenset({"start", "died", "remove", "kill", "stop", "health_status"})
@@ -105,39 +117,48 @@ class EventStream:
         self._watches: dict[str, set[Watch]] = {}
         self._connected = False
         self._connected_event: asyncio.Event | None = None
-        self._down_event: asyncio.Event | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = threading.Event()
-        self._resp_lock = threading.Lock()
-        self._resp: Any = None
+        self._call: Call | None = None
+        self._connect_deadline: asyncio.TimerHandle | None = None
+        self._wake = asyncio.Event()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[ContainerEvent], None]] = []
         self.connections = 0
         """How many times the stream has connected (for tests and logs)."""
 
     # ------------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Start following events in the background. Never fails if podman is down."""
-        if self._supervisor is not None:
+    async def start(self, *, supervise: Supervise | None = None) -> None:
+        """Start following events in the background. Never fails if podman is down.
+
+        With ``supervise``, the reader loop (``run``) is handed to it under the name
+        ``events`` (the agent's supervisor restarts it after an unexpected error); otherwise
+        it runs in a task of its own. Idempotent.
+        """
+        if self._connected_event is not None:
             return
-        self._loop = asyncio.get_running_loop()
         self._connected_event = asyncio.Event()
-        self._down_event = asyncio.Event()
-        self._supervisor = asyncio.create_task(self._supervise(), name="podman-events")
+        if supervise is not None:
+            supervise("events", self.run)
+        else:
+            self._supervisor = asyncio.create_task(self.run(), name="podman-events")
 
     async def close(self) -> None:
         """Stop the reader thread and the supervisor; wait for both."""
         self._closing.set()
-        self._shutdown_stream()
+        self._abort(AbortReason.CLOSING)
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        await self._join_reader()
+
+    async def _join_reader(self) -> None:
         thread = self._thread
         if thread is not None:
+            self._abort(AbortReason.CLOSING)
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
             self._thread = None
 
@@ -150,6 +171,29 @@ class EventStream:
         if self._connected_event is None:
             raise RuntimeError("the event stream was not started")
         await self._connected_event.wait()
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def interrupt(self) -> None:
+        """podman stopped answering: drop the stream now (watchers get "lost"), reconnect."""
+        self._abort(AbortReason.RUNTIME_DOWN)
+
+    def wake(self) -> None:
+        """podman answers again: end any reconnect backoff now."""
+        self._wake.set()
+
+    def set_url(self, url: str) -> None:
+        """Follow podman to another socket: drop the stream and reconnect there at once."""
+        self._url = url
+        self._abort(AbortReason.MOVED)
+        self._wake.set()
+
+    def _abort(self, reason: AbortReason) -> None:
+        call = self._call
+        if call is not None:
+            call.abort(reason)
 
     # -------------------------------------------------------------------------- watches
 
@@ -181,22 +225,35 @@ class EventStream:
 
     # ------------------------------------------------------------------------ supervisor
 
-    async def _supervise(self) -> None:
-        backoff = INITIAL_BACKOFF
+    async def run(self) -> None:
+        """The reader loop: connect, read until the stream ends, reconnect with backoff. Runs
+        until ``close()``. May be started again after it failed: a reader thread left over
+        from the failed run is stopped first."""
+        await self._join_reader()
+        retry = Retry(RECONNECT, clock=self._clock)
+        loop = asyncio.get_running_loop()
         while not self._closing.is_set():
-            loop = asyncio.get_running_loop()
+            self._wake.clear()
+            call = Call(timeout=CONNECT_TIMEOUT)
+            self._call = call
             done: asyncio.Future[BaseException | None] = loop.create_future()
             thread = threading.Thread(
-                target=self._read, args=(loop, done), name="podman-events", daemon=True
+                target=self._read,
+                args=(call, self._url, loop, done),
+                name="podman-events",
+                daemon=True,
             )
             self._thread = thread
+            self._connect_deadline = loop.call_later(
+                CONNECT_TIMEOUT, call.abort, AbortReason.DEADLINE
+            )
             thread.start()
             try:
                 err = await asyncio.shield(done)
             finally:
+                self._connect_deadline.cancel()
                 if not done.done():
-                    # Cancelled by close(): unblock and join the reader.
-                    self._shutdown_stream()
+                    call.abort(AbortReason.CLOSING)  # cancelled by close()
             await loop.run_in_executor(None, thread.join)
             self._thread = None
             was_connected = self._connected
@@ -205,13 +262,25 @@ class EventStream:
                 return
             if err is not None:
                 self._observer.runtime_error("events")
-                log.warning("podman event stream failed: %s", err)
-            if not was_connected:
-                self._reach.set(False)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                log.warning("podman event stream failed: %s", call.error() or err)
+            if was_connected:
+                retry.reset()
             else:
-                backoff = INITIAL_BACKOFF
-            await self._clock.sleep(backoff)
+                self._reach.suspect()
+            await self._pause(retry.next_delay())
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep on the clock, or until ``wake()``."""
+        if self._wake.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (sleeper, woken):
+                f.cancel()
+            await asyncio.gather(sleeper, woken, return_exceptions=True)
 
     def _set_disconnected(self) -> None:
         if not self._connected:
@@ -223,80 +292,77 @@ class EventStream:
             for w in list(ws):
                 w.put(ContainerEvent("lost", name, detail="podman's event stream was lost"))
 
-    def _on_connected(self) -> None:
+    def _on_connected(self, call: Call) -> None:
+        if call is not self._call or call.reason is not None:
+            return
+        if self._connect_deadline is not None:
+            self._connect_deadline.cancel()
         self._connected = True
         self.connections += 1
         if self._connected_event is not None:
             self._connected_event.set()
-        self._reach.set(True)
+        self._reach.answered()
 
     # --------------------------------------------------------------------- reader thread
 
-    def _shutdown_stream(self) -> None:
-        with self._resp_lock:
-            resp = self._resp
-        if resp is None:
-            return
-        conn = getattr(getattr(resp, "raw", None), "connection", None)
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(2)  # SHUT_RDWR: wakes the blocked read
-
     def _read(
-        self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[BaseException | None]
+        self,
+        call: Call,
+        url: str,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[BaseException | None],
     ) -> None:
         error: BaseException | None = None
         client: podman.PodmanClient | None = None
+        resp: Any = None
         try:
-            # Its own client, without a read timeout: the stream is idle for as long as
-            # nothing happens on the host.
-            client = make_client(self._url)
-            resp = client.api.get(
-                "/events",
-                params={"stream": True, "filters": json.dumps({"type": ["container"]})},
-                stream=True,
-            )
-            with self._resp_lock:
-                self._resp = resp
-            if self._closing.is_set():
-                return
-            resp.raise_for_status()
-            loop.call_soon_threadsafe(self._on_connected)
-            newest = 0
-            at_newest: set[tuple[str, str]] = set()
-            for line in resp.iter_lines():
-                if self._closing.is_set():
-                    break
-                if not line:
-                    continue
-                ev = self._parse(line)
-                if ev is None:
-                    continue
-                # Log rotation replays part of the old file: drop what was already seen.
-                key = (ev.container_id, ev.action)
-                if ev.time_ns < newest or (ev.time_ns == newest and key in at_newest):
-                    continue
-                if ev.time_ns > newest:
-                    newest = ev.time_ns
-                    at_newest = set()
-                at_newest.add(key)
-                loop.call_soon_threadsafe(self._dispatch, ev)
+            with running(call):
+                if call.reason is not None or self._closing.is_set():
+                    return
+                # Its own client, without a read timeout: the stream is idle for as long as
+                # nothing happens on the host. A hung podman is the probe's to notice.
+                client = make_client(url)
+                resp = client.api.get(
+                    "/events",
+                    params={"stream": True, "filters": json.dumps({"type": ["container"]})},
+                    stream=True,
+                )
+                resp.raise_for_status()
+                loop.call_soon_threadsafe(self._on_connected, call)
+                self._follow(resp, loop)
         except BaseException as exc:  # the supervisor decides what to do with it
             if not self._closing.is_set():
                 error = exc
         finally:
-            with self._resp_lock:
-                resp_ = self._resp
-                self._resp = None
-            if resp_ is not None:
+            if resp is not None:
                 with contextlib.suppress(Exception):
-                    resp_.close()
+                    resp.close()
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()  # type: ignore[no-untyped-call]
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(_settle, done, error)
+
+    def _follow(self, resp: Any, loop: asyncio.AbstractEventLoop) -> None:
+        newest = 0
+        at_newest: set[tuple[str, str]] = set()
+        for line in resp.iter_lines():
+            if self._closing.is_set():
+                break
+            if not line:
+                continue
+            ev = self._parse(line)
+            if ev is None:
+                continue
+            # Log rotation replays part of the old file: drop what was already seen.
+            key = (ev.container_id, ev.action)
+            if ev.time_ns < newest or (ev.time_ns == newest and key in at_newest):
+                continue
+            if ev.time_ns > newest:
+                newest = ev.time_ns
+                at_newest = set()
+            at_newest.add(key)
+            loop.call_soon_threadsafe(self._dispatch, ev)
 
     def _parse(self, line: bytes | str) -> ContainerEvent | None:
         try:

@@ -1,16 +1,21 @@
 """``PodmanExecutor``: the podman runtime behind ``reconciler.executor.Executor``.
 
-This module owns the runtime's shared resources and their lifetime: one bounded thread pool
-with its podman-py client (``client.PodmanAPI``), one event stream (``events.EventStream``), the
-reachability flag behind ``reconciler_runtime_up``, and the registry of live controllers. It
-also owns the node-wide operations: ``describe`` (podman info), ``remove_orphans`` and
-``resync``, each a single list or info call.
+This module owns the runtime's shared resources and their lifetime: the podman calls with their
+lanes of bounded thread pools (``client.PodmanAPI``), one event stream (``events.EventStream``),
+the liveness probe (``probe.Liveness``) and the reachability flag behind
+``reconciler_runtime_up``, and the registry of live controllers. It also owns the node-wide
+operations: ``describe`` (podman info), ``remove_orphans`` and ``resync``, each a single list or
+info call.
 
-Startup never needs podman: ``start()`` only launches the event supervisor, which connects in
-the background and keeps retrying with backoff; calls made while podman is away raise
-``TemporaryError`` and flip ``runtime_up`` to false, and the first successful call or stream
-connection flips it back. Nothing is restarted when podman returns: containers keep running
-under conmon, and waiters re-attach by inspecting.
+Startup never needs podman: ``start()`` only launches the event supervisor and the probe, which
+connect in the background and keep retrying. The probe alone turns ``runtime_up`` to false, within
+seconds of podman hanging; then every call in flight and the event stream are ended (their
+waiters retry when podman is back), and calls fail at once until it answers again. The first
+answer turns it back up, and the event stream reconnects at once. Nothing is restarted when
+podman returns: containers keep running under conmon, and waiters re-attach by inspecting.
+
+When the URL came from discovery (``discover`` is given), discovery runs again while podman is
+down, and the executor follows a socket that appears later; an explicit URL is never replaced.
 
 ``resync()`` is the level-triggered safety net behind the event stream: one relist of this
 node's containers, compared with what every pending ``wait`` believes; any disagreement (a
@@ -25,12 +30,13 @@ from typing import Any
 
 from reconciler.clock import Clock
 from reconciler.errors import PermanentError
-from reconciler.executor import RuntimeObserver
+from reconciler.executor import RuntimeContainer, RuntimeObserver, Supervise
 from reconciler.model import NodeDescription, Task
 from runtime.podman.client import NotFound, PodmanAPI, Reachability
-from runtime.podman.controller import PodmanController, Runtime
+from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
 from runtime.podman.events import ContainerEvent, EventStream
-from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
+from runtime.podman.probe import Discover, Liveness
+from runtime.podman.spec import NODE_LABEL, SPEC_HASH_LABEL, TASK_ID_LABEL, TASK_NAME_LABEL
 
 ORPHAN_STOP_TIMEOUT = 10.0
 """Seconds an orphan gets to exit on its stop signal before it is killed and removed."""
@@ -48,20 +54,31 @@ class PodmanExecutor:
         observer: RuntimeObserver,
         agent_version: str,
         max_workers: int = 8,
+        discover: Discover | None = None,
     ) -> None:
+        """``discover``, when given, finds podman's socket again while podman is down (see the
+        module docstring); leave it out for a URL the user gave."""
         if not node_id:
             raise ValueError("node_id must not be empty")
         self.url = url
         self.node_id = node_id
         self._agent_version = agent_version
         self._observer = observer
-        self._reach = Reachability(observer)
+        self._reach = Reachability(observer, clock=clock)
         self._api = PodmanAPI(
             url=url, observer=observer, reachability=self._reach, max_workers=max_workers
         )
         self._events = EventStream(
             url=url, node_id=node_id, clock=clock, observer=observer, reachability=self._reach
         )
+        self._liveness = Liveness(
+            api=self._api,
+            reachability=self._reach,
+            clock=clock,
+            discover=discover,
+            moved=self._moved,
+        )
+        self._reach.add_listener(self._reachability_changed)
         self._rt = Runtime(
             api=self._api,
             events=self._events,
@@ -75,20 +92,38 @@ class PodmanExecutor:
 
     # ------------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Begin following podman's events in the background. Never fails if podman is down."""
+    async def start(self, *, supervise: Supervise | None = None) -> None:
+        """Begin following podman's events and probing it, in the background. Never fails if
+        podman is down. With ``supervise``, the event stream's loop runs under it."""
         if self._started:
             return
         self._started = True
-        await self._events.start()
+        await self._events.start(supervise=supervise)
+        await self._liveness.start()
 
     async def close(self) -> None:
-        """Stop the event reader and the thread pool. Containers are left as they are."""
+        """Stop the probe, the event reader and the thread pools. Containers are left as they
+        are."""
         if self._closed:
             return
         self._closed = True
+        await self._liveness.close()
         await self._events.close()
         await self._api.close()
+
+    def _reachability_changed(self, up: bool) -> None:
+        if up:
+            self._events.wake()
+        else:
+            # Hung or gone: nothing in flight will be answered. End it all now, so every
+            # waiter retries when podman is back instead of waiting out its deadline.
+            self._api.abort_inflight()
+            self._events.interrupt()
+
+    def _moved(self, url: str) -> None:
+        self.url = url
+        self._api.url = url
+        self._events.set_url(url)
 
     async def __aenter__(self) -> PodmanExecutor:
         await self.start()
@@ -110,9 +145,14 @@ class PodmanExecutor:
     def api(self) -> PodmanAPI:
         return self._api
 
+    @property
+    def liveness(self) -> Liveness:
+        return self._liveness
+
     async def ping(self) -> bool:
-        """One ``/_ping``; updates ``runtime_up``."""
-        return await self._api.ping()
+        """One ``/_ping`` in the probe's own lane (never queued behind other calls); updates
+        ``runtime_up``."""
+        return await self._liveness.check()
 
     # ------------------------------------------------------------------------- executor
 
@@ -139,6 +179,32 @@ class PodmanExecutor:
         ctlr = PodmanController(self._rt, task)
         self._rt.registry[ctlr.name] = ctlr
         return ctlr
+
+    async def list_containers(self) -> list[RuntimeContainer]:
+        """This node's labelled containers, from one list call (no inspect per container)."""
+        listed = await self._api.list(labels={NODE_LABEL: self.node_id})
+        out: list[RuntimeContainer] = []
+        for c in listed:
+            labels = c.get("Labels") or {}
+            task_id = labels.get(TASK_ID_LABEL)
+            name = labels.get(TASK_NAME_LABEL)
+            if not task_id or not name or labels.get(NODE_LABEL) != self.node_id:
+                continue
+            state = str(c.get("State") or "")
+            code = c.get("ExitCode")
+            out.append(
+                RuntimeContainer(
+                    task_id=str(task_id),
+                    name=str(name),
+                    container_id=str(c.get("Id") or ""),
+                    spec_hash=labels.get(SPEC_HASH_LABEL),
+                    running=state in ("running", "paused", "stopping"),
+                    started=_started(c),
+                    exit_code=int(code) if isinstance(code, int) else None,
+                    created=_created(c.get("Created")),
+                )
+            )
+        return out
 
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         known = set(known_task_ids)
@@ -190,3 +256,20 @@ class PodmanExecutor:
             seen = by_name.get(name)
             if seen is None or str(seen.get("State") or "") != "running":
                 self._events.post(name, ContainerEvent("recheck", name, detail="resync"))
+
+
+def _created(value: object) -> float:
+    """podman's list ``Created``: an RFC 3339 string (libpod) or Unix seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return parse_timestamp_ns(value) / 1e9
+    return 0.0
+
+
+def _started(listed: dict[str, Any]) -> bool:
+    state = str(listed.get("State") or "")
+    if state in ("running", "paused", "stopping", "exited", "stopped"):
+        return True
+    started = listed.get("StartedAt")
+    return isinstance(started, int | float) and started > 0

@@ -23,11 +23,12 @@ import signal
 from typing import Any
 
 from reconciler.errors import PermanentError
-from reconciler.model import TaskSpec
+from reconciler.model import TaskSpec, spec_hash
 
 NODE_LABEL = "reconciler.node"
 TASK_ID_LABEL = "reconciler.task.id"
 TASK_NAME_LABEL = "reconciler.task.name"
+SPEC_HASH_LABEL = "reconciler.task.spec-hash"
 RESERVED_LABEL_PREFIX = "reconciler."
 
 CPU_PERIOD_US = 100_000
@@ -75,6 +76,7 @@ def container_labels(spec: TaskSpec, *, task_id: str, node_id: str) -> dict[str,
     labels[TASK_NAME_LABEL] = spec.name
     labels[TASK_ID_LABEL] = task_id
     labels[NODE_LABEL] = node_id
+    labels[SPEC_HASH_LABEL] = spec_hash(spec)
     return labels
 
 

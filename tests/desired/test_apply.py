@@ -167,3 +167,45 @@ def test_a_failed_write_leaves_the_target_and_no_temp_file(
         apply_file(src, d, dry_run=False)
     assert os.listdir(d) == ["web.yaml"]
     assert (d / "web.yaml").read_text() == task_set(WEB)
+
+
+def test_a_new_file_is_private_and_a_new_directory_too(tmp_path: Path) -> None:
+    d = tmp_path / "etc" / "desired.d"
+    src = write(tmp_path / "web.yaml", task_set(WEB + '\n  env: {PASSWORD: "s3cret"}'))
+    old = os.umask(0o002)  # a umask that leaves group bits open changes nothing
+    try:
+        apply_file(src, d, dry_run=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(d.parent).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(d / "web.yaml").st_mode) == 0o600
+    assert sorted(load_directory(d).tasks) == ["web"]
+
+
+def test_a_replaced_file_keeps_its_mode_without_group_or_other_write(tmp_path: Path) -> None:
+    d = safe_dir(tmp_path / "d")
+    write(d / "web.yaml", task_set(WEB), mode=0o640)
+    write(d / "job.yaml", task_set(JOB), mode=0o444)
+    apply_file(write(tmp_path / "web.yaml", task_set(WEB_NEW)), d, dry_run=False)
+    apply_file(write(tmp_path / "job.yaml", task_set(JOB + "\n  pull: never")), d, dry_run=False)
+    assert stat.S_IMODE(os.stat(d / "web.yaml").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(d / "job.yaml").st_mode) == 0o444
+    assert (d / "web.yaml").read_text() == task_set(WEB_NEW)
+
+
+def test_a_missing_directory_under_an_unsafe_parent_is_refused_and_not_created(
+    tmp_path: Path,
+) -> None:
+    parent = safe_dir(tmp_path / "drop")
+    os.chmod(parent, 0o777)
+    d = parent / "etc" / "desired.d"
+    src = write(tmp_path / "web.yaml", task_set(WEB))
+    with pytest.raises(DesiredStateError) as e:
+        apply_file(src, d, dry_run=False)
+    assert [str(p) for p in e.value.problems] == [
+        f"{d}:0: permissions: directory {parent} on the way to it is writable by group or "
+        f"others (mode 0777); refusing it, since whoever can write it can swap what is below "
+        f"it: chmod go-w {parent}"
+    ]
+    assert os.listdir(parent) == []

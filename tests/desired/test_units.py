@@ -1,10 +1,17 @@
-"""Durations and sizes: the spellings PRODUCT.md promises, and clear errors for the rest."""
+"""Durations and sizes: the spellings the reference promises, clear errors for the rest, and
+the bounds that keep every value finite."""
 
 from __future__ import annotations
 
 import pytest
 
-from reconciler.desired.units import UnitError, format_duration, parse_duration, parse_size
+from reconciler.desired.units import (
+    UnitError,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -97,3 +104,38 @@ def test_parse_size_rejects_other_spellings(value: object, fragment: str) -> Non
 
 def test_unit_error_is_a_value_error() -> None:
     assert issubclass(UnitError, ValueError)
+
+
+def test_a_duration_above_its_maximum_is_refused_never_infinite() -> None:
+    assert parse_duration("1h", maximum=3600) == 3600.0
+    with pytest.raises(UnitError, match="longer than the limit of 1h"):
+        parse_duration("1h1ms", maximum=3600)
+    with pytest.raises(UnitError, match="longer than the limit of 8760h"):
+        parse_duration("8761h")  # the ceiling when no maximum is given
+    with pytest.raises(UnitError, match="too long to be meant"):
+        parse_duration("9" * 400 + "h")
+
+
+def test_a_size_above_its_maximum_is_refused() -> None:
+    assert parse_size("1Ti", maximum=1024**4) == 1024**4
+    for value in ("1025Gi", 1024**4 + 1, float(2**41)):
+        with pytest.raises(UnitError, match="more than the limit of 1Ti"):
+            parse_size(value, maximum=1024**4)
+    with pytest.raises(UnitError, match="more than the limit"):
+        parse_size("9" * 30)
+    with pytest.raises(UnitError, match="too long to be meant"):
+        parse_size("9" * 100 + "Mi")
+
+
+@pytest.mark.parametrize("text", ["\u0661s", "\u0663\u0660Mi"])
+def test_only_ascii_digits_count(text: str) -> None:
+    with pytest.raises(UnitError):
+        parse_duration(text) if text.endswith("s") else parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("size", "text"), [(1024**4, "1Ti"), (64 * 1024**2, "64Mi"), (3072, "3Ki"), (1000, "1000")]
+)
+def test_format_size_picks_the_largest_binary_suffix(size: int, text: str) -> None:
+    assert format_size(size) == text
+    assert parse_size(text) == size

@@ -24,6 +24,7 @@ import pytest
 from runtime.podman import PodmanExecutor
 from runtime.podman.service import TEST_IMAGE_TARBALL, PodmanService
 from tests.contract import missing as absent
+from tests.e2e.agent_support import Harness
 from tests.e2e.podman_support import RecordingObserver, new_executor, new_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,3 +96,10 @@ async def podman_executor(
         yield ex
     finally:
         await ex.close()
+
+
+@pytest.fixture
+def harness(podman_service: PodmanService) -> Iterator[Harness]:
+    """One test's agent world on the shared podman service (see ``agent_support.Harness``)."""
+    with Harness(podman_service) as h:
+        yield h

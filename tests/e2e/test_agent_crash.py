@@ -16,12 +16,10 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
 from tests.e2e.agent_support import FOREVER, Harness, cli, free_port, task
 
 pytestmark = pytest.mark.e2e
@@ -41,12 +39,6 @@ PS_KEYS = {
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 # Ignores SIGTERM, so stopping it takes the whole stopGracePeriod: a wide window to crash in.
 STUBBORN = ["sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"]
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 def started(h: Harness) -> dict[str, tuple[str, str]]:

@@ -12,12 +12,10 @@ editor or ``reconciler apply`` writes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
 from tests.e2e.agent_support import Harness, task, taskset
 
 pytestmark = pytest.mark.e2e
@@ -25,12 +23,6 @@ pytestmark = pytest.mark.e2e
 VALID = "reconciler_desired_state_valid"
 ERRORS = "reconciler_desired_state_errors_total"
 OTHER_FOREVER = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.3; done"]
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 def resync_passes(h: Harness) -> float:

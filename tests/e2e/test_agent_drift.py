@@ -21,7 +21,6 @@ against the private service.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,12 +31,6 @@ from tests.e2e.agent_support import FOREVER, IMAGE, Harness, new_id, task
 pytestmark = pytest.mark.e2e
 
 DRIFT = "reconciler_drift_corrections_total"
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 def resync_passes(h: Harness) -> float:

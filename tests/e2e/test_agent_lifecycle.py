@@ -12,24 +12,16 @@ image missing under ``pull: never``, and a failing health check.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
 from tests.e2e.agent_support import FOREVER, Harness, task
 
 pytestmark = pytest.mark.e2e
 
 MI = 1024 * 1024
 OTHER_FOREVER = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.3; done"]
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 def resync_passes(h: Harness) -> float:

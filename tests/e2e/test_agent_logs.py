@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from runtime.podman.service import PodmanService
 from tests.e2e.agent_support import Harness, cli, task
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 def test_logs_by_name_and_id_with_tail(harness: Harness) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime.podman.service import PodmanService
 from tests.e2e.agent_support import Harness, task
 from tests.e2e.test_prometheus import (
     Prom,
@@ -31,12 +30,6 @@ from tests.e2e.test_prometheus import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.prometheus]
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 @pytest.fixture

@@ -34,11 +34,11 @@ import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
 
-from reconciler import __version__
 from reconciler.http import serve
 from reconciler.metrics import Metrics
-from reconciler.model import NodeDescription, TaskState
+from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from tests.builders import node
 from tests.contract import missing
 
 # One Prometheus and one agent serve every test of this module (startup is the slow part), on
@@ -91,23 +91,11 @@ def realistic_snapshot(now: float) -> Snapshot:
     restarts = {t.name: t.restarts for t in tasks}
     return Snapshot(
         node_id="node-e2e",
-        node=NodeDescription(
-            hostname="edge-e2e",
-            os="linux",
-            arch="amd64",
-            cpus=2,
-            memory_bytes=2 * 1024**3,
-            runtime_name="podman",
-            runtime_version="4.3.1",
-            agent_version=__version__,
-        ),
+        node=node(hostname="edge-e2e"),
         labels=(("site", "lab"),),
-        ready=True,
-        ready_reason="ready",
         store_open=True,
         init_done=True,
         runtime_up=True,
-        loops_alive=True,
         desired_read=True,
         desired_valid=True,
         desired_applied_at=now - 120,

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from runtime.podman.discovery import answers, candidates, find_podman, state_dir_socket
+from runtime.podman.discovery import (
+    answers,
+    candidates,
+    find_podman,
+    first_answering,
+    rediscovery,
+    state_dir_socket,
+)
 
 
 def test_candidates_follow_the_contract_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -56,3 +63,48 @@ def test_answers_only_a_podman_ping(tmp_path: Path):
         server.close()
     assert not answers(f"unix://{tmp_path / 'missing.sock'}")
     assert not answers("tcp://127.0.0.1:1")
+
+
+def test_an_explicit_url_is_never_rediscovered(tmp_path: Path):
+    assert rediscovery("unix:///given.sock", tmp_path) is None
+
+
+def test_rediscovery_finds_container_hosts_socket_once_it_appears(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    path = tmp_path / "later.sock"
+    monkeypatch.setenv("CONTAINER_HOST", f"unix://{path}")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "no-runtime-dir"))
+    find = rediscovery(None, tmp_path / "state")
+    assert find is not None
+    assert find() != f"unix://{path}"  # not there yet
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        assert find() == f"unix://{path}"  # first in the order, so it wins
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        t.join()
+
+
+def test_first_answering_is_none_when_nothing_answers(tmp_path: Path):
+    assert first_answering([]) is None
+    assert first_answering([f"unix://{tmp_path}/a.sock", "tcp://127.0.0.1:1"]) is None

@@ -15,6 +15,7 @@ from reconciler.model import (
     PortMapping,
     Resources,
     TaskSpec,
+    spec_hash,
 )
 from runtime.podman.spec import (
     SpecError,
@@ -68,7 +69,18 @@ def test_labels_carry_task_labels_and_the_reserved_ones_which_win() -> None:
         "reconciler.task.name": "web",
         "reconciler.task.id": "abc123",
         "reconciler.node": "node-1",
+        "reconciler.task.spec-hash": spec_hash(FULL),
     }
+
+
+def test_the_spec_hash_ignores_resources_and_follows_every_other_field() -> None:
+    from dataclasses import replace
+
+    from reconciler.model import Resources
+
+    assert spec_hash(replace(FULL, resources=Resources(cpus=2.0))) == spec_hash(FULL)
+    assert spec_hash(replace(FULL, image="localhost/other:1")) != spec_hash(FULL)
+    assert spec_hash(replace(FULL, env=())) != spec_hash(FULL)
 
 
 def test_command_entrypoint_env_user_workdir() -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.model import NodeDescription
 from reconciler.session import DesiredInvalid, DesiredTasks, Session, SessionMessage
 from reconciler.sessions.files import FileSession, read_desired
+from tests.builders import node
 from tests.desired.helpers import safe_dir, task_set, write
 
 TIMEOUT = 20.0
@@ -214,8 +214,7 @@ async def test_session_protocol_no_ops(tmp_path: Path) -> None:
     session: Session = FileSession(tmp_path)
     assert session.connected is True
     await session.report({})
-    node = NodeDescription("h", "linux", "amd64", 2, 1 << 30, "podman", "4.3.1", "0.1.0")
-    await session.heartbeat(node, ready=True)
+    await session.heartbeat(node(), ready=True)
     await session.close()
 
 
@@ -266,3 +265,69 @@ async def test_a_refused_watch_falls_back_to_polling(
         assert names(await next_message(messages)) == ["web"]
     assert polling[:2] == [None, True]
     assert "polling instead" in caplog.text
+
+
+HOSTILE = {
+    "deep nesting": "a: " + "[" * 500 + "]" * 500 + "\n",
+    "a NUL byte": web().replace("latest", "lat\0est"),
+    "a 5000-digit integer": web() + "    restart: {maxAttempts: " + "9" * 5000 + "}\n",
+    "an infinite restart delay": web() + "    restart: {delay: " + "9" * 400 + "h}\n",
+    "a merge-key bomb": "a0: &a0 {k: v}\n"
+    + "".join(f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}\n" for i in range(1, 25)),
+}
+
+
+async def test_hostile_files_are_invalid_messages_and_the_stream_goes_on(tmp_path: Path) -> None:
+    d = safe_dir(tmp_path / "d")
+    write(d / "web.yaml", web())
+    async with watching(FileSession(d)) as messages:
+        assert names(await next_message(messages)) == ["web"]
+        for what, text in HOSTILE.items():
+            write(d / "web.yaml", text)
+            msg = await next_message(messages)
+            assert isinstance(msg, DesiredInvalid), what
+            assert msg.errors and all(e.startswith(f"{d / 'web.yaml'}:") for e in msg.errors)
+            assert all("\n" not in e and len(e) < 1000 for e in msg.errors), what
+            write(d / "web.yaml", web(f"localhost/busybox:{len(what)}"))
+            msg = await next_message(messages)
+            assert isinstance(msg, DesiredTasks), what
+            assert msg.tasks[0].spec.image == f"localhost/busybox:{len(what)}"
+
+
+def test_read_desired_turns_an_unforeseen_exception_into_an_invalid_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reconciler.sessions.files as files
+
+    def broken(path: object) -> object:
+        raise RecursionError("x" * 100_000)
+
+    monkeypatch.setattr(files, "load_directory", broken)
+    msg = read_desired(tmp_path)
+    assert isinstance(msg, DesiredInvalid)
+    [line] = msg.errors
+    assert line.startswith(f"{tmp_path}:0: directory: could not be read (RecursionError: xxx")
+    assert len(line) < 1000
+
+
+async def test_the_stream_survives_a_reader_that_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reconciler.sessions.files as files
+
+    real = files.read_desired
+    calls: list[Path] = []
+
+    def flaky(path: Path) -> object:
+        calls.append(path)
+        if len(calls) == 1:
+            raise MemoryError
+        return real(path)
+
+    monkeypatch.setattr(files, "read_desired", flaky)
+    d = safe_dir(tmp_path / "d")
+    async with watching(FileSession(d)) as messages:
+        msg = await next_message(messages)
+        assert msg == DesiredInvalid(errors=(f"{d}:0: directory: could not be read (MemoryError)",))
+        write(d / "web.yaml", web())
+        assert names(await next_message(messages)) == ["web"]

@@ -75,7 +75,7 @@ def test_the_page_shows_the_node_every_task_and_its_history() -> None:
 
 
 def test_state_is_shown_by_text_as_well_as_colour() -> None:
-    html = page_for(runtime_up=False, ready=False, ready_reason="podman hangs")
+    html = page_for(runtime_up=False, runtime_reason="podman hangs")
     assert 'class="bad">not ready</span>' in html
     assert 'class="why" data-k="agent.readyReason" data-f="reason">podman hangs</span>' in html
     assert 'class="bad">down</span>' in html
@@ -134,7 +134,7 @@ def test_the_policy_allows_exactly_the_inline_script_and_style() -> None:
 
 def test_the_favicon_follows_readiness() -> None:
     assert f'href="{agent_page.ICON_OK}"' in page_for()
-    assert f'href="{agent_page.ICON_BAD}"' in page_for(ready=False, ready_reason="x")
+    assert f'href="{agent_page.ICON_BAD}"' in page_for(runtime_up=False, runtime_reason="x")
 
 
 def test_the_page_says_it_is_a_snapshot_until_its_script_runs() -> None:

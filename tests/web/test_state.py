@@ -83,7 +83,7 @@ def test_new_and_removed_names_are_in_the_delta() -> None:
 
 def test_node_agent_and_desired_objects_come_only_when_they_changed() -> None:
     before = snapshot()
-    after = replace(before, runtime_up=False, ready=False, ready_reason="podman hangs")
+    after = replace(before, runtime_up=False, runtime_reason="podman hangs")
     delta = delta_state(page_model(before), page_model(after), now=NOW)
     assert delta is not None
     assert set(delta) == {"now", "node", "agent"}

@@ -1,0 +1,16 @@
+"""The fleet: what the agents and the manager share on NATS JetStream.
+
+NATS holds all fleet state in KV buckets, so the agents and the manager are stateless clients
+of it. This package owns the parts both sides use:
+
+- ``buckets``: the bucket names and settings of the contract, key and subject helpers, and
+  ``init_buckets`` (``reconciler manager init``).
+- ``values``: the JSON values in those buckets (node heartbeats, task statuses, fleet and node
+  control), as pure functions.
+- ``connect``: connection options (server URLs, credentials, TLS) and the one way to connect.
+- ``watch``: watching keys through a consumer whose create subject carries its filter, so that
+  permissions can confine a node to its own keys.
+
+The agent's side of the session is ``reconciler.sessions.nats``; the manager builds on the same
+modules. Only this package and ``reconciler.sessions`` import ``nats``.
+"""

@@ -1,0 +1,231 @@
+"""Connecting to NATS: server URLs, credentials, TLS, and the one way to open a connection.
+
+Agents (``--manager``, ``--manager-creds``, ``--manager-tls-ca``) and the manager (``--nats``)
+connect the same way:
+
+- **Servers.** A comma-separated list of ``nats://`` or ``tls://`` URLs. ``connect`` opens one
+  connection to one of them, with nats-py's own reconnecting turned off: whoever holds the
+  connection decides when and where to reconnect, and re-reads everything after it, so a
+  reconnect is never a silent resumption.
+- **Credentials** (a file, re-read at every connect so it can be rotated), either a NATS
+  credentials file (a user JWT and its nkey seed, as ``nsc`` writes them; nats-py needs the
+  ``nkeys`` package for those), or a YAML map with ``user`` and ``password`` (or ``token``)
+  for servers whose users are in the server's config, as ``deploy/nats/`` ships them.
+- **TLS.** ``tls_ca`` names the CA bundle that signs the servers' certificates; with it every
+  connection is TLS and verifies the server.
+
+Nothing here logs a secret: URLs are logged through ``redact`` (user info dropped) and errors
+about a credentials file name the file and the field, never its content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats
+import yaml
+from nats.aio.client import Client
+
+__all__ = [
+    "ConfigError",
+    "NatsOptions",
+    "checked_options",
+    "connect",
+    "connect_first",
+    "load_credentials",
+    "parse_servers",
+    "redact",
+    "tls_context",
+]
+
+_JWT_MARKER = "-----BEGIN NATS USER JWT-----"
+_MAX_CREDS_BYTES = 64 * 1024
+
+Callback = Callable[[], Awaitable[None]]
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class ConfigError(ValueError):
+    """Bad connection settings (a URL, a credentials file, a CA file); the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class NatsOptions:
+    servers: tuple[str, ...]
+    creds: Path | None = None
+    tls_ca: Path | None = None
+    name: str = "reconciler"
+    inbox_prefix: str = "_INBOX"
+
+
+def checked_options(
+    servers: str, *, creds: str | None = None, tls_ca: str | None = None
+) -> NatsOptions:
+    """Options from command-line text, each part checked now. Raises ``ConfigError``."""
+    options = NatsOptions(
+        servers=parse_servers(servers),
+        creds=Path(creds) if creds else None,
+        tls_ca=Path(tls_ca) if tls_ca else None,
+    )
+    if options.creds is not None:
+        load_credentials(options.creds)
+    if options.tls_ca is not None:
+        tls_context(options.tls_ca)
+    return options
+
+
+def parse_servers(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Server URLs from ``nats://a:4222,nats://b:4222`` (or a list). Raises ``ConfigError``."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    servers: list[str] = []
+    for raw in items:
+        url = raw.strip()
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ConfigError(f"expected nats://HOST:PORT or tls://HOST:PORT, got {redact(url)!r}")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError as err:
+            raise ConfigError(f"bad port in {redact(url)!r}: {err}") from None
+        if url not in servers:
+            servers.append(url)
+    if not servers:
+        raise ConfigError("no NATS server URL given")
+    return tuple(servers)
+
+
+def redact(url: str) -> str:
+    """The URL without its user info, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc).geturl()
+
+
+def load_credentials(path: Path) -> dict[str, Any]:
+    """The ``nats.connect`` keyword arguments a credentials file stands for.
+
+    Raises ``ConfigError`` naming the file (never its content) when it cannot be used.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_CREDS_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"credentials file {path}: {err.strerror or err}") from None
+    if len(data) > _MAX_CREDS_BYTES:
+        raise ConfigError(f"credentials file {path}: larger than {_MAX_CREDS_BYTES} bytes")
+    text = data.decode("utf-8", errors="replace")
+    if _JWT_MARKER in text:
+        return {"user_credentials": str(path)}
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"credentials file {path}: neither a NATS credentials file nor YAML"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"credentials file {path}: expected 'user' and 'password', or 'token'")
+    user, password, token = doc.get("user"), doc.get("password"), doc.get("token")
+    if isinstance(token, str) and token and user is None:
+        return {"token": token}
+    if isinstance(user, str) and user and isinstance(password, str):
+        return {"user": user, "password": password}
+    raise ConfigError(f"credentials file {path}: expected 'user' and 'password', or 'token'")
+
+
+def tls_context(ca_file: Path) -> ssl.SSLContext:
+    """A client TLS context that verifies servers against ``ca_file``. Raises ``ConfigError``."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"TLS CA file {ca_file}: {err}") from None
+
+
+async def connect(
+    options: NatsOptions,
+    server: str,
+    *,
+    error_cb: ErrorCallback,
+    disconnected_cb: Callback | None = None,
+    closed_cb: Callback | None = None,
+    connect_timeout: float = 2.0,
+    ping_interval: float = 5.0,
+) -> Client:
+    """Open one connection to ``server``; nats-py does not reconnect it on its own.
+
+    A lost connection calls ``disconnected_cb`` and ``closed_cb`` and stays closed. Pings every
+    ``ping_interval`` seconds find a dead peer after three unanswered ones. Raises
+    ``ConfigError`` for unusable settings and nats-py's or the OS's errors when the server
+    cannot be reached or refuses.
+    """
+    kwargs: dict[str, Any] = {}
+    if options.creds is not None:
+        kwargs.update(load_credentials(options.creds))
+    if options.tls_ca is not None:
+        kwargs["tls"] = tls_context(options.tls_ca)
+    return await nats.connect(
+        servers=[server],
+        name=options.name,
+        inbox_prefix=options.inbox_prefix,
+        allow_reconnect=False,
+        # nats-py retries a server that refuses up to this many more times (at least once)
+        # before it gives up; no wait in between.
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0,
+        connect_timeout=connect_timeout,
+        ping_interval=ping_interval,
+        max_outstanding_pings=3,
+        error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        closed_cb=closed_cb,
+        **kwargs,
+    )
+
+
+async def connect_first(
+    options: NatsOptions,
+    servers: Sequence[str],
+    *,
+    error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None,
+    closed_cb: Callback | None = None,
+) -> tuple[Client, str]:
+    """Connect to the first of ``servers`` that answers, in order: the client and its URL.
+
+    Raises ``ConfigError`` for unusable settings, and ``ConnectionError`` naming each URL
+    (redacted) with the reason it failed when none answers.
+    """
+    failures: list[str] = []
+    for url in servers:
+        last = [""]  # the most telling error: what nats-py reported while connecting
+
+        async def on_error(err: Exception, last: list[str] = last) -> None:
+            last[0] = str(err) or type(err).__name__
+            if error_cb is not None:
+                await error_cb(err)
+
+        try:
+            nc = await connect(
+                options,
+                url,
+                error_cb=on_error,
+                disconnected_cb=disconnected_cb,
+                closed_cb=closed_cb,
+            )
+        except (asyncio.CancelledError, ConfigError):
+            raise
+        except Exception as err:
+            failures.append(f"{redact(url)}: {last[0] or str(err) or type(err).__name__}")
+            continue
+        return nc, url
+    raise ConnectionError("no NATS server answers (" + "; ".join(failures) + ")")

@@ -1,0 +1,248 @@
+"""The JSON values in the fleet's buckets: what an agent writes, and what it reads. Pure.
+
+Writing:
+
+- ``node_value``: the node's heartbeat in ``reconciler_nodes/<node>``: its description (the
+  fields of ``/v1/node``), ``ready``, ``availability``, ``labels``, ``version`` and
+  ``heartbeatAt``.
+- ``status_value``: the status of a named task's current instance in
+  ``reconciler_status/<node>.<name>``: ``id``, ``state``, ``message``, ``error``, ``exitCode``,
+  ``containerId``, ``updatedAt`` and ``restarts``. States are the lowercase names, times are
+  RFC 3339 in UTC with ``Z``, as ``reconciler ps -o json`` prints them.
+
+Reading, where every value may be hostile (``BadValue`` says what is wrong, never a traceback):
+
+- ``parse_fleet``: ``reconciler_control/fleet``: ``heartbeatPeriod`` (a duration such as ``5s``,
+  or seconds as a number) and ``managers`` (NATS URLs).
+- ``parse_node_control``: ``reconciler_control/node.<node>``: ``availability``.
+- ``parse_status``: a stored status, for the compare-and-set rule ``status_supersedes``.
+
+The status rule: a status never moves backwards for the same instance id; a status of another
+instance replaces the stored one when that one has ended (a new instance follows its
+predecessor's terminal status) or is older.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.desired.units import UnitError, parse_duration
+from reconciler.model import NodeDescription, TaskState
+from reconciler.session import NamedStatus
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_PERIOD",
+    "MAX_HEARTBEAT_PERIOD",
+    "MAX_VALUE_BYTES",
+    "MIN_HEARTBEAT_PERIOD",
+    "Availability",
+    "BadValue",
+    "FleetSettings",
+    "StoredStatus",
+    "load_json",
+    "node_value",
+    "parse_fleet",
+    "parse_node_control",
+    "parse_rfc3339",
+    "parse_status",
+    "rfc3339",
+    "status_supersedes",
+    "status_value",
+]
+
+DEFAULT_HEARTBEAT_PERIOD = 5.0
+MIN_HEARTBEAT_PERIOD = 0.05
+MAX_HEARTBEAT_PERIOD = 3600.0
+MAX_VALUE_BYTES = 1 << 20
+"""Values larger than this are refused unread (NATS's own default limit is 1 MiB too)."""
+
+_STATES = {s.label: s for s in TaskState}
+
+
+class BadValue(ValueError):
+    """A value in a bucket that does not follow the contract; the message says why."""
+
+
+class Availability(enum.Enum):
+    """A node's availability, set by the manager: ``pause`` holds new tasks, ``drain`` moves
+    them away (the manager does that; the agent just follows its assignments)."""
+
+    ACTIVE = "active"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """Fleet-wide settings from ``reconciler_control/fleet``."""
+
+    heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
+    managers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStatus:
+    """The parts of a stored status that decide whether a new one may replace it."""
+
+    id: str
+    state: TaskState
+    updated_at: float
+
+
+# --------------------------------------------------------------------------------- time
+
+
+def rfc3339(ts: float) -> str:
+    """Seconds since the epoch as RFC 3339 in UTC, milliseconds, with ``Z``."""
+    t = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> float:
+    """An RFC 3339 time as seconds since the epoch. Raises ``BadValue``."""
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise BadValue(f"not an RFC 3339 time: {text!r}") from err
+    if t.tzinfo is None:
+        raise BadValue(f"time without a zone: {text!r}")
+    return t.timestamp()
+
+
+# -------------------------------------------------------------------------------- reading
+
+
+def load_json(data: bytes) -> Any:
+    """Parse a value as JSON, bounded in size and depth. Raises ``BadValue``."""
+    if len(data) > MAX_VALUE_BYTES:
+        raise BadValue(f"value of {len(data)} bytes is over the {MAX_VALUE_BYTES}-byte limit")
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as err:
+        raise BadValue(
+            f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+        ) from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise BadValue(f"not valid JSON: {type(err).__name__}") from None
+
+
+def _object(data: bytes) -> Mapping[str, Any]:
+    doc = load_json(data)
+    if not isinstance(doc, dict):
+        raise BadValue("expected a JSON object")
+    return doc
+
+
+def parse_fleet(data: bytes) -> FleetSettings:
+    """Read ``reconciler_control/fleet``; absent fields take their defaults."""
+    doc = _object(data)
+    period = DEFAULT_HEARTBEAT_PERIOD
+    raw = doc.get("heartbeatPeriod")
+    if isinstance(raw, bool):
+        raise BadValue("heartbeatPeriod: expected a duration such as '5s'")
+    if isinstance(raw, int | float):
+        period = float(raw)
+    elif isinstance(raw, str):
+        try:
+            period = parse_duration(raw)
+        except (UnitError, ValueError) as err:
+            raise BadValue(f"heartbeatPeriod: {err}") from None
+    elif raw is not None:
+        raise BadValue("heartbeatPeriod: expected a duration such as '5s'")
+    if not MIN_HEARTBEAT_PERIOD <= period <= MAX_HEARTBEAT_PERIOD:
+        raise BadValue(
+            f"heartbeatPeriod: {period:g}s is outside "
+            f"{MIN_HEARTBEAT_PERIOD:g}s..{MAX_HEARTBEAT_PERIOD:g}s"
+        )
+    managers = doc.get("managers", [])
+    if not isinstance(managers, list) or not all(
+        isinstance(m, str) and m.strip() for m in managers
+    ):
+        raise BadValue("managers: expected a list of NATS URLs")
+    return FleetSettings(heartbeat_period=period, managers=tuple(m.strip() for m in managers))
+
+
+def parse_node_control(data: bytes) -> Availability:
+    """Read ``reconciler_control/node.<node>``: its ``availability`` (default active)."""
+    doc = _object(data)
+    raw = doc.get("availability", Availability.ACTIVE.value)
+    try:
+        return Availability(raw)
+    except ValueError:
+        allowed = ", ".join(a.value for a in Availability)
+        raise BadValue(f"availability: {raw!r} is not one of {allowed}") from None
+
+
+def parse_status(data: bytes) -> StoredStatus:
+    """Read the fields of a stored status that ``status_supersedes`` compares."""
+    doc = _object(data)
+    task_id, state, updated = doc.get("id"), doc.get("state"), doc.get("updatedAt")
+    if not isinstance(task_id, str) or state not in _STATES or not isinstance(updated, str):
+        raise BadValue("expected a status with id, state and updatedAt")
+    return StoredStatus(id=task_id, state=_STATES[state], updated_at=parse_rfc3339(updated))
+
+
+def status_supersedes(new: NamedStatus, stored: StoredStatus | None) -> bool:
+    """Whether ``new`` may replace ``stored`` (see the module docstring)."""
+    if stored is None:
+        return True
+    if new.id == stored.id:
+        return new.state >= stored.state
+    return stored.state.terminal or new.updated_at >= stored.updated_at
+
+
+# -------------------------------------------------------------------------------- writing
+
+
+def _dump(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def node_value(
+    *,
+    node_id: str,
+    node: NodeDescription | None,
+    ready: bool,
+    availability: Availability,
+    labels: Mapping[str, str],
+    version: str,
+    now: float,
+) -> bytes:
+    """The heartbeat value; description fields are null until the runtime described them."""
+    return _dump(
+        {
+            "nodeId": node_id,
+            "hostname": node.hostname if node else None,
+            "os": node.os if node else None,
+            "arch": node.arch if node else None,
+            "cpus": node.cpus if node else None,
+            "memoryBytes": node.memory_bytes if node else None,
+            "runtime": node.runtime_name if node else None,
+            "runtimeVersion": node.runtime_version if node else None,
+            "version": version,
+            "labels": dict(labels),
+            "ready": ready,
+            "availability": availability.value,
+            "heartbeatAt": rfc3339(now),
+        }
+    )
+
+
+def status_value(status: NamedStatus) -> bytes:
+    return _dump(
+        {
+            "id": status.id,
+            "state": status.state.label,
+            "message": status.message or None,
+            "error": status.err,
+            "exitCode": status.exit_code,
+            "containerId": status.container_id,
+            "updatedAt": rfc3339(status.updated_at),
+            "restarts": status.restarts,
+        }
+    )

@@ -1,0 +1,94 @@
+"""This node's assignments as session messages: KV entries in, ``DesiredTasks`` out. Pure.
+
+The manager writes one key per named task, ``reconciler_assignments/<node>.<name>``, whose
+value is the task spec as JSON with the YAML's field names (``name`` may be left out: the key
+gives it; when present it must match the key). Each key is judged on its own: a bad value
+rejects that task alone (``RejectedTask``, with problems in the usual
+``PATH:LINE: FIELD: problem`` form, PATH being ``bucket/key``), and the receiver keeps the last
+valid spec it has for that name; every other task is applied as usual.
+
+- ``full_assignment``: the values read when a watch starts, i.e. the whole desired set.
+- ``assignment_change``: one later put (or delete, ``value`` None), an incremental change.
+- ``merge_changes``: two incremental changes as one, so that a burst of puts that queued while
+  the agent was busy is applied in one go (one stored desired set, one assignment to the
+  worker) instead of one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from reconciler.desired import DesiredStateError, Problem, parse_task
+from reconciler.fleet.values import BadValue, load_json
+from reconciler.session import DesiredTask, DesiredTasks, RejectedTask
+
+__all__ = ["assignment_change", "full_assignment", "merge_changes", "read_assignment"]
+
+
+def read_assignment(
+    bucket: str, node_id: str, key: str, value: bytes
+) -> DesiredTask | RejectedTask:
+    """Validate one assignment value; never raises for bad input."""
+    path = f"{bucket}/{key}"
+    name = _name(node_id, key)
+    try:
+        doc = load_json(value)
+    except BadValue as err:
+        return RejectedTask(name, (str(Problem(path, 0, "value", str(err))),))
+    if not isinstance(doc, dict):
+        return RejectedTask(name, (str(Problem(path, 0, "value", "expected a JSON object")),))
+    declared = doc.setdefault("name", name)
+    if declared != name:
+        problem = Problem(path, 0, "task.name", f"{declared!r} does not match the key's {name!r}")
+        return RejectedTask(name, (str(problem),))
+    try:
+        return parse_task(doc, path=path, field="task")
+    except DesiredStateError as err:
+        return RejectedTask(name, err.lines())
+
+
+def full_assignment(bucket: str, node_id: str, values: Mapping[str, bytes]) -> DesiredTasks:
+    """Every key of this node (``key -> value``) as one full ``DesiredTasks``."""
+    tasks: list[DesiredTask] = []
+    rejected: list[RejectedTask] = []
+    for key in sorted(values):
+        read = read_assignment(bucket, node_id, key, values[key])
+        if isinstance(read, RejectedTask):
+            rejected.append(read)
+        else:
+            tasks.append(read)
+    return DesiredTasks(tasks=tuple(tasks), full=True, rejected=tuple(rejected))
+
+
+def assignment_change(bucket: str, node_id: str, key: str, value: bytes | None) -> DesiredTasks:
+    """One put or delete (``value`` None) as an incremental ``DesiredTasks``."""
+    if value is None:
+        return DesiredTasks(tasks=(), full=False, removed=(_name(node_id, key),))
+    read = read_assignment(bucket, node_id, key, value)
+    if isinstance(read, RejectedTask):
+        return DesiredTasks(tasks=(), full=False, rejected=(read,))
+    return DesiredTasks(tasks=(read,), full=False)
+
+
+def merge_changes(first: DesiredTasks, then: DesiredTasks) -> DesiredTasks | None:
+    """``first`` followed by ``then`` as one incremental change, or None when they cannot be.
+
+    Only incremental changes without rejections merge: a rejection keeps the receiver's last
+    valid spec, which must be the one from before it, so it is delivered on its own.
+    """
+    if first.full or then.full or first.rejected or then.rejected:
+        return None
+    tasks = {t.name: t for t in first.tasks}
+    removed = dict.fromkeys(first.removed)
+    for name in then.removed:
+        tasks.pop(name, None)
+        removed[name] = None
+    for task in then.tasks:
+        tasks[task.name] = task
+        removed.pop(task.name, None)
+    return DesiredTasks(tasks=tuple(tasks.values()), full=False, removed=tuple(removed))
+
+
+def _name(node_id: str, key: str) -> str:
+    prefix = f"{node_id}."
+    return key[len(prefix) :] if key.startswith(prefix) else key

@@ -1,0 +1,158 @@
+"""Lanes: podman calls grouped by how long they may take, each group in its own bounded pool.
+
+podman-py blocks, so every call runs in a thread. If all calls shared one pool, a few stops of
+containers with long grace periods (or a pull) would hold every thread, and the pings and
+inspects that decide whether podman is alive would queue behind them. So calls go through a
+``Lane``: the executor has one for quick calls (inspect, list, create, start, kill, health
+checks), one for long ones (stop, remove, pull) and one, a single thread, that only the liveness
+probe uses.
+
+Each lane:
+
+* admits at most ``size`` calls at a time (an asyncio semaphore, first come first served), so a
+  call never waits in the thread pool's queue and its deadline counts from when it starts;
+* runs each call with a deadline on the event loop's clock (real time: deadlines bound real I/O,
+  never the injected clock of tests). At the deadline the call's sockets are shut down
+  (``transport.Call``) and the call fails with ``Aborted``; nothing can hold a thread longer;
+* gives each of its threads a podman-py client of its own, for the lane's current URL (set
+  ``url`` to move to another socket; threads pick it up on their next call);
+* can abort every call in flight at once (``abort_all``), which the executor does when the
+  liveness probe finds podman hung.
+
+A cancelled call lets its thread finish before ``CancelledError`` is re-raised, so no podman
+request is left half-observed; the deadline still bounds that wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import podman
+from podman.api import APIClient
+
+from runtime.podman.transport import Aborted, AbortReason, Call, make_client, running
+
+T = TypeVar("T")
+
+SOCKET_TIMEOUT_SLACK = 1.0
+"""Seconds a request's socket timeout exceeds its call's deadline."""
+
+
+class Lane:
+    """A bounded pool of threads for one class of podman calls, each call with a deadline."""
+
+    def __init__(self, name: str, *, size: int, url: str) -> None:
+        if size < 1:
+            raise ValueError("a lane needs at least one thread")
+        self.name = name
+        self.size = size
+        self.url = url
+        self._slots = asyncio.Semaphore(size)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=size, thread_name_prefix=f"podman-{name}"
+        )
+        self._local = threading.local()
+        self._clients_lock = threading.Lock()
+        self._clients: list[podman.PodmanClient] = []
+        self._inflight: set[Call] = set()
+        self._closed = False
+
+    @property
+    def busy(self) -> int:
+        """How many calls are running now."""
+        return len(self._inflight)
+
+    async def run(self, fn: Callable[[APIClient], T], *, deadline: float) -> T:
+        """Run ``fn(api)`` in one of the lane's threads and return its result.
+
+        ``api`` is the thread's own client; a request made without an explicit timeout gets a
+        socket timeout just past ``deadline`` (seconds) as a fallback. Raises
+        ``transport.Aborted`` when the deadline passed or the call was aborted, whatever ``fn``
+        raises otherwise.
+        """
+        if self._closed:
+            raise Aborted(AbortReason.CLOSING)
+        loop = asyncio.get_running_loop()
+        async with self._slots:
+            if self._closed:
+                raise Aborted(AbortReason.CLOSING)
+            call = Call(timeout=deadline)
+            self._inflight.add(call)
+            fut = loop.run_in_executor(self._pool, self._work, call, fn, deadline)
+            timer = loop.call_later(deadline, call.abort, AbortReason.DEADLINE)
+            try:
+                try:
+                    await asyncio.wait({fut})
+                except asyncio.CancelledError:
+                    # Let the thread finish (the deadline bounds it) before re-raising.
+                    while not fut.done():
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait({fut})
+                    raise
+            finally:
+                timer.cancel()
+                self._inflight.discard(call)
+        if fut.cancelled():  # the pool was shut down under it
+            raise Aborted(AbortReason.CLOSING)
+        exc = fut.exception()
+        if exc is None:
+            return fut.result()
+        aborted = call.error()
+        if aborted is not None:
+            raise aborted from exc
+        raise exc
+
+    def _work(self, call: Call, fn: Callable[[APIClient], T], timeout: float) -> T:
+        with running(call):
+            if call.reason is not None:
+                raise RuntimeError("aborted before its thread picked it up")
+            api = self._api()
+            # A fallback only: the loop's timer aborts the call at its deadline, a little
+            # before this socket timeout could fire and report the same thing less clearly.
+            api.timeout = timeout + SOCKET_TIMEOUT_SLACK
+            return fn(api)
+
+    def _api(self) -> APIClient:
+        held: tuple[str, podman.PodmanClient] | None = getattr(self._local, "held", None)
+        url = self.url
+        if held is not None and held[0] == url:
+            return held[1].api
+        if held is not None:
+            self._forget(held[1])
+        client = make_client(url, max_pool_size=1)
+        with self._clients_lock:
+            self._clients.append(client)
+        self._local.held = (url, client)
+        return client.api
+
+    def _forget(self, client: podman.PodmanClient) -> None:
+        with self._clients_lock:
+            if client in self._clients:
+                self._clients.remove(client)
+        with contextlib.suppress(Exception):
+            client.close()  # type: ignore[no-untyped-call]
+
+    def abort_all(self, reason: AbortReason) -> int:
+        """Abort every call in flight. Returns how many were."""
+        return sum(1 for call in list(self._inflight) if call.abort(reason))
+
+    async def close(self) -> None:
+        """Abort what is in flight, wait for the threads, close the clients. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.abort_all(AbortReason.CLOSING)
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown_blocking)
+
+    def _shutdown_blocking(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()  # type: ignore[no-untyped-call]

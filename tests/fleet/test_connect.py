@@ -1,0 +1,58 @@
+"""Connection settings: server URLs, credentials files and redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.fleet.connect import ConfigError, load_credentials, parse_servers, redact
+
+
+def test_servers_are_a_comma_separated_list_of_nats_or_tls_urls() -> None:
+    assert parse_servers("nats://a:4222, tls://b:4223,,nats://a:4222") == (
+        "nats://a:4222",
+        "tls://b:4223",
+    )
+
+
+@pytest.mark.parametrize("text", ["", "http://a:4222", "a:4222", "nats://", "nats://a:99999"])
+def test_bad_server_urls_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_servers(text)
+
+
+def test_urls_are_logged_without_their_user_info() -> None:
+    assert redact("nats://node-a:s3cret@host:4222") == "nats://host:4222"
+    assert redact("nats://host:4222") == "nats://host:4222"
+    with pytest.raises(ConfigError) as err:
+        parse_servers("http://node-a:s3cret@host:4222")
+    assert "s3cret" not in str(err.value)
+
+
+def test_credentials_file_with_user_and_password(tmp_path: Path) -> None:
+    path = tmp_path / "creds"
+    path.write_text("user: node-a\npassword: s3cret\n")
+    assert load_credentials(path) == {"user": "node-a", "password": "s3cret"}
+    path.write_text("token: t0ken\n")
+    assert load_credentials(path) == {"token": "t0ken"}
+
+
+def test_a_nats_credentials_file_is_handed_to_the_client(tmp_path: Path) -> None:
+    path = tmp_path / "node.creds"
+    path.write_text("-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n")
+    assert load_credentials(path) == {"user_credentials": str(path)}
+
+
+@pytest.mark.parametrize("content", ["password: s3cret\n", "- s3cret\n", "user: [s3cret\n"])
+def test_unusable_credentials_name_the_file_never_the_secret(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "creds"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_credentials(path)
+    assert str(path) in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_a_missing_credentials_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_credentials(tmp_path / "absent")

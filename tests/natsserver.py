@@ -1,0 +1,203 @@
+"""Real ``nats-server -js`` processes for the fleet tests: one server, or a cluster of three.
+
+Each server listens on free loopback ports (client, cluster route, monitoring), keeps its
+JetStream store in a directory of its own, and logs to a file whose tail goes into failure
+messages. ``start()`` returns once the monitoring endpoint's ``/healthz`` says the server and
+its JetStream are ready, so a test never races the server's start. ``stop()`` (SIGTERM) and
+``kill()`` (SIGKILL) end it; ``start()`` again brings it back on the same ports with the same
+store, which is what a restart or an outage looks like to a client.
+
+``extra`` config text is appended (accounts and users, say); ``env`` adds environment
+variables, which nats-server's config can reference as ``$NAME``.
+
+When nats-server is not installed, ``require_nats_server()`` fails under CI and skips
+elsewhere (``tests.contract.missing``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from tests.contract import missing
+
+REPO = Path(__file__).resolve().parents[1]
+START_DEADLINE = 60.0
+
+
+def nats_server_binary() -> str | None:
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/nats-server", "/usr/bin/nats-server"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require_nats_server() -> str:
+    """The nats-server binary; fails under CI and skips elsewhere when it is missing."""
+    binary = nats_server_binary()
+    if binary is None:
+        missing("the fleet tests need nats-server (apt-get install nats-server; scripts/setup)")
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """One nats-server with JetStream; see the module docstring."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        name: str = "n1",
+        extra: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.binary = require_nats_server()
+        self.name = name
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.http_port = free_port()
+        self.cluster_port = free_port()
+        self.routes: list[int] = []
+        self.extra = extra
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "server.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "server.log"
+
+    def config(self) -> str:
+        lines = [
+            f"server_name: {self.name}",
+            f"listen: 127.0.0.1:{self.port}",
+            f"http: 127.0.0.1:{self.http_port}",
+            f'jetstream {{ store_dir: "{self.dir / "js"}" }}',
+        ]
+        if self.routes:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
+            lines.append(
+                f"cluster {{ name: test, listen: 127.0.0.1:{self.cluster_port}, "
+                f"routes: [{routes}] }}"
+            )
+        lines.append(self.extra)
+        return "\n".join(lines) + "\n"
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start the server (again); with ``wait``, return once it is healthy."""
+        assert self.proc is None, "already running"
+        self.config_path.write_text(self.config())
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.config_path)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+            )
+        if wait:
+            self.wait_healthy()
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/healthz", timeout=2
+            ) as resp:
+                return bool(resp.status == 200 and json.loads(resp.read()).get("status") == "ok")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def wait_healthy(self, timeout: float = START_DEADLINE) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server {self.name} exited\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server {self.name} not healthy\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM and wait. Idempotent."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL and wait. Idempotent."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: signal.Signals) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def nats_server(
+    workdir: Path, *, extra: str = "", env: Mapping[str, str] | None = None
+) -> Iterator[NatsServer]:
+    """One running server, stopped on exit."""
+    server = NatsServer(workdir, extra=extra, env=env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@contextlib.contextmanager
+def nats_cluster(
+    workdir: Path, size: int = 3, *, extra: str = ""
+) -> Iterator[Sequence[NatsServer]]:
+    """``size`` clustered servers, each routed to all the others, stopped on exit."""
+    servers = [NatsServer(workdir, name=f"n{i + 1}", extra=extra) for i in range(size)]
+    for s in servers:
+        s.routes = [o.cluster_port for o in servers if o is not s]
+    try:
+        for s in servers:
+            s.start(wait=False)
+        for s in servers:
+            s.wait_healthy()
+        yield servers
+    finally:
+        for s in servers:
+            s.kill()
