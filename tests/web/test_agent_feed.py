@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from reconciler.clock import FakeClock, settle
 from reconciler.model import TaskSpec
-from reconciler.session import DesiredInvalid, DesiredTask, DesiredTasks
+from reconciler.session import DesiredInvalid, DesiredTask, DesiredTasks, RejectedTask
 from reconciler.snapshot import MAX_ERROR_LINES
 from reconciler.web.agent_page import AgentPage
 from runtime.fake import FakeExecutor
@@ -71,3 +72,23 @@ async def test_env_values_never_reach_the_page_or_its_events(
         assert "web" in html
         assert secret not in html and "TOKEN" not in html
         assert secret.encode() not in page.full(page.model())
+
+
+async def test_a_rejected_task_of_an_assignment_shows_its_problems_until_none_is_rejected(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with running_agent(tmp_path, clock, FakeExecutor(clock=clock)) as r:
+        r.session.send(desired("web", "db"))
+        await settle()
+        problem = "fleet:web: image: must be a non-empty string"
+        rejected = replace(desired("db"), rejected=(RejectedTask("web", (problem,)),))
+        r.session.send(rejected)
+        await settle()
+        snap = r.agent.snapshot()
+        assert not snap.desired_valid
+        assert snap.desired_errors == (problem,)
+        assert snap.desired_errors_at == clock.time()
+        r.session.send(desired("web", "db"))
+        await settle()
+        snap = r.agent.snapshot()
+        assert snap.desired_valid and snap.desired_errors == ()
