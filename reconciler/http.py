@@ -114,7 +114,7 @@ class _App:
     """The routes, over one snapshot source, its ``Changes`` and one ``Metrics``."""
 
     def __init__(
-        self, snapshot: Callable[[], Snapshot], metrics: Metrics, changes: Changes | None
+        self, snapshot: Callable[[], Snapshot], metrics: Metrics, changes: Changes | None = None
     ) -> None:
         self._snapshot = snapshot
         self._metrics = metrics
