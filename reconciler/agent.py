@@ -69,7 +69,7 @@ from reconciler.session import (
     RejectedTask,
     Session,
 )
-from reconciler.snapshot import Snapshot, TaskView
+from reconciler.snapshot import Changes, Snapshot, TaskView, bounded_errors
 from reconciler.store import ADOPT_PENDING, Store, StoreOrigin
 from reconciler.supervisor import Supervisor, describe_error
 from reconciler.usage import UsageMonitor
@@ -149,7 +149,14 @@ class Agent:
         self.store = store
         self.clock = clock
         self.metrics = metrics or Metrics(snapshot=self.snapshot)
-        self._snapshot = Snapshot(node_id=config.node_id, labels=config.labels, store_open=True)
+        self._up_since = clock.time()
+        self._snapshot = Snapshot(
+            node_id=config.node_id,
+            labels=config.labels,
+            store_open=True,
+            started_at=self._up_since,
+        )
+        self.changes = Changes()  # bumped after each new snapshot; /v1/events streams wait on it
         self._rebuild_scheduled = False
         self._node: NodeDescription | None = None
         self._runtime_up = False
@@ -159,6 +166,8 @@ class Agent:
         self._desired_read = False
         self._desired_valid = False
         self._desired_applied_at: float | None = None
+        self._desired_errors: tuple[str, ...] = ()
+        self._desired_errors_at: float | None = None
         self._availability = "active"
         self._desired: dict[str, DesiredTask] = {}
         self._unstored_desired: dict[str, DesiredTask] | None = None
@@ -230,6 +239,9 @@ class Agent:
             desired_read=self._desired_read,
             desired_valid=self._desired_valid,
             desired_applied_at=self._desired_applied_at,
+            desired_errors=self._desired_errors,
+            desired_errors_at=self._desired_errors_at,
+            started_at=self._up_since,
             session_connected=self._session.connected if self._session else False,
             reports_pending=self.reporter.pending if self.reporter else 0,
             tasks=views,
@@ -238,6 +250,7 @@ class Agent:
             conditions=self.usage.conditions,
         )
         self._views_by_id = {v.id: v for v in views}
+        self.changes.bump()
 
     # ------------------------------------------------------------- runtime observations
 
@@ -508,6 +521,8 @@ class Agent:
                 self._desired_read = True
                 self._desired_valid = False
                 self.metrics.desired_state_error()
+                self._desired_errors = bounded_errors(message.errors)
+                self._desired_errors_at = self.clock.time()
                 for line in message.errors:
                     log.error("desired state rejected: %s", line)
                 log.warning("keeping the last valid desired state running")
@@ -542,6 +557,8 @@ class Agent:
                 log.error("desired state rejected: %s", line)
         if rejected:
             self.metrics.desired_state_error()
+            self._desired_errors = bounded_errors(p for t in rejected for p in t.problems)
+            self._desired_errors_at = self.clock.time()
 
     async def _apply(self, desired: Mapping[str, DesiredTask]) -> None:
         assert self.manager is not None
@@ -551,6 +568,8 @@ class Agent:
         self._desired_valid = not self._rejected
         self._desired_applied_at = self.clock.time()
         self._applied_count += 1
+        if not self._rejected:
+            self._desired_errors, self._desired_errors_at = (), None
         log.info("desired state applied tasks=%d", len(desired))
 
     # --------------------------------------------------------------------------- resync

@@ -1,9 +1,10 @@
-"""The agent's HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz``, ``/v1/tasks``, ``/v1/node``.
+"""The agent's HTTP endpoints: ``/``, ``/v1/events``, ``/metrics``, ``/healthz``, ``/readyz``,
+``/v1/tasks`` and ``/v1/node``.
 
-This module owns PRODUCT.md's "HTTP" table. It is a deliberately tiny HTTP/1.1 server on
-``asyncio.start_server`` rather than a framework: five read-only GET routes do not justify a
-dependency, and a small server is easy to make robust on an edge host that anyone on the network
-may poke at.
+This module owns the agent's HTTP surface. It is a deliberately tiny HTTP/1.1 server on
+``asyncio.start_server`` rather than a framework: a handful of read-only GET routes do not
+justify a dependency, and a small server is easy to make robust on an edge host that anyone on
+the network may poke at.
 
 * **Read-only, from the snapshot.** Every handler reads the agent's current immutable
   ``Snapshot`` (and ``Metrics.render()``, which reads it too). Nothing here calls podman or the
@@ -13,12 +14,18 @@ may poke at.
   deadline (a slow or silent client is dropped), the response must drain within a deadline,
   concurrent connections are capped, and every response is ``Connection: close``: there is no
   keep-alive state to leak.
+* **One long-lived response.** ``/v1/events`` is a server-sent event stream that stays open
+  (``reconciler.web.sse``): streams are capped apart from ordinary connections
+  (``MAX_STREAMS``), wake only when the agent's ``Changes`` is bumped, drop slow clients, and
+  end when the server is closed (``Server.close`` cancels them).
 * **Strict.** GET (and HEAD, which probes use) only: other methods get 405, unknown paths 404,
   a malformed request 400. The query string is ignored.
-* **Never env values.** ``/v1/tasks`` is ``TaskView.to_json()``, which carries no spec at all.
+* **Never env values.** ``/v1/tasks`` is ``TaskView.to_json()``, which carries no spec at all;
+  the status page and its events add only each instance's image and the desired source's errors.
 
 JSON bodies are cached per snapshot object, and a gzip body of ``/metrics`` per rendered text,
-so repeated requests against an unchanged agent cost a few identity checks.
+so repeated requests against an unchanged agent cost a few identity checks. The page itself is
+rendered per request (it shows durations), which only a person loading it pays for.
 """
 
 from __future__ import annotations
@@ -28,15 +35,18 @@ import contextlib
 import gzip
 import json
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, Final
 
-from reconciler import __version__
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.metrics import Metrics
-from reconciler.snapshot import Snapshot
+from reconciler.snapshot import Changes, Snapshot
+from reconciler.web import sse
+from reconciler.web.agent_page import CONTENT_SECURITY_POLICY, AgentPage
+from reconciler.web.state import node_json
 
-__all__ = ["serve"]
+__all__ = ["Server", "node_json", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +62,23 @@ LINGER_TIMEOUT: Final = 2.0
 LINGER_BYTES: Final = 1 << 20
 #: Connections served at once; more are closed without an answer.
 MAX_CONNECTIONS: Final = 64
+#: Event streams open at once, counted apart from the connections above; more get a 503.
+MAX_STREAMS: Final = 16
+EVENTS_PATH: Final = "/v1/events"
 #: Bodies smaller than this are never gzipped: the header would eat the gain.
 GZIP_MIN_BYTES: Final = 1024
 
 _TEXT: Final = "text/plain; charset=utf-8"
 _JSON: Final = "application/json"
+_HTML: Final = "text/html; charset=utf-8"
+_EVENTS: Final = "text/event-stream; charset=utf-8"
+#: Paths whose bodies are gzipped for a client that accepts it.
+_GZIP_PATHS: Final = frozenset({"/metrics", "/"})
+_PAGE_HEADERS: Final = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
@@ -89,12 +111,18 @@ _Response = tuple[int, str, bytes]
 
 
 class _App:
-    """The routes, over one snapshot source and one ``Metrics``."""
+    """The routes, over one snapshot source, its ``Changes`` and one ``Metrics``."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], metrics: Metrics) -> None:
+    def __init__(
+        self, snapshot: Callable[[], Snapshot], metrics: Metrics, changes: Changes | None = None
+    ) -> None:
         self._snapshot = snapshot
         self._metrics = metrics
+        self._changes = changes
+        self._page = AgentPage(snapshot)
         self._routes: dict[str, Callable[[_Request], _Response]] = {
+            "/": self._get_page,
+            EVENTS_PATH: self._head_events,
             "/metrics": self._get_metrics,
             "/healthz": self._get_healthz,
             "/readyz": self._get_readyz,
@@ -102,9 +130,11 @@ class _App:
             "/v1/node": self._get_node,
         }
         self._connections = 0
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._closing = asyncio.Event()
         self._tasks_cache: tuple[Snapshot | None, bytes] = (None, b"")
         self._node_cache: tuple[Snapshot | None, bytes] = (None, b"")
-        self._gzip_cache: tuple[bytes | None, bytes] = (None, b"")
+        self._gzip_cache: dict[str, tuple[bytes | None, bytes]] = {}
 
     # ---------------------------------------------------------------- connection handling
 
@@ -113,31 +143,63 @@ class _App:
             writer.close()
             return
         self._connections += 1
+        counted = True
         try:
-            await self._serve_one(reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away or would not take the answer; nothing to tell it
+            request = await self._read(reader, writer)
+            if request is not None and request.path == EVENTS_PATH and request.method == "GET":
+                self._connections -= 1  # a stream counts against MAX_STREAMS instead
+                counted = False
+                await self._stream(reader, writer)
+            elif request is not None:
+                await self._answer(request, writer)
+        except ConnectionError:
+            pass  # the client went away; nothing to tell it
+        except (TimeoutError, sse.SlowClient):
+            writer.transport.abort()  # it does not read: drop what it never took, and the socket
         except Exception:
             log.exception("event=http_error")
         finally:
-            self._connections -= 1
+            if counted:
+                self._connections -= 1
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> _Request | None:
+        """The request, or None when it was answered with an error (or never came)."""
         try:
             async with asyncio.timeout(READ_TIMEOUT):
-                request = await _read_request(reader)
+                return await _read_request(reader)
         except TimeoutError:
             await _write_response(writer, 408, _TEXT, b"request timeout\n", {})
-            return
         except _BadRequest as e:
             await _write_response(writer, e.status, _TEXT, e.text.encode() + b"\n", {})
             await _linger(reader, writer)
-            return
         except asyncio.IncompleteReadError:
-            return  # closed before a full request; nobody to answer
+            pass  # closed before a full request; nobody to answer
+        return None
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._streams) >= MAX_STREAMS or self._closing.is_set():
+            body = b"too many event streams open; try again later\n"
+            await _write_response(writer, 503, _TEXT, body, {"Retry-After": "30"})
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            await sse.stream(reader, writer, self._page, self._changes, self._closing)
+        finally:
+            self._streams.discard(task)
+
+    def end_streams(self) -> list[asyncio.Task[Any]]:
+        """End every open event stream (and refuse new ones); their tasks, to wait for."""
+        self._closing.set()
+        return list(self._streams)
+
+    async def _answer(self, request: _Request, writer: asyncio.StreamWriter) -> None:
         status, ctype, body, extra = self._dispatch(request)
         await _write_response(
             writer, status, ctype, body, extra, head_only=request.method == "HEAD"
@@ -154,13 +216,21 @@ class _App:
         except Exception:
             log.exception("event=http_handler_error path=%s", request.path)
             return 500, _TEXT, b"internal error\n", {}
-        extra: dict[str, str] = {}
-        if request.path == "/metrics" and _accepts_gzip(request) and len(body) >= GZIP_MIN_BYTES:
-            body = self._gzipped(body)
-            extra["Content-Encoding"] = "gzip"
+        extra: dict[str, str] = dict(_PAGE_HEADERS) if request.path == "/" else {}
+        if request.path in _GZIP_PATHS:
+            extra["Vary"] = "Accept-Encoding"
+            if _accepts_gzip(request) and len(body) >= GZIP_MIN_BYTES:
+                body = self._gzipped(request.path, body)
+                extra["Content-Encoding"] = "gzip"
         return status, ctype, body, extra
 
     # ---------------------------------------------------------------- routes
+
+    def _get_page(self, _: _Request) -> _Response:
+        return 200, _HTML, self._page.html()
+
+    def _head_events(self, _: _Request) -> _Response:
+        return 200, _EVENTS, b""  # GET never gets here: it becomes a stream
 
     def _get_metrics(self, _: _Request) -> _Response:
         return 200, METRICS_CONTENT_TYPE, self._metrics.render()
@@ -193,31 +263,44 @@ class _App:
             self._node_cache = (snap, body)
         return 200, _JSON, body
 
-    def _gzipped(self, body: bytes) -> bytes:
-        source, compressed = self._gzip_cache
+    def _gzipped(self, path: str, body: bytes) -> bytes:
+        source, compressed = self._gzip_cache.get(path, (None, b""))
         if source is not body:
             compressed = gzip.compress(body, compresslevel=1, mtime=0)
-            self._gzip_cache = (body, compressed)
+            self._gzip_cache[path] = (body, compressed)
         return compressed
 
 
-def node_json(snap: Snapshot) -> dict[str, Any]:
-    """The ``/v1/node`` object: null for what the runtime has not described yet."""
-    node = snap.node
-    return {
-        "nodeId": snap.node_id,
-        "hostname": node.hostname if node else None,
-        "os": node.os if node else None,
-        "arch": node.arch if node else None,
-        "cpus": node.cpus if node else None,
-        "memoryBytes": node.memory_bytes if node else None,
-        "runtime": node.runtime_name if node else None,
-        "runtimeVersion": node.runtime_version if node else None,
-        "version": node.agent_version if node and node.agent_version else __version__,
-        "labels": dict(snap.labels),
-        "ready": snap.ready,
-        "conditions": {condition.key: holds for condition, holds in snap.conditions},
-    }
+class Server:
+    """The listening server and the event streams it has open.
+
+    ``close()`` stops listening and ends every stream; ``wait_closed()`` waits for both. Each is
+    idempotent.
+    """
+
+    def __init__(self, server: asyncio.Server, app: _App) -> None:
+        self._server = server
+        self._app = app
+        self._ending: list[asyncio.Task[Any]] = []
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return self._server.sockets
+
+    def is_serving(self) -> bool:
+        return self._server.is_serving()
+
+    async def serve_forever(self) -> None:
+        """Accept connections until ``close()``; as ``asyncio.Server.serve_forever``."""
+        await self._server.serve_forever()
+
+    def close(self) -> None:
+        self._server.close()
+        self._ending += self._app.end_streams()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._ending, return_exceptions=True)
+        await self._server.wait_closed()
 
 
 def _json(value: Any) -> bytes:
@@ -311,12 +394,20 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 
 async def serve(
-    host: str, port: int, *, snapshot: Callable[[], Snapshot], metrics: Metrics
-) -> asyncio.Server:
+    host: str,
+    port: int,
+    *,
+    snapshot: Callable[[], Snapshot],
+    metrics: Metrics,
+    changes: Changes | None = None,
+) -> Server:
     """Start serving the agent's endpoints on ``host:port`` (port 0 picks a free one).
 
-    Returns the listening server; the caller closes it (``close()`` then ``wait_closed()``).
+    ``changes`` is bumped by the snapshot's owner after each new snapshot; without it,
+    ``/v1/events`` sends the state at connect and then keepalives only. Returns the server; the
+    caller closes it (``close()`` then ``wait_closed()``), which also ends open event streams.
     Raises ``OSError`` when the address cannot be bound.
     """
-    app = _App(snapshot, metrics)
-    return await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
+    app = _App(snapshot, metrics, changes)
+    server = await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
+    return Server(server, app)

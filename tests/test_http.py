@@ -324,3 +324,38 @@ async def test_a_failing_snapshot_source_gives_500_and_the_server_keeps_serving(
 async def test_concurrent_scrapes_all_get_the_same_text(agent: Agent) -> None:
     results = await asyncio.gather(*(get(agent.port, "/metrics") for _ in range(20)))
     assert {r.body for r in results} == {agent.metrics.render()}
+
+
+async def test_the_status_page_is_self_contained_html_under_a_strict_policy(agent: Agent) -> None:
+    r = await get(agent.port, "/")
+    assert r.status == 200
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["connection"] == "close"
+    assert r.text.startswith("<!DOCTYPE html>")
+    assert 'data-name="api"' in r.text and 'data-name="web"' in r.text
+
+
+async def test_the_status_page_follows_the_current_snapshot(agent: Agent) -> None:
+    agent.holder.snap = healthy(tasks=(view("db", "d1", TaskState.RUNNING),), restarts=())
+    page = (await get(agent.port, "/")).text
+    assert 'data-name="db"' in page and 'data-name="api"' not in page
+
+
+async def test_the_status_page_is_gzipped_when_the_browser_accepts_it(agent: Agent) -> None:
+    r = await get(agent.port, "/", extra="Accept-Encoding: gzip, deflate, br\r\n")
+    assert r.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(r.body).startswith(b"<!DOCTYPE html>")
+    assert r.headers["vary"] == "Accept-Encoding"
+
+
+async def test_only_get_and_head_reach_the_page(agent: Agent) -> None:
+    assert (await get(agent.port, "/", method="POST")).status == 405
+    reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
+    writer.write(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b""

@@ -60,7 +60,9 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
         loop.add_signal_handler(sig, stop.set)
     host, port = opts.listen
     try:
-        server = await http.serve(host, port, snapshot=agent.snapshot, metrics=agent.metrics)
+        server = await http.serve(
+            host, port, snapshot=agent.snapshot, metrics=agent.metrics, changes=agent.changes
+        )
     except OSError as err:
         print(f"reconciler: cannot listen on {host}:{port}: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -71,7 +73,9 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
         nonlocal server
         if not server.is_serving():
             server.close()
-            server = await http.serve(host, port, snapshot=agent.snapshot, metrics=agent.metrics)
+            server = await http.serve(
+                host, port, snapshot=agent.snapshot, metrics=agent.metrics, changes=agent.changes
+            )
         await server.serve_forever()
 
     url, service = await asyncio.to_thread(find_podman, opts.podman_url, opts.state_dir)

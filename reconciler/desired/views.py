@@ -39,6 +39,7 @@ def _view(inst: Instance, seen: Seen | None, restarts: int, current: bool) -> Ta
         updated_at=status.timestamp,
         restarts=restarts,
         current=current,
+        image=inst.spec.image,
     )
 
 

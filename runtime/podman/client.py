@@ -1,4 +1,4 @@
-"""Thin, async podman calls: lanes with deadlines, and the one place that translates errors.
+"""The podman REST calls the runtime makes: each one round trip, in a lane, with a deadline.
 
 podman-py is blocking, so every call runs in a thread of one of this module's lanes
 (``lanes.Lane``), never the loop's default pool: quick calls (inspect, list, info, create, start,
@@ -11,25 +11,17 @@ it fails as ``RuntimeUnavailable``.
 Calls go straight to the REST API through podman-py's ``APIClient`` rather than its resource
 managers, because the managers add round trips: ``containers.create()`` re-reads the container
 after creating it, and ``Container.stop()`` fails to parse podman's 304 for a stopped container.
-The create payload is still rendered by podman-py (``_render_payload``), so ``spec.py`` speaks
+The create payload is still rendered by podman-py (through ``internals``), so ``spec.py`` speaks
 podman-py's documented ``create()`` keywords.
 
-Error translation lives in ``translate()`` only:
-
-* no answer (connection refused, socket missing, timeout, broken stream, deadline passed, call
-  aborted) -> ``RuntimeUnavailable`` (a ``TemporaryError``);
-* 404 -> ``NotFound``; a name already in use -> ``NameConflict``; an image not present ->
-  ``ImageMissing``; these are outcomes the controller turns into idempotent results;
-* a 5xx whose text says it is transient (locks, timeouts, "try again") -> ``TemporaryError``;
-* any other 4xx/5xx -> ``PermanentError`` carrying podman's own explanation.
-
-Whether podman is up is ``Reachability``'s, and the liveness probe (``probe``) alone turns it
-down: a call that gets no answer only asks the probe to look now, and any answer from podman
-counts as up. While the runtime is down, calls fail at once with ``RuntimeUnavailable`` without
+Errors are translated by ``errors.translate`` alone. Whether podman is up is
+``reach.Reachability``'s, and the liveness probe (``probe``) alone turns it down: a call that
+gets no answer only asks the probe to look now, and any answer from podman counts as up.
+While the runtime is down, calls fail at once with ``RuntimeUnavailable`` without
 touching the socket (the probe keeps looking, and the agent retries everything when podman is
 back), so nothing queues up behind a hung podman.
 
-Every failure of a call that reached podman, except the expected outcomes above, is counted once
+Every failure of a call that reached podman, except outcomes (``errors.QUIET``), is counted once
 through ``RuntimeObserver.runtime_error(op)``; calls refused while the runtime is down and failed
 liveness pings are not (``runtime_up`` reports those). A cancelled call lets its thread finish
 before it re-raises ``CancelledError``, so no podman request is left half-observed.
@@ -39,23 +31,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import podman.errors
-import requests
-from podman import api as podman_api
 from podman.api import APIClient
-from podman.domain.containers_create import CreateMixin
 
-from reconciler.clock import Clock
-from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
+from reconciler.errors import TemporaryError
 from reconciler.executor import RuntimeObserver
+from runtime.podman.errors import (
+    QUIET,
+    ImageMissing,
+    NameConflict,
+    NotFound,
+    RuntimeUnavailable,
+    translate,
+)
+from runtime.podman.internals import create_body
 from runtime.podman.lanes import Lane
-from runtime.podman.transport import Aborted, AbortReason
+from runtime.podman.reach import Reachability
+from runtime.podman.transport import AbortReason
+
+__all__ = [
+    "Deadlines",
+    "ImageMissing",
+    "NameConflict",
+    "NotFound",
+    "PodmanAPI",
+    "Reachability",
+    "RuntimeUnavailable",
+]
 
 T = TypeVar("T")
 
@@ -74,170 +79,6 @@ class Deadlines:
     """Added to a stop's grace period, a removal's stop timeout and a health check's timeout."""
     pull: float = 900.0
 
-
-_TRANSIENT_MARKERS = (
-    "timed out",
-    "timeout",
-    "deadline exceeded",
-    "database is locked",
-    "resource temporarily unavailable",
-    "try again",
-    "connection reset",
-    "connection refused",
-    "too many open files",
-    "broken pipe",
-)
-
-
-class RuntimeUnavailable(TemporaryError):
-    """podman did not answer: connection refused, socket missing, timeout, dropped stream."""
-
-
-class NotFound(PermanentError):
-    """No such container (or image)."""
-
-
-class NameConflict(PermanentError):
-    """A container with that name already exists."""
-
-
-class ImageMissing(PermanentError):
-    """The image is not in local storage."""
-
-
-class Reachability:
-    """Whether podman answers: the flag behind ``runtime_up``, and when podman last answered.
-
-    ``set`` reports every change (and the first value) to the observer and the change
-    listeners. ``answered`` records an answer from podman (any call's, or the event stream's) and
-    sets up; ``suspect`` asks the liveness probe to look now. All of it runs on the event loop.
-    """
-
-    def __init__(self, observer: RuntimeObserver, *, clock: Clock) -> None:
-        self._observer = observer
-        self._clock = clock
-        self._up: bool | None = None
-        self._lock = threading.Lock()
-        self._listeners: list[Callable[[bool], None]] = []
-        self._suspect_listeners: list[Callable[[], None]] = []
-        self.answers = 0
-        """How many answers podman has given (a count, so a probe can tell whether any came
-        while its own ping was in flight)."""
-        self.last_answer = float("-inf")
-        """When podman last answered, on the clock's monotonic time."""
-
-    @property
-    def up(self) -> bool:
-        return bool(self._up)
-
-    @property
-    def down(self) -> bool:
-        """Known to be down (not merely not yet contacted)."""
-        return self._up is False
-
-    def add_listener(self, fn: Callable[[bool], None]) -> None:
-        """Call ``fn(up)`` on every change."""
-        self._listeners.append(fn)
-
-    def add_suspect_listener(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` whenever a call got no answer."""
-        self._suspect_listeners.append(fn)
-
-    def set(self, up: bool) -> None:
-        with self._lock:
-            if self._up is up:
-                return
-            self._up = up
-        self._observer.runtime_up(up)
-        for fn in list(self._listeners):
-            fn(up)
-
-    def answered(self) -> None:
-        self.answers += 1
-        self.last_answer = self._clock.monotonic()
-        self.set(True)
-
-    def suspect(self) -> None:
-        for fn in list(self._suspect_listeners):
-            fn()
-
-
-def _explanation(err: podman.errors.APIError) -> str:
-    text = getattr(err, "explanation", None) or ""
-    if not text:
-        text = str(err)
-    return str(text)
-
-
-def _is_connection_problem(err: BaseException) -> bool:
-    seen: set[int] = set()
-    cur: BaseException | None = err
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(
-            cur,
-            ConnectionError
-            | TimeoutError
-            | socket.timeout
-            | FileNotFoundError
-            | requests.exceptions.ConnectionError
-            | requests.exceptions.Timeout
-            | requests.exceptions.ChunkedEncodingError,
-        ):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
-def translate(err: BaseException, *, what: str) -> ReconcilerError:
-    """Turn any exception from podman-py / requests / sockets into a reconciler error."""
-    if isinstance(err, ReconcilerError):
-        return err
-    if isinstance(err, Aborted):
-        return RuntimeUnavailable(f"{what}: {err}")
-    if isinstance(err, podman.errors.APIError):
-        status = err.status_code
-        text = _explanation(err)
-        low = text.lower()
-        if status is None or _is_connection_problem(err):
-            return RuntimeUnavailable(f"{what}: podman is not answering ({_root_cause(err)})")
-        if status == 404 or isinstance(err, podman.errors.NotFound):
-            if "image not known" in low or "no such image" in low:
-                return ImageMissing(f"{what}: {text}")
-            return NotFound(f"{what}: {text}")
-        if "no such container" in low or "does not exist in database" in low:
-            # Inspecting a container in the middle of its removal answers 500 with this.
-            return NotFound(f"{what}: {text}")
-        if "already in use" in low:
-            return NameConflict(f"{what}: {text}")
-        if "image not known" in low or "no such image" in low:
-            return ImageMissing(f"{what}: {text}")
-        if status >= 500 and (
-            status in (502, 503, 504) or any(m in low for m in _TRANSIENT_MARKERS)
-        ):
-            return TemporaryError(f"{what}: {text}")
-        return PermanentError(f"{what}: {text}")
-    if isinstance(err, podman.errors.PodmanError | requests.exceptions.RequestException | OSError):
-        if _is_connection_problem(err) or isinstance(err, OSError):
-            return RuntimeUnavailable(f"{what}: podman is not answering ({_root_cause(err)})")
-        return TemporaryError(f"{what}: {err}")
-    if isinstance(err, json.JSONDecodeError | ValueError):
-        return TemporaryError(f"{what}: unexpected answer from podman ({err})")
-    return PermanentError(f"{what}: {type(err).__name__}: {err}")
-
-
-def _root_cause(err: BaseException) -> str:
-    cur: BaseException = err
-    for _ in range(10):
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None:
-            break
-        cur = nxt
-    text = str(cur) or type(cur).__name__
-    return text if len(text) < 300 else text[:300] + "..."
-
-
-_QUIET: tuple[type[ReconcilerError], ...] = (NotFound, NameConflict, ImageMissing)
 
 Work = Callable[[APIClient], T]
 
@@ -310,7 +151,7 @@ class PodmanAPI:
                 self._reach.suspect()
             else:
                 self._reach.answered()
-            if not isinstance(err, _QUIET):
+            if not isinstance(err, QUIET):
                 self._observer.runtime_error(op)
             raise err from exc
         self._reach.answered()
@@ -326,7 +167,7 @@ class PodmanAPI:
 
     async def create(self, kwargs: Mapping[str, Any]) -> str:
         """Create a container from podman-py ``create()`` keywords; return its id."""
-        body = podman_api.prepare_body(CreateMixin._render_payload(dict(kwargs)))
+        body = create_body(kwargs)
         name = kwargs.get("name", "")
 
         def run(api: APIClient) -> str:

@@ -48,8 +48,9 @@ from reconciler.errors import (
 from reconciler.executor import ContainerStatus, RuntimeObserver
 from reconciler.model import Task
 from runtime.podman import cgroups
-from runtime.podman.client import ImageMissing, NameConflict, NotFound, PodmanAPI
-from runtime.podman.events import ContainerEvent, EventStream, Watch
+from runtime.podman.client import PodmanAPI
+from runtime.podman.errors import ImageMissing, NameConflict, NotFound
+from runtime.podman.events import ContainerEvent, EventKind, EventStream, Watch
 from runtime.podman.spec import (
     TASK_ID_LABEL,
     container_name,
@@ -230,7 +231,7 @@ class PodmanController:
                     health = asyncio.create_task(self._health_loop(), name=f"health {self.name}")
                 while True:
                     ev = await w.get()
-                    if ev.action == "died" and ev.time_ns >= started_ns:
+                    if ev.kind is EventKind.DIED and ev.time_ns >= started_ns:
                         # ``podman rm -f`` also emits "died" first, and "remove" some 50-100
                         # ms later. An exit the agent did not cause is therefore given a short
                         # window in which a removal wins; then one inspect confirms the exit
@@ -246,7 +247,7 @@ class PodmanController:
                         if await self._check_state() is None:
                             return
                         continue
-                    if ev.action == "kill" and not self._stopping:
+                    if ev.kind is EventKind.KILL and not self._stopping:
                         self._killed_outside = True
                         # podman's "died" can trail a kill by a few hundred ms (it comes from
                         # the cleanup process conmon starts); a SIGKILLed container already
@@ -257,16 +258,16 @@ class PodmanController:
                             return
                         started_ns = started
                         continue
-                    elif ev.action == "remove":
+                    elif ev.kind is EventKind.REMOVE:
                         self._gone()
-                    elif ev.action == "recheck":
+                    elif ev.kind is EventKind.RECHECK:
                         started = await self._check_state()
                         if started is None:
                             return
                         started_ns = started
-                    elif ev.action == "lost":
+                    elif ev.kind is EventKind.LOST:
                         raise TemporaryError(ev.detail or "podman's event stream was lost")
-                    elif ev.action == "unhealthy":
+                    elif ev.kind is EventKind.UNHEALTHY:
                         await self._fail_unhealthy(ev.detail)
             finally:
                 if health is not None:
@@ -280,9 +281,9 @@ class PodmanController:
             async with asyncio.timeout(REMOVAL_WINDOW):
                 while True:
                     ev = await w.get()
-                    if ev.action == "remove":
+                    if ev.kind is EventKind.REMOVE:
                         return True
-                    if ev.action == "lost":
+                    if ev.kind is EventKind.LOST:
                         return False
         except TimeoutError:
             return False
@@ -386,7 +387,8 @@ class PodmanController:
             if str(verdict.get("Status", "")).lower() != "unhealthy":
                 continue
             self._rt.events.post(
-                self.name, ContainerEvent("unhealthy", self.name, detail=_health_detail(verdict))
+                self.name,
+                ContainerEvent(EventKind.UNHEALTHY, self.name, detail=_health_detail(verdict)),
             )
             return
 

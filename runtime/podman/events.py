@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import threading
@@ -49,7 +50,7 @@ import podman
 from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
 from reconciler.executor import RuntimeObserver, Supervise
-from runtime.podman.client import Reachability
+from runtime.podman.reach import Reachability
 from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
 from runtime.podman.transport import AbortReason, Call, make_client, running
 
@@ -61,20 +62,33 @@ RECONNECT = Backoff(initial=0.1, factor=2.0, cap=5.0, jitter=0.2)
 CONNECT_TIMEOUT = 5.0
 """Seconds (real time) podman has to answer the stream's request with its headers."""
 
-# The actions a waiter cares about; everything else is dropped in the reader thread.
-RELEVANT_ACTIONS = frozenset({"start", "died", "remove", "kill", "stop", "health_status"})
+
+class EventKind(enum.Enum):
+    """What an event says: one of podman's actions, or a marker the runtime itself posts."""
+
+    # podman's actions that a waiter cares about
+    START = "start"
+    DIED = "died"
+    REMOVE = "remove"
+    KILL = "kill"
+    STOP = "stop"
+    HEALTH_STATUS = "health_status"
+    # markers
+    LOST = "lost"  # the stream dropped: events may have been missed
+    RECHECK = "recheck"  # a resync saw a disagreement: inspect again
+    UNHEALTHY = "unhealthy"  # the agent's own health check failed
+
+
+_MARKERS = frozenset({EventKind.LOST, EventKind.RECHECK, EventKind.UNHEALTHY})
+PODMAN_ACTIONS = {k.value: k for k in EventKind if k not in _MARKERS}
+"""podman's actions a waiter cares about; every other event is dropped in the reader thread."""
 
 
 @dataclass(frozen=True, slots=True)
 class ContainerEvent:
-    """One event for one of this node's containers, or a marker from the stream itself.
+    """One event for one of this node's containers, or a marker from the stream itself."""
 
-    ``action`` is podman's (start, died, remove, kill, stop, health_status), or one of the
-    markers ``lost`` (the stream dropped; events may have been missed), ``recheck`` (a resync
-    saw a disagreement) and ``unhealthy`` (the agent's own health check failed).
-    """
-
-    action: str
+    kind: EventKind
     name: str
     container_id: str = ""
     task_id: str = ""
@@ -299,7 +313,7 @@ class EventStream:
             self._connected_event.clear()
         for name, ws in list(self._watches.items()):
             for w in list(ws):
-                w.put(ContainerEvent("lost", name, detail="podman's event stream was lost"))
+                w.put(ContainerEvent(EventKind.LOST, name, detail="podman's event stream was lost"))
 
     def _on_connected(self, call: Call) -> None:
         if call is not self._call or call.reason is not None:
@@ -354,7 +368,7 @@ class EventStream:
 
     def _follow(self, resp: Any, loop: asyncio.AbstractEventLoop) -> None:
         newest = 0
-        at_newest: set[tuple[str, str]] = set()
+        at_newest: set[tuple[str, EventKind]] = set()
         for line in resp.iter_lines():
             if self._closing.is_set():
                 break
@@ -364,7 +378,7 @@ class EventStream:
             if ev is None:
                 continue
             # Log rotation replays part of the old file: drop what was already seen.
-            key = (ev.container_id, ev.action)
+            key = (ev.container_id, ev.kind)
             if ev.time_ns < newest or (ev.time_ns == newest and key in at_newest):
                 continue
             if ev.time_ns > newest:
@@ -380,19 +394,19 @@ class EventStream:
             return None
         if not isinstance(data, dict) or data.get("Type") != "container":
             return None
-        action = str(data.get("Action") or data.get("status") or "")
-        if action not in RELEVANT_ACTIONS:
+        kind = PODMAN_ACTIONS.get(str(data.get("Action") or data.get("status") or ""))
+        if kind is None:
             return None
         actor = data.get("Actor") or {}
         attrs = actor.get("Attributes") or {}
         if attrs.get(NODE_LABEL) != self._node_id:
             return None
         code: int | None = None
-        if action == "died":
+        if kind is EventKind.DIED:
             with contextlib.suppress(TypeError, ValueError):
                 code = int(str(attrs.get("containerExitCode")))
         return ContainerEvent(
-            action=action,
+            kind=kind,
             name=str(attrs.get("name", "")),
             container_id=str(actor.get("ID") or data.get("id") or ""),
             task_id=str(attrs.get(TASK_ID_LABEL, "")),

@@ -36,11 +36,13 @@ from reconciler.clock import Clock
 from reconciler.errors import PermanentError
 from reconciler.executor import RuntimeContainer, RuntimeObserver, RuntimeUsage, Supervise
 from reconciler.model import NodeDescription, Task
-from runtime.podman.client import NotFound, PodmanAPI, Reachability
+from runtime.podman.client import PodmanAPI
 from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
-from runtime.podman.events import ContainerEvent, EventStream
+from runtime.podman.errors import NotFound
+from runtime.podman.events import ContainerEvent, EventKind, EventStream
 from runtime.podman.oom import KernelLogOoms, OomKill
 from runtime.podman.probe import Discover, Liveness
+from runtime.podman.reach import Reachability
 from runtime.podman.spec import NODE_LABEL, SPEC_HASH_LABEL, TASK_ID_LABEL, TASK_NAME_LABEL
 from runtime.podman.usage import Target, UsageReader
 
@@ -267,7 +269,7 @@ class PodmanExecutor:
         for name in self._events.watched_names():
             seen = by_name.get(name)
             if seen is None or str(seen.get("State") or "") != "running":
-                self._events.post(name, ContainerEvent("recheck", name, detail="resync"))
+                self._events.post(name, ContainerEvent(EventKind.RECHECK, name, detail="resync"))
 
     # ------------------------------------------------------------------------- usage
 

@@ -34,7 +34,8 @@ from collections.abc import Callable
 
 from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
-from runtime.podman.client import PodmanAPI, Reachability
+from runtime.podman.client import PodmanAPI
+from runtime.podman.reach import Reachability
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """TaskSpec -> podman-py ``containers.create()`` keyword arguments: a pure function.
 
-This module owns the mapping from PRODUCT.md's task schema onto what podman 4.3's REST API
+This module owns the mapping from the desired-state task schema onto what podman 4.3's REST API
 accepts through podman-py, and nothing else: no I/O, so every field can be unit-tested without
 podman. The quirks it encodes were observed on podman 4.3.1 with podman-py 5.8:
 
@@ -11,19 +11,20 @@ podman. The quirks it encodes were observed on podman 4.3.1 with podman-py 5.8:
 * named volumes go through ``volumes`` (the API's ``mounts`` only takes bind and tmpfs);
 * log rotation needs an explicit ``k8s-file`` driver for the size to apply.
 
-A spec that cannot be expressed (an unknown signal, network or mount type) raises ``SpecError``,
-a ``PermanentError``, so ``resolve()`` rejects the task instead of retrying it.
+It trusts the ``TaskSpec``: every value was validated where it entered (the desired-state
+schema, for files and the fleet alike), so nothing is checked twice here. What is left is
+conversion; a value podman cannot take even so (a signal name this platform lacks) raises
+``SpecError``, a ``PermanentError``, so ``resolve()`` rejects the task instead of retrying it.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import signal
 from typing import Any
 
 from reconciler.errors import PermanentError
-from reconciler.model import TaskSpec, spec_hash
+from reconciler.model import MountType, TaskSpec, spec_hash
 
 NODE_LABEL = "reconciler.node"
 TASK_ID_LABEL = "reconciler.task.id"
@@ -37,9 +38,6 @@ CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
 """The kernel refuses CFS quotas below 1 ms."""
 
-NETWORK_MODES = {"bridge": "bridge", "host": "host", "none": "none"}
-MOUNT_TYPES = ("bind", "volume", "tmpfs")
-_NAMED_VOLUME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _NS = 1_000_000_000
 
 
@@ -84,8 +82,6 @@ def cpu_limits(cpus: float | None) -> tuple[int, int] | None:
     """(period, quota) in microseconds for a CPU limit, or None for no limit."""
     if cpus is None:
         return None
-    if cpus <= 0 or not math.isfinite(cpus):
-        raise SpecError(f"resources.cpus: {cpus} must be a positive number")
     return CPU_PERIOD_US, max(MIN_CPU_QUOTA_US, round(cpus * CPU_PERIOD_US))
 
 
@@ -121,50 +117,34 @@ def create_kwargs(spec: TaskSpec, *, task_id: str, node_id: str) -> dict[str, An
     if cpu is not None:
         kw["cpu_period"], kw["cpu_quota"] = cpu
     if spec.resources.memory is not None:
-        if spec.resources.memory <= 0:
-            raise SpecError(f"resources.memory: {spec.resources.memory} must be positive")
         kw["mem_limit"] = int(spec.resources.memory)
 
     # ports: {"80/tcp": host} with several host bindings of one container port as a list
     if spec.ports:
         ports: dict[str, list[int | tuple[str, int]]] = {}
         for p in spec.ports:
-            proto = p.protocol.lower()
-            if proto not in ("tcp", "udp"):
-                raise SpecError(f"ports: unknown protocol {p.protocol!r}")
             binding: int | tuple[str, int] = (p.host_ip, p.host_port) if p.host_ip else p.host_port
-            ports.setdefault(f"{p.container_port}/{proto}", []).append(binding)
+            ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(binding)
         kw["ports"] = {k: (v[0] if len(v) == 1 else v) for k, v in ports.items()}
 
     # mounts: bind and tmpfs through ``mounts``, named volumes through ``volumes``
     mounts: list[dict[str, Any]] = []
     volumes: dict[str, dict[str, str]] = {}
     for m in spec.mounts:
-        if m.type not in MOUNT_TYPES:
-            raise SpecError(f"mounts: unknown type {m.type!r}")
-        if not m.target.startswith("/"):
-            raise SpecError(f"mounts: target {m.target!r} must be an absolute path")
-        if m.type == "bind":
-            if not m.source.startswith("/"):
-                raise SpecError(f"mounts: bind source {m.source!r} must be an absolute path")
+        if m.type == MountType.VOLUME:
+            volumes[m.source] = {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
+        elif m.type == MountType.TMPFS:
+            mounts.append({"type": "tmpfs", "source": "tmpfs", "target": m.target})
+        else:
             mount: dict[str, Any] = {"type": "bind", "source": m.source, "target": m.target}
             if m.read_only:
                 mount["read_only"] = True
             mounts.append(mount)
-        elif m.type == "tmpfs":
-            mounts.append({"type": "tmpfs", "source": "tmpfs", "target": m.target})
-        else:
-            if not _NAMED_VOLUME.match(m.source):
-                raise SpecError(f"mounts: volume name {m.source!r} is not valid")
-            volumes[m.source] = {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
     if mounts:
         kw["mounts"] = mounts
     if volumes:
         kw["volumes"] = volumes
-
-    if spec.network not in NETWORK_MODES:
-        raise SpecError(f"network: unknown mode {spec.network!r}")
-    kw["network_mode"] = NETWORK_MODES[spec.network]
+    kw["network_mode"] = str(spec.network)
 
     if spec.user is not None:
         kw["user"] = spec.user
@@ -184,23 +164,14 @@ def create_kwargs(spec: TaskSpec, *, task_id: str, node_id: str) -> dict[str, An
         kw["stop_signal"] = sig
 
     hc = spec.healthcheck
-    if hc is not None:
-        if not hc.test:
-            raise SpecError("healthcheck.test: must not be empty")
-        if hc.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
-            raise SpecError(
-                f"healthcheck.test: must start with CMD or CMD-SHELL, not {hc.test[0]!r}"
-            )
-        if hc.test[0] != "NONE":
-            if hc.interval <= 0 or hc.timeout <= 0:
-                raise SpecError("healthcheck: interval and timeout must be positive")
-            kw["healthcheck"] = {
-                "Test": list(hc.test),
-                "Interval": _ns(hc.interval),
-                "Timeout": _ns(hc.timeout),
-                "Retries": max(1, hc.retries),
-                "StartPeriod": _ns(hc.start_period),
-            }
+    if hc is not None and runs_healthcheck(spec):
+        kw["healthcheck"] = {
+            "Test": list(hc.test),
+            "Interval": _ns(hc.interval),
+            "Timeout": _ns(hc.timeout),
+            "Retries": max(1, hc.retries),
+            "StartPeriod": _ns(hc.start_period),
+        }
     return kw
 
 

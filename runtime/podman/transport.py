@@ -28,7 +28,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import podman
-from podman.api.uds import UDSAdapter, UDSConnection, UDSConnectionPool, UDSPoolManager, UDSSocket
+
+from runtime.podman.internals import (
+    UDSAdapter,
+    UDSConnection,
+    UDSConnectionPool,
+    UDSPoolManager,
+    UDSSocket,
+)
 
 
 class AbortReason(enum.Enum):

@@ -24,8 +24,8 @@ from reconciler.model import Assignment, Task, TaskState
 from reconciler.store import Store
 from reconciler.worker import Worker
 from runtime.podman import PodmanExecutor
-from runtime.podman.client import RuntimeUnavailable
 from runtime.podman.discovery import first_answering
+from runtime.podman.errors import RuntimeUnavailable
 from runtime.podman.service import PodmanService
 from runtime.podman.spec import NODE_LABEL
 from tests.e2e.faultproxy import FaultProxy, Mode

@@ -23,14 +23,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.clock import FakeClock, SystemClock, settle
-from runtime.podman.client import (
-    Deadlines,
-    PodmanAPI,
-    Reachability,
-    RuntimeUnavailable,
-    translate,
-)
+from runtime.podman.client import Deadlines, PodmanAPI
+from runtime.podman.errors import RuntimeUnavailable, translate
 from runtime.podman.probe import PROBE_INTERVAL, Liveness
+from runtime.podman.reach import Reachability
 from runtime.podman.transport import Aborted, AbortReason
 from tests.e2e.podman_support import RecordingObserver
 

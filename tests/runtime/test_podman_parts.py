@@ -10,14 +10,14 @@ import requests
 
 from reconciler.errors import PermanentError, TemporaryError
 from runtime.podman import cgroups
-from runtime.podman.client import (
+from runtime.podman.controller import parse_timestamp_ns
+from runtime.podman.errors import (
     ImageMissing,
     NameConflict,
     NotFound,
     RuntimeUnavailable,
     translate,
 )
-from runtime.podman.controller import parse_timestamp_ns
 
 
 class _Resp:

@@ -1,0 +1,303 @@
+"""``GET /v1/events``: a real server on 127.0.0.1, read as a browser's EventSource reads it.
+
+Hang guards only: no test asserts how fast anything happens (``bench/page.py`` measures that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from reconciler import http as rhttp
+from reconciler.metrics import Metrics
+from reconciler.model import TaskState
+from reconciler.snapshot import Changes, Snapshot
+from reconciler.web import sse
+from tests.web.support import snapshot, view, with_state
+
+HANG = 10.0
+
+
+class Source:
+    """The snapshot an agent would hold, and its ``Changes``."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.changes = Changes()
+
+    def __call__(self) -> Snapshot:
+        return self.snap
+
+    def swap(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.changes.bump()
+
+
+@dataclass
+class Agent:
+    source: Source
+    server: rhttp.Server
+    port: int
+    clients: list[Stream] = field(default_factory=list)
+
+    async def open(self, *, rcvbuf: int | None = None) -> Stream:
+        stream = await Stream.open(self.port, rcvbuf=rcvbuf)
+        self.clients.append(stream)
+        return stream
+
+
+async def serve(source: Source, *, changes: Changes | None) -> rhttp.Server:
+    metrics = Metrics(snapshot=source, registry=CollectorRegistry())
+    return await rhttp.serve("127.0.0.1", 0, snapshot=source, metrics=metrics, changes=changes)
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[Agent]:
+    source = Source(snapshot())
+    server = await serve(source, changes=source.changes)
+    a = Agent(source, server, server.sockets[0].getsockname()[1])
+    try:
+        yield a
+    finally:
+        for client in a.clients:
+            await client.close()
+        server.close()
+        async with asyncio.timeout(HANG):
+            await server.wait_closed()
+
+
+class Stream:
+    """One client connection to /v1/events."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def open(cls, port: int, *, rcvbuf: int | None = None) -> Stream:
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        await writer.drain()
+        stream = cls(reader, writer)
+        async with asyncio.timeout(HANG):
+            head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        stream.status = int(lines[0].split(" ")[1])
+        for line in lines[1:]:
+            if line:
+                k, _, v = line.partition(":")
+                stream.headers[k.strip().lower()] = v.strip()
+        return stream
+
+    async def block(self) -> list[str]:
+        """The lines of the next block (an event, a comment or a retry field)."""
+        lines: list[str] = []
+        async with asyncio.timeout(HANG):
+            while True:
+                raw = await self.reader.readuntil(b"\n")
+                line = raw.decode().rstrip("\n")
+                if not line:
+                    if lines:
+                        return lines
+                    continue
+                lines.append(line)
+
+    async def event(self) -> dict[str, Any]:
+        """The data of the next event, skipping comments and fields without data."""
+        while True:
+            lines = await self.block()
+            data = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+            if data:
+                assert len(data) == 1, lines
+                out: dict[str, Any] = json.loads(data[0])
+                return out
+
+    async def eof(self) -> bytes:
+        async with asyncio.timeout(HANG):
+            return await self.reader.read()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+async def request(port: int, raw: bytes) -> bytes:
+    """Send one raw request; the whole answer, up to the server's close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        async with asyncio.timeout(HANG):
+            return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_the_stream_is_an_event_stream_that_starts_with_the_full_state(agent: Agent) -> None:
+    s = await agent.open()
+    assert s.status == 200
+    assert s.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert s.headers["cache-control"] == "no-store"
+    assert "content-length" not in s.headers
+    assert await s.block() == [f"retry: {sse.RETRY_MS}"]
+    first = await s.event()
+    assert first["full"] is True
+    assert [t["name"] for t in first["tasks"]] == ["api", "web"]
+    assert first["node"]["nodeId"] == "node-a"
+
+
+async def test_a_change_sends_only_the_changed_task(agent: Agent) -> None:
+    s = await agent.open()
+    await s.event()
+    agent.source.swap(with_state(agent.source.snap, "web", TaskState.RUNNING))
+    delta = await s.event()
+    assert "full" not in delta
+    assert [t["name"] for t in delta["tasks"]] == ["web"]
+    assert delta["tasks"][0]["instances"][0]["state"] == "running"
+    assert set(delta) == {"now", "tasks"}
+
+
+async def test_a_removed_name_is_sent_as_removed(agent: Agent) -> None:
+    s = await agent.open()
+    await s.event()
+    agent.source.swap(replace(agent.source.snap, tasks=agent.source.snap.tasks[:2]))
+    assert (await s.event())["removed"] == ["web"]
+
+
+async def test_a_new_snapshot_with_nothing_new_sends_nothing(agent: Agent) -> None:
+    s = await agent.open()
+    await s.event()
+    agent.source.swap(snapshot())  # equal content: the agent rebuilds after every resync pass
+    await asyncio.sleep(sse.MIN_INTERVAL * 2)
+    agent.source.swap(snapshot(reports_pending=3))
+    delta = await s.event()  # the first event after the no-op swap is the real change
+    assert set(delta) == {"now", "agent"}
+    assert delta["agent"]["reportsPending"] == 3
+
+
+async def test_changes_between_two_wakes_fold_into_one_delta(agent: Agent) -> None:
+    s = await agent.open()
+    await s.event()
+    base = agent.source.snap
+    agent.source.swap(with_state(base, "web", TaskState.RUNNING))
+    agent.source.swap(with_state(base, "web", TaskState.FAILED, err="exit 1"))
+    agent.source.swap(
+        replace(agent.source.snap, tasks=(*agent.source.snap.tasks, view("zed", "z")))
+    )
+    delta = await s.event()
+    assert [t["name"] for t in delta["tasks"]] == ["web", "zed"]
+    assert delta["tasks"][0]["instances"][0]["state"] == "failed"
+
+
+async def test_an_idle_stream_gets_keepalive_comments(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sse, "KEEPALIVE", 0.05)
+    s = await agent.open()
+    await s.event()
+    assert await s.block() == [sse.KEEPALIVE_COMMENT.decode().strip()]
+
+
+async def test_without_changes_the_stream_sends_the_state_then_keepalives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sse, "KEEPALIVE", 0.05)
+    server = await serve(Source(snapshot()), changes=None)
+    try:
+        s = await Stream.open(server.sockets[0].getsockname()[1])
+        assert (await s.event())["full"] is True
+        assert (await s.block())[0].startswith(":")
+        await s.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_streams_are_capped_apart_from_other_requests(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rhttp, "MAX_STREAMS", 2)
+    monkeypatch.setattr(rhttp, "MAX_CONNECTIONS", 2)
+    streams = [await agent.open() for _ in range(2)]
+    for s in streams:
+        await s.event()
+    refused = await agent.open()
+    assert refused.status == 503
+    assert refused.headers["retry-after"]
+    answer = await request(agent.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_a_client_that_hangs_up_frees_its_stream_slot(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rhttp, "MAX_STREAMS", 1)
+    first = await agent.open()
+    await first.event()
+    await first.close()
+    async with asyncio.timeout(HANG):
+        while True:  # the server notices the hangup on its own, without a write
+            s = await agent.open()
+            if s.status == 200:
+                break
+            await asyncio.sleep(0.01)
+    assert (await s.event())["full"] is True
+
+
+async def test_closing_the_server_ends_open_streams(agent: Agent) -> None:
+    s = await agent.open()
+    await s.event()
+    agent.server.close()
+    async with asyncio.timeout(HANG):
+        await agent.server.wait_closed()
+    assert await s.eof() == b""
+
+
+async def test_a_client_that_does_not_read_is_dropped(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sse, "WRITE_TIMEOUT", 0.2)
+    monkeypatch.setattr(rhttp, "MAX_STREAMS", 1)
+    s = await agent.open(rcvbuf=4096)
+    await s.event()
+    # deltas of a few MB each, far beyond the socket buffers, which the client never reads
+    swaps = 12
+    for n in range(swaps):
+        tasks = tuple(view(f"t{i:05d}", f"{i:010x}", message=f"{n}" * 300) for i in range(4000))
+        agent.source.swap(replace(agent.source.snap, tasks=tasks))
+        await asyncio.sleep(0.2)
+    assert (await agent.open()).status == 200  # its slot is free again (MAX_STREAMS is 1)
+    try:
+        received = await s.eof()  # the server cut it off: the end comes without a shutdown
+    except ConnectionResetError:
+        received = b""
+    assert received.count(b"\ndata: ") < swaps  # and it never got every event
+
+
+async def test_head_answers_the_stream_headers_without_a_stream(agent: Agent) -> None:
+    head = await request(agent.port, b"HEAD /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"Content-Type: text/event-stream" in head
+
+
+async def test_other_methods_on_the_stream_are_405(agent: Agent) -> None:
+    head = await request(
+        agent.port, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert head.startswith(b"HTTP/1.1 405")
