@@ -259,6 +259,16 @@ class TaskStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Rollback:
+    """What makes an instance a rollback: the image it runs is pinned to the one the container
+    ``image_from`` ran (by image ID, so a retagged image cannot bring a bad build back), and
+    it says which spec (by hash) failed, so the runtime can label it."""
+
+    image_from: str  # the container name whose image to use
+    failed_hash: str  # the spec hash of the update that failed
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     """One instance of a named task, assigned to this node."""
 
@@ -267,6 +277,7 @@ class Task:
     desired_state: TaskState = TaskState.RUNNING
     status: TaskStatus = field(default_factory=TaskStatus)
     node_id: str = ""
+    rollback: Rollback | None = None
 
     @property
     def name(self) -> str:
@@ -274,7 +285,7 @@ class Task:
 
     def with_status(self, status: TaskStatus) -> Task:
         """A copy with another status (hot path: cheaper than ``dataclasses.replace``)."""
-        return Task(self.id, self.spec, self.desired_state, status, self.node_id)
+        return Task(self.id, self.spec, self.desired_state, status, self.node_id, self.rollback)
 
     def equal_stable(self, other: Task) -> bool:
         """Equal apart from the status (SwarmKit's TasksEqualStable)."""
@@ -474,6 +485,8 @@ def task_to_dict(task: Task, *, with_status: bool = True) -> dict[str, Any]:
         "desiredState": int(task.desired_state),
         "nodeId": task.node_id,
     }
+    if task.rollback is not None:
+        d["rollback"] = [task.rollback.image_from, task.rollback.failed_hash]
     if with_status:
         d["status"] = status_to_dict(task.status)
     return d
@@ -488,6 +501,7 @@ def task_from_dict(d: dict[str, Any], status: TaskStatus | None = None) -> Task:
         desired_state=TaskState(d["desiredState"]),
         status=status,
         node_id=d.get("nodeId", ""),
+        rollback=Rollback(*d["rollback"]) if d.get("rollback") else None,
     )
 
 
