@@ -211,6 +211,7 @@ class Agent:
         self._rebuild_scheduled = False
         views = tuple(self.manager.views()) if self.manager is not None else ()
         restarts = tuple(sorted(self.manager.restarts().items())) if self.manager else ()
+        rollbacks = tuple(sorted(self.manager.rollbacks().items())) if self.manager else ()
         self._snapshot = Snapshot(
             node_id=self.config.node_id,
             node=self._node,
@@ -232,6 +233,7 @@ class Agent:
             reports_pending=self.reporter.pending if self.reporter else 0,
             tasks=views,
             restarts=restarts,
+            rollbacks=rollbacks,
         )
         self._views_by_id = {v.id: v for v in views}
         self.changes.bump()

@@ -92,6 +92,8 @@ class Snapshot:
     tasks: tuple[TaskView, ...] = ()
     # restarts per name from stored counters, including names with no current instance
     restarts: tuple[tuple[str, int], ...] = field(default=())
+    # rollbacks per name from stored counters (names that never rolled back are left out)
+    rollbacks: tuple[tuple[str, int], ...] = field(default=())
 
     def current(self) -> tuple[TaskView, ...]:
         return tuple(t for t in self.tasks if t.current)

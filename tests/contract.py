@@ -37,6 +37,7 @@ AGENT_METRICS = (
     "reconciler_session_connected",
     "reconciler_loop_restarts_total",
     "reconciler_store_rebuilds_total",
+    "reconciler_task_rollbacks_total",
 )
 
 #: The metrics a fleet manager exports (each one named in PRODUCT.md).

@@ -120,14 +120,18 @@ def test_fixed_label_sets_are_exactly_the_contract() -> None:
 
 
 def test_every_agent_metric_of_the_contract_is_rendered() -> None:
-    m, _, _ = make(healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),)))
+    m, _, _ = make(
+        healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),), rollbacks=(("web", 1),))
+    )
     rendered = names_in(m.render().decode())
     for name in AGENT_METRICS:
         assert name in rendered or f"{name}_count" in rendered, name
 
 
 def test_every_rendered_metric_is_one_the_contract_names() -> None:
-    m, _, _ = make(healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),)))
+    m, _, _ = make(
+        healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),), rollbacks=(("web", 1),))
+    )
     rendered = names_in(m.render().decode())
     histogram_parts = {f"{n}_{s}" for n in AGENT_METRICS for s in ("bucket", "sum", "count")}
     assert rendered - set(AGENT_METRICS) - histogram_parts == set()
