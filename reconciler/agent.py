@@ -225,6 +225,7 @@ class Agent:
         self._rebuild_scheduled = False
         views = tuple(self.manager.views()) if self.manager is not None else ()
         restarts = tuple(sorted(self.manager.restarts().items())) if self.manager else ()
+        rollbacks = tuple(sorted(self.manager.rollbacks().items())) if self.manager else ()
         self._snapshot = Snapshot(
             node_id=self.config.node_id,
             node=self._node,
@@ -248,6 +249,7 @@ class Agent:
             restarts=restarts,
             oom_kills=self.usage.oom_kills(name for name, _ in restarts),
             conditions=self.usage.conditions,
+            rollbacks=rollbacks,
         )
         self._views_by_id = {v.id: v for v in views}
         self.changes.bump()

@@ -97,6 +97,10 @@ _OOM_KILLS: Final = (
     "Processes of a task's containers killed by the kernel for lack of memory, per task name, "
     "from stored counters.",
 )
+_ROLLBACKS: Final = (
+    "reconciler_task_rollbacks",
+    "Rollbacks of a failed update to the previous spec, per task name, from stored counters.",
+)
 _LABEL_OF: Final = {s: s.label for s in TaskState}
 
 
@@ -115,7 +119,10 @@ def snapshot_families(s: Snapshot) -> list[Metric]:
     ooms = CounterMetricFamily(*_OOM_KILLS, labels=["name"])
     for name, n in s.oom_kills:
         ooms.add_metric([name], float(n))
-    return [*_node_families(s, counts), per_task, restarts, ooms]
+    rollbacks = CounterMetricFamily(*_ROLLBACKS, labels=["name"])
+    for name, n in s.rollbacks:
+        rollbacks.add_metric([name], float(n))
+    return [*_node_families(s, counts), per_task, restarts, ooms, rollbacks]
 
 
 def render_snapshot(s: Snapshot) -> str:
@@ -136,16 +143,15 @@ def render_snapshot(s: Snapshot) -> str:
                 f'reconciler_task_state{{name="{_escape(t.name)}",id="{_escape(t.id)}",'
                 f'state="{label}"}} 1.0\n'
             )
-    name, doc = _RESTARTS
-    lines.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n")
-    for task_name, n in s.restarts:
-        value = _SMALL_INTS.get(n) or _go_float(n)
-        lines.append(f'reconciler_task_restarts_total{{name="{_escape(task_name)}"}} {value}\n')
-    name, doc = _OOM_KILLS
-    lines.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n")
-    for task_name, n in s.oom_kills:
-        value = _SMALL_INTS.get(n) or _go_float(n)
-        lines.append(f'reconciler_task_oom_kills_total{{name="{_escape(task_name)}"}} {value}\n')
+    for (name, doc), series in (
+        (_RESTARTS, s.restarts),
+        (_OOM_KILLS, s.oom_kills),
+        (_ROLLBACKS, s.rollbacks),
+    ):
+        lines.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n")
+        for task_name, n in series:
+            value = _SMALL_INTS.get(n) or _go_float(n)
+            lines.append(f'{name}_total{{name="{_escape(task_name)}"}} {value}\n')
     return _render_families(_node_families(s, counts)) + "".join(lines)
 
 

@@ -131,9 +131,43 @@ class HealthCheck:
     start_period: float = 0.0
 
 
+class UpdateOrder(enum.StrEnum):
+    STOP_FIRST = "stop-first"
+    START_FIRST = "start-first"
+
+
+class FailureAction(enum.StrEnum):
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+    CONTINUE = "continue"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePolicy:
+    """How a spec change replaces the instance, and what happens if the new one fails."""
+
+    order: UpdateOrder = UpdateOrder.STOP_FIRST
+    monitor: float = 30.0  # seconds the new instance must keep from failing
+    failure_action: FailureAction = FailureAction.ROLLBACK
+
+
+class DependencyCondition(enum.StrEnum):
+    STARTED = "started"
+    HEALTHY = "healthy"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class Dependency:
+    """Hold a new instance until the named task's current instance meets ``condition``."""
+
+    task: str
+    condition: DependencyCondition = DependencyCondition.STARTED
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """What to run for one named task: every field of PRODUCT.md's desired-state schema.
+    """What to run for one named task: every field of a desired-state task.
 
     Lists are tuples and maps are tuples of (key, value) pairs, so two specs compare equal
     exactly when they describe the same container.
@@ -160,6 +194,8 @@ class TaskSpec:
     log_max_size: int = 10 * 1024 * 1024
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     healthcheck: HealthCheck | None = None
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    depends_on: tuple[Dependency, ...] = ()
 
     def fields_differing(self, other: TaskSpec) -> list[str]:
         """The names of the fields whose values differ between two specs, in schema order."""
@@ -168,6 +204,16 @@ class TaskSpec:
             for name in self.__dataclass_fields__
             if getattr(self, name) != getattr(other, name)
         ]
+
+    def for_runtime(self) -> TaskSpec:
+        """The spec without what only the local manager reads (``update``, ``depends_on``):
+        what the worker and the runtime are given, so changing those replaces nothing."""
+        if self.update == _DEFAULT_UPDATE and not self.depends_on:
+            return self
+        return replace(self, update=_DEFAULT_UPDATE, depends_on=())
+
+
+_DEFAULT_UPDATE = UpdatePolicy()
 
 
 # ------------------------------------------------------------------------------------ status
@@ -213,6 +259,16 @@ class TaskStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Rollback:
+    """What makes an instance a rollback: the image it runs is pinned to the one the container
+    ``image_from`` ran (by image ID, so a retagged image cannot bring a bad build back), and
+    it says which spec (by hash) failed, so the runtime can label it."""
+
+    image_from: str  # the container name whose image to use
+    failed_hash: str  # the spec hash of the update that failed
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     """One instance of a named task, assigned to this node."""
 
@@ -221,6 +277,7 @@ class Task:
     desired_state: TaskState = TaskState.RUNNING
     status: TaskStatus = field(default_factory=TaskStatus)
     node_id: str = ""
+    rollback: Rollback | None = None
 
     @property
     def name(self) -> str:
@@ -228,7 +285,7 @@ class Task:
 
     def with_status(self, status: TaskStatus) -> Task:
         """A copy with another status (hot path: cheaper than ``dataclasses.replace``)."""
-        return Task(self.id, self.spec, self.desired_state, status, self.node_id)
+        return Task(self.id, self.spec, self.desired_state, status, self.node_id, self.rollback)
 
     def equal_stable(self, other: Task) -> bool:
         """Equal apart from the status (SwarmKit's TasksEqualStable)."""
@@ -294,6 +351,7 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     """A JSON-ready dict of the spec, in canonical units (seconds, bytes)."""
     r = spec.restart
     hc = spec.healthcheck
+    u = spec.update
     return _drop_none(
         {
             "name": spec.name,
@@ -321,6 +379,8 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
                 if hc is not None
                 else None
             ),
+            "update": ([u.order, u.monitor, u.failure_action] if u != _DEFAULT_UPDATE else None),
+            "dependsOn": [[d.task, d.condition] for d in spec.depends_on] or None,
         }
     )
 
@@ -328,14 +388,22 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
 IN_PLACE_FIELDS = frozenset({"resources"})
 """Spec fields a change of which updates the running instance instead of replacing it."""
 
+MANAGER_FIELDS = frozenset({"update", "depends_on"})
+"""Spec fields only the local manager reads: a change of them alone replaces nothing."""
+
 
 def spec_hash(spec: TaskSpec) -> str:
     """A short, stable hash of the fields whose change forces a replacement.
 
     It is put on every container as a label, so that a container can be matched to its desired
-    spec without the store (after a store rebuild). Fields updated in place are left out.
+    spec without the store (after a store rebuild). Fields updated in place, and those only the
+    local manager reads (``update``, ``dependsOn``), are left out.
     """
-    d = {k: v for k, v in spec_to_dict(spec).items() if k not in IN_PLACE_FIELDS}
+    d = {
+        k: v
+        for k, v in spec_to_dict(spec).items()
+        if k not in IN_PLACE_FIELDS and k not in ("update", "dependsOn")
+    }
     text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -346,6 +414,7 @@ def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
     cmd = d.get("command")
     ep = d.get("entrypoint")
     r = d.get("restart")
+    u = d.get("update")
     return TaskSpec(
         name=d["name"],
         image=d["image"],
@@ -372,6 +441,12 @@ def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
         healthcheck=(
             HealthCheck(tuple(hc[0]), hc[1], hc[2], hc[3], hc[4]) if hc is not None else None
         ),
+        update=(
+            UpdatePolicy(UpdateOrder(u[0]), float(u[1]), FailureAction(u[2]))
+            if u is not None
+            else _DEFAULT_UPDATE
+        ),
+        depends_on=tuple(Dependency(t, DependencyCondition(c)) for t, c in d.get("dependsOn", ())),
     )
 
 
@@ -410,6 +485,8 @@ def task_to_dict(task: Task, *, with_status: bool = True) -> dict[str, Any]:
         "desiredState": int(task.desired_state),
         "nodeId": task.node_id,
     }
+    if task.rollback is not None:
+        d["rollback"] = [task.rollback.image_from, task.rollback.failed_hash]
     if with_status:
         d["status"] = status_to_dict(task.status)
     return d
@@ -424,6 +501,7 @@ def task_from_dict(d: dict[str, Any], status: TaskStatus | None = None) -> Task:
         desired_state=TaskState(d["desiredState"]),
         status=status,
         node_id=d.get("nodeId", ""),
+        rollback=Rollback(*d["rollback"]) if d.get("rollback") else None,
     )
 
 

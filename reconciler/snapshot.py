@@ -97,6 +97,8 @@ class Snapshot:
     oom_kills: tuple[tuple[str, int], ...] = ()
     # (condition, holds) from the last node usage sample; empty before one (never readiness)
     conditions: tuple[tuple[Condition, bool], ...] = ()
+    # rollbacks per name from stored counters (names that never rolled back are left out)
+    rollbacks: tuple[tuple[str, int], ...] = field(default=())
 
     def current(self) -> tuple[TaskView, ...]:
         return tuple(t for t in self.tasks if t.current)

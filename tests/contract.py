@@ -54,6 +54,7 @@ AGENT_METRICS = (
         "reconciler_node_disk_free_bytes",
         "reconciler_node_pressure_seconds_total",
     ),
+    "reconciler_task_rollbacks_total",
 )
 
 #: The metrics a fleet manager exports (each one named in PRODUCT.md).

@@ -127,6 +127,7 @@ def everything() -> Metrics:
             tasks=(task("web", "i1"),),
             restarts=(("web", 0),),
             oom_kills=(("web", 0),),
+            rollbacks=(("web", 1),),
             conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
         )
     )

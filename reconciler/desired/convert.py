@@ -24,6 +24,9 @@ from reconciler.desired.problems import Problem
 from reconciler.desired.units import format_duration, parse_duration, parse_size
 from reconciler.desired.yamlsource import FieldPath, SourceMap, format_field
 from reconciler.model import (
+    Dependency,
+    DependencyCondition,
+    FailureAction,
     HealthCheck,
     Mount,
     MountType,
@@ -34,6 +37,8 @@ from reconciler.model import (
     RestartCondition,
     RestartPolicy,
     TaskSpec,
+    UpdateOrder,
+    UpdatePolicy,
 )
 
 __all__ = ["Converter"]
@@ -55,6 +60,7 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 _RESTART = RestartPolicy()
+_UPDATE = UpdatePolicy()
 _HEALTH = _defaults(HealthCheck)
 _SPEC = _defaults(TaskSpec)
 
@@ -175,6 +181,45 @@ class Converter:
             start_period=self.duration(("healthcheck", "startPeriod"), _HEALTH["start_period"]),
         )
 
+    def update(self) -> UpdatePolicy:
+        u = self.data.get("update") or {}
+        policy = UpdatePolicy(
+            order=UpdateOrder(u.get("order", "stop-first")),
+            monitor=self.duration(("update", "monitor"), _UPDATE.monitor),
+            failure_action=FailureAction(u.get("failureAction", "rollback")),
+        )
+        if policy.order == UpdateOrder.START_FIRST:
+            why = []
+            if self.data.get("ports"):
+                why.append("host ports")
+            if self.data.get("devices"):
+                why.append("devices")
+            if self.data.get("network") == "host":
+                why.append("network: host")
+            if why:
+                self.problem(
+                    ("update", "order"),
+                    f"start-first runs two instances at once, which cannot share "
+                    f"{' or '.join(why)}; use stop-first",
+                )
+        return policy
+
+    def depends_on(self) -> tuple[Dependency, ...]:
+        out: list[Dependency] = []
+        seen: dict[str, int] = {}
+        for i, dep in enumerate(self.data.get("dependsOn", ())):
+            name = dep["task"]
+            if name == self.data.get("name"):
+                self.problem(("dependsOn", i, "task"), "a task cannot depend on itself")
+            elif name in seen:
+                self.problem(
+                    ("dependsOn", i, "task"),
+                    f"{name!r} is already listed at dependsOn[{seen[name]}]",
+                )
+            seen.setdefault(name, i)
+            out.append(Dependency(name, DependencyCondition(dep.get("condition", "started"))))
+        return tuple(out)
+
     def spec(self) -> TaskSpec:
         d = self.data
         res = d.get("resources") or {}
@@ -210,4 +255,6 @@ class Converter:
             else _SPEC["log_max_size"],
             restart=self.restart(),
             healthcheck=self.healthcheck(),
+            update=self.update(),
+            depends_on=self.depends_on(),
         )

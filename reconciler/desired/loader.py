@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.desired.deps import dependency_problems
 from reconciler.desired.problems import DesiredStateError, Problem, describe
 from reconciler.desired.schema import check_document
 from reconciler.desired.yamlsource import MAX_FILE_BYTES, decode, load_documents
@@ -75,12 +76,13 @@ class DesiredSet:
 @dataclass(frozen=True, slots=True)
 class Declared:
     """One valid task as found in a file: the task, the file's path as found, the line of its
-    name and its FIELD prefix (``tasks[2]``)."""
+    name, its FIELD prefix (``tasks[2]``) and the line of each ``dependsOn`` entry."""
 
     task: DesiredTask
     path: str
     line: int
     field: str = "task"
+    dep_lines: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +307,9 @@ def _parse(data: bytes, path: str) -> tuple[list[Declared], list[Problem]]:
             limit=MAX_PROBLEMS_PER_FILE + 1 - len(problems),
         )
         problems.extend(p for p in more if p.field not in refused)
-        declared.extend(Declared(task, path, line, prefix) for task, line, prefix in tasks)
+        declared.extend(
+            Declared(task, path, line, prefix, dep_lines) for task, line, prefix, dep_lines in tasks
+        )
     return declared, problems
 
 
@@ -382,6 +386,7 @@ def merge(declared: Iterable[Declared]) -> tuple[DesiredSet, list[Problem]]:
     """Combine declarations into one set; every repeated name is a problem naming both places."""
     tasks: dict[str, DesiredTask] = {}
     origin: dict[str, tuple[str, int]] = {}
+    first: dict[str, Declared] = {}
     problems: list[Problem] = []
     for d in declared:
         name = d.task.name
@@ -398,6 +403,12 @@ def merge(declared: Iterable[Declared]) -> tuple[DesiredSet, list[Problem]]:
             continue
         tasks[name] = d.task
         origin[name] = (d.path, d.line)
+        first[name] = d
+    for name, bad in dependency_problems(tasks).items():
+        d = first[name]
+        for i, message in bad:
+            line = d.dep_lines[i] if i < len(d.dep_lines) else d.line
+            problems.append(Problem(d.path, line, f"{d.field}.dependsOn[{i}].task", message))
     return DesiredSet(tasks=tasks, origin=origin), problems
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
-from reconciler.desired.decide import HISTORY_LIMIT, RESOURCES_REPLACED, Decision, decide
+from reconciler.desired.decide import HISTORY_LIMIT, RESOURCES_REPLACED, Decision, Peer, decide
 from reconciler.desired.records import (
     DESIRED_KEY,
     Adopted,
@@ -118,6 +118,7 @@ class LocalManager:
         self._write_desired = False
         self._need_assign = False
         self._due: set[str] = set()  # names whose restart wait has been served
+        self._dependents: dict[str, set[str]] = {}  # name -> the names that depend on it
         self._timers: dict[str, tuple[float, asyncio.Task[None]]] = {}
         self._runner: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -216,6 +217,7 @@ class LocalManager:
                     self._dirty.add(name)
                     self._write_desired = True
             self._desired = new
+            self._index_dependents()
             await self._process()
 
     def on_status(self, task_id: str, status: TaskStatus) -> None:
@@ -237,13 +239,17 @@ class LocalManager:
         self._seen[task_id] = Seen(status, old.gone)
         rec = self._records[name]
         cur = rec.current
-        first_run = cur is not None and cur.id == task_id and cur.started_at is None
-        if (
-            status.state.terminal
-            or status.update_failed
-            or (first_run and status.state == TaskState.RUNNING)
-        ):
+        first_run = (
+            cur is not None
+            and cur.id == task_id
+            and cur.started_at is None
+            and status.state == TaskState.RUNNING
+        )
+        replacement = rec.pending is not None and rec.pending.id == task_id
+        if status.state.terminal or status.update_failed or first_run or replacement:
             self._dirty.add(name)
+            if first_run or status.state.terminal:
+                self._dirty.update(self._dependents.get(name, ()))
             self._kick()
 
     def pause(self, paused: bool) -> None:
@@ -307,6 +313,7 @@ class LocalManager:
             return
         desired, records, seen = load_records(self._store)
         self._desired = desired or {}
+        self._index_dependents()
         self._desired_known = desired is not None
         self._records = records
         self._seen = seen
@@ -373,11 +380,41 @@ class LocalManager:
             new_id=self._new_id,
             history_limit=self._history_limit,
             hold_new=self._paused,
+            peers=self._peers(name),
         )
         self._due.discard(name)
         for event in decision.events:
             log.info(event)
         self._take(name, old, decision)
+
+    def _peers(self, name: str) -> dict[str, Peer]:
+        """How the names that ``name`` depends on stand."""
+        d = self._desired.get(name)
+        if d is None or not d.spec.depends_on:
+            return {}
+        out: dict[str, Peer] = {}
+        for dep in d.spec.depends_on:
+            rec = self._records.get(dep.task)
+            if rec is None:
+                continue
+            cur = rec.current
+            seen = self._seen.get(cur.id) if cur is not None else None
+            state = seen.status.state if seen is not None and seen.status is not None else None
+            running = cur is not None and not cur.held and state == TaskState.RUNNING
+            completed = rec.completed_once or state == TaskState.COMPLETE
+            out[dep.task] = Peer(running=running, completed_once=completed)
+        return out
+
+    def _index_dependents(self) -> None:
+        """Who depends on whom, so that a change of one name re-decides its dependents."""
+        self._dependents = {}
+        for name, d in self._desired.items():
+            for dep in d.spec.depends_on:
+                self._dependents.setdefault(dep.task, set()).add(name)
+
+    def rollbacks(self) -> dict[str, int]:
+        """Rollbacks made so far, per name (stored counters)."""
+        return {name: rec.rollbacks for name, rec in self._records.items() if rec.rollbacks}
 
     def _take(self, name: str, old: NameRecord | None, decision: Decision) -> None:
         """Make a decision the driver's state: records, index, timers, what to write."""
@@ -400,10 +437,11 @@ class LocalManager:
             self._index[inst.id] = name
             if inst.initial is not None and inst.id not in self._seen:
                 self._seen[inst.id] = Seen(inst.initial)
-        if new.restart_at is None:
+        deadlines = [t for t in (new.restart_at, new.monitor_until) if t is not None]
+        if not deadlines:
             self._cancel_timer(name)
         elif decision.requeue_after is not None:
-            self._ensure_timer(name, new.restart_at, decision.requeue_after)
+            self._ensure_timer(name, min(deadlines), decision.requeue_after)
 
     def _forget(self, task_id: str) -> None:
         self._index.pop(task_id, None)
@@ -428,6 +466,8 @@ class LocalManager:
         tasks: list[Task] = []
         for rec in self._records.values():
             for inst in rec.instances():
+                if inst.held:
+                    continue  # waiting for its dependencies: not the worker's yet
                 hit = self._tasks_cache.get(inst.id)
                 if hit is None or hit[0] is not inst:
                     hit = (inst, inst.task(self._node_id))
@@ -463,14 +503,20 @@ class LocalManager:
         await self._clock.sleep(wait)
         self._timers.pop(name, None)
         rec = self._records.get(name)
-        if rec is None or rec.restart_at != deadline:
+        if rec is None:
+            return
+        if rec.restart_at != deadline:
+            self._dirty.add(name)  # a monitor ended: judge the instance
+            self._kick()
             return
         due = [name]
         # Restarts due within a moment join this round: after a burst of failures (podman
         # restarted, host rebooted) that is one full assignment instead of one per name.
         horizon = self._clock.time() + COALESCE
         for other, (other_deadline, timer) in list(self._timers.items()):
-            if other_deadline <= horizon:
+            other_rec = self._records.get(other)
+            restarting = other_rec is not None and other_rec.restart_at == other_deadline
+            if other_deadline <= horizon and restarting:
                 del self._timers[other]
                 timer.cancel()
                 due.append(other)

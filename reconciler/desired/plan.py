@@ -1,9 +1,10 @@
 """What a change of desired state will do to each named task, in words an operator reads.
 
-This module owns the classification that ``reconciler apply`` prints and that mirrors PRODUCT.md's
-"Names and instances": a change to ``resources`` alone updates the current instance in place, a
-change to ``desiredState`` alone stops it or starts it, and any other change (or a mix of other
-fields) replaces the instance. Field names are spelled as in the YAML (``capAdd``, ``logs``).
+This module owns the classification that ``reconciler apply`` prints, which mirrors what the
+local manager does: a change to ``resources`` alone updates the current instance in place, a
+change to ``desiredState`` alone stops it or starts it, a change to ``update`` or ``dependsOn``
+replaces nothing, and any other change (or a mix of other fields) replaces the instance. Field
+names are spelled as in the YAML (``capAdd``, ``logs``).
 
 A change of ``resources`` together with ``desiredState`` (and nothing else) is an update too:
 neither part needs a new instance now, and with ``shutdown`` the new limits only matter for the
@@ -28,10 +29,11 @@ YAML_FIELD_NAMES: dict[str, str] = {
     "stop_signal": "stopSignal",
     "stop_grace_period": "stopGracePeriod",
     "log_max_size": "logs",
+    "depends_on": "dependsOn",
 }
 """``TaskSpec`` field names whose YAML spelling differs; the rest are spelled the same."""
 
-IN_PLACE_FIELDS = frozenset({"resources", "desiredState"})
+IN_PLACE_FIELDS = frozenset({"resources", "desiredState", "update", "dependsOn"})
 """Fields whose change alone keeps the current instance."""
 
 

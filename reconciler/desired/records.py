@@ -22,6 +22,7 @@ from typing import Any
 
 from reconciler.errors import StoreCorrupt
 from reconciler.model import (
+    Rollback,
     Task,
     TaskSpec,
     TaskState,
@@ -85,10 +86,13 @@ class Instance:
     end_handled: bool = False  # the restart policy has judged its end
     update_failed: bool = False  # an in-place update was reported as failed
     initial: TaskStatus | None = None  # the status it is first assigned with (adoption)
+    held: bool = False  # waiting for its dependencies: not assigned to the worker yet
+    rollback: Rollback | None = None  # a rollback, pinned to an earlier container's image
 
     def task(self, node_id: str) -> Task:
+        """The task the worker runs: the spec without what only the manager reads."""
         status = self.initial or TaskStatus(TaskState.NEW, self.created, self.note)
-        return Task(self.id, self.spec, self.desired, status, node_id)
+        return Task(self.id, self.spec.for_runtime(), self.desired, status, node_id, self.rollback)
 
     def absorb(self, status: TaskStatus | None) -> Instance:
         """The instance with what a status tells about it: when it first ran, and whether an
@@ -116,10 +120,15 @@ class Instance:
             d["startedAt"] = self.started_at
         if self.end_handled:
             d["endHandled"] = True
+        if self.held:
+            d["held"] = True
+        if self.rollback is not None:
+            d["rollback"] = [self.rollback.image_from, self.rollback.failed_hash]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Instance:
+        rb = d.get("rollback")
         return cls(
             id=d["id"],
             spec=spec_from_dict(d["spec"]),
@@ -128,6 +137,8 @@ class Instance:
             note=d.get("note", ""),
             started_at=d.get("startedAt"),
             end_handled=bool(d.get("endHandled", False)),
+            held=bool(d.get("held", False)),
+            rollback=Rollback(str(rb[0]), str(rb[1])) if rb else None,
         )
 
 
@@ -142,6 +153,7 @@ class Adopted:
     started: bool
     exit_code: int | None
     created: float
+    rolled_back_from: str | None = None  # the failed spec hash, for a rollback's container
 
     def status(self, now: float) -> TaskStatus:
         """The status the adopted instance is first assigned with: running (its wait judges
@@ -150,8 +162,10 @@ class Adopted:
         return TaskStatus(state, now, ADOPTED, container_id=self.container_id or None)
 
     def matches(self, spec: TaskSpec) -> bool:
-        """Whether the container runs ``spec`` (one without the label counts as matching)."""
-        return self.spec_hash is None or self.spec_hash == spec_hash(spec)
+        """Whether the container runs ``spec``, or is the rollback from it (a container
+        without the label counts as matching)."""
+        wanted = spec_hash(spec)
+        return self.spec_hash is None or wanted in (self.spec_hash, self.rolled_back_from)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +176,7 @@ class Adopted:
             "started": self.started,
             "exitCode": self.exit_code,
             "created": self.created,
+            "rolledBackFrom": self.rolled_back_from,
         }
 
     @classmethod
@@ -174,6 +189,7 @@ class Adopted:
             started=bool(d.get("started", True)),
             exit_code=d.get("exitCode"),
             created=float(d.get("created", 0.0)),
+            rolled_back_from=d.get("rolledBackFrom"),
         )
 
 
@@ -188,13 +204,25 @@ class NameRecord:
     failures: int = 0  # consecutive failures, for the restart delay
     restart_at: float | None = None  # wall-clock deadline of a pending restart
     attempts: tuple[float, ...] = ()  # wall-clock times of restarts, for maxAttempts
-    replacing: bool = False  # step 1 of a stop-first replacement is done
+    replacing: bool = False  # the old instance is being stopped; then a new one starts
     replace_note: str = ""  # the note the new instance gets
     adopted: Adopted | None = None  # a container adopted after a store rebuild
+    pending: Instance | None = None  # the replacement being prepared (or started, start-first)
+    blocked: str = ""  # why the name's next step waits (dependencies, a failed prepare)
+    monitor_until: float | None = None  # wall-clock end of the current instance's monitor
+    rollback_spec: TaskSpec | None = None  # what a failed update rolls back to
+    rollback_from: str = ""  # the container whose image a rollback is pinned to
+    good_spec: TaskSpec | None = None  # the last spec that passed its monitor
+    failed_hash: str | None = None  # a desired spec that failed its monitor: not retried
+    paused: bool = False  # a failed update left failed (failureAction: pause)
+    rollbacks: int = 0  # rollbacks made so far
+    completed_once: bool = False  # an instance of this name has completed (dependsOn)
 
     def instances(self) -> Iterator[Instance]:
         if self.current is not None:
             yield self.current
+        if self.pending is not None:
+            yield self.pending
         yield from self.history
 
     def to_json(self) -> dict[str, Any]:
@@ -209,6 +237,20 @@ class NameRecord:
         }
         if self.adopted is not None:
             d["adopted"] = self.adopted.to_json()
+        if self.pending is not None:
+            d["pending"] = self.pending.to_json()
+        update: dict[str, Any] = {
+            "blocked": self.blocked or None,
+            "monitorUntil": self.monitor_until,
+            "rollbackSpec": spec_to_dict(self.rollback_spec) if self.rollback_spec else None,
+            "rollbackFrom": self.rollback_from or None,
+            "goodSpec": spec_to_dict(self.good_spec) if self.good_spec else None,
+            "failedHash": self.failed_hash,
+            "paused": self.paused or None,
+            "rollbacks": self.rollbacks or None,
+            "completedOnce": self.completed_once or None,
+        }
+        d.update((k, v) for k, v in update.items() if v is not None)
         if self.replacing:
             old = self.current.id if self.current is not None else None
             d["replacing"] = {"old": old, "note": self.replace_note}
@@ -230,6 +272,16 @@ class NameRecord:
             replacing=rep is not None,
             replace_note=rep.get("note", "") if rep is not None else "",
             adopted=Adopted.from_json(adopted) if adopted is not None else None,
+            pending=Instance.from_json(d["pending"]) if d.get("pending") else None,
+            blocked=str(d.get("blocked", "")),
+            monitor_until=d.get("monitorUntil"),
+            rollback_spec=spec_from_dict(d["rollbackSpec"]) if d.get("rollbackSpec") else None,
+            rollback_from=str(d.get("rollbackFrom", "")),
+            good_spec=spec_from_dict(d["goodSpec"]) if d.get("goodSpec") else None,
+            failed_hash=d.get("failedHash"),
+            paused=bool(d.get("paused", False)),
+            rollbacks=int(d.get("rollbacks", 0)),
+            completed_once=bool(d.get("completedOnce", False)),
         )
 
 

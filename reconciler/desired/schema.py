@@ -207,6 +207,27 @@ TASK_SCHEMA: dict[str, Any] = {
                 "startPeriod": _DURATION,
             },
         },
+        "update": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "order": {"enum": ["stop-first", "start-first"]},
+                "monitor": _DURATION,
+                "failureAction": {"enum": ["rollback", "pause", "continue"]},
+            },
+        },
+        "dependsOn": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["task"],
+                "properties": {
+                    "task": {"type": "string", "format": "dns-label"},
+                    "condition": {"enum": ["started", "healthy", "completed"]},
+                },
+            },
+        },
     },
 }
 
@@ -272,10 +293,11 @@ def parse_task(
 
 def check_document(
     data: Any, *, path: str, source: SourceMap, start_line: int, limit: int | None = None
-) -> tuple[list[tuple[DesiredTask, int, str]], list[Problem]]:
+) -> tuple[list[tuple[DesiredTask, int, str, tuple[int, ...]]], list[Problem]]:
     """Validate one ``TaskSet`` document; return its valid tasks and its problems.
 
-    Each task comes with the line of its name and its FIELD prefix (``tasks[2]``).
+    Each task comes with the line of its name, its FIELD prefix (``tasks[2]``) and the line of
+    each of its ``dependsOn`` entries.
 
     Problems for every invalid part are returned, never raised. A null document (an empty
     ``---`` section) is a problem: it is almost always a truncated or mis-split file. With a
@@ -287,7 +309,7 @@ def check_document(
     problems = schema_problems(
         _DOCUMENT_VALIDATOR, data, path=path, field="", source=source, limit=limit
     )
-    tasks: list[tuple[DesiredTask, int, str]] = []
+    tasks: list[tuple[DesiredTask, int, str, tuple[int, ...]]] = []
     items = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(items, list):
         for i, item in enumerate(items):
@@ -301,5 +323,15 @@ def check_document(
             )
             problems.extend(more)
             if task is not None:
-                tasks.append((task, task_source.line(("name",)), prefix))
+                tasks.append(
+                    (
+                        task,
+                        task_source.line(("name",)),
+                        prefix,
+                        tuple(
+                            task_source.line(("dependsOn", j, "task"))
+                            for j in range(len(task.spec.depends_on))
+                        ),
+                    )
+                )
     return tasks, problems

@@ -1,9 +1,12 @@
 """How operators see the local manager's names: ``ps``, ``/v1/tasks`` and the per-task metrics.
 
-One ``TaskView`` per instance: the current instance of every name first, then its history,
-newest first, names in order. The view's message is the instance's note (why it exists: a
-replacement that fell back from an in-place update, an adoption) while it is starting and has
-no error of its own, else the latest status's message. A name whose adopted container still
+One ``TaskView`` per instance: the current instance of every name first, then a replacement
+being prepared (if any), then its history, newest first, names in order. A new instance held
+for its dependencies shows as ``pending``, with what it waits for. The view's message is the
+instance's note (why it exists: a replacement that fell back from an in-place update, an
+adoption, a rollback) while it is starting and has no error of its own, else the latest
+status's message; a name whose next step waits (a dependency, a failed prepare) says so on its
+current instance. A name whose adopted container still
 waits for the desired set shows that container.
 
 Pure functions of records and observed statuses; ``views_from_store`` reads them from a store
@@ -22,11 +25,17 @@ from reconciler.store import Store
 __all__ = ["views", "views_from_store"]
 
 
-def _view(inst: Instance, seen: Seen | None, restarts: int, current: bool) -> TaskView:
+def _view(
+    inst: Instance, seen: Seen | None, restarts: int, current: bool, blocked: str = ""
+) -> TaskView:
     status = (seen.status if seen else None) or TaskStatus(TaskState.NEW, inst.created)
+    if inst.held:
+        status = TaskStatus(TaskState.PENDING, inst.created, blocked)
     message: str | None = status.message or None
     if inst.note and (not current or (status.state < TaskState.COMPLETE and status.err is None)):
         message = inst.note
+    if current and blocked and not inst.held:
+        message = blocked
     return TaskView(
         name=inst.spec.name,
         id=inst.id,
@@ -71,9 +80,12 @@ def views(records: Mapping[str, NameRecord], seen: Mapping[str, Seen]) -> list[T
     for name in sorted(records):
         rec = records[name]
         if rec.current is not None:
-            out.append(_view(rec.current, seen.get(rec.current.id), rec.restarts, True))
+            cur = rec.current
+            out.append(_view(cur, seen.get(cur.id), rec.restarts, True, rec.blocked))
         elif rec.adopted is not None:
             out.append(_adopted_view(name, rec.adopted))
+        if rec.pending is not None:
+            out.append(_view(rec.pending, seen.get(rec.pending.id), rec.restarts, False))
         out.extend(_view(i, seen.get(i.id), rec.restarts, False) for i in rec.history)
     return out
 

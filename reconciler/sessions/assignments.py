@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from reconciler.desired import DesiredStateError, Problem, parse_task
+from reconciler.desired.deps import dependency_problems
 from reconciler.fleet.values import BadValue, load_json
 from reconciler.session import DesiredTask, DesiredTasks, RejectedTask
 
@@ -51,12 +52,22 @@ def full_assignment(bucket: str, node_id: str, values: Mapping[str, bytes]) -> D
     """Every key of this node (``key -> value``) as one full ``DesiredTasks``."""
     tasks: list[DesiredTask] = []
     rejected: list[RejectedTask] = []
+    keys: dict[str, str] = {}
     for key in sorted(values):
         read = read_assignment(bucket, node_id, key, values[key])
         if isinstance(read, RejectedTask):
             rejected.append(read)
         else:
             tasks.append(read)
+            keys[read.name] = key
+    # Dependencies are checked over the node's whole set: a task naming one that is not
+    # assigned here, or part of a cycle, is rejected like a malformed value.
+    bad = dependency_problems({t.name: t for t in tasks})
+    for name, problems in bad.items():
+        path = f"{bucket}/{keys[name]}"
+        lines = tuple(str(Problem(path, 0, f"task.dependsOn[{i}].task", m)) for i, m in problems)
+        rejected.append(RejectedTask(name, lines))
+    tasks = [t for t in tasks if t.name not in bad]
     return DesiredTasks(tasks=tuple(tasks), full=True, rejected=tuple(rejected))
 
 

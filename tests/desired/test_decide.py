@@ -8,17 +8,23 @@ from dataclasses import replace
 from reconciler.desired.decide import (
     RESET_AFTER,
     RESOURCES_REPLACED,
+    Peer,
     decide,
     restart_delay,
 )
 from reconciler.desired.records import ADOPTED, Adopted, Instance, NameRecord, Seen
 from reconciler.model import (
+    Dependency,
+    DependencyCondition,
     Resources,
     RestartCondition,
     RestartPolicy,
+    Rollback,
     TaskSpec,
     TaskState,
     TaskStatus,
+    UpdateOrder,
+    UpdatePolicy,
     spec_hash,
 )
 from reconciler.session import DesiredTask
@@ -87,31 +93,225 @@ def test_a_resources_change_updates_in_place() -> None:
     assert d.record.current.id == "old" and d.record.current.spec == bigger and d.assign
 
 
-def test_another_change_replaces_stop_first_in_two_steps() -> None:
+def test_another_change_prepares_the_new_instance_then_stops_the_old_then_swaps() -> None:
     other = replace(SPEC, image="localhost/other:2")
+    counter = ids()
     step1 = decide(
         "web",
         with_current(),
         want(other),
         {"old": running("old")},
         now=NOW,
-        new_id=new_id_from(ids()),
+        new_id=new_id_from(counter),
     )
     rec = step1.record
-    assert rec is not None and rec.replacing and rec.current is not None
-    assert (rec.current.id, rec.current.desired) == ("old", S.SHUTDOWN)
-    # nothing new until the old one has ended
+    assert rec is not None and rec.current is not None and rec.pending is not None
+    assert (rec.current.id, rec.current.desired) == ("old", S.RUNNING)  # keeps running
+    assert (rec.pending.id, rec.pending.desired, rec.pending.spec) == ("id1", S.READY, other)
+    # nothing more until the new one is prepared
     again = decide(
-        "web", rec, want(other), {"old": running("old")}, now=NOW, new_id=new_id_from(ids())
+        "web",
+        rec,
+        want(other),
+        {"old": running("old"), "id1": Seen(TaskStatus(S.PREPARING))},
+        now=NOW,
+        new_id=new_id_from(counter),
     )
     assert again.record == rec and not again.assign
-    step2 = decide(
-        "web", rec, want(other), {"old": ended(S.SHUTDOWN)}, now=NOW, new_id=new_id_from(ids())
+    prepared = {"old": running("old"), "id1": Seen(TaskStatus(S.READY))}
+    step2 = decide("web", rec, want(other), prepared, now=NOW, new_id=new_id_from(counter))
+    rec = step2.record
+    assert rec is not None and rec.current is not None
+    assert (rec.current.id, rec.current.desired) == ("old", S.SHUTDOWN) and step2.assign
+    stopped = {"old": ended(S.SHUTDOWN), "id1": Seen(TaskStatus(S.READY))}
+    step3 = decide("web", rec, want(other), stopped, now=NOW, new_id=new_id_from(counter))
+    rec = step3.record
+    assert rec is not None and rec.current is not None and rec.pending is None
+    assert (rec.current.id, rec.current.desired) == ("id1", S.RUNNING)
+    assert [i.id for i in rec.history] == ["old"]
+    assert rec.monitor_until == NOW + 30.0 and rec.rollback_spec == SPEC
+
+
+def test_a_failed_prepare_keeps_the_old_instance_running_and_retries_later() -> None:
+    other = replace(SPEC, image="localhost/other:2")
+    counter = ids()
+    rec = decide(
+        "web",
+        with_current(),
+        want(other),
+        {"old": running("old")},
+        now=NOW,
+        new_id=new_id_from(counter),
+    ).record
+    failed = Seen(TaskStatus(S.REJECTED, NOW, "task failed", err="image not found"))
+    d = decide(
+        "web",
+        rec,
+        want(other),
+        {"old": running("old"), "id1": failed},
+        now=NOW,
+        new_id=new_id_from(counter),
     )
-    assert step2.record is not None and step2.record.current is not None
-    assert step2.record.current.id == "id1" and step2.record.current.spec == other
-    assert [i.id for i in step2.record.history] == ["old"]
-    assert not step2.record.replacing
+    rec = d.record
+    assert rec is not None and rec.current is not None and rec.pending is None
+    assert (rec.current.id, rec.current.desired) == ("old", S.RUNNING)
+    assert "image not found" in rec.blocked and d.requeue_after == 5.0
+    retry = decide(
+        "web",
+        rec,
+        want(other),
+        {"old": running("old")},
+        now=NOW + 5,
+        due=True,
+        new_id=new_id_from(counter),
+    )
+    assert retry.record is not None and retry.record.pending is not None
+    assert retry.record.pending.id == "id2"
+
+
+def test_start_first_starts_the_new_instance_and_swaps_once_it_runs() -> None:
+    first = replace(SPEC, update=UpdatePolicy(UpdateOrder.START_FIRST))
+    second = replace(first, image="localhost/other:2")
+    counter = ids()
+    rec = decide(
+        "web",
+        with_current(spec=first),
+        want(second),
+        {"old": running("old")},
+        now=NOW,
+        new_id=new_id_from(counter),
+    ).record
+    assert rec is not None and rec.pending is not None and rec.pending.desired == S.RUNNING
+    both = {"old": running("old"), "id1": running("id1")}
+    d = decide("web", rec, want(second), both, now=NOW, new_id=new_id_from(counter))
+    rec = d.record
+    assert rec is not None and rec.current is not None and rec.current.id == "id1"
+    assert rec.history[0].id == "old" and rec.history[0].desired == S.SHUTDOWN
+
+
+def test_a_new_instance_failing_within_its_monitor_is_rolled_back_once() -> None:
+    other = replace(SPEC, image="localhost/other:2")
+    counter = ids()
+    new = Instance("id1", other, S.RUNNING, NOW, started_at=NOW)
+    rec = NameRecord(
+        "web",
+        current=new,
+        history=(Instance("old", SPEC, S.SHUTDOWN, 0.0, started_at=0.0),),
+        monitor_until=NOW + 30,
+        rollback_spec=SPEC,
+        rollback_from="web.old",
+    )
+    crashed = {"id1": ended(S.FAILED, NOW + 3)}
+    d = decide("web", rec, want(other), crashed, now=NOW + 3, new_id=new_id_from(counter))
+    rec = d.record
+    assert rec is not None and rec.current is not None
+    assert rec.current.spec == SPEC and rec.current.rollback == Rollback(
+        "web.old", spec_hash(other)
+    )
+    assert rec.rollbacks == 1 and rec.failed_hash == spec_hash(other)
+    # the failed spec is not tried again while it stays the desired spec
+    again = decide(
+        "web",
+        rec,
+        want(other),
+        {rec.current.id: running(rec.current.id)},
+        now=NOW + 4,
+        new_id=new_id_from(counter),
+    ).record
+    assert again is not None and again.current is not None and again.pending is None
+    assert again.current.id == rec.current.id and again.failed_hash == spec_hash(other)
+    # a new desired spec is tried
+    third = replace(SPEC, image="localhost/other:3")
+    d = decide(
+        "web",
+        rec,
+        want(third),
+        {rec.current.id: running(rec.current.id)},
+        now=NOW + 5,
+        new_id=new_id_from(counter),
+    )
+    assert d.record is not None and d.record.pending is not None
+    assert d.record.pending.spec == third and d.record.failed_hash is None
+
+
+def test_an_exit_0_within_the_monitor_is_no_failure() -> None:
+    other = replace(SPEC, image="localhost/other:2")
+    rec = NameRecord(
+        "web",
+        current=Instance("id1", other, S.RUNNING, NOW, started_at=NOW),
+        monitor_until=NOW + 30,
+        rollback_spec=SPEC,
+    )
+    d = decide(
+        "web",
+        rec,
+        want(other),
+        {"id1": ended(S.COMPLETE, NOW + 1)},
+        now=NOW + 1,
+        new_id=new_id_from(ids()),
+    )
+    assert d.record is not None and d.record.rollbacks == 0 and d.record.monitor_until is None
+
+
+def test_a_new_instance_is_held_until_its_dependencies_are_met() -> None:
+    web = replace(SPEC, depends_on=(Dependency("db", DependencyCondition.HEALTHY),))
+    counter = ids()
+    d = decide(
+        "web",
+        None,
+        want(web),
+        {},
+        now=NOW,
+        new_id=new_id_from(counter),
+        peers={"db": Peer(running=False, completed_once=False)},
+    )
+    rec = d.record
+    assert rec is not None and rec.current is not None and rec.current.held
+    assert rec.blocked == "waiting for db (healthy)"
+    d = decide(
+        "web",
+        rec,
+        want(web),
+        {},
+        now=NOW,
+        new_id=new_id_from(counter),
+        peers={"db": Peer(running=True, completed_once=False)},
+    )
+    assert d.record is not None and d.record.current is not None
+    assert not d.record.current.held and d.assign and d.record.blocked == ""
+
+
+def test_a_spec_change_waits_for_dependencies_before_it_stops_anything() -> None:
+    web = replace(SPEC, image="localhost/other:2", depends_on=(Dependency("db"),))
+    d = decide(
+        "web",
+        with_current(),
+        want(web),
+        {"old": running("old")},
+        now=NOW,
+        new_id=new_id_from(ids()),
+        peers={"db": Peer(running=False, completed_once=False)},
+    )
+    rec = d.record
+    assert rec is not None and rec.pending is None and rec.current is not None
+    assert rec.current.desired == S.RUNNING
+    assert rec.blocked == "replacement waiting for db (started)"
+
+
+def test_a_change_of_update_or_depends_on_alone_replaces_nothing() -> None:
+    calmer = replace(SPEC, update=UpdatePolicy(monitor=5.0), depends_on=(Dependency("db"),))
+    d = decide(
+        "web",
+        with_current(),
+        want(calmer),
+        {"old": running("old")},
+        now=NOW,
+        new_id=new_id_from(ids()),
+        peers={"db": Peer(running=False, completed_once=False)},
+    )
+    assert d.record is not None and d.record.current is not None
+    assert d.record.current.id == "old" and d.record.current.spec == calmer
+    assert d.record.pending is None and not d.assign
 
 
 def test_a_failed_in_place_update_replaces_and_both_instances_say_why() -> None:
@@ -119,7 +319,7 @@ def test_a_failed_in_place_update_replaces_and_both_instances_say_why() -> None:
     d = decide("web", with_current(), want(), {"old": failed}, now=NOW, new_id=new_id_from(ids()))
     rec = d.record
     assert rec is not None and rec.current is not None
-    assert rec.replacing and rec.replace_note == RESOURCES_REPLACED
+    assert rec.pending is not None and rec.pending.note == RESOURCES_REPLACED
     assert rec.current.note == RESOURCES_REPLACED
 
 

@@ -206,18 +206,22 @@ async def test_unsupported_resources_update_replaces_instance_and_says_so(agent:
 # ------------------------------------------------------------------------- replacement
 
 
-async def test_other_change_replaces_stop_first(agent: Agent) -> None:
+async def test_other_change_prepares_the_new_instance_before_it_stops_the_old(
+    agent: Agent,
+) -> None:
     await agent.apply(spec("web"))
     old = agent.current("web").id
     agent.executor.delay("shutdown", 3.0, name="web")  # the old container takes 3 s to stop
     await agent.apply(spec("web", image="localhost/busybox:v2"))
     view = agent.current("web")
-    assert view.id == old and view.desired_state == S.SHUTDOWN  # step 1 only
+    assert view.id == old and view.desired_state == S.SHUTDOWN  # stopping, once prepared
     assert agent.container(old) == "running"
-    assert len(agent.executor.containers) == 1  # nothing new created yet
+    (new_id,) = [t for t in agent.executor.containers if t != old]
+    assert agent.container(new_id) == "created"  # prepared while the old one ran
+    assert [v.id for v in agent.manager.views() if not v.current] == [new_id]
     await agent.advance(3.0)
     new = agent.current("web")
-    assert new.id != old and new.state == S.RUNNING
+    assert new.id == new_id and new.state == S.RUNNING
     assert agent.store.get_task(new.id).spec.image == "localhost/busybox:v2"
     (hist,) = agent.history("web")
     assert hist.id == old and hist.state == S.SHUTDOWN and hist.desired_state == S.SHUTDOWN
@@ -296,7 +300,6 @@ async def test_restart_any_replaces_a_completed_instance_after_delay(agent: Agen
 
 
 async def test_restart_on_failure_skips_complete_and_replaces_failed(agent: Agent) -> None:
-    await agent.apply(spec("a", condition="on-failure", delay=1.0), spec("b", delay=1.0))
     await agent.apply(
         spec("a", condition="on-failure", delay=1.0),
         spec("b", condition="on-failure", delay=1.0),
@@ -629,9 +632,10 @@ async def test_crash_after_step_two_was_stored_assigns_the_new_instance(agent: A
     old = agent.current("web").id
     agent.executor.delay("shutdown", 2.0, name="web")
     await agent.apply(spec("web", image="localhost/busybox:v2"))
-    agent.crash_next_assign = True  # step 2 is stored, then its assignment "crashes"
+    agent.crash_next_assign = True  # the swap is stored, then its assignment "crashes"
     await agent.advance(2.0)
-    assert old in agent.store and len(agent.store.task_ids()) == 1
+    assert old in agent.store and len(agent.store.task_ids()) == 2  # old, and the prepared one
+    assert agent.executor.containers[old].state == "exited"
     await agent.stop()
 
     await agent.start()

@@ -91,3 +91,33 @@ def test_full_assignments_and_rejections_never_merge() -> None:
     assert merge_changes(bad, put) is None
     assert merge_changes(full, put) is None
     assert merge_changes(put, full) is None
+
+
+def test_a_full_assignment_rejects_tasks_with_unknown_or_cyclic_dependencies() -> None:
+    import json
+
+    from reconciler.sessions.assignments import full_assignment
+
+    def value(name: str, *deps: str) -> bytes:
+        task = {"image": "localhost/busybox:latest", "dependsOn": [{"task": d} for d in deps]}
+        return json.dumps(task).encode()
+
+    message = full_assignment(
+        "reconciler_assignments",
+        "n1",
+        {
+            "n1.web": value("web", "db"),
+            "n1.db": value("db"),
+            "n1.lost": value("lost", "nope"),
+            "n1.a": value("a", "b"),
+            "n1.b": value("b", "a"),
+        },
+    )
+    assert sorted(t.name for t in message.tasks) == ["db", "web"]
+    rejected = {r.name: r.problems for r in message.rejected}
+    assert sorted(rejected) == ["a", "b", "lost"]
+    assert rejected["lost"] == (
+        "reconciler_assignments/n1.lost:0: task.dependsOn[0].task: depends on 'nope', which is "
+        "not in the desired set",
+    )
+    assert "dependency cycle: a -> b -> a" in rejected["a"][0]

@@ -115,6 +115,18 @@ VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
             "startPeriod": _DURATION,
         },
     ),
+    # start-first is refused beside host ports, devices or host networking, which this
+    # generator combines freely: only stop-first is always valid here.
+    "update": st.fixed_dictionaries(
+        {},
+        optional={
+            "order": st.just("stop-first"),
+            "monitor": _DURATION,
+            "failureAction": st.sampled_from(["rollback", "pause", "continue"]),
+        },
+    ),
+    # a dependency must name another task of the set: the set's generator adds those
+    "dependsOn": st.just([]),
 }
 """A strategy of valid values for every optional field of the task schema."""
 
