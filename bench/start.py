@@ -15,9 +15,9 @@ touched), for each of 3 rounds:
 * **kube_play**: ``podman kube play`` of one YAML file holding 30 pods.
 
 Every container runs the same busybox loop. Containers are removed between measurements,
-outside the timed sections. Prints the medians, ``ratio agent/raw_parallel=R`` (issue 3's
-goal: R <= 1.15) and the whole agent's ``ratio agent_yaml/raw_parallel`` and
-``ratio agent_yaml/kube_play`` (issue 6's goals: <= 1.15 and <= 0.5). Run it with
+outside the timed sections. Prints the medians, ``ratio agent/raw_parallel=R`` (goal:
+R <= 1.15) and the whole agent's ``ratio agent_yaml/raw_parallel`` and
+``ratio agent_yaml/kube_play`` (goals: <= 1.15 and <= 0.5). Run it with
 ``bench/run start``; BENCH_START_TASKS and BENCH_START_ROUNDS override 30 and 3.
 """
 

@@ -5,7 +5,7 @@ This is the single place where task states change. It follows SwarmKit's ``exec.
 one controller call, and returns the next status. It never sleeps, loops or spawns anything;
 driving it repeatedly, with backoff and cancellation, is ``reconciler.taskmanager``'s job.
 
-The rules, as PRODUCT.md states them:
+The rules (docs/desired-state.md, "Task states", says the same for operators):
 
 * desired >= shutdown: a task below ``complete`` is shut down and becomes ``shutdown``;
   a terminal task is left alone;

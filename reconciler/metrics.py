@@ -1,6 +1,6 @@
 """The agent's Prometheus metrics: a snapshot collector plus event counters, on one registry.
 
-This module owns every metric name in PRODUCT.md's "Metrics" table that an agent exports, and the
+This module owns every metric name an agent exports (docs/http-and-metrics.md lists them), and the
 text that ``/metrics`` serves. Three kinds of metric live here, for three kinds of truth:
 
 * **State** (node, readiness, tasks, restarts, desired-state validity, session) is not kept in

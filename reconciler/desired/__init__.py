@@ -1,12 +1,12 @@
 """The desired state of the offline manager: schema, validation, file loading and planning.
 
 This package owns everything between "bytes in the desired directory" and "a validated set of
-``DesiredTask`` values": the YAML schema of PRODUCT.md (``schema``), human units (``units``),
-safe YAML loading that keeps line numbers (``yamlsource``), the directory rules and ownership
-checks (``loader``), the create/replace/update/remove plan (``plan``) and ``reconciler apply``'s
-atomic write (``apply``). The local manager (``manager``, instances and restart policy) builds
-on it. Nothing here imports an I/O library other than ``yaml`` and ``jsonschema``; watching the
-directory is ``reconciler.sessions.files``' job.
+``DesiredTask`` values": the task schema (``schema``; docs/desired-state.md is its reference),
+human units (``units``), safe YAML loading that keeps line numbers (``yamlsource``), the
+directory rules and ownership checks (``loader``), the create/replace/update/remove plan
+(``plan``) and ``reconciler apply``'s atomic write (``apply``). The local manager (``manager``,
+instances and restart policy) builds on it. Nothing here imports an I/O library other than
+``yaml`` and ``jsonschema``; watching the directory is ``reconciler.sessions.files``' job.
 
 The public API is re-exported here; every error is a ``Problem`` printed as
 ``PATH:LINE: FIELD: problem`` and raised inside a ``DesiredStateError``.

@@ -1,7 +1,7 @@
 """One task's podman container: the ``Controller`` that ``reconciler.lifecycle.do`` drives.
 
-This module owns the per-task semantics of issue 3 and keeps podman round trips to one per step
-where it can:
+This module owns the per-task semantics of the podman runtime and keeps podman round trips to
+one per step where it can:
 
 * **prepare** is one ``create`` (the image policy adds a pull only when it must). A name
   conflict is resolved by one inspect: the same task id means ``TaskPrepared``.
@@ -174,8 +174,8 @@ class PodmanController:
         except TemporaryError:
             raise
         except ReconcilerError as err:
-            # A registry refusing is worth retrying too: PRODUCT.md makes every failed pull
-            # under missing/always temporary.
+            # A registry refusing is worth retrying too: every failed pull under missing or
+            # always is temporary (docs/desired-state.md, "Images and pulls").
             raise TemporaryError(f"pulling image {image} failed: {err}") from err
 
     async def _adopt_existing(self) -> None:

@@ -1,11 +1,12 @@
 """Finding podman's API socket for ``reconciler run``, and starting one when none answers.
 
-PRODUCT.md's order: ``--podman-url``, else ``$CONTAINER_HOST``, then the rootful socket, then
-the rootless one, then a socket under the state dir left by an earlier run. If none answers,
-the agent starts its own ``podman system service`` on that state-dir socket, with its own
-environment passed on (``CONTAINERS_CONF`` included) and the host's default storage, so images
-and containers are the ones ``podman`` on the command line sees. The agent stops that service
-on exit; containers keep running under conmon.
+The documented order (docs/cli.md, "Finding podman"): ``--podman-url``, else
+``$CONTAINER_HOST``, then the rootful socket, then the rootless one, then a socket under the
+state dir left by an earlier run. If none answers, the agent starts its own ``podman system
+service`` on that state-dir socket, with its own environment passed on (``CONTAINERS_CONF``
+included) and the host's default storage, so images and containers are the ones ``podman`` on
+the command line sees. The agent stops that service on exit; containers keep running under
+conmon.
 
 Discovery is not only for start-up: ``rediscovery`` gives the executor a callable that walks the
 same order again while podman is down, so a socket that appears later (a socket-activated

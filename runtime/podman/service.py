@@ -1,7 +1,7 @@
 """A private ``podman system service``: its own storage, run dir, tmp dir and short socket.
 
 This module owns starting and stopping a podman API service the agent (or a test, or a
-benchmark) does not share with anyone. PRODUCT.md's ``run`` falls back to starting one under the
+benchmark) does not share with anyone. ``reconciler run`` falls back to starting one under the
 state dir when no socket answers; the e2e tests and ``bench/`` start one per session so they never
 touch the host's containers.
 

@@ -46,7 +46,7 @@ class SpecError(PermanentError):
 
 
 def container_name(spec: TaskSpec, task_id: str) -> str:
-    """The container's name: ``<task name>.<instance id>`` (PRODUCT.md, Containers)."""
+    """The container's name: ``<task name>.<instance id>`` (docs/operations.md)."""
     return f"{spec.name}.{task_id}"
 
 
