@@ -5,7 +5,9 @@ time from a kill -9 of the agent to ``/readyz`` answering 200 with every task ad
 many containers were restarted (their StartedAt changed) across the kill. Goals: < 1% CPU,
 < 80 MB RSS, < 2 s to ready, 0 restarted.
 
-BENCH_TASKS (default 100) and BENCH_IDLE_SECONDS (default 60) change the sizes.
+BENCH_TASKS (default 100) and BENCH_IDLE_SECONDS (default 60) change the sizes;
+BENCH_STATS_INTERVAL (default: the agent's own, 10s) is passed as ``--stats-interval``, so
+``BENCH_STATS_INTERVAL=0`` measures the idle agent without usage sampling.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bench.support import (
 
 N = int(os.environ.get("BENCH_TASKS", "100"))
 IDLE = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
+STATS = os.environ.get("BENCH_STATS_INTERVAL")
 
 
 def started_at(svc: object, node: str = "bench-node") -> dict[str, str]:
@@ -58,7 +61,8 @@ def main() -> None:
         for i in range(N)
     ]
     with podman_service() as svc, tempfile.TemporaryDirectory(prefix="rcs-", dir="/tmp") as work:
-        agent = AgentProcess(svc, Path(work))
+        args = ("--stats-interval", STATS) if STATS else ()
+        agent = AgentProcess(svc, Path(work), args=args)
         write_desired(agent.desired, "scale.yaml", task_yaml(tasks))
         agent.start()
         try:
@@ -69,7 +73,7 @@ def main() -> None:
                 what=f"{N} tasks running",
                 every=0.2,
             )
-            print(f"tasks={N}")
+            print(f"tasks={N} stats_interval={STATS or 'default'}")
             print(f"all_running_seconds={time.monotonic() - t0:.2f}")
             time.sleep(5)  # let start-up work settle before measuring idle
             c0, w0 = cpu_seconds(agent.pid), time.monotonic()

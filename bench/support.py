@@ -95,9 +95,11 @@ class AgentProcess:
         *,
         resync: str = "30s",
         podman_url: str | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.svc = svc
         self.podman_url = podman_url or svc.url  # another socket in front of svc, say
+        self.args = args  # further ``reconciler run`` flags
         self.work = work
         self.desired = work / "desired"
         self.state = work / "state"
@@ -131,6 +133,7 @@ class AgentProcess:
                     "bench-node",
                     "--log-level",
                     os.environ.get("BENCH_AGENT_LOG_LEVEL", "warning"),
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=log,

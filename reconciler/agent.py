@@ -24,6 +24,8 @@ counted in ``reconciler_loop_restarts_total``, named by ``/healthz`` while down)
   rebuilt, no orphan is removed until a valid desired set has been applied and a pass that
   began after it has adopted what exists;
 * ``reporter``: statuses to the session;
+* the usage sampler (``reconciler.usage``) runs beside ``resync`` and under its name, every
+  ``stats_interval``; its samples go to the metrics, never into the snapshot;
 * whatever the composition root adds (the HTTP server, the runtime's event stream).
 
 **The store failing** (a full disk) makes the node not ready with the reason; what runs keeps
@@ -70,6 +72,7 @@ from reconciler.session import (
 from reconciler.snapshot import Changes, Snapshot, TaskView, bounded_errors
 from reconciler.store import ADOPT_PENDING, Store, StoreOrigin
 from reconciler.supervisor import Supervisor, describe_error
+from reconciler.usage import UsageMonitor
 from reconciler.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,8 @@ class AgentConfig:
     resync_interval: float = 30.0
     labels: tuple[tuple[str, str], ...] = ()
     boot_id: str | None = None  # None: read it from the kernel
+    stats_interval: float = 10.0  # usage sampling; 0 turns it off
+    state_dir: str | None = None  # for the node's disk-free figure
 
 
 def read_boot_id() -> str:
@@ -178,6 +183,15 @@ class Agent:
         self.supervisor = Supervisor(
             clock=clock, on_restart=self.metrics.loop_restarted, on_change=self._changed
         )
+        self.usage = UsageMonitor(
+            store=store,
+            clock=clock,
+            interval=config.stats_interval,
+            state_dir=config.state_dir,
+            publish=self.metrics.set_usage,
+            on_change=self._changed,
+            on_failure=lambda: self.metrics.loop_restarted("resync"),
+        )
         self.worker: Worker | None = None
         self.manager: LocalManager | None = None
         self.reporter: StatusReporter | None = None
@@ -234,6 +248,8 @@ class Agent:
             tasks=views,
             restarts=restarts,
             rollbacks=rollbacks,
+            oom_kills=self.usage.oom_kills(name for name, _ in restarts),
+            conditions=self.usage.conditions,
         )
         self._views_by_id = {v.id: v for v in views}
         self.changes.bump()
@@ -245,6 +261,10 @@ class Agent:
 
     def drift_corrected(self, kind: str) -> None:
         self.metrics.drift_corrected(kind)
+
+    def oom_killed(self, name: str, task_id: str) -> None:
+        """Called by the runtime on the event loop: counted and stored per task name."""
+        self.usage.oom_killed(name, task_id)
 
     def runtime_up(self, up: bool) -> None:
         """Called by the runtime, possibly from one of its threads."""
@@ -289,7 +309,7 @@ class Agent:
             started = await self._until_stopped(self._start(executor), stop)
             if started:
                 self.supervisor.start("session", lambda: self._session_loop(session))
-                self.supervisor.start("resync", lambda: self._resync_loop(executor))
+                self.supervisor.start("resync", lambda: self._resync_and_sample(executor))
                 assert self.reporter is not None
                 self.supervisor.start("reporter", self.reporter.run)
                 for name, body in (loops or {}).items():
@@ -431,6 +451,7 @@ class Agent:
             self.worker.flush()
         if self.manager is not None:
             self.manager.retry_now()
+        self.usage.flush()
         if self._unstored_desired is not None:
             desired, self._unstored_desired = self._unstored_desired, None
             with contextlib.suppress(StoreError):
@@ -555,6 +576,23 @@ class Agent:
 
     # --------------------------------------------------------------------------- resync
 
+    async def _resync_and_sample(self, executor: Executor) -> None:
+        """The resync loop, with the usage sampler beside it on its own interval. The sampler
+        shares this loop's life and name: a failed sampling pass is logged and counted as a
+        restart of ``resync``, and never interrupts the relist or readiness."""
+        sampler = None
+        if self.usage.interval > 0:
+            sampler = asyncio.create_task(self.usage.run(executor, self._current_ids), name="usage")
+        try:
+            await self._resync_loop(executor)
+        finally:
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
+
+    def _current_ids(self) -> set[str]:
+        return {v.id for v in self._snapshot.tasks if v.current}
+
     async def _resync_loop(self, executor: Executor) -> None:
         retry = Retry(Backoff(initial=0.5, cap=self.config.resync_interval), clock=self.clock)
         while True:
@@ -598,6 +636,8 @@ class Agent:
             elif applied_before > 0:
                 self._orphans_allowed = True  # the next pass may remove what is left over
             self._forget_unknown(known)
+            if self.manager is not None:
+                self.usage.forget(self.manager.restarts().keys())
         except asyncio.CancelledError:
             raise
         except Exception as err:

@@ -43,6 +43,36 @@ class RuntimeContainer:
     created: float  # wall-clock seconds; the newest container of a name wins
 
 
+@dataclass(frozen=True, slots=True)
+class TaskUsage:
+    """What one running task instance uses, read from the kernel's own accounting.
+
+    Counters (CPU, network, block I/O) only grow while the container lives. ``None`` means the
+    figure could not be read (the host lacks that accounting, or the container has no network
+    namespace of its own); ``memory_limit_bytes`` is None without a limit.
+    """
+
+    task_id: str
+    name: str
+    cpu_seconds: float | None = None
+    memory_working_set_bytes: int | None = None  # usage less inactive file cache
+    memory_limit_bytes: int | None = None
+    network_receive_bytes: int | None = None
+    network_transmit_bytes: int | None = None
+    block_read_bytes: int | None = None
+    block_write_bytes: int | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeUsage:
+    """One usage sample of a runtime: its running task instances, and where it keeps images
+    (for the node's disk-free figure; None when unknown)."""
+
+    tasks: tuple[TaskUsage, ...] = ()
+    image_store: str | None = None
+
+
 class Controller(Protocol):
     """Runs one task's container. Every method is idempotent unless it says otherwise."""
 
@@ -141,6 +171,15 @@ class Executor(Protocol):
         """
         ...
 
+    async def usage(self) -> RuntimeUsage:
+        """What this node's running task containers use now, without calling the runtime.
+
+        Reads what the runtime already knows (container ids and pids) and the kernel's
+        accounting; a container that cannot be read (it just exited, say) is left out. Never
+        raises for the runtime being down.
+        """
+        ...
+
 
 RUNTIME_OPS = (
     "create",
@@ -174,6 +213,11 @@ class RuntimeObserver(Protocol):
     def runtime_up(self, up: bool) -> None:
         """Whether the runtime answers, reported on every change."""
 
+    def oom_killed(self, name: str, task_id: str) -> None:
+        """The kernel's OOM killer killed a process of the task instance's container (its main
+        process or another one), as the kernel reported it. Called once per kill, on the event
+        loop."""
+
 
 class NullObserver:
     """An observer that ignores everything, for tests and tools that export no metrics."""
@@ -185,4 +229,7 @@ class NullObserver:
         pass
 
     def runtime_up(self, up: bool) -> None:
+        pass
+
+    def oom_killed(self, name: str, task_id: str) -> None:
         pass

@@ -1,7 +1,7 @@
 """The agent's Prometheus metrics: a snapshot collector plus event counters, on one registry.
 
 This module owns every metric name in PRODUCT.md's "Metrics" table that an agent exports, and the
-text that ``/metrics`` serves. Two kinds of metric live here, for two kinds of truth:
+text that ``/metrics`` serves. Three kinds of metric live here, for three kinds of truth:
 
 * **State** (node, readiness, tasks, restarts, desired-state validity, session) is not kept in
   metric objects at all. A custom ``Collector`` reads ONE immutable ``Snapshot`` at scrape time
@@ -14,6 +14,11 @@ text that ``/metrics`` serves. Two kinds of metric live here, for two kinds of t
   ``CollectorRegistry`` (never the process-global one, so tests and several agents in one
   process never share series). Every value of a fixed label set is created up front, so
   ``rate()`` and alerts see a 0 before the first event rather than no series at all.
+* **Usage** (per-task CPU, memory, network, block I/O and PIDs; the node's CPU, memory, disk and
+  pressure) arrives as one immutable ``reconciler.usage.Usage`` sample per ``--stats-interval``
+  (``set_usage``). Its text is rendered once per sample and appended to every scrape, so a
+  scrape never reads a cgroup; a figure the host does not offer is left out, never faked.
+  OOM kills and node conditions are state, and come from the snapshot like the restarts.
 
 ``Metrics`` implements ``reconciler.executor.RuntimeObserver`` so a runtime reports straight into
 it. ``render()`` caches the exposition text and re-renders only when the snapshot object changed
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -34,9 +40,11 @@ from prometheus_client.registry import Collector
 
 from reconciler import __version__
 from reconciler.executor import DRIFT_KINDS, RUNTIME_OPS
+from reconciler.hoststats import NodeUsage
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot
 from reconciler.supervisor import LOOPS
+from reconciler.usage import Usage
 
 __all__ = [
     "CONTENT_TYPE",
@@ -88,6 +96,11 @@ _ROLLBACKS: Final = (
     "reconciler_task_rollbacks",
     "Rollbacks of a failed update to the previous spec, per task name, from stored counters.",
 )
+_OOM_KILLS: Final = (
+    "reconciler_task_oom_kills",
+    "Processes of a task's containers killed by the kernel for lack of memory, per task name, "
+    "from stored counters.",
+)
 _LABEL_OF: Final = {s: s.label for s in TaskState}
 
 
@@ -106,7 +119,10 @@ def snapshot_families(s: Snapshot) -> list[Metric]:
     rollbacks = CounterMetricFamily(*_ROLLBACKS, labels=["name"])
     for name, n in s.rollbacks:
         rollbacks.add_metric([name], float(n))
-    return [*_node_families(s, counts), per_task, restarts, rollbacks]
+    ooms = CounterMetricFamily(*_OOM_KILLS, labels=["name"])
+    for name, n in s.oom_kills:
+        ooms.add_metric([name], float(n))
+    return [*_node_families(s, counts), per_task, restarts, rollbacks, ooms]
 
 
 def render_snapshot(s: Snapshot) -> str:
@@ -127,7 +143,8 @@ def render_snapshot(s: Snapshot) -> str:
                 f'reconciler_task_state{{name="{_escape(t.name)}",id="{_escape(t.id)}",'
                 f'state="{label}"}} 1.0\n'
             )
-    for (name, doc), series in ((_RESTARTS, s.restarts), (_ROLLBACKS, s.rollbacks)):
+    per_name = ((_RESTARTS, s.restarts), (_ROLLBACKS, s.rollbacks), (_OOM_KILLS, s.oom_kills))
+    for (name, doc), series in per_name:
         lines.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n")
         for task_name, n in series:
             value = _SMALL_INTS.get(n) or _go_float(n)
@@ -217,6 +234,16 @@ def _node_families(s: Snapshot, counts: dict[str, int]) -> list[Metric]:
             s.session_connected,
         )
     )
+    if s.conditions:
+        condition = GaugeMetricFamily(
+            "reconciler_node_condition",
+            "1 while a node condition holds (disk_pressure, memory_pressure); from the last "
+            "usage sample. Conditions never make the node not ready.",
+            labels=["condition"],
+        )
+        for c, holds in s.conditions:
+            condition.add_metric([c.value], float(holds))
+        out.append(condition)
     return out
 
 
@@ -272,6 +299,150 @@ def _gauge(name: str, doc: str, value: float | bool) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=float(value))
 
 
+# ------------------------------------------------------------------------------------ usage
+
+#: The per-task usage families: (name as registered, type, help, the ``TaskUsage`` field).
+#: Counters are exposed with ``_total``.
+_TASK_USAGE: Final = (
+    (
+        "reconciler_task_cpu_seconds",
+        "counter",
+        "CPU time used by the task's current instance.",
+        "cpu_seconds",
+    ),
+    (
+        "reconciler_task_memory_working_set_bytes",
+        "gauge",
+        "Memory used by the task's current instance less inactive file cache.",
+        "memory_working_set_bytes",
+    ),
+    (
+        "reconciler_task_memory_limit_bytes",
+        "gauge",
+        "The memory limit of the task's current instance; absent without one.",
+        "memory_limit_bytes",
+    ),
+    (
+        "reconciler_task_network_receive_bytes",
+        "counter",
+        "Bytes received in the current instance's network namespace (loopback excluded).",
+        "network_receive_bytes",
+    ),
+    (
+        "reconciler_task_network_transmit_bytes",
+        "counter",
+        "Bytes sent from the current instance's network namespace (loopback excluded).",
+        "network_transmit_bytes",
+    ),
+    (
+        "reconciler_task_block_read_bytes",
+        "counter",
+        "Bytes read from block devices, as the kernel accounts them to the instance's cgroup.",
+        "block_read_bytes",
+    ),
+    (
+        "reconciler_task_block_write_bytes",
+        "counter",
+        "Bytes written to block devices, as the kernel accounts them to the instance's cgroup.",
+        "block_write_bytes",
+    ),
+    (
+        "reconciler_task_pids",
+        "gauge",
+        "Processes and threads in the task's current instance.",
+        "pids",
+    ),
+)
+_TASK_USAGE_FIELDS: Final = tuple(attrgetter(field) for *_, field in _TASK_USAGE)
+
+
+class _UsageCollector(Collector):
+    """Turns the last usage sample into its metric families, at collect time."""
+
+    def __init__(self, source: Callable[[], Usage | None]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        usage = self._source()
+        if usage is not None:
+            yield from usage_families(usage)
+
+
+def usage_families(u: Usage) -> list[Metric]:
+    """The usage metric families of one sample (what the registry collects)."""
+    out: list[Metric] = []
+    for (name, mtype, doc, _), field in zip(_TASK_USAGE, _TASK_USAGE_FIELDS, strict=True):
+        family_type = CounterMetricFamily if mtype == "counter" else GaugeMetricFamily
+        family = family_type(name, doc, labels=["name", "id"])
+        for t in u.tasks:
+            value = field(t)
+            if value is not None:
+                family.add_metric([t.name, t.task_id], float(value))
+        out.append(family)
+    return out + _node_usage_families(u.node)
+
+
+def render_usage(u: Usage) -> str:
+    """The text of ``usage_families(u)``, the per-task lines formatted straight from the
+    sample (rendered once per sample, not per scrape)."""
+    labels = [f'{{name="{_escape(t.name)}",id="{_escape(t.task_id)}"}} ' for t in u.tasks]
+    lines: list[str] = []
+    for (name, mtype, doc, _), field in zip(_TASK_USAGE, _TASK_USAGE_FIELDS, strict=True):
+        exposed = name + "_total" if mtype == "counter" else name
+        lines.append(f"# HELP {exposed} {doc}\n# TYPE {exposed} {mtype}\n")
+        for t, label in zip(u.tasks, labels, strict=True):
+            value = field(t)
+            if value is not None:
+                lines.append(f"{exposed}{label}{_SMALL_INTS.get(value) or _go_float(value)}\n")
+    return "".join(lines) + _render_families(_node_usage_families(u.node))
+
+
+def _node_usage_families(node: NodeUsage | None) -> list[Metric]:
+    """The node's usage families; a figure the host does not offer is left out."""
+    if node is None:
+        return []
+    out: list[Metric] = []
+    if node.cpu_seconds:
+        cpu = CounterMetricFamily(
+            "reconciler_node_cpu_seconds",
+            "CPU time of the whole node by mode, as /proc/stat counts it.",
+            labels=["mode"],
+        )
+        for mode, seconds in node.cpu_seconds:
+            cpu.add_metric([mode], seconds)
+        out.append(cpu)
+    if node.memory_available_bytes is not None:
+        out.append(
+            _gauge(
+                "reconciler_node_memory_available_bytes",
+                "Memory available for new work without swapping (MemAvailable).",
+                node.memory_available_bytes,
+            )
+        )
+    if node.disks:
+        disk = GaugeMetricFamily(
+            "reconciler_node_disk_free_bytes",
+            "Free bytes of the state dir's (state) and the image store's (images) filesystems.",
+            labels=["fs"],
+        )
+        for d in node.disks:
+            disk.add_metric([d.fs], float(d.free_bytes))
+        out.append(disk)
+    if node.pressure:
+        pressure = CounterMetricFamily(
+            "reconciler_node_pressure_seconds",
+            "Time tasks stalled waiting for a resource (pressure stall information).",
+            labels=["resource", "kind"],
+        )
+        for resource, kind, seconds in node.pressure:
+            pressure.add_metric([resource, kind], seconds)
+        out.append(pressure)
+    return out
+
+
 class Metrics:
     """Every agent metric on one registry, and the cached ``/metrics`` text.
 
@@ -297,9 +468,13 @@ class Metrics:
         self._state_text = ""
         self._event_text = ""
         self._text: bytes | None = None
+        # The last usage sample and its text, rendered once when it is set.
+        self._usage: Usage | None = None
+        self._usage_text = b""
 
         self._collector = _SnapshotCollector(snapshot)
         self.registry.register(self._collector)
+        self.registry.register(_UsageCollector(lambda: self._usage))
 
         self._drift = Counter(
             "reconciler_drift_corrections",
@@ -376,6 +551,9 @@ class Metrics:
     def runtime_up(self, up: bool) -> None:
         """Accepted and ignored: ``reconciler_runtime_up`` comes from the snapshot."""
 
+    def oom_killed(self, name: str, task_id: str) -> None:
+        """Accepted and ignored: ``reconciler_task_oom_kills_total`` comes from the snapshot."""
+
     # ------------------------------------------------------------------ agent events
 
     def desired_state_error(self) -> None:
@@ -405,13 +583,25 @@ class Metrics:
         self._reconcile.observe(max(0.0, seconds))
         self._bump()
 
+    # ------------------------------------------------------------------ usage
+
+    def set_usage(self, usage: Usage) -> None:
+        """Take a new usage sample: its text is rendered now, once, and served by every
+        scrape until the next sample."""
+        text = render_usage(usage).encode()
+        with self._render_lock:
+            self._usage = usage
+            self._usage_text = text
+            self._text = None
+
     # ------------------------------------------------------------------ exposition
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every metric, from one snapshot.
 
         The state part is re-rendered only when the snapshot object changed, the event part
-        only when an event metric moved; otherwise cached bytes are returned. Covers the
+        only when an event metric moved, the usage part only by ``set_usage``; otherwise cached
+        bytes are returned. Covers the
         metrics this class owns (collectors others add to the registry are not rendered).
         Raises whatever the snapshot source raises.
         """
@@ -431,7 +621,7 @@ class Metrics:
                 self._text_version = version
                 self._text = None
             if self._text is None:
-                self._text = (self._state_text + self._event_text).encode()
+                self._text = (self._state_text + self._event_text).encode() + self._usage_text
             return self._text
 
     def _bump(self) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from reconciler.hoststats import Condition
 from reconciler.model import NodeDescription, TaskState
 
 #: At most this many desired-source error lines are kept (the rest are summarised in one line) ...
@@ -94,6 +95,10 @@ class Snapshot:
     restarts: tuple[tuple[str, int], ...] = field(default=())
     # rollbacks per name from stored counters (names that never rolled back are left out)
     rollbacks: tuple[tuple[str, int], ...] = field(default=())
+    # OOM kills per name from stored counters, for the same names as ``restarts``
+    oom_kills: tuple[tuple[str, int], ...] = ()
+    # (condition, holds) from the last node usage sample; empty before one (never readiness)
+    conditions: tuple[tuple[Condition, bool], ...] = ()
 
     def current(self) -> tuple[TaskView, ...]:
         return tuple(t for t in self.tasks if t.current)

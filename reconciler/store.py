@@ -89,6 +89,8 @@ _ASSIGNED = b"a/"
 _META = b"m/"
 _FORMAT_KEY = _META + b"format"
 _PROBE_KEY = _META + b"probe"
+OOM_PREFIX = "oom/"
+"""Metadata keys ``oom/<task name>``: OOM kills per task name, kept across instances."""
 ADOPT_PENDING = "adopt-pending"
 """Metadata key set on a store that was just created or rebuilt: the agent must adopt the
 runtime's containers before anything else (its value says why: "created" or "rebuilt")."""
@@ -543,6 +545,16 @@ class Store:
         else:
             batch.put(_META + key.encode(), _dumps(value))
         self._write(batch, self._sync if sync else self._nosync)
+
+    # ------------------------------------------------------------------------ OOM kills
+
+    def oom_kills(self) -> dict[str, int]:
+        """OOM kills counted so far, per task name (metadata ``m/oom/<name>``)."""
+        return {name: int(n) for name, n in self.walk_meta(OOM_PREFIX) if isinstance(n, int)}
+
+    def put_oom_kills(self, name: str, count: int | None) -> None:
+        """Store a task name's OOM-kill count (None deletes it). Unsynced, like statuses."""
+        self.put_meta(OOM_PREFIX + name, count, sync=False)
 
 
 # ------------------------------------------------------------------------- opening for the agent

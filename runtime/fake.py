@@ -9,7 +9,10 @@ are scriptable per task name and operation:
 * ``delay(op, seconds, name=...)``: calls of ``op`` first sleep on the injected clock;
 * ``exit_after_start(name, code)``: the container exits with ``code`` as soon as it starts;
 * ``exit(task_id, code)``: a running container exits now (as if killed behind our back);
-* ``vanish(task_id)``: the container disappears (removed behind our back).
+* ``vanish(task_id)``: the container disappears (removed behind our back);
+* ``set_usage(task_id, ...)``: what ``usage()`` reports for a running container;
+* ``oom_kill(task_id, main=...)``: the kernel kills a process of the container for memory; the
+  ``observer`` hears of it, and with ``main`` the container exits with 137.
 
 It counts every call in ``calls[(task_id, op)]`` so tests can assert that a path made exactly
 the calls it should, e.g. that a resumed running task was never prepared or started again.
@@ -32,7 +35,15 @@ from reconciler.errors import (
     TaskStarted,
     TemporaryError,
 )
-from reconciler.executor import ContainerStatus, RuntimeContainer, Supervise
+from reconciler.executor import (
+    ContainerStatus,
+    NullObserver,
+    RuntimeContainer,
+    RuntimeObserver,
+    RuntimeUsage,
+    Supervise,
+    TaskUsage,
+)
 from reconciler.model import NodeDescription, Task, spec_hash
 
 OPS = ("prepare", "start", "wait", "update", "shutdown", "terminate", "remove", "resolve")
@@ -50,6 +61,7 @@ class FakeContainer:
     spec_hash: str | None = None
     created: float = 0.0
     started: bool = False
+    oom_killed: bool = False
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -86,6 +98,9 @@ class FakeExecutor:
         self.removed_orphans: list[str] = []
         self.update_unsupported = False
         self.up = True
+        self.observer: RuntimeObserver = NullObserver()
+        self.image_store: str | None = None
+        self._usage: dict[str, dict[str, float | int | None]] = {}
         self._failures: dict[tuple[str | None, str], _Script] = {}
         self._delays: dict[tuple[str | None, str], float] = {}
         self._exit_on_start: dict[str, int] = {}
@@ -120,6 +135,20 @@ class FakeExecutor:
         """The container disappears, as if removed outside the agent."""
         c = self.containers.pop(task_id)
         c.exited.set()
+
+    def set_usage(self, task_id: str, **figures: float | int | None) -> None:
+        """What ``usage()`` reports for task ``task_id`` while its container runs
+        (``TaskUsage`` field names: ``cpu_seconds=1.5``, ``pids=3``, ...)."""
+        self._usage[task_id] = figures
+
+    def oom_kill(self, task_id: str, *, main: bool = True) -> None:
+        """The kernel kills a process of the container for memory; with ``main`` it was the
+        main process, and the container exits with 137."""
+        c = self.containers[task_id]
+        self.observer.oom_killed(c.name.rsplit(".", 1)[0], task_id)
+        if main:
+            c.oom_killed = True
+            self.exit(task_id, 137)
 
     def running(self) -> list[FakeContainer]:
         return [c for c in self.containers.values() if c.state == "running"]
@@ -181,6 +210,14 @@ class FakeExecutor:
             for c in self.containers.values()
         ]
 
+    async def usage(self) -> RuntimeUsage:
+        self.calls[("*", "usage")] += 1
+        tasks = tuple(
+            TaskUsage(c.task_id, c.name.rsplit(".", 1)[0], **self._usage.get(c.task_id, {}))  # type: ignore[arg-type]
+            for c in self.running()
+        )
+        return RuntimeUsage(tasks=tasks, image_store=self.image_store)
+
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         orphans = [tid for tid in self.containers if tid not in known_task_ids]
         for tid in orphans:
@@ -240,6 +277,11 @@ class FakeController:
         if self._container() is None:
             raise ContainerGone("container removed")
         if c.exit_code:
+            if c.oom_killed:
+                raise ExitError(
+                    c.exit_code,
+                    f"out of memory: the kernel killed the main process (exit code {c.exit_code})",
+                )
             raise ExitError(c.exit_code)
 
     async def update(self, task: Task) -> None:

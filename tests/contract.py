@@ -38,6 +38,23 @@ AGENT_METRICS = (
     "reconciler_loop_restarts_total",
     "reconciler_store_rebuilds_total",
     "reconciler_task_rollbacks_total",
+    "reconciler_task_oom_kills_total",
+    "reconciler_node_condition",
+    *(
+        # usage, from each --stats-interval sample
+        "reconciler_task_cpu_seconds_total",
+        "reconciler_task_memory_working_set_bytes",
+        "reconciler_task_memory_limit_bytes",
+        "reconciler_task_network_receive_bytes_total",
+        "reconciler_task_network_transmit_bytes_total",
+        "reconciler_task_block_read_bytes_total",
+        "reconciler_task_block_write_bytes_total",
+        "reconciler_task_pids",
+        "reconciler_node_cpu_seconds_total",
+        "reconciler_node_memory_available_bytes",
+        "reconciler_node_disk_free_bytes",
+        "reconciler_node_pressure_seconds_total",
+    ),
 )
 
 #: The metrics a fleet manager exports (each one named in PRODUCT.md).

@@ -28,10 +28,11 @@ from reconciler import http
 from reconciler.cli import options as cli_options
 from reconciler.cli.options import COMMANDS, COMMON, CommandSpec, all_flags
 from reconciler.desired.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
+from reconciler.hoststats import Condition
 from reconciler.metrics import Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
-from tests.builders import node
+from tests.builders import full_usage, node
 from tests.contract import AGENT_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,13 +96,18 @@ def full_snapshot() -> Snapshot:
         desired_valid=True,
         tasks=(task,),
         restarts=(("web", 1),),
+        oom_kills=(("web", 0),),
+        conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
     )
 
 
 def rendered_families() -> dict[str, set[str]]:
-    """Family name (as exposed) -> its label names, from a real rendering of ``Metrics``."""
+    """Family name (as exposed) -> its label names, from a real rendering of ``Metrics`` with
+    a usage sample in which every figure is known."""
     snap = full_snapshot()
-    text = Metrics(snapshot=lambda: snap).render().decode()
+    metrics = Metrics(snapshot=lambda: snap)
+    metrics.set_usage(full_usage())
+    text = metrics.render().decode()
     families: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         name = family.name + "_total" if family.type == "counter" else family.name

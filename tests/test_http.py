@@ -239,6 +239,7 @@ async def test_node_describes_the_node_with_the_contract_keys(agent: Agent) -> N
         "version": __version__,
         "labels": {"site": "north", "rack": "3"},
         "ready": True,
+        "conditions": {},
     }
 
 

@@ -8,10 +8,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
 from reconciler.executor import RuntimeObserver
+from reconciler.hoststats import Condition
 from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
-from tests.builders import node
+from tests.builders import full_usage, node
 from tests.contract import AGENT_METRICS
 
 NODE = node()
@@ -119,20 +120,29 @@ def test_fixed_label_sets_are_exactly_the_contract() -> None:
     assert states == {s.name.lower() for s in TaskState}
 
 
-def test_every_agent_metric_of_the_contract_is_rendered() -> None:
+def everything() -> Metrics:
+    """Metrics with a current task, a condition and a full usage sample: every family."""
     m, _, _ = make(
-        healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),), rollbacks=(("web", 1),))
+        healthy(
+            tasks=(task("web", "i1"),),
+            restarts=(("web", 0),),
+            rollbacks=(("web", 1),),
+            oom_kills=(("web", 0),),
+            conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
+        )
     )
-    rendered = names_in(m.render().decode())
+    m.set_usage(full_usage())
+    return m
+
+
+def test_every_agent_metric_of_the_contract_is_rendered() -> None:
+    rendered = names_in(everything().render().decode())
     for name in AGENT_METRICS:
         assert name in rendered or f"{name}_count" in rendered, name
 
 
 def test_every_rendered_metric_is_one_the_contract_names() -> None:
-    m, _, _ = make(
-        healthy(tasks=(task("web", "i1"),), restarts=(("web", 0),), rollbacks=(("web", 1),))
-    )
-    rendered = names_in(m.render().decode())
+    rendered = names_in(everything().render().decode())
     histogram_parts = {f"{n}_{s}" for n in AGENT_METRICS for s in ("bucket", "sum", "count")}
     assert rendered - set(AGENT_METRICS) - histogram_parts == set()
 

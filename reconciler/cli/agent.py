@@ -40,6 +40,7 @@ class AgentOptions:
     podman_url: str | None
     node_id: str | None
     resync_interval: float
+    stats_interval: float
     labels: tuple[tuple[str, str], ...]
     manager: NatsOptions | None  # fleet mode when set
 
@@ -86,6 +87,10 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
         resync = parse_duration(args.resync_interval or "30s")
     except ValueError as err:
         raise UsageError(f"--resync-interval: {err}") from err
+    try:
+        stats = parse_duration(args.stats_interval or "10s")
+    except ValueError as err:
+        raise UsageError(f"--stats-interval: {err}") from err
     manager = fleet_options(args.manager, args.manager_creds, args.manager_tls_ca, "--manager")
     if manager is not None and args.node_id:
         from reconciler.fleet.buckets import check_node_id
@@ -101,6 +106,7 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
         podman_url=args.podman_url,
         node_id=args.node_id,
         resync_interval=resync,
+        stats_interval=stats,
         labels=parse_labels(args.node_label or []),
         manager=manager,
     )

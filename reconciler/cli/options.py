@@ -121,6 +121,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             Flag("listen", "HTTP listen address (default 127.0.0.1:9469)", "HOST:PORT"),
             Flag("node-id", "node id (default: generated once, kept in the state dir)", "ID"),
             Flag("resync-interval", "full resync period (default 30s)", "DURATION"),
+            Flag("stats-interval", "usage sampling period (default 10s; 0: off)", "DURATION"),
             Flag(
                 "manager", "fleet mode: the manager's NATS server(s), nats://HOST:PORT[,...]", "URL"
             ),

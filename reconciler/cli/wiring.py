@@ -44,7 +44,11 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
     clock = SystemClock()
     agent = Agent(
         config=AgentConfig(
-            node_id=node_id, resync_interval=opts.resync_interval, labels=opts.labels
+            node_id=node_id,
+            resync_interval=opts.resync_interval,
+            labels=opts.labels,
+            stats_interval=opts.stats_interval,
+            state_dir=str(opts.state_dir),
         ),
         store=opened.store,
         clock=clock,

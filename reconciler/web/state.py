@@ -70,6 +70,7 @@ def node_json(snap: Snapshot) -> dict[str, Any]:
         "version": node.agent_version if node and node.agent_version else __version__,
         "labels": dict(snap.labels),
         "ready": snap.ready,
+        "conditions": {condition.key: holds for condition, holds in snap.conditions},
     }
 
 

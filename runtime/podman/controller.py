@@ -117,6 +117,7 @@ class PodmanController:
         self._created_here = False  # created by this controller and not yet started
         self._stopping = False  # the agent itself is stopping or removing the container
         self._killed_outside = False
+        self._oom_kills: list[tuple[int | None, str]] = []  # (pid, process) the kernel killed
 
     # ------------------------------------------------------------------------ accessors
 
@@ -312,7 +313,24 @@ class PodmanController:
             return
         if self._killed_outside and not self._stopping:
             raise ExitError(code, f"container was killed outside the agent (exit code {code})")
+        oom = self._oom_victim(code)
+        if oom is not None:
+            raise ExitError(code, f"out of memory: the kernel killed {oom} (exit code {code})")
         raise ExitError(code)
+
+    def oom_killed(self, pid: int | None, process: str) -> None:
+        """The kernel's OOM killer killed a process of this container (no I/O)."""
+        self._oom_kills.append((pid, process))
+
+    def _oom_victim(self, code: int) -> str | None:
+        """What the OOM killer killed that explains exit ``code``: the main process, or for a
+        SIGKILL exit (137) any process of the container; None if nothing does."""
+        if any(pid is not None and pid == self._pid for pid, _ in self._oom_kills):
+            return "the main process"
+        if code == 137 and self._oom_kills:
+            pid, process = self._oom_kills[-1]
+            return f"process {process or '?'}, pid {pid or '?'}"
+        return None
 
     def _gone(self) -> NoReturn:
         if not self._stopping:

@@ -20,6 +20,10 @@ down, and the executor follows a socket that appears later; an explicit URL is n
 ``resync()`` is the level-triggered safety net behind the event stream: one relist of this
 node's containers, compared with what every pending ``wait`` believes; any disagreement (a
 container gone, or no longer running) makes that waiter re-inspect and judge.
+
+``usage()`` samples the running containers from the kernel's own files, with the pids podman
+already gave (``runtime.podman.usage``), and OOM kills come from the kernel log
+(``runtime.podman.oom``): neither calls podman.
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ from typing import Any
 
 from reconciler.clock import Clock
 from reconciler.errors import PermanentError
-from reconciler.executor import RuntimeContainer, RuntimeObserver, Supervise
+from reconciler.executor import RuntimeContainer, RuntimeObserver, RuntimeUsage, Supervise
 from reconciler.model import NodeDescription, Task
 from runtime.podman.client import PodmanAPI
 from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
 from runtime.podman.errors import NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream
+from runtime.podman.oom import KernelLogOoms, OomKill
 from runtime.podman.probe import Discover, Liveness
 from runtime.podman.reach import Reachability
 from runtime.podman.spec import NODE_LABEL, SPEC_HASH_LABEL, TASK_ID_LABEL, TASK_NAME_LABEL
+from runtime.podman.usage import Target, UsageReader
 
 ORPHAN_STOP_TIMEOUT = 10.0
 """Seconds an orphan gets to exit on its stop signal before it is killed and removed."""
@@ -91,6 +97,9 @@ class PodmanExecutor:
         )
         self._started = False
         self._closed = False
+        self._usage = UsageReader()
+        self._ooms = KernelLogOoms(self._oom_kill)
+        self._graph_root: str | None = None
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -102,6 +111,7 @@ class PodmanExecutor:
         self._started = True
         await self._events.start(supervise=supervise)
         await self._liveness.start()
+        self._ooms.start()
 
     async def close(self) -> None:
         """Stop the probe, the event reader and the thread pools. Containers are left as they
@@ -109,6 +119,7 @@ class PodmanExecutor:
         if self._closed:
             return
         self._closed = True
+        self._ooms.close()
         await self._liveness.close()
         await self._events.close()
         await self._api.close()
@@ -163,6 +174,7 @@ class PodmanExecutor:
         host: dict[str, Any] = info.get("host") or {}
         version: dict[str, Any] = info.get("version") or {}
         distribution = host.get("distribution") or {}
+        self._graph_root = str((info.get("store") or {}).get("graphRoot") or "") or None
         return NodeDescription(
             hostname=str(host.get("hostname") or ""),
             os=str(host.get("os") or distribution.get("distribution") or "linux"),
@@ -258,6 +270,29 @@ class PodmanExecutor:
             seen = by_name.get(name)
             if seen is None or str(seen.get("State") or "") != "running":
                 self._events.post(name, ContainerEvent(EventKind.RECHECK, name, detail="resync"))
+
+    # ------------------------------------------------------------------------- usage
+
+    async def usage(self) -> RuntimeUsage:
+        """Usage of every running container a controller knows, from the kernel's files (see
+        ``runtime.podman.usage``); no podman call. The graph root is known once ``describe``
+        has run."""
+        targets = []
+        for ctlr in list(self._rt.registry.values()):
+            status = ctlr.container_status()
+            if status.container_id and status.pid and status.exit_code is None:
+                task = ctlr.task
+                targets.append(Target(task.id, task.name, status.container_id, status.pid))
+        tasks = await asyncio.to_thread(self._usage.read, targets) if targets else []
+        return RuntimeUsage(tasks=tuple(tasks), image_store=self._graph_root)
+
+    def _oom_kill(self, kill: OomKill) -> None:
+        """The kernel killed a process for memory: tell its controller and the observer."""
+        for ctlr in list(self._rt.registry.values()):
+            if ctlr.container_status().container_id == kill.container_id:
+                ctlr.oom_killed(kill.pid, kill.process)
+                self._observer.oom_killed(ctlr.task.name, ctlr.task.id)
+                return
 
 
 def _created(value: object) -> float:

@@ -107,6 +107,9 @@ class PodmanService:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
+                # conmon, which podman starts per container, writes an "oom" marker file into
+                # its working directory when a container is OOM-killed: keep that in ours.
+                cwd=self.base_dir,
             )
         finally:
             log.close()

@@ -62,6 +62,7 @@ class RecordingObserver:
     errors: Counter[str] = field(default_factory=Counter)
     drift: Counter[str] = field(default_factory=Counter)
     up: list[bool] = field(default_factory=list)
+    oom: list[tuple[str, str]] = field(default_factory=list)
 
     def runtime_error(self, op: str) -> None:
         self.errors[op] += 1
@@ -71,6 +72,9 @@ class RecordingObserver:
 
     def runtime_up(self, up: bool) -> None:
         self.up.append(up)
+
+    def oom_killed(self, name: str, task_id: str) -> None:
+        self.oom.append((name, task_id))
 
 
 @dataclass

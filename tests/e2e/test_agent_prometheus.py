@@ -2,9 +2,11 @@
 
 The agent runs as a subprocess on the private podman service with a small, lively desired set:
 a long-running task, a job that completes and is restarted, a task that keeps failing, and a
-container killed behind the agent's back (a drift correction). Debian's ``prometheus`` scrapes
-it every second. Then every panel expression of the Grafana dashboard, with its variables made
-concrete, must return data, and a few contract values are checked through PromQL.
+container killed behind the agent's back (a drift correction), with usage sampled every second
+(the long-running task has a memory limit, for the memory-of-limit panel). Debian's
+``prometheus`` scrapes it every second. Then every panel expression of the Grafana dashboard,
+with its variables made concrete, must return data, and a few contract values are checked
+through PromQL.
 
 Without podman or prometheus this skips on a developer machine and fails under CI.
 """
@@ -87,7 +89,7 @@ def test_dashboard_panels_have_data_from_a_real_agent(harness: Harness, promethe
     h.desired.write(
         "t.yaml",
         [
-            task("web"),
+            task("web", resources={"memory": "64Mi"}),  # for the memory-of-limit panel
             task("job", command=["sh", "-c", "exit 0"], restart={"delay": "1s"}),
             task(
                 "crashy",
@@ -96,7 +98,7 @@ def test_dashboard_panels_have_data_from_a_real_agent(harness: Harness, promethe
             ),
         ],
     )
-    agent = h.start_agent(resync="2s")
+    agent = h.start_agent("--stats-interval", "1s", resync="2s")
     web = h.wait_state("web", "running")
     h.podman("kill", web["containerId"])  # a drift correction for the dashboard to show
     h.wait_for(
@@ -131,3 +133,6 @@ def test_dashboard_panels_have_data_from_a_real_agent(harness: Harness, promethe
     assert value(prom, 'reconciler_task_restarts_total{name="web"}') >= 1
     assert value(prom, "reconciler_task_start_seconds_count") >= 3
     assert value(prom, "reconciler_reconcile_duration_seconds_count") >= 1
+    assert value(prom, 'reconciler_task_memory_limit_bytes{name="web"}') == 64 * 1024**2
+    assert value(prom, 'reconciler_task_oom_kills_total{name="web"}') == 0
+    assert value(prom, 'reconciler_node_condition{condition="disk_pressure"}') in (0, 1)

@@ -3,10 +3,11 @@
 Debian's ``prometheus`` binary is started on a free loopback port with a temporary config that
 scrapes ``reconciler.http.serve`` once a second. The agent side is the real HTTP server and the
 real ``Metrics``, fed a hand-built ``Snapshot`` of realistic tasks while event metrics (start
-latency, resync duration, runtime errors, drift corrections, rejected reloads) keep arriving, as
-they do on a busy host. Once Prometheus has a few scrapes, every panel expression of the
-Grafana dashboard is sent to Prometheus's HTTP API, with the dashboard's variables replaced by
-concrete values, and must return data. Every alert expression must at least evaluate.
+latency, resync duration, runtime errors, drift corrections, rejected reloads) and usage samples
+keep arriving, as they do on a busy host. Once Prometheus has a few scrapes, every panel
+expression of the Grafana dashboard is sent to Prometheus's HTTP API, with the dashboard's
+variables replaced by concrete values, and must return data. Every alert expression must at
+least evaluate.
 
 Without the binary this skips on a developer machine and fails under CI (``CI`` set).
 """
@@ -34,10 +35,13 @@ import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
 
+from reconciler.executor import TaskUsage
+from reconciler.hoststats import CPU_MODES, Condition, DiskFree, NodeUsage
 from reconciler.http import serve
 from reconciler.metrics import Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot, TaskView
+from reconciler.usage import Usage
 from tests.builders import node
 from tests.contract import missing
 
@@ -103,6 +107,40 @@ def realistic_snapshot(now: float) -> Snapshot:
         reports_pending=3,
         tasks=tuple(tasks),
         restarts=tuple(sorted(restarts.items())),
+        oom_kills=tuple((name, 1 if name == "api" else 0) for name in sorted(restarts)),
+        conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
+    )
+
+
+def realistic_usage(snap: Snapshot, i: int) -> Usage:
+    """A usage sample of every running current instance, its counters growing with ``i``."""
+    running = [t for t in snap.tasks if t.current and t.state == TaskState.RUNNING]
+    return Usage(
+        tasks=tuple(
+            TaskUsage(
+                task_id=t.id,
+                name=t.name,
+                cpu_seconds=0.05 * i * (1 + n % 3),
+                memory_working_set_bytes=(20 + n) * 1024**2,
+                memory_limit_bytes=64 * 1024**2 if n % 2 else None,
+                network_receive_bytes=1500 * i * (n + 1),
+                network_transmit_bytes=700 * i,
+                block_read_bytes=4096 * i,
+                block_write_bytes=8192 * i,
+                pids=1 + n % 4,
+            )
+            for n, t in enumerate(running)
+        ),
+        node=NodeUsage(
+            cpu_seconds=tuple((mode, 0.1 * i * (k + 1)) for k, mode in enumerate(CPU_MODES)),
+            memory_available_bytes=3 * 1024**3,
+            memory_total_bytes=4 * 1024**3,
+            disks=(
+                DiskFree("state", 40 * 1024**3, 100 * 1024**3),
+                DiskFree("images", 30 * 1024**3, 100 * 1024**3),
+            ),
+            pressure=(("cpu", "some", 0.01 * i), ("io", "full", 0.002 * i)),
+        ),
     )
 
 
@@ -125,6 +163,7 @@ async def busy_agent(source: Source, metrics: Metrics) -> None:
         metrics.observe_reconcile(0.002 * (1 + i % 10))
         metrics.runtime_error(ops[i % len(ops)])
         metrics.drift_corrected(kinds[i % len(kinds)])
+        metrics.set_usage(realistic_usage(source.snap, i))
         if i % 5 == 0:
             metrics.desired_state_error()
             restarts = dict(source.snap.restarts)
