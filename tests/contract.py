@@ -55,6 +55,8 @@ AGENT_METRICS = (
         "reconciler_node_disk_free_bytes",
         "reconciler_node_pressure_seconds_total",
     ),
+    "reconciler_image_pulls_total",
+    "reconciler_images_removed_total",
 )
 
 #: The metrics a fleet manager exports (each one named in PRODUCT.md).
