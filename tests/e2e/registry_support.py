@@ -15,8 +15,11 @@ with another ``--change`` (an ``ENV``) is another image with another ID, so a te
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -94,8 +97,10 @@ class Registry:
 class RegistryWorld:
     """A registry and a private podman service that may pull from it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, root_tmpfs_mib: int | None = None) -> None:
+        """``root_tmpfs_mib``: podman's graph root on a tmpfs of that size (needs root)."""
         require_registry()
+        self.root_tmpfs_mib = root_tmpfs_mib
         self.base = Path(tempfile.mkdtemp(prefix="rcr-", dir="/tmp"))
         self.registry = Registry(self.base / "registry")
         conf = self.base / "registries.conf"
@@ -108,6 +113,14 @@ class RegistryWorld:
 
     def start(self) -> RegistryWorld:
         try:
+            if self.root_tmpfs_mib is not None:
+                root = self.podman.base_dir / "root"
+                root.mkdir(parents=True)
+                subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", f"size={self.root_tmpfs_mib}m", "tmpfs", root],
+                    check=True,
+                    capture_output=True,
+                )
             self.registry.start()
             self.podman.start()
             self.podman.import_test_image()
@@ -132,6 +145,25 @@ class RegistryWorld:
         for c in (*TEST_IMAGE_CHANGES, f"ENV BUILD={env}"):
             changes += ["--change", c]
         out = self.podman.run("import", "--quiet", *changes, str(TEST_IMAGE_TARBALL), ref)
+        return out.strip().removeprefix("sha256:")
+
+    def build_unique(self, ref: str, *, extra_bytes: int) -> str:
+        """An image ``ref`` (local only) of the busybox files plus ``extra_bytes`` of random
+        data: a layer of its own, so removing it frees its space. Returns its image ID."""
+        tar = self.base / f"layer-{os.getpid()}-{time.monotonic_ns()}.tar"
+        shutil.copyfile(TEST_IMAGE_TARBALL, tar)
+        with tarfile.open(tar, "a") as t:
+            data = os.urandom(extra_bytes)
+            info = tarfile.TarInfo("blob")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        changes: list[str] = []
+        for c in TEST_IMAGE_CHANGES:
+            changes += ["--change", c]
+        try:
+            out = self.podman.run("import", "--quiet", *changes, str(tar), ref)
+        finally:
+            tar.unlink()
         return out.strip().removeprefix("sha256:")
 
     def push(self, ref: str) -> None:
