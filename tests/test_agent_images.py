@@ -7,8 +7,9 @@ from pathlib import Path
 
 from reconciler.clock import FakeClock, settle
 from reconciler.imagegc import RECORD_EVERY
-from reconciler.model import TaskSpec
+from reconciler.model import TaskSpec, spec_hash
 from reconciler.session import DesiredTask, DesiredTasks
+from reconciler.store import db_path
 from runtime.fake import FakeExecutor
 from tests.test_agent import metric, running_agent
 
@@ -76,3 +77,37 @@ async def test_an_image_of_a_desired_task_that_does_not_run_is_kept(
         assert executor.image_named("job:1") is not None
         assert executor.image_named("app:1") is not None  # never the agent's
         assert metric(r.agent, "reconciler_images_removed_total") == 0
+
+
+async def test_a_rebuilt_store_adopts_a_rollback_and_does_not_retry_the_failed_spec(
+    tmp_path: Path, clock: FakeClock, executor: FakeExecutor
+) -> None:
+    state = tmp_path / "state"
+    v1 = TaskSpec(name="web", image="localhost/busybox:v1")
+    v2 = TaskSpec(name="web", image="localhost/busybox:v2")
+    async with running_agent(state, clock, executor) as r:
+        r.session.send(tasks(v1))
+        await settle()
+        (first,) = [v.id for v in r.agent.snapshot().current()]
+        r.session.send(tasks(v2))
+        await settle()
+        (failing,) = [v.id for v in r.agent.snapshot().current()]
+        assert failing != first
+        executor.exit(failing, 1)  # within the monitor: rolled back
+        await settle()
+        await clock.advance(1.0)
+        (rollback,) = r.agent.snapshot().current()
+        assert rollback.id not in (first, failing) and rollback.image == "localhost/busybox:v1"
+        assert executor.containers[rollback.id].rolled_back_from == spec_hash(v2)
+    (db_path(state) / "CURRENT").unlink()  # corrupt: rebuilt from the runtime's containers
+
+    async with running_agent(state, clock, executor) as r:
+        r.session.send(tasks(v2))
+        await settle()
+        await clock.advance(60.0)
+        await settle()
+        (adopted,) = r.agent.snapshot().current()
+        assert adopted.id == rollback.id
+        assert executor.containers[rollback.id].state == "running"
+        tried_v2 = [c for c in executor.containers.values() if c.image_ref.endswith(":v2")]
+        assert len(tried_v2) <= 1  # never a new instance of the failed spec
