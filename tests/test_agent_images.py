@@ -89,10 +89,12 @@ async def test_a_rebuilt_store_adopts_a_rollback_and_does_not_retry_the_failed_s
         r.session.send(tasks(v1))
         await settle()
         (first,) = [v.id for v in r.agent.snapshot().current()]
+        await clock.advance(1.0)  # containers made later are newer, as podman dates them
         r.session.send(tasks(v2))
         await settle()
         (failing,) = [v.id for v in r.agent.snapshot().current()]
         assert failing != first
+        await clock.advance(1.0)
         executor.exit(failing, 1)  # within the monitor: rolled back
         await settle()
         await clock.advance(1.0)
