@@ -22,7 +22,9 @@ counted in ``reconciler_loop_restarts_total``, named by ``/healthz`` while down)
   safety net under its event stream) and orphans are removed; while the runtime is down it
   retries sooner, with backoff, and ``/readyz`` says why. After a store was created or
   rebuilt, no orphan is removed until a valid desired set has been applied and a pass that
-  began after it has adopted what exists;
+  began after it has adopted what exists. Each pass ends with the image GC
+  (``reconciler.imagegc``), which keeps every image a kept instance or a desired task names;
+  its failure is logged and never fails the pass;
 * ``reporter``: statuses to the session;
 * the usage sampler (``reconciler.usage``) runs beside ``resync`` and under its name, every
   ``stats_interval``; its samples go to the metrics, never into the snapshot;
@@ -57,6 +59,7 @@ from reconciler.clock import Clock
 from reconciler.desired.manager import LocalManager
 from reconciler.errors import StoreError, TemporaryError
 from reconciler.executor import Executor
+from reconciler.imagegc import DEFAULT_THRESHOLD, ImageCollector
 from reconciler.metrics import Metrics
 from reconciler.model import NodeDescription, TaskState, TaskStatus
 from reconciler.reporter import StatusReporter
@@ -98,6 +101,7 @@ class AgentConfig:
     boot_id: str | None = None  # None: read it from the kernel
     stats_interval: float = 10.0  # usage sampling; 0 turns it off
     state_dir: str | None = None  # for the node's disk-free figure
+    image_gc_threshold: float = DEFAULT_THRESHOLD  # percent free of the image store; 0: off
 
 
 def read_boot_id() -> str:
@@ -192,6 +196,12 @@ class Agent:
             on_change=self._changed,
             on_failure=lambda: self.metrics.loop_restarted("resync"),
         )
+        self.images = ImageCollector(
+            store=store,
+            clock=clock,
+            threshold_percent=config.image_gc_threshold,
+            on_removed=self.metrics.images_removed,
+        )
         self.worker: Worker | None = None
         self.manager: LocalManager | None = None
         self.reporter: StatusReporter | None = None
@@ -247,9 +257,9 @@ class Agent:
             reports_pending=self.reporter.pending if self.reporter else 0,
             tasks=views,
             restarts=restarts,
+            rollbacks=rollbacks,
             oom_kills=self.usage.oom_kills(name for name, _ in restarts),
             conditions=self.usage.conditions,
-            rollbacks=rollbacks,
         )
         self._views_by_id = {v.id: v for v in views}
         self.changes.bump()
@@ -265,6 +275,9 @@ class Agent:
     def oom_killed(self, name: str, task_id: str) -> None:
         """Called by the runtime on the event loop: counted and stored per task name."""
         self.usage.oom_killed(name, task_id)
+
+    def image_pulled(self, result: str) -> None:
+        self.metrics.image_pulled(result)
 
     def runtime_up(self, up: bool) -> None:
         """Called by the runtime, possibly from one of its threads."""
@@ -638,6 +651,7 @@ class Agent:
             self._forget_unknown(known)
             if self.manager is not None:
                 self.usage.forget(self.manager.restarts().keys())
+            await self._collect_images(executor)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -648,3 +662,16 @@ class Agent:
             self._changed()
         self.metrics.observe_reconcile(time.perf_counter() - began)
         return True
+
+    async def _collect_images(self, executor: Executor) -> None:
+        """The image GC's pass, keeping every image a kept instance or a desired task names."""
+        if self.manager is None:
+            return
+        needed = {v.image for v in self.manager.views() if v.image}
+        needed.update(t.spec.image for t in self._desired.values())
+        try:
+            await self.images.run(executor, needed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning("image GC failed err=%s", describe_error(err))

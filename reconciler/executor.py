@@ -11,7 +11,7 @@ thread pool, and a cancelled call lets its thread finish before re-raising ``Can
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +41,29 @@ class RuntimeContainer:
     started: bool  # it has run at some point (created-only containers have not)
     exit_code: int | None
     created: float  # wall-clock seconds; the newest container of a name wins
+    rolled_back_from: str | None = None  # a rollback's container: the spec hash that failed
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeImage:
+    """One image in the runtime's store, as the image GC sees it."""
+
+    id: str
+    names: tuple[str, ...]  # its tags and digests ("registry/repo:tag", "repo@sha256:...")
+    size: int  # bytes
+    containers: int  # containers of any owner created from it (the runtime refuses to remove it)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """A filesystem's space, as ``statvfs`` gives it to unprivileged users."""
+
+    free_bytes: int
+    size_bytes: int
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.free_bytes / self.size_bytes if self.size_bytes > 0 else 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +99,27 @@ class RuntimeUsage:
 class Controller(Protocol):
     """Runs one task's container. Every method is idempotent unless it says otherwise."""
 
-    async def prepare(self) -> None:
-        """Create the container (pulling the image as the spec's policy says).
+    async def prepare(self) -> str | None:
+        """Create the container (pulling the image as the spec's policy says, see
+        ``reconciler.pulls``). A rollback (``Task.rollback``) is created from the image ID of
+        the container it names, without a pull.
 
-        Raises ``TaskPrepared`` if the container already exists for this task,
-        ``TemporaryError`` for a failure worth retrying, anything else for a permanent failure.
+        Returns a note for the task's status message when the outcome needs one (a local
+        image used because the pull failed or was refused, a rollback that could not be
+        pinned), else None. Raises ``TaskPrepared`` if the container already exists for this
+        task, ``TemporaryError`` for a failure worth retrying (a failed or refused pull),
+        anything else for a permanent failure.
         """
 
     async def start(self) -> None:
-        """Start the prepared container. Raises ``TaskStarted`` if it is already running."""
+        """Start the prepared container. Raises ``TaskStarted`` if it has already run.
+
+        A task with a health check returns only once the container is healthy (podman's
+        cumulative verdict, after the check's start period and interval); an unhealthy
+        verdict stops the container and raises ``ExitError`` with the health message. Called
+        again after a cancellation, it resumes waiting for the verdict of the running
+        container.
+        """
 
     async def wait(self) -> None:
         """Return when the container exits with code 0.
@@ -180,6 +215,31 @@ class Executor(Protocol):
         """
         ...
 
+    # ------------------------------------------------------------------------- images
+
+    def used_images(self) -> Mapping[str, str]:
+        """The images this node's containers were created from, as of the last ``resync``,
+        and the images pulled since: image ID -> the reference it was used by. No I/O."""
+        ...
+
+    async def list_images(self) -> list[RuntimeImage]:
+        """Every image in the runtime's store, in one listing. Raises ``TemporaryError`` if
+        the runtime does not answer."""
+        ...
+
+    async def remove_image(self, ref: str) -> bool:
+        """Remove one name of an image, or an untagged image by ID; the image itself goes with
+        its last name. Never forced: an image a container uses keeps its last name. Returns
+        whether anything was removed. Raises ``TemporaryError`` if the runtime does not
+        answer."""
+        ...
+
+    async def image_store_space(self) -> DiskSpace | None:
+        """The space of the filesystem holding the runtime's images (podman's graph root),
+        or None when it cannot be known. May ask the runtime once for where that is; raises
+        ``TemporaryError`` if it must and the runtime does not answer."""
+        ...
+
 
 RUNTIME_OPS = (
     "create",
@@ -197,6 +257,10 @@ RUNTIME_OPS = (
 
 DRIFT_KINDS = ("container_missing", "container_exited", "orphan_removed")
 """The corrections ``RuntimeObserver.drift_corrected`` names (the metric's ``kind`` label)."""
+
+PULL_RESULTS = ("pulled", "present", "fallback", "failed", "refused")
+"""The outcomes ``RuntimeObserver.image_pulled`` names (the metric's ``result`` label); what each
+means is ``reconciler.pulls.PullResult``'s docstring."""
 
 
 class RuntimeObserver(Protocol):
@@ -218,6 +282,9 @@ class RuntimeObserver(Protocol):
         process or another one), as the kernel reported it. Called once per kill, on the event
         loop."""
 
+    def image_pulled(self, result: str) -> None:
+        """One pull decision of a prepare: pulled, present, fallback, failed or refused."""
+
 
 class NullObserver:
     """An observer that ignores everything, for tests and tools that export no metrics."""
@@ -232,4 +299,7 @@ class NullObserver:
         pass
 
     def oom_killed(self, name: str, task_id: str) -> None:
+        pass
+
+    def image_pulled(self, result: str) -> None:
         pass

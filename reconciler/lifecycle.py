@@ -158,9 +158,10 @@ async def _step(task: Task, ctlr: Controller) -> TaskStatus:
 
     # These states make a controller call and may proceed past the desired state.
     if state == TaskState.PREPARING:
+        note = None
         with contextlib.suppress(TaskPrepared):
-            await ctlr.prepare()
-        return _transition(status, TaskState.READY, "prepared")
+            note = await ctlr.prepare()
+        return _transition(status, TaskState.READY, f"prepared; {note}" if note else "prepared")
     if state == TaskState.STARTING:
         with contextlib.suppress(TaskStarted):
             await ctlr.start()

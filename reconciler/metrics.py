@@ -10,10 +10,11 @@ text that ``/metrics`` serves. Three kinds of metric live here, for three kinds 
   podman is fast, slow or hung. ``reconciler_tasks`` and ``reconciler_task_state`` count current
   instances only, so a failed instance in the history never keeps an alert firing.
 * **Events** (runtime errors, drift corrections, rejected reloads, start latency, resync
-  duration) are ordinary ``prometheus_client`` counters and histograms on an injected
-  ``CollectorRegistry`` (never the process-global one, so tests and several agents in one
-  process never share series). Every value of a fixed label set is created up front, so
-  ``rate()`` and alerts see a 0 before the first event rather than no series at all.
+  duration, pull decisions, images removed) are ordinary ``prometheus_client`` counters and
+  histograms on an injected ``CollectorRegistry`` (never the process-global one, so tests and
+  several agents in one process never share series). Every value of a fixed label set is
+  created up front, so ``rate()`` and alerts see a 0 before the first event rather than no
+  series at all.
 * **Usage** (per-task CPU, memory, network, block I/O and PIDs; the node's CPU, memory, disk and
   pressure) arrives as one immutable ``reconciler.usage.Usage`` sample per ``--stats-interval``
   (``set_usage``). Its text is rendered once per sample and appended to every scrape, so a
@@ -39,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from reconciler import __version__
-from reconciler.executor import DRIFT_KINDS, RUNTIME_OPS
+from reconciler.executor import DRIFT_KINDS, PULL_RESULTS, RUNTIME_OPS
 from reconciler.hoststats import NodeUsage
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot
@@ -50,6 +51,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DRIFT_KINDS",
     "LOOPS",
+    "PULL_RESULTS",
     "RECONCILE_BUCKETS",
     "RUNTIME_OPS",
     "START_BUCKETS",
@@ -92,14 +94,14 @@ _RESTARTS: Final = (
     "reconciler_task_restarts",
     "Replacements made by the restart policy, per task name, from stored counters.",
 )
+_ROLLBACKS: Final = (
+    "reconciler_task_rollbacks",
+    "Rollbacks of a failed update to the previous spec, per task name, from stored counters.",
+)
 _OOM_KILLS: Final = (
     "reconciler_task_oom_kills",
     "Processes of a task's containers killed by the kernel for lack of memory, per task name, "
     "from stored counters.",
-)
-_ROLLBACKS: Final = (
-    "reconciler_task_rollbacks",
-    "Rollbacks of a failed update to the previous spec, per task name, from stored counters.",
 )
 _LABEL_OF: Final = {s: s.label for s in TaskState}
 
@@ -116,13 +118,13 @@ def snapshot_families(s: Snapshot) -> list[Metric]:
     restarts = CounterMetricFamily(*_RESTARTS, labels=["name"])
     for name, n in s.restarts:
         restarts.add_metric([name], float(n))
-    ooms = CounterMetricFamily(*_OOM_KILLS, labels=["name"])
-    for name, n in s.oom_kills:
-        ooms.add_metric([name], float(n))
     rollbacks = CounterMetricFamily(*_ROLLBACKS, labels=["name"])
     for name, n in s.rollbacks:
         rollbacks.add_metric([name], float(n))
-    return [*_node_families(s, counts), per_task, restarts, ooms, rollbacks]
+    ooms = CounterMetricFamily(*_OOM_KILLS, labels=["name"])
+    for name, n in s.oom_kills:
+        ooms.add_metric([name], float(n))
+    return [*_node_families(s, counts), per_task, restarts, rollbacks, ooms]
 
 
 def render_snapshot(s: Snapshot) -> str:
@@ -143,11 +145,8 @@ def render_snapshot(s: Snapshot) -> str:
                 f'reconciler_task_state{{name="{_escape(t.name)}",id="{_escape(t.id)}",'
                 f'state="{label}"}} 1.0\n'
             )
-    for (name, doc), series in (
-        (_RESTARTS, s.restarts),
-        (_OOM_KILLS, s.oom_kills),
-        (_ROLLBACKS, s.rollbacks),
-    ):
+    per_name = ((_RESTARTS, s.restarts), (_ROLLBACKS, s.rollbacks), (_OOM_KILLS, s.oom_kills))
+    for (name, doc), series in per_name:
         lines.append(f"# HELP {name}_total {doc}\n# TYPE {name}_total counter\n")
         for task_name, n in series:
             value = _SMALL_INTS.get(n) or _go_float(n)
@@ -525,6 +524,21 @@ class Metrics:
             "Corrupt stores moved aside and rebuilt from the runtime's containers.",
             registry=self.registry,
         )
+        self._pulls = Counter(
+            "reconciler_image_pulls",
+            "Pull decisions of prepares, by result: pulled, present (no registry contacted), "
+            "fallback (the local image after a failed or refused pull), failed, refused (the "
+            "image store under the image GC threshold).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in PULL_RESULTS:
+            self._pulls.labels(result)
+        self._images_removed = Counter(
+            "reconciler_images_removed",
+            "Images removed by the image GC.",
+            registry=self.registry,
+        )
         self._event_metrics: tuple[Counter | Histogram, ...] = (
             self._drift,
             self._runtime_errors,
@@ -533,6 +547,8 @@ class Metrics:
             self._reconcile,
             self._loop_restarts,
             self._store_rebuilds,
+            self._pulls,
+            self._images_removed,
         )
 
     # ------------------------------------------------------------------ RuntimeObserver
@@ -557,6 +573,13 @@ class Metrics:
     def oom_killed(self, name: str, task_id: str) -> None:
         """Accepted and ignored: ``reconciler_task_oom_kills_total`` comes from the snapshot."""
 
+    def image_pulled(self, result: str) -> None:
+        """Count one pull decision. Raises ``ValueError`` for a result outside the contract."""
+        if result not in PULL_RESULTS:
+            raise ValueError(f"unknown pull result {result!r}; expected one of {PULL_RESULTS}")
+        self._pulls.labels(result).inc()
+        self._bump()
+
     # ------------------------------------------------------------------ agent events
 
     def desired_state_error(self) -> None:
@@ -575,6 +598,12 @@ class Metrics:
         """Count one corrupt store moved aside and rebuilt."""
         self._store_rebuilds.inc()
         self._bump()
+
+    def images_removed(self, n: int) -> None:
+        """Count images the image GC removed."""
+        if n > 0:
+            self._images_removed.inc(n)
+            self._bump()
 
     def observe_task_start(self, seconds: float) -> None:
         """Record one task's time from assignment to running."""

@@ -93,12 +93,12 @@ class Snapshot:
     tasks: tuple[TaskView, ...] = ()
     # restarts per name from stored counters, including names with no current instance
     restarts: tuple[tuple[str, int], ...] = field(default=())
+    # rollbacks per name from stored counters (names that never rolled back are left out)
+    rollbacks: tuple[tuple[str, int], ...] = field(default=())
     # OOM kills per name from stored counters, for the same names as ``restarts``
     oom_kills: tuple[tuple[str, int], ...] = ()
     # (condition, holds) from the last node usage sample; empty before one (never readiness)
     conditions: tuple[tuple[Condition, bool], ...] = ()
-    # rollbacks per name from stored counters (names that never rolled back are left out)
-    rollbacks: tuple[tuple[str, int], ...] = field(default=())
 
     def current(self) -> tuple[TaskView, ...]:
         return tuple(t for t in self.tasks if t.current)

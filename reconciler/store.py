@@ -91,6 +91,8 @@ _FORMAT_KEY = _META + b"format"
 _PROBE_KEY = _META + b"probe"
 OOM_PREFIX = "oom/"
 """Metadata keys ``oom/<task name>``: OOM kills per task name, kept across instances."""
+IMAGE_PREFIX = "img/"
+"""Metadata keys ``img/<image id>``: images the agent pulled or used (``reconciler.imagegc``)."""
 ADOPT_PENDING = "adopt-pending"
 """Metadata key set on a store that was just created or rebuilt: the agent must adopt the
 runtime's containers before anything else (its value says why: "created" or "rebuilt")."""
@@ -555,6 +557,26 @@ class Store:
     def put_oom_kills(self, name: str, count: int | None) -> None:
         """Store a task name's OOM-kill count (None deletes it). Unsynced, like statuses."""
         self.put_meta(OOM_PREFIX + name, count, sync=False)
+
+    # ----------------------------------------------------------------------- image records
+
+    def image_records(self) -> dict[str, Any]:
+        """The image records (metadata ``m/img/<image id>``): image id -> its JSON value."""
+        return dict(self.walk_meta(IMAGE_PREFIX))
+
+    def put_image_records(self, records: Iterable[tuple[str, Any]]) -> None:
+        """Put image records by image id (a value of None deletes one) in one unsynced batch:
+        losing the last few to a crash only makes an image look a little less recently used.
+        Raises ``StoreWriteError`` if the write fails."""
+        batch = WriteBatch(raw_mode=True)
+        for image_id, value in records:
+            key = _META + (IMAGE_PREFIX + image_id).encode()
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, _dumps(value))
+        if not batch.is_empty():
+            self._write(batch, self._nosync)
 
 
 # ------------------------------------------------------------------------- opening for the agent

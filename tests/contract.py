@@ -37,6 +37,7 @@ AGENT_METRICS = (
     "reconciler_session_connected",
     "reconciler_loop_restarts_total",
     "reconciler_store_rebuilds_total",
+    "reconciler_task_rollbacks_total",
     "reconciler_task_oom_kills_total",
     "reconciler_node_condition",
     *(
@@ -54,7 +55,8 @@ AGENT_METRICS = (
         "reconciler_node_disk_free_bytes",
         "reconciler_node_pressure_seconds_total",
     ),
-    "reconciler_task_rollbacks_total",
+    "reconciler_image_pulls_total",
+    "reconciler_images_removed_total",
 )
 
 #: The metrics a fleet manager exports (each one named in PRODUCT.md).

@@ -126,8 +126,8 @@ def everything() -> Metrics:
         healthy(
             tasks=(task("web", "i1"),),
             restarts=(("web", 0),),
-            oom_kills=(("web", 0),),
             rollbacks=(("web", 1),),
+            oom_kills=(("web", 0),),
             conditions=((Condition.DISK_PRESSURE, False), (Condition.MEMORY_PRESSURE, False)),
         )
     )

@@ -23,7 +23,14 @@ from reconciler.cli.options import desired_dir, state_dir
 if TYPE_CHECKING:
     from reconciler.fleet.connect import NatsOptions
 
-__all__ = ["AgentOptions", "fleet_options", "parse_labels", "parse_listen", "run"]
+__all__ = [
+    "AgentOptions",
+    "fleet_options",
+    "parse_labels",
+    "parse_listen",
+    "parse_percent",
+    "run",
+]
 
 log = logging.getLogger("reconciler")
 
@@ -43,6 +50,7 @@ class AgentOptions:
     stats_interval: float
     labels: tuple[tuple[str, str], ...]
     manager: NatsOptions | None  # fleet mode when set
+    image_gc_threshold: float = 15.0  # percent free of the image store; 0: off
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -60,6 +68,19 @@ def parse_labels(items: list[str]) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--node-label: expected KEY=VALUE, got {item!r}")
         labels.append((key, value))
     return tuple(labels)
+
+
+def parse_percent(text: str | None, default: float, flag: str) -> float:
+    """A percentage flag: a number from 0 to 100. Raises ``UsageError``."""
+    if text is None or str(text).strip() == "":
+        return default
+    try:
+        value = float(str(text).strip().removesuffix("%"))
+    except ValueError:
+        raise UsageError(f"{flag}: expected a percentage from 0 to 100, got {text!r}") from None
+    if not 0.0 <= value <= 100.0:
+        raise UsageError(f"{flag}: expected a percentage from 0 to 100, got {text!r}")
+    return value
 
 
 def fleet_options(
@@ -109,6 +130,7 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
         stats_interval=stats,
         labels=parse_labels(args.node_label or []),
         manager=manager,
+        image_gc_threshold=parse_percent(args.image_gc_threshold, 15.0, "--image-gc-threshold"),
     )
 
 

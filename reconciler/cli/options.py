@@ -123,6 +123,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
             Flag("resync-interval", "full resync period (default 30s)", "DURATION"),
             Flag("stats-interval", "usage sampling period (default 10s; 0: off)", "DURATION"),
             Flag(
+                "image-gc-threshold",
+                "remove the agent's unneeded images while the image store has less than this "
+                "percent free, and refuse pulls meanwhile (default 15; 0: off)",
+                "PERCENT",
+            ),
+            Flag(
                 "manager", "fleet mode: the manager's NATS server(s), nats://HOST:PORT[,...]", "URL"
             ),
             Flag("manager-creds", "fleet mode: this node's NATS credentials", "FILE"),

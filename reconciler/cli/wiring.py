@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,10 @@ __all__ = ["container_logs", "run_agent"]
 
 log = logging.getLogger("reconciler")
 
+BOOT_ID_ENV = "RECONCILER_TEST_BOOT_ID"
+"""For tests only, and undocumented on purpose: the boot id the agent takes instead of the
+kernel's, so an end-to-end test can make the agent see a host reboot."""
+
 
 async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> int:
     """Wire and run the agent until SIGTERM or SIGINT; containers keep running."""
@@ -49,6 +54,8 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
             labels=opts.labels,
             stats_interval=opts.stats_interval,
             state_dir=str(opts.state_dir),
+            boot_id=os.environ.get(BOOT_ID_ENV) or None,
+            image_gc_threshold=opts.image_gc_threshold,
         ),
         store=opened.store,
         clock=clock,
@@ -86,6 +93,7 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
         observer=agent,
         agent_version=__version__,
         discover=rediscovery(opts.podman_url, opts.state_dir),
+        image_gc_threshold=opts.image_gc_threshold,
     )
     session = _session(opts, node_id, agent, clock)
     try:

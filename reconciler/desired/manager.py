@@ -177,6 +177,7 @@ class LocalManager:
                         c.started,
                         c.exit_code,
                         c.created,
+                        c.rolled_back_from,
                     )
                     adopted[name] = NameRecord(name, adopted=a)
             meta: list[tuple[str, Any]] = [(record_key(n), r.to_json()) for n, r in adopted.items()]

@@ -30,6 +30,7 @@ before it re-raises ``CancelledError``, so no podman request is left half-observ
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -285,16 +286,19 @@ class PodmanAPI:
 
     # ---------------------------------------------------------------------------- images
 
-    async def pull(self, image: str) -> None:
-        """Pull ``image``. podman answers 200 and reports a failure inside the stream."""
+    async def pull(self, image: str) -> str:
+        """Pull ``image``; return the pulled image's ID. podman answers 200 and reports a
+        failure inside the stream, which is raised as ``TemporaryError``. Registries are as
+        the host's registries.conf configures them (an insecure one is marked there)."""
 
-        def run(api: APIClient) -> None:
+        def run(api: APIClient) -> str:
             resp = _check(
                 api.post(
                     "/images/pull",
                     params={"reference": image, "quiet": True, "policy": "always"},
                 )
             )
+            image_id = ""
             for line in resp.text.splitlines():
                 line = line.strip()
                 if not line:
@@ -303,10 +307,38 @@ class PodmanAPI:
                     item = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(item, dict) and item.get("error"):
+                if not isinstance(item, dict):
+                    continue
+                if item.get("error"):
                     raise TemporaryError(f"pulling image {image} failed: {item['error']}")
+                image_id = str(item.get("id") or image_id)
+            return image_id
 
-        await self._slow("pull", f"pulling image {image}", run, deadline=self.deadlines.pull)
+        return await self._slow("pull", f"pulling image {image}", run, deadline=self.deadlines.pull)
+
+    async def images(self) -> builtins.list[dict[str, Any]]:
+        """Every image in the store, as podman lists them (``Id``, ``RepoTags``, ``Size``,
+        ``Containers``)."""
+
+        def run(api: APIClient) -> builtins.list[dict[str, Any]]:
+            return builtins.list(_check(api.get("/images/json")).json() or [])
+
+        return await self._quick("list", "listing images", run, deadline=self.deadlines.read)
+
+    async def remove_image(self, ref: str) -> bool:
+        """Remove a name of an image, or an image by ID, never forced. Returns whether the
+        image itself was deleted (removing one of several names only untags). Raises
+        ``ImageInUse`` when a container uses it, ``NotFound``/``ImageMissing`` when it is gone.
+        """
+
+        def run(api: APIClient) -> bool:
+            resp = _check(api.delete(f"/images/{ref}"))
+            body = resp.json() if resp.content else {}
+            return bool(isinstance(body, dict) and body.get("Deleted"))
+
+        return await self._slow(
+            "remove", f"removing image {ref}", run, deadline=self.deadlines.write
+        )
 
     # ------------------------------------------------------------------------------ node
 

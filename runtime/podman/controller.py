@@ -3,18 +3,29 @@
 This module owns the per-task semantics of the podman runtime and keeps podman round trips to
 one per step where it can:
 
-* **prepare** is one ``create`` (the image policy adds a pull only when it must). A name
-  conflict is resolved by one inspect: the same task id means ``TaskPrepared``.
-* **start** is one ``start`` for a container this controller created; an adopted container is
-  inspected first, and one that has ever run counts as started (``TaskStarted``), so a restart of
-  the agent never runs a container twice.
+* **prepare** is one ``create`` (the pull policy, ``reconciler.pulls``, adds a pull only when
+  it must). A name conflict is resolved by one inspect: the same task id means
+  ``TaskPrepared``. A rollback is pinned: one inspect of the container it rolls back to gives
+  the image ID it is created from (no pull), so a tag moved to another build meanwhile cannot
+  bring that build back; its container is labelled with the failed spec's hash. Without that
+  container, the spec's image is used, and the status message says so.
+* **start** is one ``start`` for a container this controller created and has no health check;
+  an adopted container is inspected first, and one that has ever run counts as started
+  (``TaskStarted``), so a restart of the agent never runs a container twice. With a health
+  check, ``start`` returns only once the container is healthy (as SwarmKit's docker
+  controller does): after the check's ``interval`` (podman counts no failure within
+  ``startPeriod``), one check per interval until podman's cumulative verdict is "healthy";
+  "unhealthy" stops the container and fails the start with the health message. A start
+  cancelled meanwhile (an update) lets the check in flight finish, and a start called again
+  resumes waiting for the verdict of the running container.
 * **wait** watches the container's events *before* inspecting it once, so no exit can fall
   between the two; then it sleeps on the event queue (no thread, no polling). Events older than
   the container's ``StartedAt`` are ignored. A running adopted container is re-attached, an
   exited one is judged by its exit code, a missing one is ``ContainerGone``.
-* **health checks** run inside ``wait`` on the spec's interval through the injected clock, one
-  ``GET /containers/{name}/healthcheck`` per interval. podman's verdict already counts retries;
-  "unhealthy" stops the container and ends the task with ``ExitError`` and a health message.
+* **health checks** keep running inside ``wait`` on the spec's interval through the injected
+  clock, one ``GET /containers/{name}/healthcheck`` per interval. podman's verdict already
+  counts retries; "unhealthy" stops the container and ends the task with ``ExitError`` and a
+  health message.
 * **drift**: an exit or removal this controller did not cause is counted as
   ``container_exited`` / ``container_missing``.
 * **update** applies resource limits live and verifies them in the container's cgroup, because
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +58,8 @@ from reconciler.errors import (
     TemporaryError,
 )
 from reconciler.executor import ContainerStatus, RuntimeObserver
-from reconciler.model import Task
+from reconciler.model import Rollback, Task
+from reconciler.pulls import PullResult, prepare_image
 from runtime.podman import cgroups
 from runtime.podman.client import PodmanAPI
 from runtime.podman.errors import ImageMissing, NameConflict, NotFound
@@ -60,7 +73,9 @@ from runtime.podman.spec import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
 
 CONNECT_GRACE = 10.0
 """How long ``wait`` waits for the event stream to (re)connect before reporting it down."""
@@ -90,6 +105,10 @@ def parse_timestamp_ns(text: str | None) -> int:
     return secs * 1_000_000_000 + ns
 
 
+async def _never_refused() -> str | None:
+    return None
+
+
 @dataclass
 class Runtime:
     """What every controller of one executor shares."""
@@ -101,6 +120,10 @@ class Runtime:
     node_id: str
     registry: dict[str, PodmanController] = field(default_factory=dict)
     is_up: Callable[[], bool] = lambda: True
+    pull_refusal: Callable[[], Awaitable[str | None]] = _never_refused
+    """Why a pull may not happen now (the image store is short of space), or None."""
+    pulled: Callable[[str, str], None] = lambda image_id, ref: None
+    """Told of every pulled image: its ID and the reference it was pulled by."""
 
 
 class PodmanController:
@@ -109,7 +132,13 @@ class PodmanController:
     def __init__(self, runtime: Runtime, task: Task) -> None:
         self._rt = runtime
         self._task = task
-        self._kwargs = create_kwargs(task.spec, task_id=task.id, node_id=runtime.node_id)
+        rollback = task.rollback
+        self._kwargs = create_kwargs(
+            task.spec,
+            task_id=task.id,
+            node_id=runtime.node_id,
+            rolled_back_from=rollback.failed_hash if rollback is not None else None,
+        )
         self.name = container_name(task.spec, task.id)
         self._cid: str | None = task.status.container_id
         self._pid: int | None = task.status.pid
@@ -118,6 +147,7 @@ class PodmanController:
         self._stopping = False  # the agent itself is stopping or removing the container
         self._killed_outside = False
         self._oom_kills: list[tuple[int | None, str]] = []  # (pid, process) the kernel killed
+        self._health_detail = "unhealthy"
 
     # ------------------------------------------------------------------------ accessors
 
@@ -139,30 +169,51 @@ class PodmanController:
 
     # -------------------------------------------------------------------------- prepare
 
-    async def prepare(self) -> None:
+    async def prepare(self) -> str | None:
         spec = self._task.spec
-        if spec.pull == "always":
-            await self._pull()
-        try:
-            await self._create()
-        except ImageMissing:
-            if spec.pull == "never":
-                self._rt.observer.runtime_error("create")
-                raise PermanentError(
-                    f"image {spec.image} is not present and the pull policy is never"
-                ) from None
-            await self._pull()
-            try:
-                await self._create()
-            except ImageMissing as err:
-                self._rt.observer.runtime_error("create")
-                raise TemporaryError(f"image {spec.image} is still missing after a pull") from err
+        rollback = self._task.rollback
+        note = None
+        if rollback is not None:
+            pinned = await self._pinned_image(rollback)
+            if pinned is not None:
+                with contextlib.suppress(ImageMissing):
+                    await self._create(image=pinned)
+                    self._rt.observer.image_pulled(PullResult.PRESENT)
+                    self._created_here = True
+                    return None
+            note = (
+                f"rollback not pinned: container {rollback.image_from} is gone, "
+                f"so its image could not be used; using {spec.image} as the spec names it"
+            )
+            log.warning("%s task=%s", note, self.name)
+        pulled = await prepare_image(
+            spec.image,
+            spec.pull,
+            create=self._create,
+            pull=self._pull,
+            refusal=self._rt.pull_refusal,
+            observe=self._rt.observer.image_pulled,
+        )
         self._created_here = True
+        if pulled is not None:
+            log.warning("%s task=%s", pulled, self.name)
+        return "; ".join(n for n in (note, pulled) if n) or None
 
-    async def _create(self) -> None:
-        """One create call; a name conflict means our container exists: adopt it."""
+    async def _pinned_image(self, rollback: Rollback) -> str | None:
+        """The image ID of the container a rollback is pinned to, or None if it is gone."""
         try:
-            self._cid = await self._rt.api.create(self._kwargs)
+            info = await self._rt.api.inspect(rollback.image_from)
+        except NotFound:
+            return None
+        image = str(info.get("Image") or "")
+        return image or None
+
+    async def _create(self, image: str | None = None) -> None:
+        """One create call (from ``image`` instead of the spec's when given); a name conflict
+        means our container exists: adopt it."""
+        kwargs = self._kwargs if image is None else {**self._kwargs, "image": image}
+        try:
+            self._cid = await self._rt.api.create(kwargs)
         except NameConflict:
             await self._adopt_existing()
             raise TaskPrepared() from None
@@ -170,13 +221,15 @@ class PodmanController:
     async def _pull(self) -> None:
         image = self._task.spec.image
         try:
-            await self._rt.api.pull(image)
+            image_id = await self._rt.api.pull(image)
         except TemporaryError:
             raise
         except ReconcilerError as err:
             # A registry refusing is worth retrying too: every failed pull under missing or
             # always is temporary (docs/desired-state.md, "Images and pulls").
             raise TemporaryError(f"pulling image {image} failed: {err}") from err
+        if image_id:
+            self._rt.pulled(image_id, image)
 
     async def _adopt_existing(self) -> None:
         """The name is taken: it is ours if it carries this task's id."""
@@ -198,7 +251,10 @@ class PodmanController:
             info = await self._inspect_or_gone()
             state = info.get("State") or {}
             if state.get("Running") or parse_timestamp_ns(state.get("StartedAt")) > 0:
-                # It has run before (maybe still runs): never run it a second time.
+                # It has run before (maybe still runs): never run it a second time. A start
+                # that was cancelled while it waited for the health verdict resumes that wait.
+                if state.get("Running") and runs_healthcheck(self._task.spec):
+                    await self._until_healthy(_health_status(state))
                 raise TaskStarted()
         self._stopping = False
         try:
@@ -208,6 +264,47 @@ class PodmanController:
         self._created_here = False
         if not started:
             raise TaskStarted()
+        if runs_healthcheck(self._task.spec):
+            await self._until_healthy("starting")
+
+    async def _until_healthy(self, status: str) -> None:
+        """Run the health check every interval until podman's cumulative verdict is healthy.
+
+        ``status`` is the verdict known so far. An unhealthy verdict stops the container and
+        raises ``ExitError``; a container that stopped meanwhile is left to ``wait``, which
+        judges its exit. Retries are podman's, never counted here a second time."""
+        hc = self._task.spec.healthcheck
+        assert hc is not None
+        while status != "healthy":
+            if status == "unhealthy":
+                await self._fail_unhealthy(self._health_detail)
+            await self._rt.clock.sleep(hc.interval)
+            try:
+                verdict = await self._rt.api.healthcheck(self.name, check_timeout=hc.timeout)
+            except NotFound:
+                self._gone()
+            except TemporaryError:
+                raise
+            except ReconcilerError:
+                # The check could not run: the container no longer runs (wait judges the
+                # exit), or podman refused it once; look at the container.
+                info = await self._inspect_or_gone()
+                state = info.get("State") or {}
+                if not state.get("Running"):
+                    return
+                status = _health_status(state)
+                continue
+            if str(verdict.get("Status", "")).lower() == "healthy":
+                return
+            # One failed check reads "unhealthy" here; the stored verdict applies the retries
+            # and the start period.
+            info = await self._inspect_or_gone()
+            state = info.get("State") or {}
+            if not state.get("Running"):
+                return
+            stored = state.get("Health") or state.get("Healthcheck") or {}
+            status = _health_status(state)
+            self._health_detail = _health_detail(stored)
 
     # ----------------------------------------------------------------------------- wait
 
@@ -474,6 +571,13 @@ class PodmanController:
             self._rt.observer.runtime_error("update")
             raise PermanentError("resources did not change in place: " + "; ".join(problems))
         self._task = task
+
+
+def _health_status(state: dict[str, Any]) -> str:
+    """podman's stored health verdict of an inspected container: starting, healthy or
+    unhealthy (lowercase; "starting" when it has none yet)."""
+    health = state.get("Health") or state.get("Healthcheck") or {}
+    return str(health.get("Status") or "starting").lower()
 
 
 def _health_detail(verdict: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ know what podman's errors look like:
 * no answer (connection refused, socket missing, timeout, broken stream, deadline passed, call
   aborted) -> ``RuntimeUnavailable`` (a ``TemporaryError``);
 * 404 -> ``NotFound``; a name already in use -> ``NameConflict``; an image not present ->
-  ``ImageMissing``; these are outcomes the controller turns into idempotent results;
+  ``ImageMissing``; an image a container uses -> ``ImageInUse``; these are outcomes the
+  controller and the image GC turn into idempotent results;
 * a 5xx whose text says it is transient (locks, timeouts, "try again") -> ``TemporaryError``;
 * any other 4xx/5xx -> ``PermanentError`` carrying podman's own explanation.
 """
@@ -21,10 +22,12 @@ import podman.errors
 import requests
 
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
+from reconciler.pulls import ImageAbsent
 from runtime.podman.transport import Aborted
 
 __all__ = [
     "QUIET",
+    "ImageInUse",
     "ImageMissing",
     "NameConflict",
     "NotFound",
@@ -58,8 +61,12 @@ class NameConflict(PermanentError):
     """A container with that name already exists."""
 
 
-class ImageMissing(PermanentError):
+class ImageMissing(ImageAbsent):
     """The image is not in local storage."""
+
+
+class ImageInUse(PermanentError):
+    """The image cannot be removed: a container uses it."""
 
 
 def _explanation(err: podman.errors.APIError) -> str:
@@ -110,6 +117,8 @@ def translate(err: BaseException, *, what: str) -> ReconcilerError:
             return NotFound(f"{what}: {text}")
         if "already in use" in low:
             return NameConflict(f"{what}: {text}")
+        if "image is in use" in low or "in use by a container" in low:
+            return ImageInUse(f"{what}: {text}")
         if "image not known" in low or "no such image" in low:
             return ImageMissing(f"{what}: {text}")
         if status >= 500 and (
@@ -137,5 +146,5 @@ def _root_cause(err: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-QUIET: tuple[type[ReconcilerError], ...] = (NotFound, NameConflict, ImageMissing)
+QUIET: tuple[type[ReconcilerError], ...] = (NotFound, NameConflict, ImageMissing, ImageInUse)
 """Outcomes, not failures: they are not counted as runtime errors."""

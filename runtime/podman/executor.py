@@ -19,31 +19,53 @@ down, and the executor follows a socket that appears later; an explicit URL is n
 
 ``resync()`` is the level-triggered safety net behind the event stream: one relist of this
 node's containers, compared with what every pending ``wait`` believes; any disagreement (a
-container gone, or no longer running) makes that waiter re-inspect and judge.
+container gone, or no longer running) makes that waiter re-inspect and judge. The same listing
+says which images this node's containers use (``used_images``, for the image GC's records).
 
 ``usage()`` samples the running containers from the kernel's own files, with the pids podman
 already gave (``runtime.podman.usage``), and OOM kills come from the kernel log
 (``runtime.podman.oom``): neither calls podman.
+
+**Images and disk.** The image store is podman's graph root (``podman info``'s
+``store.graphRoot``, learnt from ``describe`` or, before that, from one info call when first
+needed); its space is one ``statvfs``. While it is under ``image_gc_threshold`` percent free,
+controllers refuse to pull (``reconciler.pulls``). Images are listed and removed by name or ID
+for the image GC (``reconciler.imagegc``), never forced.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import os
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from reconciler.clock import Clock
 from reconciler.errors import PermanentError
-from reconciler.executor import RuntimeContainer, RuntimeObserver, RuntimeUsage, Supervise
+from reconciler.executor import (
+    DiskSpace,
+    RuntimeContainer,
+    RuntimeImage,
+    RuntimeObserver,
+    RuntimeUsage,
+    Supervise,
+)
 from reconciler.model import NodeDescription, Task
+from reconciler.pulls import pull_refusal
 from runtime.podman.client import PodmanAPI
 from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
-from runtime.podman.errors import NotFound
+from runtime.podman.errors import ImageInUse, ImageMissing, NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream
 from runtime.podman.oom import KernelLogOoms, OomKill
 from runtime.podman.probe import Discover, Liveness
 from runtime.podman.reach import Reachability
-from runtime.podman.spec import NODE_LABEL, SPEC_HASH_LABEL, TASK_ID_LABEL, TASK_NAME_LABEL
+from runtime.podman.spec import (
+    NODE_LABEL,
+    ROLLED_BACK_FROM_LABEL,
+    SPEC_HASH_LABEL,
+    TASK_ID_LABEL,
+    TASK_NAME_LABEL,
+)
 from runtime.podman.usage import Target, UsageReader
 
 ORPHAN_STOP_TIMEOUT = 10.0
@@ -63,9 +85,11 @@ class PodmanExecutor:
         agent_version: str,
         max_workers: int = 8,
         discover: Discover | None = None,
+        image_gc_threshold: float = 15.0,
     ) -> None:
         """``discover``, when given, finds podman's socket again while podman is down (see the
-        module docstring); leave it out for a URL the user gave."""
+        module docstring); leave it out for a URL the user gave. Pulls are refused while the
+        image store has under ``image_gc_threshold`` percent free (0: never)."""
         if not node_id:
             raise ValueError("node_id must not be empty")
         self.url = url
@@ -94,12 +118,17 @@ class PodmanExecutor:
             observer=observer,
             node_id=node_id,
             is_up=lambda: self._reach.up,
+            pull_refusal=self._pull_refusal,
+            pulled=self._pulled,
         )
         self._started = False
         self._closed = False
         self._usage = UsageReader()
         self._ooms = KernelLogOoms(self._oom_kill)
         self._graph_root: str | None = None
+        self.image_gc_threshold = image_gc_threshold
+        self._used_images: dict[str, str] = {}  # image id -> reference, at the last relist
+        self._pulled_images: dict[str, str] = {}  # pulled since the last relist
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -216,6 +245,7 @@ class PodmanExecutor:
                     started=_started(c),
                     exit_code=int(code) if isinstance(code, int) else None,
                     created=_created(c.get("Created")),
+                    rolled_back_from=labels.get(ROLLED_BACK_FROM_LABEL) or None,
                 )
             )
         return out
@@ -261,9 +291,14 @@ class PodmanExecutor:
         Raises ``TemporaryError`` when podman does not answer."""
         listed = await self._api.list(labels={NODE_LABEL: self.node_id})
         by_name: dict[str, dict[str, Any]] = {}
+        used: dict[str, str] = {}
         for c in listed:
             for n in c.get("Names") or ():
                 by_name[str(n).lstrip("/")] = c
+            image_id = str(c.get("ImageID") or "")
+            if image_id:
+                used[image_id] = str(c.get("Image") or "")
+        self._used_images, self._pulled_images = used, {}
         for cname, ctlr in list(self._rt.registry.items()):
             ctlr.observe(by_name.get(cname))
         for name in self._events.watched_names():
@@ -293,6 +328,63 @@ class PodmanExecutor:
                 ctlr.oom_killed(kill.pid, kill.process)
                 self._observer.oom_killed(ctlr.task.name, ctlr.task.id)
                 return
+
+    # ------------------------------------------------------------------------- images
+
+    def used_images(self) -> Mapping[str, str]:
+        """Images of this node's containers at the last ``resync``, and images pulled since:
+        image ID -> the reference used. No I/O."""
+        return {**self._used_images, **self._pulled_images}
+
+    def _pulled(self, image_id: str, ref: str) -> None:
+        self._pulled_images[image_id] = ref
+
+    async def list_images(self) -> list[RuntimeImage]:
+        """Every image in podman's store, from one list call."""
+        out = []
+        for img in await self._api.images():
+            tags = tuple(str(t) for t in img.get("RepoTags") or () if t and "<none>" not in t)
+            containers = img.get("Containers")
+            out.append(
+                RuntimeImage(
+                    id=str(img.get("Id") or ""),
+                    names=tags,
+                    size=int(img.get("Size") or 0),
+                    containers=int(containers) if isinstance(containers, int) else 0,
+                )
+            )
+        return [i for i in out if i.id]
+
+    async def remove_image(self, ref: str) -> bool:
+        """Remove one name of an image, or an untagged image by ID; never forced. Whether the
+        image itself went (a container using it keeps it)."""
+        try:
+            return await self._api.remove_image(ref)
+        except (ImageInUse, ImageMissing, NotFound):
+            return False
+
+    async def image_store_space(self) -> DiskSpace | None:
+        """``statvfs`` of podman's graph root (learnt from ``podman info`` once)."""
+        if self._graph_root is None:
+            info = await self._api.info()
+            self._graph_root = str((info.get("store") or {}).get("graphRoot") or "") or None
+        return disk_space(self._graph_root)
+
+    async def _pull_refusal(self) -> str | None:
+        if self.image_gc_threshold <= 0:
+            return None
+        return pull_refusal(await self.image_store_space(), self.image_gc_threshold)
+
+
+def disk_space(path: str | None) -> DiskSpace | None:
+    """The space of the filesystem holding ``path`` (None when it cannot be read)."""
+    if not path:
+        return None
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return DiskSpace(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
 
 
 def _created(value: object) -> float:

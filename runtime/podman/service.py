@@ -9,7 +9,9 @@ Each service gets ``--root``, ``--runroot`` *and* ``--tmpdir`` under one base di
 its own tmpdir podman shares ``/run/libpod`` (events log, locks) with the host's podman. The
 socket path must stay under 108 bytes (the ``sun_path`` limit), so callers pass a short base
 directory such as one made by ``tempfile.mkdtemp(prefix="rcp-", dir="/tmp")``.
-``CONTAINERS_CONF`` is passed on, which is how hosts with cgroups in hybrid mode select runc.
+``CONTAINERS_CONF`` is passed on, which is how hosts with cgroups in hybrid mode select runc;
+``registries_conf`` becomes the service's ``CONTAINERS_REGISTRIES_CONF`` (a test marks a local
+registry insecure there, as an operator would in the host's registries.conf).
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ class PodmanService:
         *,
         containers_conf: Path | str | None = None,
         podman: str = "podman",
+        registries_conf: Path | str | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.podman = podman
         self.containers_conf = Path(containers_conf) if containers_conf else None
+        self.registries_conf = Path(registries_conf) if registries_conf else None
         self.socket_path = self.base_dir / "s.sock"
         if len(str(self.socket_path)) > SUN_PATH_MAX:
             raise ServiceError(f"socket path {self.socket_path} is longer than {SUN_PATH_MAX}")
@@ -83,6 +87,8 @@ class PodmanService:
         env = dict(os.environ)
         if self.containers_conf is not None:
             env["CONTAINERS_CONF"] = str(self.containers_conf)
+        if self.registries_conf is not None:
+            env["CONTAINERS_REGISTRIES_CONF"] = str(self.registries_conf)
         env.pop("CONTAINER_HOST", None)
         return env
 

@@ -30,6 +30,8 @@ NODE_LABEL = "reconciler.node"
 TASK_ID_LABEL = "reconciler.task.id"
 TASK_NAME_LABEL = "reconciler.task.name"
 SPEC_HASH_LABEL = "reconciler.task.spec-hash"
+ROLLED_BACK_FROM_LABEL = "reconciler.task.rolled-back-from"
+"""On a rollback's container: the spec hash of the update that failed."""
 RESERVED_LABEL_PREFIX = "reconciler."
 
 CPU_PERIOD_US = 100_000
@@ -68,13 +70,17 @@ def signal_number(name: str | None) -> int | None:
         raise SpecError(f"stopSignal: unknown signal {name!r}") from None
 
 
-def container_labels(spec: TaskSpec, *, task_id: str, node_id: str) -> dict[str, str]:
+def container_labels(
+    spec: TaskSpec, *, task_id: str, node_id: str, rolled_back_from: str | None = None
+) -> dict[str, str]:
     """The task's own labels plus the reserved ones, which always win."""
     labels = {k: v for k, v in spec.labels if not k.startswith(RESERVED_LABEL_PREFIX)}
     labels[TASK_NAME_LABEL] = spec.name
     labels[TASK_ID_LABEL] = task_id
     labels[NODE_LABEL] = node_id
     labels[SPEC_HASH_LABEL] = spec_hash(spec)
+    if rolled_back_from:
+        labels[ROLLED_BACK_FROM_LABEL] = rolled_back_from
     return labels
 
 
@@ -89,17 +95,22 @@ def _ns(seconds: float) -> int:
     return round(seconds * _NS)
 
 
-def create_kwargs(spec: TaskSpec, *, task_id: str, node_id: str) -> dict[str, Any]:
+def create_kwargs(
+    spec: TaskSpec, *, task_id: str, node_id: str, rolled_back_from: str | None = None
+) -> dict[str, Any]:
     """The keyword arguments for podman-py's ``containers.create()`` for one task instance.
 
-    Pure and deterministic. Raises ``SpecError`` for a spec podman cannot run.
+    ``rolled_back_from`` (a rollback's failed spec hash) becomes a label. Pure and
+    deterministic. Raises ``SpecError`` for a spec podman cannot run.
     """
     if not spec.image:
         raise SpecError("image: must not be empty")
     kw: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec, task_id),
-        "labels": container_labels(spec, task_id=task_id, node_id=node_id),
+        "labels": container_labels(
+            spec, task_id=task_id, node_id=node_id, rolled_back_from=rolled_back_from
+        ),
         # One size-capped log per container; podman rotates it (k8s-file is the driver that
         # honours the size on podman 4.3).
         "log_config": {"Type": "k8s-file", "Config": {"size": int(spec.log_max_size)}},

@@ -21,6 +21,11 @@ Modes:
 from the request lines in the client's bytes, so tests can assert what reached podman and in
 which order.
 
+``hold(pattern)`` holds back every request whose ``METHOD /path`` matches the pattern, in any
+mode: it never reaches podman, its client waits for an answer, and ``held`` records it.
+``release()`` drops the held connections unanswered and stops holding: a test kills the agent
+between two of its calls this way (the call it was about to make never happened).
+
 Plain threads and blocking sockets: one acceptor, two pumps per connection. Nothing here imports
 the agent.
 """
@@ -97,6 +102,9 @@ class FaultProxy:
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
         self._closing = False
+        self.held: list[Request] = []
+        self._hold: re.Pattern[str] | None = None
+        self._released = threading.Event()
 
     @property
     def url(self) -> str:
@@ -120,6 +128,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self._closing = True
+        self._released.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
@@ -150,6 +159,17 @@ class FaultProxy:
         elif old is Mode.BLACKHOLE:
             self._close_all(lambda c: c.saw_blackhole)
         return time.monotonic()
+
+    def hold(self, pattern: str) -> None:
+        """Hold back requests whose ``METHOD /path`` matches ``pattern`` (see the module
+        docstring)."""
+        self._released = threading.Event()
+        self._hold = re.compile(pattern)
+
+    def release(self) -> None:
+        """Stop holding; the held requests' connections are closed, never forwarded."""
+        self._hold = None
+        self._released.set()
 
     def requests_since(self, moment: float) -> list[Request]:
         return [r for r in list(self.requests) if r.at >= moment]
@@ -219,7 +239,13 @@ class FaultProxy:
                     now = time.monotonic()
                     for m in _REQUEST_LINE.finditer(data):
                         path = m.group(2).decode().split("?", 1)[0]
-                        self.requests.append(Request(now, m.group(1).decode(), path))
+                        request = Request(now, m.group(1).decode(), path)
+                        hold = self._hold
+                        if hold is not None and hold.search(f"{request.method} {path}"):
+                            self.held.append(request)
+                            self._released.wait()
+                            return  # dropped unanswered: podman never sees it
+                        self.requests.append(request)
                 try:
                     dst.sendall(data)
                 except OSError:

@@ -63,6 +63,7 @@ class RecordingObserver:
     drift: Counter[str] = field(default_factory=Counter)
     up: list[bool] = field(default_factory=list)
     oom: list[tuple[str, str]] = field(default_factory=list)
+    pulls: Counter[str] = field(default_factory=Counter)
 
     def runtime_error(self, op: str) -> None:
         self.errors[op] += 1
@@ -75,6 +76,9 @@ class RecordingObserver:
 
     def oom_killed(self, name: str, task_id: str) -> None:
         self.oom.append((name, task_id))
+
+    def image_pulled(self, result: str) -> None:
+        self.pulls[result] += 1
 
 
 @dataclass

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import FakeClock
 from reconciler.errors import (
     ContainerGone,
     ExitError,
@@ -27,7 +26,7 @@ from reconciler.errors import (
     TaskStarted,
 )
 from reconciler.lifecycle import do
-from reconciler.model import HealthCheck, Resources, TaskState, task_from_dict
+from reconciler.model import Resources, TaskState, task_from_dict
 from runtime.podman import PodmanExecutor, cgroups
 from runtime.podman.service import PodmanService
 from tests.e2e.podman_support import (
@@ -301,37 +300,6 @@ async def test_failed_pull_is_temporary_and_says_why(
     assert status.state == TaskState.PREPARING  # type: ignore[attr-defined]
     assert "pulling image localhost:1/unreachable:latest failed" in status.err  # type: ignore[attr-defined]
     assert observer.errors["pull"] >= 1
-
-
-# --------------------------------------------------------------------------------- health
-
-
-async def test_failing_health_check_fails_the_task_with_a_health_message(
-    podman_service: PodmanService, node_id: str, observer: RecordingObserver
-) -> None:
-    clock = FakeClock()
-    ex = new_executor(podman_service.url, node_id, observer, clock=clock)
-    await ex.start()
-    try:
-        hc = HealthCheck(test=("CMD-SHELL", "echo sick; exit 1"), interval=5, timeout=5, retries=2)
-        ctlr, task = resolved(make_task(node_id=node_id, healthcheck=hc), ex)
-        driven = await drive(task, ctlr, until=TaskState.RUNNING)
-        waiting = asyncio.create_task(drive(driven.task, ctlr, until=TaskState.COMPLETE))
-        deadline = time.monotonic() + 60
-        while not waiting.done() and time.monotonic() < deadline:
-            await clock.advance(5)  # one health-check interval on the agent's clock
-            await asyncio.wait({waiting}, timeout=0.2)  # the check's real podman round trip
-        result = await asyncio.wait_for(waiting, 30)
-        st = result.task.status
-        assert st.state == TaskState.FAILED
-        assert "health check failed" in st.message
-        assert "sick" in st.message
-        name = f"{task.spec.name}.{task.id}"
-        assert state_of(podman_service, name)["Running"] is False
-        assert observer.drift["container_exited"] == 0  # the agent stopped it
-        await ctlr.remove()
-    finally:
-        await ex.close()
 
 
 # ----------------------------------------------------------------------- runtime loss
