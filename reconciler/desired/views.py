@@ -74,6 +74,19 @@ def _adopted_view(name: str, a: Adopted) -> TaskView:
     )
 
 
+def _waiting(rec: NameRecord, seen: Mapping[str, Seen]) -> str:
+    """What the name's next step waits for, said on its current instance: the record's own
+    reason, or the error of a replacement that is being prepared and keeps failing (a pull
+    retried with backoff, say)."""
+    if rec.blocked:
+        return rec.blocked
+    if rec.pending is not None:
+        status = seen[rec.pending.id].status if rec.pending.id in seen else None
+        if status is not None and status.err:
+            return f"the new instance is not ready yet ({status.err}); the old one keeps running"
+    return ""
+
+
 def views(records: Mapping[str, NameRecord], seen: Mapping[str, Seen]) -> list[TaskView]:
     """Every instance of every name, as operators see them (see the module docstring)."""
     out: list[TaskView] = []
@@ -81,7 +94,7 @@ def views(records: Mapping[str, NameRecord], seen: Mapping[str, Seen]) -> list[T
         rec = records[name]
         if rec.current is not None:
             cur = rec.current
-            out.append(_view(cur, seen.get(cur.id), rec.restarts, True, rec.blocked))
+            out.append(_view(cur, seen.get(cur.id), rec.restarts, True, _waiting(rec, seen)))
         elif rec.adopted is not None:
             out.append(_adopted_view(name, rec.adopted))
         if rec.pending is not None:

@@ -92,6 +92,7 @@ def test_an_image_that_cannot_be_pulled_leaves_the_old_instance_running_until_it
     assert v2 in waiting["error"]
     current = h.current("web")
     assert current is not None and current["id"] == old["id"] and current["state"] == "running"
+    assert "not ready yet" in current["message"] and v2 in current["message"]  # says why
     assert h.inspect(f"web.{old['id']}")["State"]["Running"] is True
     assert (agent.metric("reconciler_image_pulls_total", result="failed") or 0) >= 1
 
