@@ -62,6 +62,7 @@ from reconciler.executor import Executor
 from reconciler.imagegc import DEFAULT_THRESHOLD, ImageCollector
 from reconciler.metrics import Metrics
 from reconciler.model import NodeDescription, TaskState, TaskStatus
+from reconciler.recovery import StoreOrigin
 from reconciler.reporter import StatusReporter
 from reconciler.session import (
     DesiredInvalid,
@@ -73,7 +74,7 @@ from reconciler.session import (
     Session,
 )
 from reconciler.snapshot import Changes, Snapshot, TaskView, bounded_errors
-from reconciler.store import ADOPT_PENDING, Store, StoreOrigin
+from reconciler.store import ADOPT_PENDING, Store
 from reconciler.supervisor import Supervisor, describe_error
 from reconciler.usage import UsageMonitor
 from reconciler.worker import Worker

@@ -13,9 +13,10 @@ from reconciler.clock import FakeClock, settle
 from reconciler.desired.manager import check_records
 from reconciler.executor import Supervise
 from reconciler.model import RestartPolicy, TaskSpec, TaskState
+from reconciler.recovery import open_store
 from reconciler.session import DesiredInvalid, DesiredTask, DesiredTasks
 from reconciler.sessions.memory import MemorySession
-from reconciler.store import Store, db_path, open_store
+from reconciler.store import Store, db_path
 from runtime.fake import FakeExecutor
 
 S = TaskState

@@ -18,13 +18,12 @@ from reconciler.errors import (
     UnknownTask,
 )
 from reconciler.model import TaskState, TaskStatus
+from reconciler.recovery import StoreOrigin, open_store
 from reconciler.store import (
     ADOPT_PENDING,
     FORMAT_VERSION,
     Store,
-    StoreOrigin,
     db_path,
-    open_store,
 )
 
 from .conftest import make_task

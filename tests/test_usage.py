@@ -22,10 +22,11 @@ from reconciler.executor import RuntimeUsage, TaskUsage
 from reconciler.hoststats import Condition, DiskFree, HostStats, NodeUsage
 from reconciler.metrics import Metrics
 from reconciler.model import RestartPolicy, TaskSpec, TaskState
+from reconciler.recovery import open_store
 from reconciler.session import DesiredTask, DesiredTasks
 from reconciler.sessions.memory import MemorySession
 from reconciler.snapshot import Snapshot
-from reconciler.store import Store, open_store
+from reconciler.store import Store
 from reconciler.usage import Usage, UsageMonitor
 from runtime.fake import FakeExecutor
 

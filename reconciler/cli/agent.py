@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
     for a bad flag and ``StoreError`` when the state dir is in use or the store cannot open."""
     from reconciler.cli.wiring import run_agent
     from reconciler.desired.records import check_records
+    from reconciler.recovery import open_store
     from reconciler.statedir import StateDirLock, load_node_id, prepare_state_dir
-    from reconciler.store import open_store
 
     opts = agent_options(args)
     prepare_state_dir(opts.state_dir)

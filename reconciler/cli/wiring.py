@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from reconciler.agent import Agent
     from reconciler.cli.agent import AgentOptions
     from reconciler.model import NodeDescription
+    from reconciler.recovery import OpenedStore
     from reconciler.session import Session
-    from reconciler.store import OpenedStore
 
 __all__ = ["container_logs", "run_agent"]
 
