@@ -28,7 +28,7 @@ import contextlib
 import gzip
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from reconciler import __version__
@@ -36,7 +36,7 @@ from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.metrics import Metrics
 from reconciler.snapshot import Snapshot
 
-__all__ = ["serve"]
+__all__ = ["Route", "serve", "serve_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -318,4 +318,32 @@ async def serve(
     Raises ``OSError`` when the address cannot be bound.
     """
     app = _App(snapshot, metrics)
+    return await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
+
+
+# ------------------------------------------------------------------- a route table of its own
+
+Route = Callable[[], tuple[int, str, bytes]]
+"""A GET route for ``serve_routes``: returns (status, content type, body)."""
+
+
+class _RouteTable(_App):
+    """The same server, bounds and rules over a route table given by the caller (the fleet
+    manager's endpoints); a ``/metrics`` body is gzipped as the agent's is."""
+
+    def __init__(self, routes: Mapping[str, Route]) -> None:
+        self._routes = {path: _without_request(route) for path, route in routes.items()}
+        self._connections = 0
+        self._gzip_cache = (None, b"")
+
+
+def _without_request(route: Route) -> Callable[[_Request], _Response]:
+    return lambda _: route()
+
+
+async def serve_routes(host: str, port: int, routes: Mapping[str, Route]) -> asyncio.Server:
+    """Start serving ``routes`` (path -> ``Route``) on ``host:port`` (0 picks a free port),
+    GET and HEAD only, with the limits above. Raises ``OSError`` when the address cannot be
+    bound."""
+    app = _RouteTable(routes)
     return await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
