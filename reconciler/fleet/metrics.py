@@ -122,4 +122,17 @@ class ManagerMetrics:
         self._schedule.observe(max(0.0, seconds))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition (format 0.0.4), without the ``_created`` samples that only
+        OpenMetrics carries well (as the agent's ``/metrics``)."""
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _WithoutCreated(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family
