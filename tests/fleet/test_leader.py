@@ -147,3 +147,20 @@ async def test_a_leader_that_cannot_refresh_stops_acting_when_its_hold_runs_out(
     assert store.updates >= 1
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_managers_may_shorten_the_lease_of_an_existing_leader_bucket(
+    server: NatsServer,
+) -> None:
+    nc: Client = await nats.connect(server.url)
+    try:
+        js = nc.jetstream(timeout=5)
+        await init_buckets(js, lease=10.0)
+        results = dict(await init_buckets(js, lease=2.0))
+        assert results[LEADER].value == "updated"
+        info = await js.stream_info(f"KV_{LEADER}")
+        assert info.config.max_age == 2.0
+        kv = await js.key_value(LEADER)
+        assert await kv.create(LEADER_KEY, b'{"id":"m1"}') > 0
+    finally:
+        await nc.close()
