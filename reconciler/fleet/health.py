@@ -24,6 +24,7 @@ pressure), each value being possibly hostile: ``BadValue`` says what is wrong.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,11 +111,13 @@ class NodeHealth:
         self._watching = 0.0
         self._beats: dict[str, Heartbeat | None] = {}
         self._ready_seen: dict[str, float] = {}
+        self._ends: list[float] | None = None  # every verdict's end, sorted; None: stale
 
     def watching(self, now: float) -> None:
         """The manager (re)started watching the nodes at ``now``: nothing it missed before
         counts against a node."""
         self._watching = now
+        self._ends = None
 
     def initial(self, node: str, beat: Heartbeat | None) -> None:
         """A value read when the watch started (its age unknown): the node's description."""
@@ -125,15 +128,19 @@ class NodeHealth:
         self._beats[node] = beat
         if beat is not None and beat.ready:
             self._ready_seen[node] = now
+            self._ends = None
 
     def known(self, node: str) -> None:
         """A node named elsewhere (an assignment): judged like one without a value."""
-        self._beats.setdefault(node, None)
+        if node not in self._beats:
+            self._beats[node] = None
+            self._ends = None
 
     def forget(self, node: str) -> None:
         """The node's key was deleted: forget it."""
         self._beats.pop(node, None)
         self._ready_seen.pop(node, None)
+        self._ends = None
 
     def beat(self, node: str) -> Heartbeat | None:
         return self._beats.get(node)
@@ -151,13 +158,16 @@ class NodeHealth:
 
     def next_change(self, now: float) -> float | None:
         """The earliest time, not before ``now``, after which a verdict may change by time
-        alone (a verdict holds up to and including that time: look just after it)."""
-        soonest: float | None = None
-        for node in self._beats:
-            seen = self._ready_seen.get(node)
-            since = self._watching if seen is None else max(seen, self._watching)
-            ends = (since, since if seen is None else seen)
-            for at in (end + self.grace for end in ends):
-                if at >= now:
-                    soonest = at if soonest is None else min(soonest, at)
-        return soonest
+        alone (a verdict holds up to and including that time: look just after it). Cheap when
+        called again and again: the times are kept sorted until a heartbeat moves them."""
+        if self._ends is None:
+            ends: set[float] = set()
+            for node in self._beats:
+                seen = self._ready_seen.get(node)
+                since = self._watching if seen is None else max(seen, self._watching)
+                ends.add(since + self.grace)
+                if seen is not None:
+                    ends.add(seen + self.grace)
+            self._ends = sorted(ends)
+        i = bisect.bisect_left(self._ends, now)
+        return self._ends[i] if i < len(self._ends) else None

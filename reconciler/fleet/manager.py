@@ -335,8 +335,9 @@ class FleetManager:
                 elif ev.entry is not None and ev.generation == self._generation.get(ev.tag):
                     dirty = self.view.apply(ev.tag, ev.entry, now) or dirty
             self._log_problems()
-            if event is None:  # woken by time: health verdicts or a retry are due
-                dirty = True
+            if event is None:  # woken by time: a retry or a change of health may be due
+                retry = self._retry_at is not None and now >= self._retry_at
+                dirty = dirty or retry or self._verdicts_changed(now)
 
     async def _next_event(self) -> _Event | None:
         """The next event, or None when a node's health may change or a retry is due first."""
@@ -349,6 +350,13 @@ class FleetManager:
             return await asyncio.wait_for(self._events.get(), wait)
         except TimeoutError:
             return None
+
+    def _verdicts_changed(self, now: float) -> bool:
+        """Whether a node's health differs from what the last plan was made with."""
+        judged = self.view.judged(now)
+        return judged.keys() != self.nodes.keys() or any(
+            self.nodes[node].health is not health for node, health in judged.items()
+        )
 
     def _leadership_changed(self, leading: bool) -> None:
         if leading:
@@ -398,7 +406,8 @@ class FleetManager:
         return ok
 
     async def _write(self, js: Any, plan: Plan) -> bool:
-        """Write the plan, a window at a time, while leading. True when every write landed."""
+        """Write the plan, ``write_window`` writes in flight at a time, while leading (checked
+        before each write). True when every write landed."""
         ops: list[Put | Delete] = [*plan.puts, *plan.deletes]
         log.info(
             "scheduling puts=%d deletes=%d unassigned=%d",
@@ -406,43 +415,64 @@ class FleetManager:
             len(plan.deletes),
             len(plan.unassigned),
         )
-        conflicts = failures = 0
-        window = self.config.write_window
-        for start in range(0, len(ops), window):
-            if not self.leading:
-                log.warning("stopped writing: no longer leading")
-                return False
-            chunk = ops[start : start + window]
-            results = await asyncio.gather(
-                *(self._apply(js, op) for op in chunk), return_exceptions=True
-            )
-            for op, result in zip(chunk, results, strict=True):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                if isinstance(result, Conflict):
-                    conflicts += 1
-                elif isinstance(result, BaseException):
-                    failures += 1
-                    if failures == 1:
-                        log.warning(
-                            "assignment write failed key=%s.%s err=%s",
-                            op.node,
-                            op.task,
-                            describe_error(result),
-                        )
-        if conflicts:
+        outcome = {"conflicts": 0, "failures": 0}
+        slots = asyncio.Semaphore(self.config.write_window)
+
+        async def write(op: Put | Delete) -> None:
+            try:
+                await self._apply(js, op)
+            except Conflict:
+                outcome["conflicts"] += 1
+            except Exception as err:
+                outcome["failures"] += 1
+                if outcome["failures"] == 1:
+                    log.warning(
+                        "assignment write failed key=%s.%s err=%s",
+                        op.node,
+                        op.task,
+                        describe_error(err),
+                    )
+            finally:
+                slots.release()
+
+        writes: list[asyncio.Task[None]] = []
+        stopped = False
+        try:
+            for op in ops:
+                await slots.acquire()
+                if not self.leading:
+                    slots.release()
+                    stopped = True
+                    log.warning("stopped writing: no longer leading")
+                    break
+                writes.append(asyncio.create_task(write(op)))
+            await asyncio.gather(*writes)
+        finally:
+            for task in writes:
+                task.cancel()
+        if outcome["conflicts"]:
             log.info(
-                "assignments changed under the manager (%d keys): reading them again", conflicts
+                "assignments changed under the manager (%d keys): reading them again",
+                outcome["conflicts"],
             )
             self._reread = True  # read the assignments afresh before the next plan
-        return not conflicts and not failures
+        return not stopped and not outcome["conflicts"] and not outcome["failures"]
 
     async def _apply(self, js: Any, op: Put | Delete) -> None:
         key = f"{op.node}.{op.task}"
+        value = op.value if isinstance(op, Put) else None
         if isinstance(op, Put):
             last = op.revision or self.view.revisions.get(key, 0)
-            revision = await _publish(js, ASSIGNMENTS, key, op.value, last=last)
-            self.view.wrote(key, op.value, revision)
+        else:
+            last = op.revision
+        self.view.expect(key, value)
+        try:
+            revision = await _publish(js, ASSIGNMENTS, key, value, last=last)
+        except BaseException:
+            self.view.failed(key)
+            raise
+        self.view.wrote(key, value, revision)
+        if isinstance(op, Put):
             if op.moved_from is not None:
                 log.info(
                     "task moved task=%s from=%s to=%s reason=%s",
@@ -452,8 +482,6 @@ class FleetManager:
                     op.reason,
                 )
             return
-        revision = await _publish(js, ASSIGNMENTS, key, None, last=op.revision)
-        self.view.wrote(key, None, revision)
         if op.reason is not None:
             if self.metrics is not None:
                 self.metrics.rescheduled(op.reason)

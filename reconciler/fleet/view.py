@@ -132,6 +132,7 @@ class FleetView:
         self.revisions: dict[str, int] = {}
         self.statuses: dict[str, Reported] = {}
         self.problems: list[str] = []
+        self._expected: dict[str, bytes | None] = {}  # the manager's writes in flight
         self._resources: dict[bytes, tuple[float | None, int | None]] = {}
 
     # ------------------------------------------------------------------------ reading
@@ -206,9 +207,19 @@ class FleetView:
             return self._control(entry)
         return False
 
+    def expect(self, key: str, value: bytes | None) -> None:
+        """The manager is writing ``value`` to ``key``: its echo may come before the
+        acknowledgement, and then changes nothing the manager does not know of."""
+        self._expected[key] = value
+
     def wrote(self, key: str, value: bytes | None, revision: int) -> None:
         """The manager's own write of ``key`` was acknowledged at ``revision``."""
+        self._expected.pop(key, None)
         self._assignment(Entry(key=key, value=value, revision=revision))
+
+    def failed(self, key: str) -> None:
+        """The manager's own write of ``key`` failed: nothing is expected of it any more."""
+        self._expected.pop(key, None)
 
     # ---------------------------------------------------------------------- per bucket
 
@@ -216,6 +227,14 @@ class FleetView:
         key = entry.key
         if entry.revision < self.revisions.get(key, 0):
             return False  # older than what this key is known to hold
+        if key in self._expected:
+            echo = self._expected[key] == entry.value
+            self._store_assignment(entry)
+            return not echo
+        return self._store_assignment(entry)
+
+    def _store_assignment(self, entry: Entry) -> bool:
+        key = entry.key
         self.revisions[key] = entry.revision
         parts = split_key(key)
         if parts is None:
