@@ -19,6 +19,9 @@ may poke at.
 
 JSON bodies are cached per snapshot object, and a gzip body of ``/metrics`` per rendered text,
 so repeated requests against an unchanged agent cost a few identity checks.
+
+``serve_routes`` serves a route table of the caller's with the same server and limits (the
+fleet manager's ``/metrics``, ``/healthz`` and ``/readyz``).
 """
 
 from __future__ import annotations
