@@ -12,8 +12,10 @@ can no longer be trusted) ends leadership at once; the next epoch starts after a
 
 **Leadership** is ``fleet.leader.Elector``'s. Every manager watches and plans (a standby's
 metrics show the fleet too), but only the leader writes, and it checks that it still leads
-before every window of writes. On taking over, the leader reads the assignments afresh, so it
-plans from what the previous leader wrote last, not from a watch that may lag behind it.
+before each write. On taking over, the leader reads the assignments afresh, so it plans from
+what the previous leader wrote last, not from a watch that may lag behind it, and gives every
+node a full grace period before it judges it down, so a failover never reschedules a healthy
+fleet.
 
 **Reconciling** is level-triggered: after any change that the scheduler reads (a service, a
 node's health, labels, capacity or availability, an assignment the manager did not write),
@@ -150,11 +152,13 @@ class FleetManager:
         self._why = "not connected to NATS yet"
         self._leader_kv: KeyValue | None = None
         self._reread = False
+        self._took_over = False
         self._retry_at: float | None = None
         self._warm_until = 0.0
         self._orphaned: dict[str, float] = {}
         self._unassigned: tuple[str, ...] = ()
-        self.passes = 0
+        self.passes = 0  # plans made
+        self.led_passes = 0  # plans made as the leader, to be written
 
     # ------------------------------------------------------------------------ reading
 
@@ -308,6 +312,10 @@ class FleetManager:
     ) -> None:
         dirty = True
         while True:
+            if self._took_over:
+                self._took_over = False
+                # judged afresh: what a standby saw (or missed) counts against no node
+                self.view.health.watching(self._clock.monotonic())
             if self._reread:
                 self._reread = False
                 await self._watch(nc, ASSIGNMENTS, watches, pumps, self._clock.monotonic())
@@ -360,7 +368,7 @@ class FleetManager:
 
     def _leadership_changed(self, leading: bool) -> None:
         if leading:
-            self._reread = True
+            self._took_over = self._reread = True
         self._events.put_nowait(_Event(_LEADERSHIP))
 
     # ------------------------------------------------------------------------ reconciling
@@ -390,11 +398,12 @@ class FleetManager:
             else:
                 log.info("every task is assigned")
             self._unassigned = plan.unassigned
-        if not self.leading:
-            return True
+        if not self.leading or self._took_over or self._reread:
+            return True  # a standby; or it just took over: judge and read afresh first
         if now < self._warm_until:
             self._retry_at = self._warm_until  # every live node has not shown itself yet
             return True
+        self.led_passes += 1
         ok = True
         if not plan.empty:
             ok = await self._write(js, plan)

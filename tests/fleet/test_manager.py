@@ -271,3 +271,39 @@ async def test_the_standby_takes_over_when_the_leader_dies_without_duplicates(
     finally:
         await second.stop()
         await first.kill()
+
+
+async def test_a_new_leader_judges_no_node_down_before_a_full_grace_period(
+    server: NatsServer, fleet: Fleet, agents: Agents
+) -> None:
+    # a lease longer than the grace: the standby sees node-b silent for longer than the grace
+    # before it takes over, and must still give it a full grace period of its own
+    config = {"grace": 4.0, "lease": 8.0}
+    first = ManagerProcess([server.url], "manager-1", **config)
+    first.start()
+    await eventually(lambda: first.leading, "the first manager leads")
+    second = ManagerProcess([server.url], "manager-2", **config)
+    second.start()
+    try:
+        a, b = await agents.start("node-a"), await agents.start("node-b")
+        await ready_nodes(first, 2)
+        await fleet.apply(web(2))
+        where = await eventually(lambda: fleet.settled({"web-1", "web-2"}, [a, b]), "running")
+        on_b = next(t for t, n in where.items() if n == "node-b")
+        await eventually(lambda: second.manager.readiness()[0], "the standby is ready")
+
+        await first.kill()
+        await b.stop()
+        assert second.manager.led_passes == 0
+        await eventually(lambda: second.manager.led_passes > 0, "a pass as the leader", within=60)
+        assert (await fleet.placement())[on_b] == ["node-b"]  # not judged yet
+        assert second.metric("reconciler_manager_nodes", state="down") == 0.0
+
+        moved = await eventually(
+            lambda: fleet.settled({"web-1", "web-2"}, [a]), "node-b's task moved after the grace"
+        )
+        assert moved[on_b] == "node-a"
+        assert second.metric("reconciler_manager_reschedules_total", reason="node_down") == 1.0
+    finally:
+        await second.stop()
+        await first.kill()
