@@ -23,7 +23,7 @@ after a node's health changes by time alone (the driver sleeps until the next su
 and after failed writes (retried after a second), it plans from the whole picture and writes
 the plan. Bursts of changes are applied together, then planned once.
 
-**Writes** are compare-and-set on each key's revision, a window of them at a time, each
+**Writes** are compare-and-set on each key's revision, up to ``write_window`` in flight, each
 acknowledged write applied to the picture at once (so the next plan counts it). A write that
 finds the key changed means the picture lags: the assignments are read afresh and planned
 again. Status keys whose assignment is gone are deleted once they have stayed so for a grace
@@ -154,6 +154,7 @@ class FleetManager:
         self._reread = False
         self._took_over = False
         self._retry_at: float | None = None
+        self._due: float | None = None
         self._warm_until = 0.0
         self._orphaned: dict[str, float] = {}
         self._unassigned: tuple[str, ...] = ()
@@ -343,19 +344,20 @@ class FleetManager:
                 elif ev.entry is not None and ev.generation == self._generation.get(ev.tag):
                     dirty = self.view.apply(ev.tag, ev.entry, now) or dirty
             self._log_problems()
-            if event is None:  # woken by time: a retry or a change of health may be due
+            if self._due is not None and now > self._due:  # time alone may have changed things
                 retry = self._retry_at is not None and now >= self._retry_at
                 dirty = dirty or retry or self._verdicts_changed(now)
 
     async def _next_event(self) -> _Event | None:
-        """The next event, or None when a node's health may change or a retry is due first."""
+        """The next event, or None when a node's health may change or a retry is due first
+        (``_due``: when; events arriving all the time do not put it off)."""
         now = self._clock.monotonic()
         due = [t for t in (self.view.health.next_change(now), self._retry_at) if t is not None]
-        if not due:
+        self._due = min(due) if due else None
+        if self._due is None:
             return await self._events.get()
-        wait = max(0.0, min(due) - now) + 0.001
         try:
-            return await asyncio.wait_for(self._events.get(), wait)
+            return await asyncio.wait_for(self._events.get(), self._due - now + 0.001)
         except TimeoutError:
             return None
 
