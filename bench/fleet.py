@@ -197,8 +197,15 @@ def manager_process(url: str, work: Path) -> Iterator[tuple[str, int]]:
     try:
         yield f"http://127.0.0.1:{port}/metrics", proc.pid
     finally:
+        began = time.monotonic()
         proc.terminate()
-        proc.wait(60)
+        try:
+            code = proc.wait(60)
+            print(f"manager_stop_s={time.monotonic() - began:.3f} manager_exit={code}")
+        except subprocess.TimeoutExpired:
+            print("manager_stop_s=timeout")
+            proc.kill()
+            proc.wait()
         log.close()
 
 
@@ -365,6 +372,7 @@ def main() -> None:
             finally:
                 workers.close()
                 shutil.rmtree(stores, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ last write. The ``Elector`` of each manager, once per connection:
   hold and no standby can have created it meanwhile. ``leading`` reads the clock, so it turns
   false at that moment even while a refresh hangs; the driver checks it before every write.
 * **Resigning.** On a clean stop the leader deletes the key (at its revision), so a standby
-  takes over at its next attempt instead of waiting for the key to age out.
+  takes over at its next attempt instead of waiting for the key to age out; a resigned elector
+  never campaigns again.
 
 The value is JSON, ``{"id": "<manager id>"}``; ``holder`` is the id last seen in it.
 """
@@ -28,8 +29,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from nats.js.errors import KeyWrongLastSequenceError
 
@@ -39,6 +40,7 @@ from reconciler.fleet.values import load_json
 __all__ = ["HOLD", "LEADER_KEY", "Elector", "LeaseStore"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LEADER_KEY = "leader"
 HOLD = 0.9
@@ -77,6 +79,7 @@ class Elector:
         self._value = json.dumps({"id": manager_id}, separators=(",", ":")).encode()
         self._revision: int | None = None
         self._until = 0.0
+        self._resigned = False
         self.holder: str | None = None
 
     @property
@@ -97,7 +100,7 @@ class Elector:
         Never raises for NATS errors."""
         try:
             while True:
-                if self._revision is None:
+                if self._revision is None and not self._resigned:
                     await self._campaign(kv)
                 else:
                     await self._renew(kv)
@@ -112,13 +115,15 @@ class Elector:
                 self._step_down("the connection to NATS ended")
 
     async def resign(self, kv: LeaseStore) -> None:
-        """Stop leading and delete the key, so a standby takes over at once. Never raises."""
+        """Stop leading, for good, and delete the key so a standby takes over at once.
+        Never raises."""
+        self._resigned = True
         revision = self._revision
         if revision is None:
             return
         self._step_down("resigned")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(kv.delete(LEADER_KEY, last=revision), self.renew_every)
+            await _within(self.renew_every, kv.delete(LEADER_KEY, last=revision))
 
     # ------------------------------------------------------------------------ internals
 
@@ -129,7 +134,7 @@ class Elector:
         sent = self._clock.monotonic()
         revision: int | None
         try:
-            revision = await asyncio.wait_for(kv.create(LEADER_KEY, self._value), self._timeout())
+            revision = await _within(self._timeout(), kv.create(LEADER_KEY, self._value))
         except KeyWrongLastSequenceError:
             revision = await self._reclaim(kv, sent)
         except asyncio.CancelledError:
@@ -143,7 +148,7 @@ class Elector:
     async def _reclaim(self, kv: LeaseStore, sent: float) -> int | None:
         """The key exists: note its holder; take it back when it is this manager's own."""
         try:
-            entry = await asyncio.wait_for(kv.get(LEADER_KEY), self._timeout())
+            entry = await _within(self._timeout(), kv.get(LEADER_KEY))
             holder = _holder(entry.value or b"")
         except asyncio.CancelledError:
             raise
@@ -156,8 +161,8 @@ class Elector:
         if holder != self.manager_id:
             return None
         try:
-            revision: int = await asyncio.wait_for(
-                kv.update(LEADER_KEY, self._value, last=entry.revision), self._timeout()
+            revision: int = await _within(
+                self._timeout(), kv.update(LEADER_KEY, self._value, last=entry.revision)
             )
         except asyncio.CancelledError:
             raise
@@ -168,9 +173,9 @@ class Elector:
     async def _renew(self, kv: LeaseStore) -> None:
         sent = self._clock.monotonic()
         try:
-            revision = await asyncio.wait_for(
-                kv.update(LEADER_KEY, self._value, last=self._revision),
+            revision = await _within(
                 max(0.01, min(self._timeout(), self._until - sent)),
+                kv.update(LEADER_KEY, self._value, last=self._revision),
             )
         except KeyWrongLastSequenceError:
             self._step_down("the leader key is gone or held by another manager")
@@ -198,6 +203,13 @@ class Elector:
             self.holder = None
         log.warning("no longer leading: %s", why)
         self._on_change(False)
+
+
+async def _within(seconds: float, call: Awaitable[T]) -> T:
+    """``call``, or ``TimeoutError`` after ``seconds``. Not ``asyncio.wait_for``, which on
+    Python 3.11 can swallow the cancellation that ends the elector."""
+    async with asyncio.timeout(seconds):
+        return await call
 
 
 def _holder(value: bytes) -> str | None:

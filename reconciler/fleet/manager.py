@@ -357,7 +357,10 @@ class FleetManager:
         if self._due is None:
             return await self._events.get()
         try:
-            return await asyncio.wait_for(self._events.get(), self._due - now + 0.001)
+            # asyncio.timeout, not wait_for: under a flood of events, 3.11's wait_for can
+            # swallow the cancellation that stops the manager
+            async with asyncio.timeout(self._due - now + 0.001):
+                return await self._events.get()
         except TimeoutError:
             return None
 
