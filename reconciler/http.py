@@ -26,6 +26,9 @@ the network may poke at.
 JSON bodies are cached per snapshot object, and a gzip body of ``/metrics`` per rendered text,
 so repeated requests against an unchanged agent cost a few identity checks. The page itself is
 rendered per request (it shows durations), which only a person loading it pays for.
+
+``serve_routes`` serves a route table of the caller's with the same server and limits (the
+fleet manager's ``/metrics``, ``/healthz`` and ``/readyz``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import gzip
 import json
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -46,7 +49,7 @@ from reconciler.web import sse
 from reconciler.web.agent_page import CONTENT_SECURITY_POLICY, AgentPage
 from reconciler.web.state import node_json
 
-__all__ = ["Server", "node_json", "serve"]
+__all__ = ["Route", "Server", "node_json", "serve", "serve_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,12 @@ class _App:
         counted = True
         try:
             request = await self._read(reader, writer)
-            if request is not None and request.path == EVENTS_PATH and request.method == "GET":
+            if (
+                request is not None
+                and request.path == EVENTS_PATH
+                and request.method == "GET"
+                and EVENTS_PATH in self._routes
+            ):
                 self._connections -= 1  # a stream counts against MAX_STREAMS instead
                 counted = False
                 await self._stream(reader, writer)
@@ -411,3 +419,34 @@ async def serve(
     app = _App(snapshot, metrics, changes)
     server = await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
     return Server(server, app)
+
+
+# ------------------------------------------------------------------- a route table of its own
+
+Route = Callable[[], tuple[int, str, bytes]]
+"""A GET route for ``serve_routes``: returns (status, content type, body)."""
+
+
+class _RouteTable(_App):
+    """The same server, bounds and rules over a route table given by the caller (the fleet
+    manager's endpoints); a ``/metrics`` body is gzipped as the agent's is."""
+
+    def __init__(self, routes: Mapping[str, Route]) -> None:
+        self._routes = {path: _without_request(route) for path, route in routes.items()}
+        self._connections = 0
+        self._streams = set()
+        self._closing = asyncio.Event()
+        self._changes = None
+        self._gzip_cache = {}
+
+
+def _without_request(route: Route) -> Callable[[_Request], _Response]:
+    return lambda _: route()
+
+
+async def serve_routes(host: str, port: int, routes: Mapping[str, Route]) -> asyncio.Server:
+    """Start serving ``routes`` (path -> ``Route``) on ``host:port`` (0 picks a free port),
+    GET and HEAD only, with the limits above. Raises ``OSError`` when the address cannot be
+    bound."""
+    app = _RouteTable(routes)
+    return await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)

@@ -64,6 +64,14 @@ HANDLERS: dict[tuple[str, ...], Handler] = {
     ("manager", "init"): Handler(
         fleet.manager_init, lambda done, _: "\n".join(f"{what} {bucket}" for bucket, what in done)
     ),
+    ("manager", "run"): Handler(fleet.manager_run),
+    ("manager", "apply"): Handler(fleet.manager_apply, lambda lines, _: "\n".join(lines)),
+    ("manager", "rm"): Handler(fleet.manager_rm, lambda lines, _: "\n".join(lines)),
+    ("manager", "ps"): Handler(fleet.manager_ps, fleet.render_ps),
+    ("manager", "nodes"): Handler(fleet.manager_nodes, fleet.render_nodes),
+    ("manager", "drain"): Handler(fleet.manager_availability, fleet.render_availability),
+    ("manager", "pause"): Handler(fleet.manager_availability, fleet.render_availability),
+    ("manager", "activate"): Handler(fleet.manager_availability, fleet.render_availability),
 }
 
 

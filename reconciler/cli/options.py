@@ -109,6 +109,7 @@ PODMAN_URL = Flag("podman-url", "podman API, unix:///path", "URL")
 NATS = Flag("nats", "NATS server(s): nats://HOST:PORT[,...]", "URL")
 NATS_CREDS = Flag("creds", "NATS credentials of a manager user", "FILE")
 NATS_TLS_CA = Flag("tls-ca", "CA bundle that signs the NATS servers' certificates", "FILE")
+OUTPUT = Flag("output", "output format (default table)", short="-o", choices=("table", "json"))
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -182,6 +183,73 @@ COMMANDS: tuple[CommandSpec, ...] = (
         "create the fleet's buckets (idempotent)",
         (NATS, NATS_CREDS, NATS_TLS_CA),
         fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "run"),
+        "run a fleet manager in the foreground (one leads, the others stand by)",
+        (
+            NATS,
+            NATS_CREDS,
+            NATS_TLS_CA,
+            Flag("listen", "HTTP listen address (default 127.0.0.1:9470)", "HOST:PORT"),
+            Flag(
+                "node-grace",
+                "a node without a ready heartbeat this long is down (default 15s)",
+                "DURATION",
+            ),
+            Flag("lease", "leadership lease, the leader key's age limit (default 10s)", "DURATION"),
+        ),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "apply"),
+        "validate a ServiceSet file and write its services",
+        (
+            Flag("file", "the ServiceSet file", "FILE", short="-f", required=True),
+            NATS,
+            NATS_CREDS,
+            NATS_TLS_CA,
+            Flag(
+                "dry-run",
+                "print what would change and where tasks would go, write nothing",
+                kind=Kind.SWITCH,
+            ),
+            Flag("prune", "also remove the services the file does not name", kind=Kind.SWITCH),
+        ),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "rm"),
+        "remove services (their tasks are removed from every node)",
+        (NATS, NATS_CREDS, NATS_TLS_CA),
+        (Positional("services", "SERVICE", "service names", many=True),),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "ps"),
+        "list the fleet's tasks: service, task, node, state, restarts",
+        (NATS, NATS_CREDS, NATS_TLS_CA, OUTPUT),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "nodes"),
+        "list the fleet's nodes",
+        (NATS, NATS_CREDS, NATS_TLS_CA, OUTPUT),
+        fleet=True,
+    ),
+    *(
+        CommandSpec(
+            ("manager", word),
+            help,
+            (NATS, NATS_CREDS, NATS_TLS_CA, OUTPUT),
+            (Positional("node", "NODE", "the node id"),),
+            fleet=True,
+        )
+        for word, help in (
+            ("drain", "move every task off a node"),
+            ("pause", "keep a node's tasks, place no new ones on it"),
+            ("activate", "make a node take tasks again"),
+        )
     ),
 )
 

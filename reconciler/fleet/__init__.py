@@ -11,6 +11,18 @@ of it. This package owns the parts both sides use:
 - ``watch``: watching keys through a consumer whose create subject carries its filter, so that
   permissions can confine a node to its own keys.
 
-The agent's side of the session is ``reconciler.sessions.nats``; the manager builds on the same
-modules. Only this package and ``reconciler.sessions`` import ``nats``.
+The manager (``reconciler manager run``) builds on them:
+
+- ``services``: ServiceSet files and service values, and how a service becomes named tasks.
+- ``scheduler``: the pure scheduling decision (services, nodes, assignments in; puts and
+  deletes out).
+- ``health``: node health judged from the heartbeats seen, on the manager's own clock.
+- ``view``: the manager's picture of the buckets, fed by its watches.
+- ``leader``: leader election on the ``leader`` key.
+- ``manager``: the driver that owns NATS, timers and leadership around the scheduler.
+- ``metrics``: the manager's Prometheus metrics.
+- ``admin``: what the other ``reconciler manager`` commands read and write.
+
+The agent's side of the session is ``reconciler.sessions.nats``. Only this package and
+``reconciler.sessions`` import ``nats``.
 """

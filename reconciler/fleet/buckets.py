@@ -191,6 +191,8 @@ async def _ensure(js: Any, bucket: Bucket, replicas: int) -> InitResult:
     if have == wanted:
         return InitResult.UNCHANGED
     config.max_age = bucket.max_age
+    if bucket.max_age and (config.duplicate_window or 0) > bucket.max_age:
+        config.duplicate_window = bucket.max_age  # JetStream refuses a window beyond max age
     config.max_msgs_per_subject = bucket.history
     config.allow_direct = True
     await js.update_stream(config)

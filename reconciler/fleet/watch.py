@@ -164,7 +164,8 @@ class KeyWatch:
 
     async def _get(self) -> _Delivery | _Tick:
         try:
-            item = await asyncio.wait_for(self._queue.get(), 3 * self._idle)
+            async with asyncio.timeout(3 * self._idle):  # wait_for may swallow a cancellation
+                item = await self._queue.get()
         except TimeoutError:
             raise WatchLost(f"the watch of {self._filter} fell silent") from None
         if isinstance(item, WatchLost):

@@ -309,6 +309,7 @@ def concrete(expr: str, instance: str) -> str:
     values = {
         # as Grafana does: regex-escaped, then escaped again inside the PromQL string
         "node": re.escape(instance).replace("\\", "\\\\"),
+        "manager": re.escape(instance).replace("\\", "\\\\"),
         "task": ".*",
         "__rate_interval": "1m",
         "__interval": "15s",
@@ -320,13 +321,15 @@ def concrete(expr: str, instance: str) -> str:
     return out
 
 
-def dashboard_targets() -> list[tuple[str, dict[str, Any]]]:
+def dashboard_targets(*, fleet: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """The agents' panels, or with ``fleet`` the managers' (tests/fleet checks those)."""
     dash = json.loads(DASHBOARD.read_text())
     out = []
     for panel in dash["panels"]:
         for p in [panel, *panel.get("panels", [])]:
             for target in p.get("targets", []):
-                out.append((p["title"], target))
+                if ("$manager" in target["expr"]) == fleet:
+                    out.append((p["title"], target))
     return out
 
 
