@@ -7,10 +7,12 @@ snapshot, stamped with its time) and the browser's script only has to keep it cu
 markup here and the markup the script builds (``agent.html``) are kept alike by hand: each cell
 and field has one plain form, and the end-to-end browser test compares the two.
 
-The page is one file, ``agent.html``, with its CSS and script inline: no CDN, no font, no build
-step, no request to any other host. ``CONTENT_SECURITY_POLICY`` allows exactly that file's own
-style and script (by hash), connections back to the agent, and ``data:`` images (the favicon,
-whose colour follows readiness); a browser enforces it, so even a bug cannot fetch elsewhere.
+The page is one file, ``agent.html``, with its CSS and script inline (the parts it shares with
+the manager's page are inlined from ``shared.css`` and ``shared.js``, ``reconciler.web.common``):
+no CDN, no font, no build step, no request to any other host. ``CONTENT_SECURITY_POLICY``
+allows exactly that file's own style and script (by hash), connections back to the agent, and
+``data:`` images (the favicon, whose colour follows readiness); a browser enforces it, so even
+a bug cannot fetch elsewhere.
 
 Every text that comes from the snapshot (task names, messages, errors, file names) is escaped
 here and set as text by the script, never as markup.
@@ -18,27 +20,47 @@ here and set as text by the script, never as markup.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
 import json
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from html import escape
-from importlib import resources
 from typing import Any, Final
 
 from reconciler.model import TaskState
 from reconciler.snapshot import Snapshot
+from reconciler.web.common import (
+    DASH,
+    ICON_BAD,
+    ICON_OK,
+    EventBodies,
+    Field,
+    badge,
+    card,
+    code,
+    content_security_policy,
+    fill,
+    fmt_ago,
+    fmt_bytes,
+    fmt_labels,
+    fmt_text,
+    fmt_time,
+    snapshot_stamp,
+    template,
+)
 from reconciler.web.state import PageModel, delta_state, full_state, page_model
 
-__all__ = ["CONTENT_SECURITY_POLICY", "AgentPage", "render"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "AgentPage",
+    "fmt_ago",
+    "fmt_bytes",
+    "fmt_labels",
+    "fmt_time",
+    "render",
+]
 
-_TEMPLATE: Final = resources.files("reconciler.web").joinpath("agent.html").read_text("utf-8")
-DASH: Final = "\u2014"
+_TEMPLATE: Final = template("agent.html")
 
 _RANK: Final = {s.label: int(s) for s in TaskState}
 
@@ -49,101 +71,11 @@ WORDS: Final = {
     "unread": "not read yet",
 }
 
-
-def _icon(color: str) -> str:
-    svg = (
-        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>"
-        f"<circle cx='8' cy='8' r='7' fill='{color}'/></svg>"
-    )
-    return "data:image/svg+xml," + svg.replace("<", "%3C").replace(">", "%3E").replace("#", "%23")
-
-
-ICON_OK: Final = _icon("#1a7f37")
-ICON_BAD: Final = _icon("#cf222e")
-
-
-def _hash(kind: str) -> str:
-    match = re.search(rf"<{kind}>(.*?)</{kind}>", _TEMPLATE, re.DOTALL)
-    if match is None:
-        raise RuntimeError(f"agent.html has no <{kind}> block")
-    digest = hashlib.sha256(match.group(1).encode()).digest()
-    return "'sha256-" + base64.b64encode(digest).decode() + "'"
-
-
 #: Only the page's own inline style and script; connections only back to where it came from.
-CONTENT_SECURITY_POLICY: Final = (
-    f"default-src 'none'; script-src {_hash('script')}; style-src {_hash('style')}; "
-    "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
-
-
-# ---------------------------------------------------------------------------- formatting
-# Each mirrors a formatter of the page's script (FORMAT in agent.html).
-
-
-def fmt_text(value: object) -> str:
-    return DASH if value is None or value == "" else str(value)
-
-
-def _parse(iso: str) -> float:
-    return dt.datetime.fromisoformat(iso).timestamp()
-
-
-def fmt_time(iso: str | None) -> str:
-    if not iso:
-        return "never"
-    return dt.datetime.fromtimestamp(_parse(iso), tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def fmt_ago(iso: str | None, now: float) -> str:
-    """How long since ``iso``: ``42s``, ``5m 3s``, ``2h 7m``, ``3d 4h``."""
-    if not iso:
-        return DASH
-    s = max(0, int((now - _parse(iso)) // 1))
-    if s < 60:
-        return f"{s}s"
-    m = s // 60
-    if m < 60:
-        return f"{m}m {s % 60}s"
-    h = m // 60
-    if h < 24:
-        return f"{h}h {m % 60}m"
-    return f"{h // 24}d {h % 24}h"
-
-
-def fmt_bytes(value: int | None) -> str:
-    if value is None:
-        return DASH
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    v, i = float(value), 0
-    while v >= 1024 and i < len(units) - 1:
-        v /= 1024
-        i += 1
-    return f"{value} B" if i == 0 else f"{v:.1f} {units[i]}"
-
-
-def fmt_labels(value: Mapping[str, str] | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (value or {}).items()) or DASH
-
-
-def fmt_reason(value: str | None) -> str:
-    return "" if not value or value == "ready" else value
+CONTENT_SECURITY_POLICY: Final = content_security_policy(_TEMPLATE)
 
 
 # ---------------------------------------------------------------------------- sections
-
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    """One ``<dt>``/``<dd>`` pair of a card; ``key`` is ``object.key`` in the page state."""
-
-    label: str
-    key: str
-    fmt: str = "text"  # text, bool, word, time, ago, bytes, labels
-    yes: str = ""  # for bool
-    no: str = ""
-    reason: str = ""  # a key whose value follows, formatted as a reason (readiness)
 
 
 CARDS: Final[tuple[tuple[str, tuple[Field, ...]], ...]] = (
@@ -206,53 +138,10 @@ _HISTORY_COLUMNS: Final = (
 )
 
 
-def _lookup(state: Mapping[str, Any], key: str) -> Any:
-    part, _, name = key.partition(".")
-    return (state.get(part) or {}).get(name)
-
-
-def _field(f: Field, state: Mapping[str, Any], now: float) -> str:
-    value = _lookup(state, f.key)
-    attrs = f'data-k="{escape(f.key)}" data-f="{f.fmt}"'
-    if f.fmt == "bool":
-        cls = "ok" if value else "bad"
-        text = f.yes if value else f.no
-        body = f'<span {attrs} data-yes="{f.yes}" data-no="{f.no}" class="{cls}">{text}</span>'
-        if f.reason:
-            reason = fmt_reason(_lookup(state, f.reason))
-            body += (
-                f' <span class="why" data-k="{f.reason}" data-f="reason">{escape(reason)}</span>'
-            )
-        return body
-    if f.fmt == "word":
-        text = WORDS.get(str(value), fmt_text(value))
-        return f'<span {attrs} class="w-{escape(str(value))}">{escape(text)}</span>'
-    if f.fmt in ("ago", "time"):
-        text = fmt_ago(value, now) if f.fmt == "ago" else fmt_time(value)
-        cls = ' class="ago"' if f.fmt == "ago" else ""
-        return f'<time {attrs}{cls} datetime="{escape(value or "")}">{escape(text)}</time>'
-    if f.fmt == "bytes":
-        text = fmt_bytes(value)
-    elif f.fmt == "labels":
-        text = fmt_labels(value)
-    else:
-        text = fmt_text(value)
-    return f"<span {attrs}>{escape(text)}</span>"
-
-
-def _card(title: str, fields: Sequence[Field], state: Mapping[str, Any], now: float) -> str:
-    slug = title.lower().replace(" ", "-")
-    rows = "".join(f"<dt>{escape(f.label)}</dt><dd>{_field(f, state, now)}</dd>" for f in fields)
-    return (
-        f'<section class="card" aria-labelledby="h-{slug}">'
-        f'<h2 id="h-{slug}">{escape(title)}</h2><dl>{rows}</dl></section>'
-    )
-
-
 def _errors(problems: Sequence[Mapping[str, Any]]) -> str:
     """The last rejected read's problems, across the whole width (hidden while there are none)."""
     rows = "".join(
-        f"<tr><td>{_code(p['file'])}</td><td>{escape(fmt_text(p['line']))}</td>"
+        f"<tr><td>{code(p['file'])}</td><td>{escape(fmt_text(p['line']))}</td>"
         f"<td>{escape(p['text'])}</td></tr>"
         for p in problems
     )
@@ -267,17 +156,6 @@ def _errors(problems: Sequence[Mapping[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------- tasks
-
-
-def _code(value: str | None, full: str | None = None) -> str:
-    if not value:
-        return DASH
-    title = f' title="{escape(full)}"' if full and full != value else ""
-    return f"<code{title}>{escape(value)}</code>"
-
-
-def _badge(state: str) -> str:
-    return f'<span class="st s-{escape(state)}">{escape(state)}</span>'
 
 
 def _short(container_id: str | None) -> str | None:
@@ -307,11 +185,11 @@ def _history_row(name: str, hist: Sequence[Mapping[str, Any]]) -> str:
     head = "".join(f'<th scope="col">{c}</th>' for c in _HISTORY_COLUMNS)
     rows = "".join(
         "<tr>"
-        f"<td>{_code(i['id'])}</td><td>{_badge(i['state'])}</td>"
+        f"<td>{code(i['id'])}</td><td>{badge(i['state'])}</td>"
         f'<td><time datetime="{escape(i["updatedAt"])}">{fmt_time(i["updatedAt"])}</time></td>'
         f"<td>{escape(fmt_text(i['exitCode']))}</td><td>{_message(i)}</td>"
-        f"<td>{_code(_short(i['containerId']), i['containerId'])}</td>"
-        f"<td>{_code(i['image'])}</td>"
+        f"<td>{code(_short(i['containerId']), i['containerId'])}</td>"
+        f"<td>{code(i['image'])}</td>"
         "</tr>"
         for i in hist
     )
@@ -335,7 +213,7 @@ def task_body(task: Mapping[str, Any], now: float) -> str:
     hist = instances[1:] if cur else instances
     cells = ""
     if cur is not None:
-        state = _badge(cur["state"])
+        state = badge(cur["state"])
         if _RANK[cur["state"]] < _RANK[cur["desiredState"]]:
             state += f" <small>\u2192 {escape(cur['desiredState'])}</small>"
         since = escape(cur["updatedAt"])
@@ -345,9 +223,9 @@ def task_body(task: Mapping[str, Any], now: float) -> str:
             + _cell("Restarts", str(cur["restarts"]))
             + _cell("Exit code", escape(fmt_text(cur["exitCode"])))
             + _cell("Message", _message(cur))
-            + _cell("Container", _code(_short(cur["containerId"]), cur["containerId"]))
-            + _cell("Image", _code(cur["image"]))
-            + _cell("Instance", _code(cur["id"]))
+            + _cell("Container", code(_short(cur["containerId"]), cur["containerId"]))
+            + _cell("Image", code(cur["image"]))
+            + _cell("Instance", code(cur["id"]))
         )
     else:
         cells = '<td colspan="8" data-label="State">no current instance</td>'
@@ -403,7 +281,7 @@ def render(state: Mapping[str, Any], *, now: float, rows: str | None = None) -> 
     node = state["node"]
     name = node.get("hostname") or node.get("nodeId") or ""
     ready = bool(node.get("ready"))
-    cards = "".join(_card(title, fields, state, now) for title, fields in CARDS)
+    cards = "".join(card(title, fields, state, now, WORDS) for title, fields in CARDS)
     words = json.dumps(WORDS).replace("</", "<\\/")
     main = (
         f'<div class="cards">{cards}</div>'
@@ -411,17 +289,16 @@ def render(state: Mapping[str, Any], *, now: float, rows: str | None = None) -> 
         f"{_tasks_section(state['tasks'], now, rows)}"
         f'<script type="application/json" id="words">{words}</script>'
     )
-    stamp = dt.datetime.fromtimestamp(now, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     values = {
         "title": escape(("" if ready else "(not ready) ") + "reconciler " + name),
         "icon": ICON_OK if ready else ICON_BAD,
         "icon_ok": ICON_OK,
         "icon_bad": ICON_BAD,
         "node": escape(name),
-        "stamp": f"Snapshot of {stamp}; live updates need JavaScript.",
+        "stamp": snapshot_stamp(now),
         "main": main,
     }
-    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], _TEMPLATE)
+    return fill(_TEMPLATE, values)
 
 
 class AgentPage:
@@ -435,6 +312,8 @@ class AgentPage:
     shows that model's rows, and its script adopts them rather than rebuilding 1,000 rows.
     """
 
+    content_security_policy: Final = CONTENT_SECURITY_POLICY
+
     def __init__(
         self, snapshot: Callable[[], Snapshot], *, clock: Callable[[], float] = time.time
     ) -> None:
@@ -443,8 +322,7 @@ class AgentPage:
         self._model: tuple[Snapshot | None, PageModel | None, str] = (None, None, "")
         self._prefix = secrets.token_hex(4)
         self._serial = 0
-        self._full: tuple[PageModel | None, bytes] = (None, b"")
-        self._delta: tuple[PageModel | None, PageModel | None, bytes | None] = (None, None, None)
+        self._bodies: EventBodies[PageModel] = EventBodies(clock)
 
     def model(self) -> PageModel:
         snap = self._snapshot()
@@ -460,39 +338,27 @@ class AgentPage:
         return name if current is model else None
 
     def full(self, model: PageModel) -> bytes:
-        cached, body = self._full
-        if cached is not model:
+        def build() -> dict[str, Any]:
             state = full_state(model, now=0.0)
             del state["now"]
             rows = self._rows(model)
             if rows is not None:
                 state["rows"] = rows
-            body = _json(state)
-            self._full = (model, body)
-        return self._with_now(body)
+            return state
+
+        return self._bodies.full(model, build)
 
     def delta(self, old: PageModel, new: PageModel) -> bytes | None:
-        cached_old, cached_new, body = self._delta
-        if cached_old is not old or cached_new is not new:
+        def build() -> dict[str, Any] | None:
             change = delta_state(old, new, now=0.0)
             if change is not None:
                 del change["now"]
-            body = None if change is None else _json(change)
-            self._delta = (old, new, body)
-        return None if body is None else self._with_now(body)
+            return change
+
+        return self._bodies.delta(old, new, build)
 
     def html(self) -> bytes:
         """The page for the current snapshot, rendered now (never cached: it shows durations)."""
         now = self._clock()
         model = self.model()
         return render(full_state(model, now=now), now=now, rows=self._rows(model)).encode()
-
-    def _with_now(self, body: bytes) -> bytes:
-        """``body`` (a JSON object) with the server's current time as its first key."""
-        now = dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
-        stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return b'{"now":"' + stamp.encode() + b'",' + body[1:]
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
