@@ -28,6 +28,10 @@ acknowledged write applied to the picture at once (so the next plan counts it). 
 finds the key changed means the picture lags: the assignments are read afresh and planned
 again. Status keys whose assignment is gone are deleted once they have stayed so for a grace
 period (an agent may still report a removed task's last state meanwhile).
+
+**The status page** reads ``snapshots`` (``fleet.snapshot``): the driver only tells it when
+something the page shows changed (or only heartbeats did); the snapshot is built by the page's
+first read after that, so a manager that no one watches does no work for it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from nats.aio.client import Client
 from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 
+from reconciler import __version__
 from reconciler.backoff import Backoff, Retry
 from reconciler.clock import Clock
 from reconciler.fleet.buckets import (
@@ -62,8 +67,14 @@ from reconciler.fleet.buckets import (
 from reconciler.fleet.connect import NatsOptions, connect_first, redact
 from reconciler.fleet.leader import Elector
 from reconciler.fleet.metrics import UNASSIGNED, FleetCounts, ManagerMetrics
-from reconciler.fleet.scheduler import Delete, Health, NodeView, Plan, Put, Reason, schedule
-from reconciler.fleet.values import Availability
+from reconciler.fleet.scheduler import Delete, NodeView, Plan, Put, Reason, schedule
+from reconciler.fleet.snapshot import (
+    FleetSnapshot,
+    ManagerState,
+    Snapshots,
+    build_snapshot,
+    node_state,
+)
 from reconciler.fleet.view import FleetView
 from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch, WatchLost
 from reconciler.supervisor import describe_error
@@ -160,6 +171,7 @@ class FleetManager:
         self._unassigned: tuple[str, ...] = ()
         self.passes = 0  # plans made
         self.led_passes = 0  # plans made as the leader, to be written
+        self.snapshots = Snapshots(self._snapshot, clock.monotonic)  # what the status page shows
 
     # ------------------------------------------------------------------------ reading
 
@@ -177,7 +189,7 @@ class FleetManager:
         """The gauges' values now: leadership, nodes and named tasks per state."""
         nodes: Counter[str] = Counter()
         for view in self.nodes.values():
-            nodes[_node_state(view)] += 1
+            nodes[node_state(view)] += 1
         tasks: Counter[str] = Counter()
         statuses = self.view.statuses
         for node, task in self.plan.assigned:
@@ -185,6 +197,13 @@ class FleetManager:
             tasks[reported.state if reported is not None else "assigned"] += 1
         tasks[UNASSIGNED] = len(self.plan.unassigned)
         return FleetCounts(leader=self.leading, nodes=dict(nodes), tasks=dict(tasks))
+
+    def _snapshot(self) -> FleetSnapshot:
+        """The status page's picture now: nodes judged afresh, the latest plan's unassigned."""
+        ready, reason = self.readiness()
+        state = ManagerState(self.config.manager_id, __version__, self.leading, ready, reason)
+        nodes = self.view.node_views(self._clock.monotonic())
+        return build_snapshot(self.view, nodes, self.plan, state)
 
     # ------------------------------------------------------------------------ running
 
@@ -200,6 +219,7 @@ class FleetManager:
             except Exception as err:
                 why = describe_error(err)
             self._why = f"not connected to NATS: {why}"
+            self.snapshots.changed()
             log.warning("fleet connection ended: %s", why)
             await retry.wait()
 
@@ -241,6 +261,7 @@ class FleetManager:
             period = self.view.settings.heartbeat_period
             self._warm_until = now + min(self.config.grace, WARM_UP * period)
             self._why = "ready"
+            self.snapshots.changed()
             retry.reset()
             log.info(
                 "fleet read services=%d nodes=%d assignments=%d",
@@ -323,6 +344,7 @@ class FleetManager:
                 dirty = True
             if dirty:
                 dirty = not await self._reconcile(js)
+                self.snapshots.changed()
             event = await self._next_event()
             batch = [] if event is None else [event]
             while not self._events.empty():
@@ -343,6 +365,10 @@ class FleetManager:
                     dirty = True
                 elif ev.entry is not None and ev.generation == self._generation.get(ev.tag):
                     dirty = self.view.apply(ev.tag, ev.entry, now) or dirty
+            if dirty or any(ev.tag != NODES for ev in batch):
+                self.snapshots.changed()
+            elif batch:
+                self.snapshots.beat()  # heartbeats that changed nothing but their time
             self._log_problems()
             if self._due is not None and now > self._due:  # time alone may have changed things
                 retry = self._retry_at is not None and now >= self._retry_at
@@ -374,6 +400,7 @@ class FleetManager:
     def _leadership_changed(self, leading: bool) -> None:
         if leading:
             self._took_over = self._reread = True
+        self.snapshots.changed()
         self._events.put_nowait(_Event(_LEADERSHIP))
 
     # ------------------------------------------------------------------------ reconciling
@@ -536,16 +563,6 @@ class FleetManager:
         for problem in self.view.problems:
             log.error("rejected: %s", problem)
         self.view.problems.clear()
-
-
-def _node_state(node: NodeView) -> str:
-    if node.health is Health.DOWN:
-        return "down"
-    if node.availability is Availability.DRAIN:
-        return "draining"
-    if node.availability is Availability.PAUSE:
-        return "paused"
-    return "ready" if node.health is Health.READY else "not-ready"
 
 
 def _kv(js: Any, bucket: str) -> KeyValue:
