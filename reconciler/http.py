@@ -28,7 +28,8 @@ so repeated requests against an unchanged agent cost a few identity checks. The 
 rendered per request (it shows durations), which only a person loading it pays for.
 
 ``serve_routes`` serves a route table of the caller's with the same server and limits (the
-fleet manager's ``/metrics``, ``/healthz`` and ``/readyz``).
+fleet manager's ``/metrics``, ``/healthz`` and ``/readyz``), and a live page of the caller's at
+``/`` and ``/v1/events`` (the manager's status page), its streams bounded as the agent's are.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.metrics import Metrics
 from reconciler.snapshot import Changes, Snapshot
 from reconciler.web import sse
-from reconciler.web.agent_page import CONTENT_SECURITY_POLICY, AgentPage
+from reconciler.web.agent_page import AgentPage
 from reconciler.web.state import node_json
 
 __all__ = ["Route", "Server", "node_json", "serve", "serve_routes"]
@@ -77,11 +78,6 @@ _HTML: Final = "text/html; charset=utf-8"
 _EVENTS: Final = "text/event-stream; charset=utf-8"
 #: Paths whose bodies are gzipped for a client that accepts it.
 _GZIP_PATHS: Final = frozenset({"/metrics", "/"})
-_PAGE_HEADERS: Final = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
@@ -122,7 +118,7 @@ class _App:
         self._snapshot = snapshot
         self._metrics = metrics
         self._changes = changes
-        self._page = AgentPage(snapshot)
+        self._page: sse.Page[Any] | None = AgentPage(snapshot)
         self._routes: dict[str, Callable[[_Request], _Response]] = {
             "/": self._get_page,
             EVENTS_PATH: self._head_events,
@@ -198,6 +194,7 @@ class _App:
         assert task is not None
         self._streams.add(task)
         try:
+            assert self._page is not None  # EVENTS_PATH is routed only with a page
             await sse.stream(reader, writer, self._page, self._changes, self._closing)
         finally:
             self._streams.discard(task)
@@ -224,7 +221,7 @@ class _App:
         except Exception:
             log.exception("event=http_handler_error path=%s", request.path)
             return 500, _TEXT, b"internal error\n", {}
-        extra: dict[str, str] = dict(_PAGE_HEADERS) if request.path == "/" else {}
+        extra = _page_headers(self._page) if request.path == "/" else {}
         if request.path in _GZIP_PATHS:
             extra["Vary"] = "Accept-Encoding"
             if _accepts_gzip(request) and len(body) >= GZIP_MIN_BYTES:
@@ -235,6 +232,7 @@ class _App:
     # ---------------------------------------------------------------- routes
 
     def _get_page(self, _: _Request) -> _Response:
+        assert self._page is not None  # "/" is routed to this only with a page
         return 200, _HTML, self._page.html()
 
     def _head_events(self, _: _Request) -> _Response:
@@ -313,6 +311,17 @@ class Server:
 
 def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _page_headers(page: sse.Page[Any] | None) -> dict[str, str]:
+    """The headers of a page's HTML: its policy, and no sniffing or referrers."""
+    if page is None:
+        return {}
+    return {
+        "Content-Security-Policy": page.content_security_policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 def _accepts_gzip(request: _Request) -> bool:
@@ -429,14 +438,24 @@ Route = Callable[[], tuple[int, str, bytes]]
 
 class _RouteTable(_App):
     """The same server, bounds and rules over a route table given by the caller (the fleet
-    manager's endpoints); a ``/metrics`` body is gzipped as the agent's is."""
+    manager's endpoints); a ``/metrics`` body is gzipped as the agent's is. With a ``page``,
+    ``/`` is its HTML and ``/v1/events`` its event stream, woken by ``changes``."""
 
-    def __init__(self, routes: Mapping[str, Route]) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        page: sse.Page[Any] | None = None,
+        changes: Changes | None = None,
+    ) -> None:
         self._routes = {path: _without_request(route) for path, route in routes.items()}
+        self._page = page
+        if page is not None:
+            self._routes["/"] = self._get_page
+            self._routes[EVENTS_PATH] = self._head_events
         self._connections = 0
         self._streams = set()
         self._closing = asyncio.Event()
-        self._changes = None
+        self._changes = changes
         self._gzip_cache = {}
 
 
@@ -444,9 +463,19 @@ def _without_request(route: Route) -> Callable[[_Request], _Response]:
     return lambda _: route()
 
 
-async def serve_routes(host: str, port: int, routes: Mapping[str, Route]) -> asyncio.Server:
+async def serve_routes(
+    host: str,
+    port: int,
+    routes: Mapping[str, Route],
+    *,
+    page: sse.Page[Any] | None = None,
+    changes: Changes | None = None,
+) -> Server:
     """Start serving ``routes`` (path -> ``Route``) on ``host:port`` (0 picks a free port),
-    GET and HEAD only, with the limits above. Raises ``OSError`` when the address cannot be
-    bound."""
-    app = _RouteTable(routes)
-    return await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
+    GET and HEAD only, with the limits above; with a ``page``, also ``/`` and ``/v1/events``
+    (streams capped by ``MAX_STREAMS``, woken by ``changes``). Returns the server; the caller
+    closes it (``close()`` then ``wait_closed()``), which also ends open event streams. Raises
+    ``OSError`` when the address cannot be bound."""
+    app = _RouteTable(routes, page, changes)
+    server = await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
+    return Server(server, app)

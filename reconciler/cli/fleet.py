@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -154,6 +155,7 @@ async def _run(opts: RunOptions) -> int:
     from reconciler.fleet.metrics import ManagerMetrics
     from reconciler.metrics import CONTENT_TYPE
     from reconciler.supervisor import Supervisor
+    from reconciler.web.manager_page import ManagerPage
 
     clock = SystemClock()
     manager_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -182,9 +184,11 @@ async def _run(opts: RunOptions) -> int:
         "/healthz": healthz,
         "/readyz": readyz,
     }
+    page = ManagerPage(manager.snapshots.current)
+    changes = manager.snapshots.changes
     host, port = opts.listen
     try:
-        server = await http.serve_routes(host, port, routes)
+        server = await http.serve_routes(host, port, routes, page=page, changes=changes)
     except OSError as err:
         print(f"reconciler: cannot listen on {host}:{port}: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -203,7 +207,7 @@ async def _run(opts: RunOptions) -> int:
         nonlocal server
         if not server.is_serving():
             server.close()
-            server = await http.serve_routes(host, port, routes)
+            server = await http.serve_routes(host, port, routes, page=page, changes=changes)
         await server.serve_forever()
 
     stop = asyncio.Event()
@@ -217,7 +221,9 @@ async def _run(opts: RunOptions) -> int:
     finally:
         await manager.resign()
         await supervisor.stop()
-        server.close()
+        server.close()  # and its event streams
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
     log.info("manager stopped")
     return EXIT_OK
 

@@ -1,8 +1,8 @@
 """Server-sent event streams: the one long-lived response of the HTTP server, for any live page.
 
-A live page (the agent's status page today; a manager's page can reuse this unchanged) is a
-``LivePage``: it turns the current snapshot into a model, the model into a full-state event,
-and two models into a delta event. This module owns the wire and the stream's life:
+A live page (the agent's status page, and the fleet manager's) is a ``LivePage``: it turns the
+current snapshot into a model, the model into a full-state event, and two models into a delta
+event. This module owns the wire and the stream's life:
 
 * **No polling, no work without a watcher.** A stream sleeps on ``Changes.wait``, which the
   snapshot's owner bumps after each swap. No stream open, no work: the model and the delta are
@@ -30,7 +30,7 @@ from typing import Final, Protocol, TypeVar
 
 from reconciler.snapshot import Changes
 
-__all__ = ["HEAD", "LivePage", "event", "stream"]
+__all__ = ["HEAD", "LivePage", "Page", "event", "stream"]
 
 #: Seconds between keepalive comments on an idle stream.
 KEEPALIVE: Final = 15.0
@@ -73,6 +73,18 @@ class LivePage(Protocol[M]):
 
     def delta(self, old: M, new: M) -> bytes | None:
         """What changed as one line of JSON, or ``None`` when nothing the page shows did."""
+        ...
+
+
+class Page(LivePage[M], Protocol[M]):
+    """A live page served at ``/``: its HTML, and the Content-Security-Policy that allows
+    exactly the page's own inline style and script."""
+
+    @property
+    def content_security_policy(self) -> str: ...
+
+    def html(self) -> bytes:
+        """The page for the current snapshot, rendered now."""
         ...
 
 
