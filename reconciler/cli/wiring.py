@@ -121,8 +121,17 @@ def _session(opts: AgentOptions, node_id: str, agent: Agent, clock: SystemClock)
         return snap.node, snap.ready
 
     log.info("fleet mode managers=%s", ",".join(redact(u) for u in opts.manager.servers))
+
+    def conditions() -> dict[str, bool]:
+        return {c.key: holds for c, holds in agent.snapshot().conditions}
+
     return NatsSession(
-        node_id=node_id, options=opts.manager, clock=clock, describe=describe, labels=opts.labels
+        node_id=node_id,
+        options=opts.manager,
+        clock=clock,
+        describe=describe,
+        conditions=conditions,
+        labels=opts.labels,
     )
 
 

@@ -200,141 +200,174 @@ def schedule(
 
     A node that ``placed`` names but ``nodes`` lacks counts as down. Pure; never raises.
     """
-    puts: list[Put] = []
-    deletes: list[Delete] = []
-    assigned: list[tuple[str, str]] = []
-    usage = _Usage()
-    copies: dict[str, list[Placed]] = defaultdict(list)
-    for p in placed:
-        copies[p.task].append(p)
+    planner = _Planner(services, nodes, placed, frozen)
+    for task in sorted(planner.copies):
+        planner.sort_copies(task)
+    planner.add_missing()
+    planner.place_global()
+    planner.place_waiting()
+    return planner.plan()
 
-    def node_of(node_id: str) -> NodeView:
-        return nodes.get(node_id) or _DOWN
 
-    def keep(p: Placed, service: Service, *, live: bool) -> None:
+class _Planner:
+    """One ``schedule`` call's working state; each method is one level of the module
+    docstring's rules, in the order ``schedule`` runs them."""
+
+    def __init__(
+        self,
+        services: Mapping[str, Service],
+        nodes: Mapping[str, NodeView],
+        placed: Iterable[Placed],
+        frozen: Collection[str],
+    ) -> None:
+        self.services = services
+        self.nodes = nodes
+        self.frozen = frozen
+        self.puts: list[Put] = []
+        self.deletes: list[Delete] = []
+        self.assigned: list[tuple[str, str]] = []
+        self.unassigned: list[str] = []
+        self.usage = _Usage()
+        self.copies: dict[str, list[Placed]] = defaultdict(list)
+        for p in placed:
+            self.copies[p.task].append(p)
+        # tasks waiting for a node, per service: (task, the copy on a down node it leaves)
+        self.waiting: dict[str, list[tuple[str, Placed | None]]] = defaultdict(list)
+        self.eligible = sorted((n for n in nodes.values() if n.takes_new), key=lambda n: n.id)
+
+    def node_of(self, node_id: str) -> NodeView:
+        return self.nodes.get(node_id) or _DOWN
+
+    def keep(self, p: Placed, service: Service, *, live: bool) -> None:
+        """Keep copy ``p``, bringing its value up to date."""
         if p.value != service.assignment:
-            puts.append(Put(p.node, p.task, service.assignment, revision=p.revision))
-        usage.add(p.node, service.name, p.cpus, p.memory)
+            self.puts.append(Put(p.node, p.task, service.assignment, revision=p.revision))
+        self.usage.add(p.node, service.name, p.cpus, p.memory)
         if live:
-            assigned.append((p.node, p.task))
+            self.assigned.append((p.node, p.task))
 
-    # tasks waiting for a node: (service, task, the copy on a down node it leaves, if any)
-    waiting: dict[str, list[tuple[str, Placed | None]]] = defaultdict(list)
-    for task in sorted(copies):
-        found = sorted(copies[task], key=lambda p: p.node)
+    def delete(self, p: Placed, why: str, reason: Reason | None = None) -> None:
+        self.deletes.append(Delete(p.node, p.task, p.revision, why, reason))
+
+    def sort_copies(self, task: str) -> None:
+        """Expansion, where a task may run and stability, for the copies of one task."""
+        found = sorted(self.copies[task], key=lambda p: p.node)
         name, slot = owner(task)
-        if name in frozen:
+        if name in self.frozen:
             for p in found:
-                usage.add(p.node, name, p.cpus, p.memory)
-                assigned.append((p.node, p.task))
-            continue
-        service = services.get(name)
+                self.usage.add(p.node, name, p.cpus, p.memory)
+                self.assigned.append((p.node, p.task))
+            return
+        service = self.services.get(name)
         why = _not_a_task(service, slot)
         if service is None or why:
-            deletes.extend(
-                Delete(p.node, p.task, p.revision, why or "no such service") for p in found
-            )
-            continue
+            for p in found:
+                self.delete(p, why or "no such service")
+            return
         live: list[Placed] = []
         down: list[Placed] = []
         for p in found:
-            node = node_of(p.node)
+            node = self.node_of(p.node)
             if node.availability is Availability.DRAIN:
-                deletes.append(Delete(p.node, p.task, p.revision, "node drains", Reason.DRAIN))
+                self.delete(p, "node drains", Reason.DRAIN)
             elif not service.matches(node.id or p.node, node.labels):
-                deletes.append(Delete(p.node, p.task, p.revision, "constraints", Reason.CONSTRAINT))
+                self.delete(p, "constraints", Reason.CONSTRAINT)
             elif node.health is Health.DOWN:
                 down.append(p)
             else:
                 live.append(p)
         if service.mode is Mode.GLOBAL:
             for p in (*live, *down):  # one key per node: never duplicates
-                keep(p, service, live=True)
-            continue
-        if live:
-            best = max(live, key=lambda p: (node_of(p.node).health is Health.READY, p.revision))
-            keep(best, service, live=True)
+                self.keep(p, service, live=True)
+        elif live:
+            best = max(
+                live, key=lambda p: (self.node_of(p.node).health is Health.READY, p.revision)
+            )
+            self.keep(best, service, live=True)
             for p in live:
                 if p is not best:
-                    deletes.append(Delete(p.node, p.task, p.revision, "duplicate"))
+                    self.delete(p, "duplicate")
             for p in down:
-                deletes.append(Delete(p.node, p.task, p.revision, "runs elsewhere"))
-            continue
-        stays: Placed | None = None
-        if down:
-            stays = max(down, key=lambda p: p.revision)
-            keep(stays, service, live=False)
+                self.delete(p, "runs elsewhere")
+        else:
+            stays = max(down, key=lambda p: p.revision) if down else None
+            if stays is not None:
+                self.keep(stays, service, live=False)
             for p in down:
                 if p is not stays:
-                    deletes.append(Delete(p.node, p.task, p.revision, "duplicate"))
-        waiting[name].append((task, stays))
+                    self.delete(p, "duplicate")
+            self.waiting[name].append((task, stays))
 
-    for name in sorted(services):
-        service = services[name]
-        if name in frozen or service.mode is Mode.GLOBAL:
-            continue
-        missing = [t for t in service.task_names() if t not in copies]
-        waiting[name].extend((t, None) for t in missing)
-
-    eligible = sorted((n for n in nodes.values() if n.takes_new), key=lambda n: n.id)
-    for name in sorted(services):
-        service = services[name]
-        if name in frozen or service.mode is not Mode.GLOBAL:
-            continue
-        have = {p.node for p in copies.get(name, ())}
-        for node in eligible:
-            if node.id in have or not service.matches(node.id, node.labels):
+    def add_missing(self) -> None:
+        """Replicated tasks with no copy at all wait for a node too."""
+        for name in sorted(self.services):
+            service = self.services[name]
+            if name in self.frozen or service.mode is Mode.GLOBAL:
                 continue
-            if usage.has_room(node, service.cpus, service.memory):
-                puts.append(Put(node.id, name, service.assignment))
-                usage.add(node.id, name, service.cpus, service.memory)
-                assigned.append((node.id, name))
+            missing = [t for t in service.task_names() if t not in self.copies]
+            self.waiting[name].extend((t, None) for t in missing)
 
-    unassigned: list[str] = []
-    for name in sorted(waiting):
-        service = services[name]
-        tasks = sorted(waiting[name], key=lambda item: owner(item[0])[1] or 0)
-        heap = [
-            (usage.per_service[(n.id, name)], usage.total[n.id], n.id)
-            for n in eligible
-            if service.matches(n.id, n.labels)
-        ]
-        heapq.heapify(heap)
-        for task, stays in tasks:
-            target = None
-            while heap:
-                _, _, node_id = heapq.heappop(heap)
-                if usage.has_room(nodes[node_id], service.cpus, service.memory):
-                    target = node_id
-                    break
-                # every task of a service asks for the same room: this node is full for it
-            if target is None:
-                unassigned.append(task)
+    def place_global(self) -> None:
+        """A global service's task on every eligible node that lacks one and has room."""
+        for name in sorted(self.services):
+            service = self.services[name]
+            if name in self.frozen or service.mode is not Mode.GLOBAL:
                 continue
-            if stays is not None:
-                deletes.append(
-                    Delete(stays.node, task, stays.revision, "node down", Reason.NODE_DOWN)
+            have = {p.node for p in self.copies.get(name, ())}
+            for node in self.eligible:
+                if node.id in have or not service.matches(node.id, node.labels):
+                    continue
+                if self.usage.has_room(node, service.cpus, service.memory):
+                    self.put(node.id, name, service)
+
+    def place_waiting(self) -> None:
+        """Each waiting task, by service and slot, to the eligible node with the fewest tasks of
+        its service, then the fewest overall, then the smallest id, that has room."""
+        usage = self.usage
+        for name in sorted(self.waiting):
+            service = self.services[name]
+            tasks = sorted(self.waiting[name], key=lambda item: owner(item[0])[1] or 0)
+            heap = [
+                (usage.per_service[(n.id, name)], usage.total[n.id], n.id)
+                for n in self.eligible
+                if service.matches(n.id, n.labels)
+            ]
+            heapq.heapify(heap)
+            for task, stays in tasks:
+                target = None
+                while heap:
+                    _, _, node_id = heapq.heappop(heap)
+                    if usage.has_room(self.nodes[node_id], service.cpus, service.memory):
+                        target = node_id
+                        break
+                    # every task of a service asks for the same room: this node is full for it
+                if target is None:
+                    self.unassigned.append(task)
+                    continue
+                self.put(target, task, service, leaves=stays)
+                heapq.heappush(
+                    heap, (usage.per_service[(target, name)], usage.total[target], target)
                 )
-                puts.append(
-                    Put(
-                        target,
-                        task,
-                        service.assignment,
-                        moved_from=stays.node,
-                        reason=Reason.NODE_DOWN,
-                    )
-                )
-            else:
-                puts.append(Put(target, task, service.assignment))
-            usage.add(target, name, service.cpus, service.memory)
-            assigned.append((target, task))
-            heapq.heappush(heap, (usage.per_service[(target, name)], usage.total[target], target))
-    return Plan(
-        puts=tuple(puts),
-        deletes=tuple(deletes),
-        assigned=tuple(assigned),
-        unassigned=tuple(unassigned),
-    )
+
+    def put(self, node: str, task: str, service: Service, *, leaves: Placed | None = None) -> None:
+        """Assign ``task`` to ``node``; ``leaves``: its copy on a down node, deleted."""
+        if leaves is None:
+            self.puts.append(Put(node, task, service.assignment))
+        else:
+            self.delete(leaves, "node down", Reason.NODE_DOWN)
+            self.puts.append(
+                Put(node, task, service.assignment, moved_from=leaves.node, reason=Reason.NODE_DOWN)
+            )
+        self.usage.add(node, service.name, service.cpus, service.memory)
+        self.assigned.append((node, task))
+
+    def plan(self) -> Plan:
+        return Plan(
+            puts=tuple(self.puts),
+            deletes=tuple(self.deletes),
+            assigned=tuple(self.assigned),
+            unassigned=tuple(self.unassigned),
+        )
 
 
 def _not_a_task(service: Service | None, slot: int | None) -> str:

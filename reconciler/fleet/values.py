@@ -212,8 +212,11 @@ def node_value(
     labels: Mapping[str, str],
     version: str,
     now: float,
+    conditions: Mapping[str, bool] | None = None,
 ) -> bytes:
-    """The heartbeat value; description fields are null until the runtime described them."""
+    """The heartbeat value; description fields are null until the runtime described them.
+    ``conditions`` (``diskPressure``, ``memoryPressure``) tell a manager to place nothing new
+    on the node while one holds."""
     return _dump(
         {
             "nodeId": node_id,
@@ -229,6 +232,7 @@ def node_value(
             "ready": ready,
             "availability": availability.value,
             "heartbeatAt": rfc3339(now),
+            "conditions": dict(conditions or {}),
         }
     )
 

@@ -35,8 +35,9 @@ never overwrites a newer state.
 **Heartbeats.** A loop puts the node value into ``reconciler_nodes/<node>`` every heartbeat
 period (the fleet setting ``heartbeatPeriod``, default 5 s; a change applies from the next
 beat), at once after every (re)connect, and when readiness or availability changes.
-``describe`` gives the node description and readiness (the agent's snapshot). Heartbeats stop
-when the session closes.
+``describe`` gives the node description and readiness (the agent's snapshot), ``conditions``
+the node's conditions (a manager places nothing new on a node under pressure); a change of
+either beats at once. Heartbeats stop when the session closes.
 
 Credentials never reach a log line: URLs are logged redacted, and nats-py's errors are logged
 as it words them (they carry no secrets).
@@ -131,6 +132,7 @@ class NatsSession:
         options: NatsOptions,
         clock: Clock,
         describe: Describe | None = None,
+        conditions: Callable[[], Mapping[str, bool]] | None = None,
         labels: Sequence[tuple[str, str]] = (),
         version: str = __version__,
         backoff: Backoff = RECONNECT_BACKOFF,
@@ -143,6 +145,7 @@ class NatsSession:
         )
         self._clock = clock
         self._describe = describe
+        self._conditions = conditions
         self._labels = dict(labels)
         self._version = version
         self._backoff = backoff
@@ -267,7 +270,13 @@ class NatsSession:
             kv = await self._wait_online(lambda: self._status_kv)
             await self._while_connected(self._write_status(kv, name, status))
 
-    async def heartbeat(self, node: NodeDescription | None, *, ready: bool) -> None:
+    async def heartbeat(
+        self,
+        node: NodeDescription | None,
+        *,
+        ready: bool,
+        conditions: Mapping[str, bool] | None = None,
+    ) -> None:
         """Put the node value into ``reconciler_nodes/<node>`` now.
 
         Raises ``ConnectionError`` while disconnected and nats-py's errors when the put fails.
@@ -283,6 +292,7 @@ class NatsSession:
             labels=self._labels,
             version=self._version,
             now=self._clock.time(),
+            conditions=conditions,
         )
         await self._while_connected(kv.put(self._node_id, value))
 
@@ -527,17 +537,20 @@ class NatsSession:
     async def _heartbeats(self) -> None:
         last_beat: float | None = None
         last_ready: bool | None = None
+        last_conditions: dict[str, bool] | None = None
         while True:
             await self._online.wait()
             self._beat_wake.clear()
             node, ready = self._describe() if self._describe is not None else (None, False)
+            conditions = dict(self._conditions()) if self._conditions is not None else {}
             period = self._settings.heartbeat_period
             due = last_beat is None or self._clock.monotonic() - last_beat >= period
-            if self._beat_now or due or ready != last_ready:
+            changed = ready != last_ready or conditions != last_conditions
+            if self._beat_now or due or changed:
                 self._beat_now = False
                 try:
-                    await self.heartbeat(node, ready=ready)
-                    last_ready = ready
+                    await self.heartbeat(node, ready=ready, conditions=conditions)
+                    last_ready, last_conditions = ready, conditions
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:

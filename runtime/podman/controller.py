@@ -313,8 +313,9 @@ class PodmanController:
         if not events.connected:
             # Block (cancellably) until the stream is back rather than failing at once: the
             # waiter then resumes as soon as podman answers again.
-            try:
-                await asyncio.wait_for(events.wait_connected(), CONNECT_GRACE)
+            try:  # asyncio.timeout: 3.11's wait_for can swallow the step's cancellation
+                async with asyncio.timeout(CONNECT_GRACE):
+                    await events.wait_connected()
             except TimeoutError:
                 raise TemporaryError("podman's event stream is not connected") from None
         with events.watch(self.name) as w:

@@ -39,6 +39,7 @@ def test_node_value_carries_the_description_readiness_and_heartbeat_time() -> No
             labels={"zone": "a"},
             version="9.9",
             now=1_700_000_000.25,
+            conditions={"diskPressure": True, "memoryPressure": False},
         )
     )
     assert value == {
@@ -55,6 +56,7 @@ def test_node_value_carries_the_description_readiness_and_heartbeat_time() -> No
         "ready": True,
         "availability": "pause",
         "heartbeatAt": "2023-11-14T22:13:20.250Z",
+        "conditions": {"diskPressure": True, "memoryPressure": False},
     }
 
 

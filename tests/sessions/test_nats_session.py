@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -294,3 +295,34 @@ async def test_a_new_iteration_after_the_consumer_failed_starts_with_a_full_assi
         assert [t.name for t in full.tasks] == ["db", "web"]
     finally:
         await session.close()
+
+
+async def test_heartbeats_carry_the_node_conditions_and_beat_again_when_they_change(
+    manager: Manager, server: NatsServer
+) -> None:
+    await manager.fleet(heartbeatPeriod="1h")  # only changes make the later beats
+    pressure = {"diskPressure": False, "memoryPressure": False}
+    session = NatsSession(
+        node_id="node-a",
+        options=NatsOptions(servers=(server.url,)),
+        clock=SystemClock(),
+        describe=lambda: (None, True),
+        conditions=lambda: dict(pressure),
+    )
+    c = Collected(session)
+    try:
+        first = await eventually(lambda: manager.node("node-a"), "a heartbeat")
+        assert first[0]["conditions"] == {"diskPressure": False, "memoryPressure": False}
+        pressure["diskPressure"] = True  # seen at the session's next look at the node
+        later = await eventually(
+            lambda: _node_with(manager, lambda v: v["conditions"]["diskPressure"] is True),
+            "a heartbeat with disk pressure",
+        )
+        assert later[1] > first[1]
+    finally:
+        await c.close()
+
+
+async def _node_with(manager: Manager, ok: Any) -> Any:
+    got = await manager.node("node-a")
+    return got if got is not None and ok(got[0]) else None
