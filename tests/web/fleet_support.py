@@ -38,7 +38,7 @@ def description(host: str) -> NodeDescription:
     )
 
 
-def heartbeat(node: str, **labels: str) -> bytes:
+def heartbeat(node: str, conditions: dict[str, bool] | None = None, **labels: str) -> bytes:
     return node_value(
         node_id=node,
         node=description(f"{node}.lab"),
@@ -47,6 +47,7 @@ def heartbeat(node: str, **labels: str) -> bytes:
         labels=labels,
         version=__version__,
         now=WALL,
+        conditions=conditions,
     )
 
 
@@ -75,8 +76,14 @@ class World:
         self.view.apply(bucket, Entry(key, value, self.revision), now)
         return self
 
-    def node(self, node: str, now: float = 0.0, **labels: str) -> World:
-        return self.put(NODES, node, heartbeat(node, **labels), now)
+    def node(
+        self,
+        node: str,
+        now: float = 0.0,
+        conditions: dict[str, bool] | None = None,
+        **labels: str,
+    ) -> World:
+        return self.put(NODES, node, heartbeat(node, conditions, **labels), now)
 
     def service(self, name: str, **fields: Any) -> World:
         return self.put(SERVICES, name, service_value(**fields))

@@ -67,6 +67,13 @@ def test_a_down_node_is_said_in_words_and_named_in_the_title() -> None:
     assert '<td data-label="Held by">b</td>' in html
 
 
+def test_a_node_under_pressure_says_so_and_why_nothing_new_goes_there() -> None:
+    w = World().node("a", conditions={"diskPressure": True, "memoryPressure": False})
+    html = html_of(w.service("web"))
+    assert '<span class="st n-ready">ready</span> <small>diskPressure</small>' in html
+    assert "every node it may run on is under disk or memory pressure" in html
+
+
 def test_an_all_well_fleet_has_a_green_icon_and_a_plain_title() -> None:
     w = World().node("a").service("web").assign("a", "web-1").status("a", "web-1", "running")
     html = html_of(w)
