@@ -45,7 +45,6 @@ from reconciler.web.common import (
     ICON_OK,
     EventBodies,
     Field,
-    ago,
     badge,
     card,
     code,
@@ -223,7 +222,8 @@ def _message(r: Mapping[str, Any]) -> str:
     return "".join(out) or DASH
 
 
-def _heartbeat(iso: str | None, now: float) -> str:
+def _since(iso: str | None, now: float) -> str:
+    """``42s ago``, the time ticking and its UTC form as the title; a dash for none."""
     if not iso:
         return DASH
     when = escape(iso)
@@ -243,7 +243,7 @@ def node_row(n: Mapping[str, Any], now: float) -> str:
         + _cell("State", state)
         + _cell("Availability", escape(n["availability"]))
         + _cell("Labels", escape(fmt_labels(n["labels"])))
-        + _cell("Last heartbeat", _heartbeat(n["heartbeatAt"], now))
+        + _cell("Last heartbeat", _since(n["heartbeatAt"], now))
         + _cell("Tasks", str(n["tasks"]))
         + _cell("Running", str(n["running"]))
         + _cell("CPUs", fmt_number(n["cpus"]))
@@ -296,7 +296,7 @@ def task_row(t: Mapping[str, Any], now: float) -> str:
         + _cell("State", badge(t["state"]))
         + _cell("Restarts", str(t["restarts"]))
         + _cell("Message", _message(t))
-        + _cell("Updated", ago(t["updatedAt"], now) if t["updatedAt"] else DASH)
+        + _cell("Updated", _since(t["updatedAt"], now))
         + _cell("Instance", code(t["id"]))
         + "</tr>"
     )
