@@ -198,12 +198,13 @@ class FleetManager:
         tasks[UNASSIGNED] = len(self.plan.unassigned)
         return FleetCounts(leader=self.leading, nodes=dict(nodes), tasks=dict(tasks))
 
-    def _snapshot(self) -> FleetSnapshot:
-        """The status page's picture now: nodes judged afresh, the latest plan's unassigned."""
+    def _snapshot(self, keep: FleetSnapshot | None) -> FleetSnapshot:
+        """The status page's picture now: nodes judged afresh, the latest plan's unassigned;
+        with ``keep``, its services and tasks (only heartbeats changed since)."""
         ready, reason = self.readiness()
         state = ManagerState(self.config.manager_id, __version__, self.leading, ready, reason)
         nodes = self.view.node_views(self._clock.monotonic())
-        return build_snapshot(self.view, nodes, self.plan, state)
+        return build_snapshot(self.view, nodes, self.plan, state, keep=keep)
 
     # ------------------------------------------------------------------------ running
 

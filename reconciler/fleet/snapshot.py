@@ -23,7 +23,9 @@ on its ``changes``. The manager calls ``changed()`` after anything the page show
 * **Heartbeats are not news.** Every node beats every few seconds, which would keep an open
   page busy for nothing; heartbeats alone wake the page at most once per ``BEAT_REFRESH``
   seconds (the first heartbeat after that does), so a node's last heartbeat is shown at most
-  that plus a heartbeat period late. No timer: the manager's clock decides.
+  that plus a heartbeat period late. No timer: the manager's clock decides. Such a refresh
+  reads the nodes afresh and keeps the services and tasks of the last snapshot as they are
+  (a node's verdict changed by time alone comes with a full change: the manager plans again).
 """
 
 from __future__ import annotations
@@ -157,11 +159,22 @@ def _needs(service: Service) -> str:
 
 
 def build_snapshot(
-    view: FleetView, nodes: Mapping[str, NodeView], plan: Plan, manager: ManagerState
+    view: FleetView,
+    nodes: Mapping[str, NodeView],
+    plan: Plan,
+    manager: ManagerState,
+    *,
+    keep: FleetSnapshot | None = None,
 ) -> FleetSnapshot:
     """The snapshot of ``view`` with the nodes judged as ``nodes`` and ``plan``'s unassigned
     tasks. A task that no assignment holds and the plan does place is shown as not placed
-    yet (a standby's plan, or a leader's before its writes)."""
+    yet (a standby's plan, or a leader's before its writes).
+
+    With ``keep`` (the last snapshot, when only heartbeats changed since), its services and
+    tasks are kept as they are (the very mappings, so no page compares them again) and only
+    the nodes and the manager are read afresh."""
+    if keep is not None:
+        return _nodes_only(view, nodes, manager, keep)
     rows = ps_rows(view)
     tasks = {f"{r.node}.{r.task}": r for r in rows if r.node is not None}
     running_on: Counter[str] = Counter()
@@ -196,14 +209,37 @@ def build_snapshot(
             mode, desired = service.mode.value, service.replicas
         services[name] = ServiceStatus(name, mode, desired, running_of[name], per_service[name])
 
+    return FleetSnapshot(
+        manager=manager,
+        nodes=_node_statuses(view, nodes, running_on),
+        services=services,
+        tasks=tasks,
+        unassigned=unassigned,
+    )
+
+
+def _nodes_only(
+    view: FleetView, nodes: Mapping[str, NodeView], manager: ManagerState, keep: FleetSnapshot
+) -> FleetSnapshot:
+    running_on = Counter(r.node or "" for r in keep.tasks.values() if r.state == RUNNING)
+    return FleetSnapshot(
+        manager=manager,
+        nodes=_node_statuses(view, nodes, running_on),
+        services=keep.services,
+        tasks=keep.tasks,
+        unassigned=keep.unassigned,
+    )
+
+
+def _node_statuses(
+    view: FleetView, nodes: Mapping[str, NodeView], running_on: Mapping[str, int]
+) -> dict[str, NodeStatus]:
     statuses: dict[str, NodeStatus] = {}
     for row in node_rows(view):
         judged = nodes.get(row.node)
         state = node_state(judged) if judged is not None else "not-ready"
-        statuses[row.node] = NodeStatus(row, state, running_on[row.node])
-    return FleetSnapshot(
-        manager=manager, nodes=statuses, services=services, tasks=tasks, unassigned=unassigned
-    )
+        statuses[row.node] = NodeStatus(row, state, running_on.get(row.node, 0))
+    return statuses
 
 
 def _down(node: NodeView | None) -> bool:
@@ -217,12 +253,14 @@ def _order(task: str) -> tuple[str, int]:
 
 class Snapshots:
     """The current ``FleetSnapshot``, rebuilt by its first reader after a change; see the
-    module docstring. ``build`` makes one from the manager's state now; ``monotonic`` is the
-    manager's clock (``Clock.monotonic``). Use it from the event loop's thread only."""
+    module docstring. ``build(keep)`` makes one from the manager's state now, keeping the
+    services and tasks of ``keep`` when it is given (only heartbeats changed since it was
+    built); ``monotonic`` is the manager's clock (``Clock.monotonic``). Use it from the event
+    loop's thread only."""
 
     def __init__(
         self,
-        build: Callable[[], FleetSnapshot],
+        build: Callable[[FleetSnapshot | None], FleetSnapshot],
         monotonic: Callable[[], float],
         *,
         beat_refresh: float = BEAT_REFRESH,
@@ -233,25 +271,31 @@ class Snapshots:
         self._beat_refresh = beat_refresh
         self._current: FleetSnapshot | None = None
         self._stale = True
+        self._nodes_only = False  # stale only by heartbeats: the tasks still hold
         self._bumped_at = -math.inf
 
     def current(self) -> FleetSnapshot:
         """The snapshot of the manager's state as of the last change (built now if stale)."""
         if self._stale or self._current is None:
-            self._current = self._build()
-            self._stale = False
+            self._current = self._build(self._current if self._nodes_only else None)
+            self._stale = self._nodes_only = False
         return self._current
 
     def changed(self) -> None:
         """Something the page shows changed. Cheap; never raises."""
-        if not self._stale:
-            self._stale = True
-            self._bumped_at = self._monotonic()
-            self.changes.bump()
+        self._nodes_only = False
+        self._bump()
 
     def beat(self) -> None:
         """Heartbeats changed only what nodes last said: a change if the last one is
         ``beat_refresh`` seconds old, else nothing (a later heartbeat will be). Cheap; never
         raises."""
         if not self._stale and self._monotonic() - self._bumped_at >= self._beat_refresh:
-            self.changed()
+            self._nodes_only = True
+            self._bump()
+
+    def _bump(self) -> None:
+        if not self._stale:
+            self._stale = True
+            self._bumped_at = self._monotonic()
+            self.changes.bump()

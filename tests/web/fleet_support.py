@@ -96,11 +96,13 @@ class World:
     def status(self, node: str, task: str, state: str, **fields: Any) -> World:
         return self.put(STATUS, f"{node}.{task}", status_value(state, **fields))
 
-    def snapshot(self, now: float | None = None) -> FleetSnapshot:
+    def snapshot(
+        self, now: float | None = None, *, keep: FleetSnapshot | None = None
+    ) -> FleetSnapshot:
         nodes = self.view.node_views(self.now if now is None else now)
         plan = schedule(self.view.services, nodes, self.view.placed())
         state = ManagerState("m-1", __version__, self.leader, True, "ready")
-        return build_snapshot(self.view, nodes, plan, state)
+        return build_snapshot(self.view, nodes, plan, state, keep=keep)
 
 
 def two_nodes() -> World:

@@ -93,10 +93,12 @@ class Builder:
     def __init__(self) -> None:
         self.world = two_nodes()
         self.builds = 0
+        self.kept: list[FleetSnapshot | None] = []
 
-    def __call__(self) -> FleetSnapshot:
+    def __call__(self, keep: FleetSnapshot | None) -> FleetSnapshot:
         self.builds += 1
-        return self.world.snapshot()
+        self.kept.append(keep)
+        return self.world.snapshot(keep=keep)
 
 
 def test_no_snapshot_is_built_while_no_one_reads() -> None:
@@ -140,6 +142,26 @@ def test_heartbeats_alone_refresh_the_page_at_most_once_per_period() -> None:
     assert snaps.changes.version == version + 1
     snaps.beat()  # stale already: the next read is fresh anyway
     assert snaps.changes.version == version + 1
+
+
+def test_a_heartbeat_refresh_reads_the_nodes_and_keeps_the_tasks_as_they_were() -> None:
+    now = [0.0]
+    build = Builder()
+    snaps = Snapshots(build, lambda: now[0], beat_refresh=5.0)
+    first = snaps.current()
+    build.world.node("a", 1.0, site="moved")
+    now[0] = 10.0
+    snaps.beat()
+    second = snaps.current()
+    assert build.kept == [None, first]
+    assert second.tasks is first.tasks and second.services is first.services
+    assert second.unassigned is first.unassigned
+    assert dict(second.nodes["a"].row.labels) == {"site": "moved"}
+    assert second.nodes["a"].running == first.nodes["a"].running == 1
+    snaps.beat()  # a heartbeat, then a real change before the next read: built whole
+    snaps.changed()
+    snaps.current()
+    assert build.kept[-1] is None
 
 
 def test_the_manager_state_is_part_of_the_picture() -> None:

@@ -23,9 +23,9 @@ class Manager:
         self.builds = 0
         self.snapshots = Snapshots(self._build, lambda: 0.0)
 
-    def _build(self) -> FleetSnapshot:
+    def _build(self, keep: FleetSnapshot | None) -> FleetSnapshot:
         self.builds += 1
-        return self.world.snapshot()
+        return self.world.snapshot(keep=keep)
 
     def change(self, world: World) -> None:
         self.world = world
