@@ -1,6 +1,6 @@
 """bench page: what the status page costs the agent, how fast it follows, how fast it renders.
 
-A child process (``python -m bench.page serve``) runs the agent's real HTTP server
+A child process (``python -m bench.page serve agent``) runs the agent's real HTTP server
 (``reconciler.http.serve``) over the scrape bench's snapshot: 1,000 current task instances with
 5 history instances each, the worst a node keeps. Like an idle agent after each resync pass, it
 swaps in a new snapshot of new view objects with the same content every ``IDLE_SWAP`` seconds
@@ -19,6 +19,13 @@ Figures (``name=value``):
 * ``render_1000_load_ms``: navigation start to the load event (the server-rendered page), and
   ``render_1000_live_ms``: to the first event applied (the script's own render of every row),
   medians over 5 loads (goal < 1000); ``page_html_bytes`` and ``full_event_bytes`` their sizes.
+
+Then the same for the fleet manager's page, each figure prefixed ``manager_``: the child runs
+the manager's route table (``reconciler.http.serve_routes`` with its ``ManagerPage``) over a
+real ``FleetView`` of 20 nodes and 1,000 tasks (``bench/_page_fleet.py``); while idle, every
+node's heartbeat arrives every ``HEARTBEAT`` seconds (5, the fleet default) as the manager's
+watch applies it, and a command reports one task failed or running again. Its render figures
+are ``manager_render_1000_load_ms`` and ``manager_render_1000_live_ms``.
 """
 
 from __future__ import annotations
@@ -33,24 +40,29 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from prometheus_client import CollectorRegistry
 
+from bench._page_fleet import NODES_N, Fleet, node_id
 from bench.scrape import build_snapshot
 from bench.support import free_port, percentile, wait_until
-from reconciler.http import serve
+from reconciler.http import Route, serve, serve_routes
 from reconciler.metrics import Metrics
 from reconciler.model import TaskState
 from reconciler.snapshot import Changes, Snapshot
+from reconciler.web.manager_page import ManagerPage
 
 IDLE_SWAP = float(os.environ.get("BENCH_PAGE_IDLE_SWAP", "30"))
 IDLE_SECONDS = float(os.environ.get("BENCH_PAGE_IDLE_SECONDS", "90"))
 UPDATES = int(os.environ.get("BENCH_PAGE_UPDATES", "30"))
 LOADS = 5
 TARGET = "svc-0500"
+MANAGER_TARGET = "svc25-10"
+HEARTBEAT = 5.0
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -83,6 +95,44 @@ def changed(snap: Snapshot, n: int) -> Snapshot:
     return replace(snap, tasks=tasks)
 
 
+async def follow_commands(change: Callable[[int], None]) -> None:
+    """For each number read from stdin: ``change(n)``, then write the time it was made."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        n = int(line)
+        stamp = time.time()
+        change(n)
+        sys.stdout.write(f"{stamp!r}\n")
+        sys.stdout.flush()
+
+
+async def serve_manager_child(port: int) -> None:
+    fleet = Fleet()
+    page = ManagerPage(fleet.snapshots.current)
+    routes: dict[str, Route] = {"/healthz": lambda: (200, "text/plain", b"ok\n")}
+    server = await serve_routes(
+        "127.0.0.1", port, routes, page=page, changes=fleet.snapshots.changes
+    )
+
+    async def heartbeats() -> None:
+        # every node beats once per HEARTBEAT, spread out as real nodes are
+        i = 0
+        while True:
+            await asyncio.sleep(HEARTBEAT / NODES_N)
+            fleet.beat(node_id(i % NODES_N))
+            i += 1
+
+    beats = asyncio.create_task(heartbeats())
+    try:
+        await follow_commands(lambda n: fleet.change(MANAGER_TARGET, n))
+    finally:
+        beats.cancel()
+        server.close()
+        await server.wait_closed()
+
+
 async def serve_child(port: int) -> None:
     now = time.time()
     source = Source(replace(build_snapshot(now), started_at=now - 3600, desired_applied_at=now))
@@ -99,17 +149,8 @@ async def serve_child(port: int) -> None:
             source.swap(replace(snap, tasks=tuple(replace(t) for t in snap.tasks)))
 
     swapper = asyncio.create_task(idle_swaps())
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     try:
-        while line := await reader.readline():
-            n = int(line)
-            snap = changed(source.snap, n)
-            stamp = time.time()
-            source.swap(snap)
-            sys.stdout.write(f"{stamp!r}\n")
-            sys.stdout.flush()
+        await follow_commands(lambda n: source.swap(changed(source.snap, n)))
     finally:
         swapper.cancel()
         server.close()
@@ -173,25 +214,30 @@ def load_times(driver: Any, url: str) -> tuple[float, float]:
     return float(times[0]), float(times[1])
 
 
+# Per page: the element whose children change, and the target's row in it.
 WATCH = """
-const table = document.getElementById("tasks");
-const name = arguments[0];
+const [parent, row] = {
+  agent: [document.getElementById("tasks"),
+          (p) => [...p.tBodies].find((b) => b.dataset.name === arguments[0])?.rows[0]],
+  manager: [document.getElementById("tasks").tBodies[0],
+            (p) => [...p.rows].find((r) => r.dataset.key.endsWith("." + arguments[0]))],
+}[arguments[1]];
 window.__seen = {};
 window.__want = null;
 new MutationObserver(() => {
   const want = window.__want;
   if (want === null || window.__seen[want] !== undefined) return;
-  const body = [...table.tBodies].find((b) => b.dataset.name === name);
-  if (body && body.rows[0].textContent.includes(want)) {
+  const found = row(parent);
+  if (found && found.textContent.includes(want)) {
     window.__seen[want] = performance.timeOrigin + performance.now();
   }
-}).observe(table, {childList: true});
+}).observe(parent, {childList: true});
 """
 
 
-def update_latencies(driver: Any, child: subprocess.Popen[str]) -> list[float]:
+def update_latencies(driver: Any, child: subprocess.Popen[str], kind: str) -> list[float]:
     assert child.stdin is not None and child.stdout is not None
-    driver.execute_script(WATCH, TARGET)
+    driver.execute_script(WATCH, TARGET if kind == "agent" else MANAGER_TARGET, kind)
     out: list[float] = []
     for n in range(1, UPDATES + 1):
         want = f"update {n}"
@@ -224,17 +270,12 @@ def first_event_size(url: str) -> int:
     return 0
 
 
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        asyncio.run(serve_child(int(sys.argv[2])))
-        return
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            raise SystemExit(f"bench page needs {path} (run scripts/setup)")
+def measure(kind: str) -> dict[str, float]:
+    """Every figure of one page (``agent`` or ``manager``), served by a child process."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     child = subprocess.Popen(
-        [sys.executable, "-m", "bench.page", "serve", str(port)],
+        [sys.executable, "-m", "bench.page", "serve", kind, str(port)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -252,28 +293,62 @@ def main() -> None:
         loads = [load_times(driver, base + "/") for _ in range(LOADS)]
         time.sleep(2)
         one_page = idle_cpu_pct(child.pid, IDLE_SECONDS)
-        latencies = update_latencies(driver, child)
+        latencies = update_latencies(driver, child, kind)
     finally:
         if driver is not None:
             driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
         child.terminate()
         child.wait(30)
+    return {
+        "no_page": no_page,
+        "one_page": one_page,
+        "p50": statistics.median(latencies),
+        "p99": percentile(latencies, 0.99),
+        "max": max(latencies),
+        "load": statistics.median(t[0] for t in loads),
+        "live": statistics.median(t[1] for t in loads),
+        "html_bytes": html_bytes,
+        "event_bytes": event_bytes,
+        "updates": len(latencies),
+    }
 
-    print(f"idle_cpu_no_page_pct={no_page:.4f} idle_cpu_one_page_pct={one_page:.4f}")
-    print(f"page_idle_cpu_pct={one_page - no_page:.4f}")  # signed: below 0 is noise
+
+def report(f: dict[str, float], prefix: str = "") -> None:
+    p = prefix
     print(
-        f"update_p50_ms={statistics.median(latencies):.1f} "
-        f"update_p99_ms={percentile(latencies, 0.99):.1f} update_max_ms={max(latencies):.1f}"
+        f"{p}idle_cpu_no_page_pct={f['no_page']:.4f} {p}idle_cpu_one_page_pct={f['one_page']:.4f}"
     )
+    print(f"{p}page_idle_cpu_pct={f['one_page'] - f['no_page']:.4f}")  # signed: < 0 is noise
     print(
-        f"render_1000_load_ms={statistics.median(t[0] for t in loads):.0f} "
-        f"render_1000_live_ms={statistics.median(t[1] for t in loads):.0f}"
+        f"{p}update_p50_ms={f['p50']:.1f} {p}update_p99_ms={f['p99']:.1f} "
+        f"{p}update_max_ms={f['max']:.1f}"
     )
+    print(f"{p}render_1000_load_ms={f['load']:.0f} {p}render_1000_live_ms={f['live']:.0f}")
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        child = serve_child if sys.argv[2] == "agent" else serve_manager_child
+        asyncio.run(child(int(sys.argv[3])))
+        return
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            raise SystemExit(f"bench page needs {path} (run scripts/setup)")
+    agent = measure("agent")
+    report(agent)
     print(
-        f"tasks_current=1000 instances_total=6000 page_html_bytes={html_bytes} "
-        f"full_event_bytes={event_bytes} idle_seconds={IDLE_SECONDS:.0f} "
-        f"idle_swap_every_s={IDLE_SWAP:.0f} updates={len(latencies)}"
+        f"tasks_current=1000 instances_total=6000 page_html_bytes={agent['html_bytes']:.0f} "
+        f"full_event_bytes={agent['event_bytes']:.0f} idle_seconds={IDLE_SECONDS:.0f} "
+        f"idle_swap_every_s={IDLE_SWAP:.0f} updates={agent['updates']:.0f}"
+    )
+    manager = measure("manager")
+    report(manager, "manager_")
+    print(
+        f"manager_nodes={NODES_N} manager_tasks=1000 "
+        f"manager_page_html_bytes={manager['html_bytes']:.0f} "
+        f"manager_full_event_bytes={manager['event_bytes']:.0f} "
+        f"manager_heartbeat_every_s={HEARTBEAT:.0f} manager_updates={manager['updates']:.0f}"
     )
 
 
