@@ -261,7 +261,10 @@ class PodmanController:
             started = await self._rt.api.start(self.name)
         except NotFound:
             raise ContainerGone() from None
-        self._created_here = False
+        finally:
+            # Started or not: a start cancelled while podman ran it must look at the container
+            # when retried, and so resume the health verdict rather than skip it.
+            self._created_here = False
         if not started:
             raise TaskStarted()
         if runs_healthcheck(self._task.spec):

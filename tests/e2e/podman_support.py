@@ -134,3 +134,14 @@ def new_executor(
         observer=observer,
         agent_version="test",
     )
+
+
+async def until(pred: object, *, limit: float = 60.0, what: str = "condition") -> None:
+    """Poll real podman state (in a thread) until ``pred()`` is true."""
+    assert callable(pred)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(pred):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

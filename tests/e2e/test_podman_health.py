@@ -26,7 +26,14 @@ from reconciler.model import HealthCheck, TaskState
 from runtime.podman import PodmanExecutor
 from runtime.podman.service import PodmanService
 from tests.e2e.faultproxy import FaultProxy
-from tests.e2e.podman_support import RecordingObserver, drive, make_task, new_executor, resolved
+from tests.e2e.podman_support import (
+    RecordingObserver,
+    drive,
+    make_task,
+    new_executor,
+    resolved,
+    until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -113,13 +120,15 @@ async def test_a_cancelled_start_resumes_waiting_for_the_verdict(
         hc = HealthCheck(test=READY_FILE, interval=INTERVAL, timeout=5, retries=100)
         ctlr, task = resolved(make_task(node_id=node_id, healthcheck=hc), ex)
         await drive(task, ctlr, until=TaskState.READY)
+        name = f"{task.spec.name}.{task.id}"
         first = asyncio.create_task(ctlr.start())
         await clock.advance(INTERVAL)
-        await asyncio.wait({first}, timeout=0.5)
+        # the container starts (a hang guard, no timing), and its verdict is still awaited
+        await until(lambda: running(podman_service, name) or first.done(), what="the start")
+        assert not first.done(), "the start must wait for the health verdict"
         first.cancel()  # an update cancels the step in flight
         with contextlib.suppress(asyncio.CancelledError):
             await first
-        name = f"{task.spec.name}.{task.id}"
         assert running(podman_service, name)
 
         again = asyncio.create_task(ctlr.start())  # the retried step

@@ -37,6 +37,7 @@ from tests.e2e.podman_support import (
     new_executor,
     new_id,
     resolved,
+    until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -58,17 +59,6 @@ def state_of(svc: PodmanService, name: str) -> dict[str, object]:
     state = info["State"]
     assert isinstance(state, dict)
     return state
-
-
-async def until(pred: object, *, limit: float = 60.0, what: str = "condition") -> None:
-    """Poll real podman state (in a thread) until ``pred()`` is true."""
-    assert callable(pred)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(pred):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------------------ lifecycle
