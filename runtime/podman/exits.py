@@ -133,6 +133,8 @@ class ExitWatch:
         self._closed = False
         self.degraded: str | None = None
         """Why the last subscription could not be watched (None while watching works)."""
+        self.files_seen = 0
+        """Exit files told to a subscriber."""
         self.early_exits = 0
         """Exits judged from an exit file before podman's events told of them."""
 
@@ -243,6 +245,7 @@ class ExitWatch:
     def _fire(self, key: tuple[str, str]) -> None:
         fn = self._subs.pop(key, None)
         if fn is not None:
+            self.files_seen += 1
             fn()
 
     def _rescan(self) -> None:
