@@ -21,7 +21,11 @@ one per step where it can:
 * **wait** watches the container's events *before* inspecting it once, so no exit can fall
   between the two; then it sleeps on the event queue (no thread, no polling). Events older than
   the container's ``StartedAt`` are ignored. A running adopted container is re-attached, an
-  exited one is judged by its exit code, a missing one is ``ContainerGone``.
+  exited one is judged by its exit code, a missing one is ``ContainerGone``. After that
+  inspect it also subscribes to the container's exit file (``runtime.podman.exits``): when
+  conmon writes it, one inspect and one read of podman's event log decide whether the exit can
+  be judged before podman's events tell of it (``runtime.podman.exitrule``: only a logged
+  ``kill``); otherwise the events decide, as before.
 * **health checks** keep running inside ``wait`` on the spec's interval through the injected
   clock, one ``GET /containers/{name}/healthcheck`` per interval. podman's verdict already
   counts retries; "unhealthy" stops the container and ends the task with ``ExitError`` and a
