@@ -8,9 +8,10 @@ Side by side, in the same run against the same podman, the bench follows podman'
 stream and times, per round, when podman's ``died`` event for the killed container arrives
 (``podman_died_event_*``): the agent judges a kill from conmon's exit file, so it should be
 ahead of that event (``agent_ahead_of_died`` counts the rounds where it was). podman writes
-``died`` when something first reads the exit file, which the agent's own inspect now does
-within ms of the kill, so the event comes earlier here than on a host without the agent; what
-is left of its delay is podman's events API following its log on a 250 ms poll.
+``died`` as soon as it reads the exit file (``podman kill`` with SIGKILL does so before it
+answers), so nearly all of the event's delay is podman's events API following its log on a
+250 ms poll: a round in which that poll happens to come right after the kill sees the event
+early.
 Goal: p99 < 150 ms. BENCH_ROUNDS changes the number of rounds.
 """
 

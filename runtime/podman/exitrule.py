@@ -2,11 +2,11 @@
 
 conmon writes a container's exit file (its exit code) the moment the container's main process
 dies, a few ms after a kill. podman's ``died`` event reaches the agent much later: podman writes
-it when something next syncs the container (the cleanup process conmon starts, 100-200 ms on),
-and its events API follows its event log by polling it every 250 ms, so even the ``kill`` event,
-logged at once, arrives 0-250 ms late. Watching the exit directory (``runtime.podman.exits``)
-tells the agent of an exit first; this module decides what the exit file is worth. It is pure:
-no I/O, no clock.
+it once it reads the exit file (``podman kill`` with SIGKILL does before it answers; otherwise
+the cleanup process conmon starts, 100-200 ms on), and its events API follows its event log by
+polling it every 250 ms, so even the ``kill`` event, logged at once, arrives 0-250 ms late.
+Watching the exit directory (``runtime.podman.exits``) tells the agent of an exit first; this
+module decides what the exit file is worth. It is pure: no I/O, no clock.
 
 An exit file is not yet a verdict. ``podman rm -f`` and ``podman stop`` kill the container too,
 and a removal must still end as "container removed", not as exit 137. podman's record cannot
