@@ -271,6 +271,41 @@ class PodmanAPI:
 
         await self._quick("update", f"updating container {ref}", run, deadline=self.deadlines.write)
 
+    async def killed_since(self, container_id: str, since_ns: int) -> bool:
+        """Whether podman logged a ``kill`` event for ``container_id`` at or after
+        ``since_ns`` (ns since the epoch). One read of podman's event log, not the stream:
+        it answers with what is logged now, without the stream's delay."""
+        params = {
+            "stream": False,
+            "since": str(since_ns // 1_000_000_000),
+            "filters": json.dumps(
+                {"type": ["container"], "event": ["kill"], "container": [container_id]}
+            ),
+        }
+
+        def run(api: APIClient) -> bool:
+            resp = _check(api.get("/events", params=params))
+            for line in resp.text.splitlines():
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if (
+                    isinstance(ev, dict)
+                    and ev.get("Action") == "kill"
+                    and (ev.get("Actor") or {}).get("ID") == container_id
+                    and int(ev.get("timeNano") or 0) >= since_ns
+                ):
+                    return True
+            return False
+
+        return await self._quick(
+            "events",
+            f"reading the kill events of {container_id}",
+            run,
+            deadline=self.deadlines.read,
+        )
+
     async def healthcheck(self, ref: str, *, check_timeout: float) -> dict[str, Any]:
         """Run the container's health check once; podman's cumulative verdict."""
 

@@ -21,7 +21,11 @@ one per step where it can:
 * **wait** watches the container's events *before* inspecting it once, so no exit can fall
   between the two; then it sleeps on the event queue (no thread, no polling). Events older than
   the container's ``StartedAt`` are ignored. A running adopted container is re-attached, an
-  exited one is judged by its exit code, a missing one is ``ContainerGone``.
+  exited one is judged by its exit code, a missing one is ``ContainerGone``. After that
+  inspect it also subscribes to the container's exit file (``runtime.podman.exits``): when
+  conmon writes it, one inspect and one read of podman's event log decide whether the exit can
+  be judged before podman's events tell of it (``runtime.podman.exitrule``: only a logged
+  ``kill``); otherwise the events decide, as before.
 * **health checks** keep running inside ``wait`` on the spec's interval through the injected
   clock, one ``GET /containers/{name}/healthcheck`` per interval. podman's verdict already
   counts retries; "unhealthy" stops the container and ends the task with ``ExitError`` and a
@@ -64,6 +68,8 @@ from runtime.podman import cgroups
 from runtime.podman.client import PodmanAPI
 from runtime.podman.errors import ImageMissing, NameConflict, NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream, Watch
+from runtime.podman.exitrule import ExitSeen, judge_exit_file
+from runtime.podman.exits import ExitWatch
 from runtime.podman.spec import (
     TASK_ID_LABEL,
     container_name,
@@ -73,7 +79,7 @@ from runtime.podman.spec import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +130,8 @@ class Runtime:
     """Why a pull may not happen now (the image store is short of space), or None."""
     pulled: Callable[[str, str], None] = lambda image_id, ref: None
     """Told of every pulled image: its ID and the reference it was pulled by."""
+    exits: ExitWatch = field(default_factory=ExitWatch)
+    """conmon's exit files, which tell of an exit before podman's events do."""
 
 
 class PodmanController:
@@ -142,6 +150,7 @@ class PodmanController:
         self.name = container_name(task.spec, task.id)
         self._cid: str | None = task.status.container_id
         self._pid: int | None = task.status.pid
+        self._conmon_pid = 0  # from the last inspect: where the exit directory is found
         self._exit_code: int | None = task.status.exit_code
         self._created_here = False  # created by this controller and not yet started
         self._stopping = False  # the agent itself is stopping or removing the container
@@ -321,17 +330,24 @@ class PodmanController:
                     await events.wait_connected()
             except TimeoutError:
                 raise TemporaryError("podman's event stream is not connected") from None
-        with events.watch(self.name) as w:
+        with events.watch(self.name) as w, contextlib.ExitStack() as exit_file:
             health: asyncio.Task[None] | None = None
             try:
                 started = await self._check_state()
                 if started is None:
                     return
                 started_ns = started
+                # After the inspect, which names the container's conmon (and so its exit
+                # directory); an exit before the watch begins still comes as an event.
+                exit_file.enter_context(self._watch_exit_file(w))
                 if runs_healthcheck(self._task.spec):
                     health = asyncio.create_task(self._health_loop(), name=f"health {self.name}")
                 while True:
                     ev = await w.get()
+                    if ev.kind is EventKind.EXIT_FILE:
+                        if await self._exited_early():
+                            return
+                        continue
                     if ev.kind is EventKind.DIED and ev.time_ns >= started_ns:
                         # ``podman rm -f`` also emits "died" first, and "remove" some 50-100
                         # ms later. An exit the agent did not cause is therefore given a short
@@ -375,6 +391,54 @@ class PodmanController:
                     health.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await health
+
+    @contextlib.contextmanager
+    def _watch_exit_file(self, w: Watch) -> Iterator[bool]:
+        """Post ``EXIT_FILE`` to ``w`` when conmon writes this container's exit file."""
+        cid = self._cid or ""
+
+        def exited() -> None:
+            w.put(ContainerEvent(EventKind.EXIT_FILE, self.name, container_id=cid))
+
+        with self._rt.exits.subscribe(cid, self._conmon_pid, exited) as watching:
+            yield watching
+
+    async def _exited_early(self) -> bool:
+        """The exit file appeared: judge the exit now if podman's own log agrees that the
+        container was killed (``runtime.podman.exitrule``). Returns True for an exit with code
+        0, raises ``ExitError`` for another code and ``ContainerGone`` when the container is
+        missing; returns False to leave the verdict to podman's events."""
+        if self._stopping:
+            return False  # the agent's own stop or removal is judged as it always was
+        try:
+            # First the inspect: it waits for a kill in flight, which logs its event under
+            # the container's lock, so the log read after it holds that event.
+            info = await self._inspect_or_gone()
+            state = info.get("State") or {}
+            started_ns = parse_timestamp_ns(state.get("StartedAt"))
+            killed = self._killed_outside or await self._rt.api.killed_since(
+                str(info.get("Id") or self._cid or ""), started_ns
+            )
+        except ContainerGone:
+            raise
+        except ReconcilerError as err:  # a removal under way answers 500: the events decide
+            log.debug("exit of %s left to podman's events: %s", self.name, err)
+            return False
+        code = state.get("ExitCode")
+        verdict = judge_exit_file(
+            ExitSeen(
+                status=str(state.get("Status") or ""),
+                exit_code=code if isinstance(code, int) else None,
+                kill_seen=killed,
+                agent_stopping=self._stopping,
+            )
+        )
+        if verdict is None:
+            return False
+        self._rt.exits.count_early_exit()
+        self._killed_outside = True
+        self._judge(verdict.exit_code)
+        return True
 
     async def _removed_soon(self, w: Watch) -> bool:
         """Whether a "remove" event arrives within ``REMOVAL_WINDOW`` (real time)."""
@@ -452,6 +516,8 @@ class PodmanController:
         pid = state.get("Pid")
         if isinstance(pid, int) and pid > 0:
             self._pid = pid
+        conmon = state.get("ConmonPid")
+        self._conmon_pid = conmon if isinstance(conmon, int) else 0
         if state.get("Status") in ("exited", "stopped"):
             code = state.get("ExitCode")
             if isinstance(code, int):

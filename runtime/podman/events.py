@@ -77,9 +77,10 @@ class EventKind(enum.Enum):
     LOST = "lost"  # the stream dropped: events may have been missed
     RECHECK = "recheck"  # a resync saw a disagreement: inspect again
     UNHEALTHY = "unhealthy"  # the agent's own health check failed
+    EXIT_FILE = "exit_file"  # conmon wrote the container's exit file (``runtime.podman.exits``)
 
 
-_MARKERS = frozenset({EventKind.LOST, EventKind.RECHECK, EventKind.UNHEALTHY})
+_MARKERS = frozenset({EventKind.LOST, EventKind.RECHECK, EventKind.UNHEALTHY, EventKind.EXIT_FILE})
 PODMAN_ACTIONS = {k.value: k for k in EventKind if k not in _MARKERS}
 """podman's actions a waiter cares about; every other event is dropped in the reader thread."""
 

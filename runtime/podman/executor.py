@@ -56,6 +56,7 @@ from runtime.podman.client import PodmanAPI
 from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
 from runtime.podman.errors import ImageInUse, ImageMissing, NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream
+from runtime.podman.exits import ExitWatch
 from runtime.podman.oom import KernelLogOoms, OomKill
 from runtime.podman.probe import Discover, Liveness
 from runtime.podman.reach import Reachability
@@ -86,10 +87,12 @@ class PodmanExecutor:
         max_workers: int = 8,
         discover: Discover | None = None,
         image_gc_threshold: float = 15.0,
+        exit_watch: ExitWatch | None = None,
     ) -> None:
         """``discover``, when given, finds podman's socket again while podman is down (see the
         module docstring); leave it out for a URL the user gave. Pulls are refused while the
-        image store has under ``image_gc_threshold`` percent free (0: never)."""
+        image store has under ``image_gc_threshold`` percent free (0: never). ``exit_watch``
+        replaces the watch on conmon's exit files (tests: one that cannot find them)."""
         if not node_id:
             raise ValueError("node_id must not be empty")
         self.url = url
@@ -120,6 +123,7 @@ class PodmanExecutor:
             is_up=lambda: self._reach.up,
             pull_refusal=self._pull_refusal,
             pulled=self._pulled,
+            exits=exit_watch or ExitWatch(),
         )
         self._started = False
         self._closed = False
@@ -151,6 +155,7 @@ class PodmanExecutor:
         self._ooms.close()
         await self._liveness.close()
         await self._events.close()
+        self._rt.exits.close()
         await self._api.close()
 
     def _reachability_changed(self, up: bool) -> None:
@@ -182,6 +187,10 @@ class PodmanExecutor:
     @property
     def events(self) -> EventStream:
         return self._events
+
+    @property
+    def exits(self) -> ExitWatch:
+        return self._rt.exits
 
     @property
     def api(self) -> PodmanAPI:
