@@ -70,6 +70,7 @@ from runtime.podman.errors import ImageMissing, NameConflict, NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream, Watch
 from runtime.podman.exitrule import ExitSeen, judge_exit_file
 from runtime.podman.exits import ExitWatch
+from runtime.podman.listing import Listed, Listing, parent_pid
 from runtime.podman.spec import (
     TASK_ID_LABEL,
     container_name,
@@ -132,6 +133,8 @@ class Runtime:
     """Told of every pulled image: its ID and the reference it was pulled by."""
     exits: ExitWatch = field(default_factory=ExitWatch)
     """conmon's exit files, which tell of an exit before podman's events do."""
+    listing: Listing | None = None
+    """Shared first looks (one list call for many waits); None: one inspect each."""
 
 
 class PodmanController:
@@ -153,6 +156,7 @@ class PodmanController:
         self._conmon_pid = 0  # from the last inspect: where the exit directory is found
         self._exit_code: int | None = task.status.exit_code
         self._created_here = False  # created by this controller and not yet started
+        self._started_here = False  # this controller's start call started the container
         self._stopping = False  # the agent itself is stopping or removing the container
         self._killed_outside = False
         self._oom_kills: list[tuple[int | None, str]] = []  # (pid, process) the kernel killed
@@ -274,6 +278,7 @@ class PodmanController:
             # Started or not: a start cancelled while podman ran it must look at the container
             # when retried, and so resume the health verdict rather than skip it.
             self._created_here = False
+        self._started_here = started
         if not started:
             raise TaskStarted()
         if runs_healthcheck(self._task.spec):
@@ -333,7 +338,7 @@ class PodmanController:
         with events.watch(self.name) as w, contextlib.ExitStack() as exit_file:
             health: asyncio.Task[None] | None = None
             try:
-                started = await self._check_state()
+                started = await self._check_state(first_look=True)
                 if started is None:
                     return
                 started_ns = started
@@ -453,11 +458,16 @@ class PodmanController:
         except TimeoutError:
             return False
 
-    async def _check_state(self) -> int | None:
+    async def _check_state(self, *, first_look: bool = False) -> int | None:
         """Inspect once: a running container's StartedAt (ns), or judge an exited one.
 
         Returns None when the container exited with code 0; raises ``ExitError`` for another
-        code and ``ContainerGone`` when it is missing."""
+        code and ``ContainerGone`` when it is missing. A ``first_look`` at a container this
+        controller did not start (one adopted after a restart) reads a shared list call
+        instead of inspecting (``listing``)."""
+        listing = self._rt.listing
+        if first_look and listing is not None and not self._started_here:
+            return self._judge_listed(await listing.look(self.name))
         info = await self._inspect_or_gone()
         state = info.get("State") or {}
         status = str(state.get("Status") or "")
@@ -467,6 +477,22 @@ class PodmanController:
         if started_ns == 0 and status in ("created", "configured", "initialized"):
             raise PermanentError(f"container {self.name} was never started (state {status})")
         self._judge(int(state.get("ExitCode") or 0))
+        return None
+
+    def _judge_listed(self, listed: Listed | None) -> int | None:
+        """``_check_state`` from a list entry (None: the container is gone)."""
+        if listed is None:
+            self._gone()
+        self._cid = listed.id or self._cid
+        if listed.pid is not None:
+            self._pid = listed.pid
+        if listed.running:
+            # The exit-file watch needs conmon, whose child the container's process is.
+            self._conmon_pid = parent_pid(listed.pid)
+            return listed.started_ns
+        if listed.started_ns == 0 and listed.state in ("created", "configured", "initialized"):
+            raise PermanentError(f"container {self.name} was never started (state {listed.state})")
+        self._judge(listed.exit_code)
         return None
 
     def _judge(self, code: int) -> None:

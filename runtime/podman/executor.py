@@ -13,6 +13,10 @@ seconds of podman hanging; then every call in flight and the event stream are en
 waiters retry when podman is back), and calls fail at once until it answers again. The first
 answer turns it back up, and the event stream reconnects at once. Nothing is restarted when
 podman returns: containers keep running under conmon, and waiters re-attach by inspecting.
+Waits that re-attach to containers this process did not start (after an agent restart, or an
+event stream lost) take their first look from one shared list call (``listing``), not one
+inspect each. The first ``describe`` (which readiness waits for) can take a ``podman info``
+the composition root asked for while the agent was still starting (``node_info``).
 
 When the URL came from discovery (``discover`` is given), discovery runs again while podman is
 down, and the executor follows a socket that appears later; an explicit URL is never replaced.
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from typing import Any
 
 from reconciler.clock import Clock
@@ -57,6 +61,7 @@ from runtime.podman.controller import PodmanController, Runtime, parse_timestamp
 from runtime.podman.errors import ImageInUse, ImageMissing, NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream
 from runtime.podman.exits import ExitWatch
+from runtime.podman.listing import Listing
 from runtime.podman.oom import KernelLogOoms, OomKill
 from runtime.podman.probe import Discover, Liveness
 from runtime.podman.reach import Reachability
@@ -88,11 +93,14 @@ class PodmanExecutor:
         discover: Discover | None = None,
         image_gc_threshold: float = 15.0,
         exit_watch: ExitWatch | None = None,
+        node_info: Awaitable[Mapping[str, Any] | None] | None = None,
     ) -> None:
         """``discover``, when given, finds podman's socket again while podman is down (see the
         module docstring); leave it out for a URL the user gave. Pulls are refused while the
         image store has under ``image_gc_threshold`` percent free (0: never). ``exit_watch``
-        replaces the watch on conmon's exit files (tests: one that cannot find them)."""
+        replaces the watch on conmon's exit files (tests: one that cannot find them).
+        ``node_info``, when given, is a ``podman info`` asked for at start-up (None if podman
+        did not answer it): the first ``describe`` takes it rather than asking again."""
         if not node_id:
             raise ValueError("node_id must not be empty")
         self.url = url
@@ -124,6 +132,7 @@ class PodmanExecutor:
             pull_refusal=self._pull_refusal,
             pulled=self._pulled,
             exits=exit_watch or ExitWatch(),
+            listing=Listing(lambda: self._api.list(labels={NODE_LABEL: node_id})),
         )
         self._started = False
         self._closed = False
@@ -132,6 +141,7 @@ class PodmanExecutor:
         self._graph_root: str | None = None
         self.image_gc_threshold = image_gc_threshold
         self._used_images: dict[str, str] = {}  # image id -> reference, at the last relist
+        self._first_info = node_info
         self._pulled_images: dict[str, str] = {}  # pulled since the last relist
 
     # ------------------------------------------------------------------------ lifecycle
@@ -200,6 +210,12 @@ class PodmanExecutor:
     def liveness(self) -> Liveness:
         return self._liveness
 
+    @property
+    def listing(self) -> Listing:
+        """The shared first looks of re-attaching waits (``calls`` counts its list calls)."""
+        assert self._rt.listing is not None
+        return self._rt.listing
+
     async def ping(self) -> bool:
         """One ``/_ping`` in the probe's own lane (never queued behind other calls); updates
         ``runtime_up``."""
@@ -208,7 +224,13 @@ class PodmanExecutor:
     # ------------------------------------------------------------------------- executor
 
     async def describe(self) -> NodeDescription:
-        info = await self._api.info()
+        """The node from ``podman info``: the first call takes ``node_info``'s answer when
+        there is one, the others ask podman. Raises ``TemporaryError`` when podman does not
+        answer."""
+        first, self._first_info = self._first_info, None
+        info: Mapping[str, Any] | None = await first if first is not None else None
+        if info is None:
+            info = await self._api.info()
         host: dict[str, Any] = info.get("host") or {}
         version: dict[str, Any] = info.get("version") or {}
         distribution = host.get("distribution") or {}

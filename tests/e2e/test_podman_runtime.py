@@ -568,3 +568,71 @@ async def test_kill_9_of_the_agent_then_a_new_one_adopts_all_ten_running_contain
             await c.remove()
     finally:
         await ex.close()
+
+
+async def test_waits_reattaching_after_a_restart_share_one_list_and_judge_each_container(
+    podman_service: PodmanService, node_id: str, observer: RecordingObserver
+) -> None:
+    first = new_executor(podman_service.url, node_id, observer)
+    await first.start()
+    try:
+        runs = [await _running(first, node_id, name=f"up{i}") for i in range(3)]
+        _, exits3 = await _running(first, node_id, name="three", command=("sh", "-c", "exit 3"))
+        _, killed = await _running(first, node_id, name="killed")
+        _, removed = await _running(first, node_id, name="removed")
+    finally:
+        await first.close()  # the agent goes away; its store says all six run
+
+    def cname(d: Driven) -> str:
+        return f"{d.task.spec.name}.{d.task.id}"
+
+    await asyncio.to_thread(podman_service.run, "kill", "--signal", "KILL", cname(killed))
+    await asyncio.to_thread(podman_service.run, "rm", "--force", "--time", "0", cname(removed))
+    await until(lambda: state_of(podman_service, cname(exits3))["Running"] is False, what="exit")
+    await until(lambda: state_of(podman_service, cname(killed))["Running"] is False, what="kill")
+    before = {cname(d): state_of(podman_service, cname(d))["StartedAt"] for _, d in runs}
+
+    second = new_executor(podman_service.url, node_id, observer)
+    await second.start()
+    try:
+        await asyncio.wait_for(second.events.wait_connected(), 60)
+        ctlrs = {
+            cname(d): resolved(d.task, second)[0] for d in [*(d for _, d in runs), exits3, killed]
+        }
+        ctlrs[cname(removed)] = resolved(removed.task, second)[0]
+        waits = {n: asyncio.create_task(c.wait()) for n, c in ctlrs.items()}
+        await until(
+            lambda: sum(w.done() for w in waits.values()) == 3, what="the three ended judged"
+        )
+        assert second.listing.calls == 1  # six waits, one list call, no inspect each
+        with pytest.raises(ExitError) as three:
+            await waits[cname(exits3)]
+        assert three.value.exit_code == 3
+        with pytest.raises(ExitError) as kill:
+            await waits[cname(killed)]
+        assert kill.value.exit_code == 137
+        with pytest.raises(ContainerGone):
+            await waits[cname(removed)]
+        for _, d in runs:
+            assert not waits[cname(d)].done()  # re-attached to a running container
+            assert state_of(podman_service, cname(d))["StartedAt"] == before[cname(d)]
+            assert ctlrs[cname(d)].container_status().container_id == d.task.status.container_id
+            assert ctlrs[cname(d)].container_status().pid
+        await asyncio.to_thread(podman_service.run, "stop", "--time", "5", cname(runs[0][1]))
+        await asyncio.wait_for(waits[cname(runs[0][1])], 60)  # the trap exits 0: returns
+        # Adopted from the list, a running container is still watched through conmon's exit
+        # file (its conmon found as the parent of its process): a kill is judged from it.
+        await until(lambda: bool(second.exits.directories), what="the exit directory watched")
+        assert second.exits.degraded is None
+        await asyncio.to_thread(podman_service.run, "kill", "--signal", "KILL", cname(runs[1][1]))
+        with pytest.raises(ExitError) as killed_adopted:
+            await asyncio.wait_for(waits[cname(runs[1][1])], 60)
+        assert killed_adopted.value.exit_code == 137
+        assert second.exits.files_seen >= 1
+        for n in (cname(d) for _, d in runs[2:]):
+            waits[n].cancel()
+        await asyncio.gather(*waits.values(), return_exceptions=True)
+        for c in ctlrs.values():
+            await c.remove()
+    finally:
+        await second.close()
