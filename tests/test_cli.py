@@ -178,3 +178,17 @@ def test_ps_watch_redraws_the_table_until_interrupted(tmp_path: Path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     assert seen.count(b"NAME") >= 2 and b"web" in seen
+
+
+def test_starting_a_command_loads_neither_the_fleet_nor_podman_nor_the_schema_checker() -> None:
+    # What a restart of the agent waits for: each command imports only what it runs.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import reconciler.cli.main; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('nats', 'podman', 'jsonschema', 'yaml', 'runtime') or m == 'reconciler.cli.fleet'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

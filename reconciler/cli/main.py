@@ -8,12 +8,12 @@ decision. The flags themselves are declared in ``options``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.cli import agent, fleet, tasks
 from reconciler.cli.exits import EXIT_OK, outcome
 from reconciler.cli.logfmt import setup_logging
 from reconciler.cli.options import CommandSpec, apply_config, build_parser, state_dir
@@ -31,7 +31,20 @@ class Handler:
     render: Callable[[Any, Any], str] | None = None
 
 
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported when first called: a command loads only what it uses (the
+    agent's start-up, which a restart waits for, never loads the fleet's or ``ps``'s code)."""
+
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"reconciler.cli.{module}"), name)(*args)
+
+    call.__name__ = name
+    return call
+
+
 def _ps(args: Any) -> Any:
+    from reconciler.cli import tasks
+
     if args.watch:
         tasks.ps_watch(args, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
         return None
@@ -45,6 +58,7 @@ def _render_ps(views: Any, args: Any) -> str:
 
 
 def _logs(args: Any) -> int:
+    from reconciler.cli import tasks
     from reconciler.cli.wiring import container_logs
 
     view = tasks.find_view(tasks.read_views(state_dir(args)), args.ref)
@@ -55,23 +69,32 @@ def _logs(args: Any) -> int:
 
 
 HANDLERS: dict[tuple[str, ...], Handler] = {
-    ("run",): Handler(agent.run),
-    ("validate",): Handler(tasks.validate, lambda n, _: f"ok: {n} task(s)"),
-    ("apply",): Handler(tasks.apply, lambda lines, _: "\n".join(map(str, lines))),
+    ("run",): Handler(_lazy("agent", "run")),
+    ("validate",): Handler(_lazy("tasks", "validate"), lambda n, _: f"ok: {n} task(s)"),
+    ("apply",): Handler(_lazy("tasks", "apply"), lambda lines, _: "\n".join(map(str, lines))),
     ("ps",): Handler(_ps, _render_ps),
-    ("inspect",): Handler(tasks.inspect, lambda data, _: json_text(data)),
+    ("inspect",): Handler(_lazy("tasks", "inspect"), lambda data, _: json_text(data)),
     ("logs",): Handler(_logs),
     ("manager", "init"): Handler(
-        fleet.manager_init, lambda done, _: "\n".join(f"{what} {bucket}" for bucket, what in done)
+        _lazy("fleet", "manager_init"),
+        lambda done, _: "\n".join(f"{what} {bucket}" for bucket, what in done),
     ),
-    ("manager", "run"): Handler(fleet.manager_run),
-    ("manager", "apply"): Handler(fleet.manager_apply, lambda lines, _: "\n".join(lines)),
-    ("manager", "rm"): Handler(fleet.manager_rm, lambda lines, _: "\n".join(lines)),
-    ("manager", "ps"): Handler(fleet.manager_ps, fleet.render_ps),
-    ("manager", "nodes"): Handler(fleet.manager_nodes, fleet.render_nodes),
-    ("manager", "drain"): Handler(fleet.manager_availability, fleet.render_availability),
-    ("manager", "pause"): Handler(fleet.manager_availability, fleet.render_availability),
-    ("manager", "activate"): Handler(fleet.manager_availability, fleet.render_availability),
+    ("manager", "run"): Handler(_lazy("fleet", "manager_run")),
+    ("manager", "apply"): Handler(
+        _lazy("fleet", "manager_apply"), lambda lines, _: "\n".join(lines)
+    ),
+    ("manager", "rm"): Handler(_lazy("fleet", "manager_rm"), lambda lines, _: "\n".join(lines)),
+    ("manager", "ps"): Handler(_lazy("fleet", "manager_ps"), _lazy("fleet", "render_ps")),
+    ("manager", "nodes"): Handler(_lazy("fleet", "manager_nodes"), _lazy("fleet", "render_nodes")),
+    ("manager", "drain"): Handler(
+        _lazy("fleet", "manager_availability"), _lazy("fleet", "render_availability")
+    ),
+    ("manager", "pause"): Handler(
+        _lazy("fleet", "manager_availability"), _lazy("fleet", "render_availability")
+    ),
+    ("manager", "activate"): Handler(
+        _lazy("fleet", "manager_availability"), _lazy("fleet", "render_availability")
+    ),
 }
 
 

@@ -20,8 +20,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reconciler import __version__
 from reconciler.cli.exits import UsageError
 
@@ -321,6 +319,8 @@ def apply_config(args: argparse.Namespace, spec: CommandSpec) -> None:
     path = getattr(args, "config", None)
     if not path:
         return
+    import yaml  # only for --config: kept off the start-up of every command
+
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.snapshot import TaskView
+if TYPE_CHECKING:
+    from reconciler.snapshot import TaskView
 
 __all__ = ["fmt_time", "json_text", "task_table", "tasks_json", "watch_frame"]
 

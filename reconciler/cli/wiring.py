@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,13 +23,16 @@ from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, NotFound
 from reconciler.clock import SystemClock
 
 if TYPE_CHECKING:
+    import concurrent.futures
+    from typing import Any
+
     from reconciler.agent import Agent
     from reconciler.cli.agent import AgentOptions
     from reconciler.model import NodeDescription
     from reconciler.recovery import OpenedStore
     from reconciler.session import Session
 
-__all__ = ["container_logs", "run_agent"]
+__all__ = ["container_logs", "read_podman_info", "run_agent"]
 
 log = logging.getLogger("reconciler")
 
@@ -37,8 +41,35 @@ BOOT_ID_ENV = "RECONCILER_TEST_BOOT_ID"
 kernel's, so an end-to-end test can make the agent see a host reboot."""
 
 
-async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> int:
-    """Wire and run the agent until SIGTERM or SIGINT; containers keep running."""
+def read_podman_info(url: str) -> concurrent.futures.Future[dict[str, Any] | None]:
+    """Ask podman for its ``info`` in a thread of its own, now (see ``discovery.read_info``):
+    the node description readiness waits for is then ready when the agent needs it. Read-only,
+    so it may begin before anything else is checked."""
+    import concurrent.futures
+    import threading
+
+    future: concurrent.futures.Future[dict[str, Any] | None] = concurrent.futures.Future()
+
+    def read() -> None:
+        try:
+            from runtime.podman.discovery import read_info
+
+            future.set_result(read_info(url))
+        except BaseException as err:  # a bug: describe() then asks podman itself
+            future.set_exception(err)
+
+    threading.Thread(target=read, name="podman-info", daemon=True).start()
+    return future
+
+
+async def run_agent(
+    opts: AgentOptions,
+    opened: OpenedStore,
+    node_id: str,
+    info: concurrent.futures.Future[dict[str, Any] | None] | None = None,
+) -> int:
+    """Wire and run the agent until SIGTERM or SIGINT; containers keep running. ``info`` is a
+    ``podman info`` already asked for on ``opts.podman_url``."""
     import sys
 
     from reconciler import http
@@ -86,6 +117,8 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
         await server.serve_forever()
 
     url, service = await asyncio.to_thread(find_podman, opts.podman_url, opts.state_dir)
+    if info is None or url != opts.podman_url:
+        info = read_podman_info(url)
     executor = PodmanExecutor(
         url=url,
         node_id=node_id,
@@ -94,6 +127,7 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
         agent_version=__version__,
         discover=rediscovery(opts.podman_url, opts.state_dir),
         image_gc_threshold=opts.image_gc_threshold,
+        node_info=_no_failure(asyncio.wrap_future(info)),
     )
     session = _session(opts, node_id, agent, clock)
     try:
@@ -106,6 +140,15 @@ async def run_agent(opts: AgentOptions, opened: OpenedStore, node_id: str) -> in
             await asyncio.to_thread(service.stop)
     log.info("stopped")
     return EXIT_OK
+
+
+async def _no_failure(
+    info: Awaitable[dict[str, Any] | None],
+) -> dict[str, Any] | None:
+    try:
+        return await info
+    except Exception:
+        return None  # describe() asks podman itself
 
 
 def _session(opts: AgentOptions, node_id: str, agent: Agent, clock: SystemClock) -> Session:

@@ -10,6 +10,21 @@ liveness probe behind ``runtime_up``), ``events`` (the single event-stream reade
 benchmarks and hosts without a socket).
 """
 
-from runtime.podman.executor import PodmanExecutor
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.podman.executor import PodmanExecutor
 
 __all__ = ["PodmanExecutor"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, not with the package: a part as light as ``discovery`` can then be
+    # used (at the agent's start, from a thread) without loading podman-py.
+    if name == "PodmanExecutor":
+        from runtime.podman.executor import PodmanExecutor
+
+        return PodmanExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,6 +17,8 @@ explicit ``--podman-url`` gets none: it is never replaced.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import logging
 import os
 import shutil
@@ -25,6 +27,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +178,54 @@ def find_podman(explicit: str | None, state_dir: Path) -> tuple[str, OwnService 
     except RuntimeError as err:
         log.error("cannot start podman service err=%r", str(err))
         return own, None
+
+
+INFO_TIMEOUT = 30.0
+"""Seconds ``read_info`` may take (the read deadline of every other podman call)."""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("d", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+
+
+def read_info(url: str, timeout: float = INFO_TIMEOUT) -> dict[str, Any] | None:
+    """podman's ``info`` from the API on ``url`` (``unix:///path``), or None when it does not
+    answer it (never raises). Blocking, and light on purpose: the standard library alone, so
+    a thread can ask at once while the agent is still starting (``podman info`` takes podman a
+    fifth of a second: it runs the OCI runtime and conmon to learn their versions), before
+    podman-py is even imported."""
+    path = socket_path(url)
+    if path is None:
+        return None
+    conn = _UnixHTTPConnection(path, timeout)
+    try:
+        conn.request("GET", "/v4.0.0/libpod/info")
+        resp = conn.getresponse()
+        if resp.status != 200:
+            return None
+        body = json.loads(resp.read(MAX_INFO_BYTES + 1)[:MAX_INFO_BYTES])
+    except (OSError, ValueError, http.client.HTTPException) as err:
+        log.debug("podman info failed url=%s err=%r", url, err)
+        return None
+    finally:
+        conn.close()
+    return body if isinstance(body, dict) else None
+
+
+MAX_INFO_BYTES = 1 << 20
+"""The most of ``podman info``'s answer read (it is a few KB)."""
 
 
 def container_logs(url: str, ref: str, *, follow: bool, tail: int | None) -> None:

@@ -13,6 +13,7 @@ from runtime.podman.discovery import (
     candidates,
     find_podman,
     first_answering,
+    read_info,
     rediscovery,
     state_dir_socket,
 )
@@ -108,3 +109,56 @@ def test_rediscovery_finds_container_hosts_socket_once_it_appears(
 def test_first_answering_is_none_when_nothing_answers(tmp_path: Path):
     assert first_answering([]) is None
     assert first_answering([f"unix://{tmp_path}/a.sock", "tcp://127.0.0.1:1"]) is None
+
+
+def _serve_once(path: Path, response: bytes) -> tuple[threading.Thread, list[bytes]]:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            seen.append(conn.recv(4096))
+            conn.sendall(response)
+        server.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return t, seen
+
+
+def test_read_info_returns_podmans_info_from_the_libpod_api(tmp_path: Path):
+    body = b'{"host": {"hostname": "edge-1", "cpus": 4}, "version": {"Version": "4.3.1"}}'
+    t, seen = _serve_once(
+        tmp_path / "s.sock",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body,
+    )
+    info = read_info(f"unix://{tmp_path}/s.sock")
+    t.join()
+    assert info == {"host": {"hostname": "edge-1", "cpus": 4}, "version": {"Version": "4.3.1"}}
+    assert seen[0].startswith(b"GET /v4.0.0/libpod/info HTTP/1.1")
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnot j",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+        b"garbage, not http at all",
+        b"",
+    ],
+)
+def test_read_info_is_none_when_podman_does_not_answer_it(tmp_path: Path, response: bytes):
+    t, _ = _serve_once(tmp_path / "s.sock", response)
+    assert read_info(f"unix://{tmp_path}/s.sock", timeout=5) is None
+    t.join()
+
+
+def test_read_info_is_none_without_a_socket(tmp_path: Path):
+    assert read_info(f"unix://{tmp_path}/none.sock") is None
+    assert read_info("tcp://127.0.0.1:1") is None

@@ -8,8 +8,10 @@ import podman.errors
 import pytest
 import requests
 
+from reconciler.clock import SystemClock
 from reconciler.errors import PermanentError, TemporaryError
-from runtime.podman import cgroups
+from reconciler.executor import NullObserver
+from runtime.podman import PodmanExecutor, cgroups
 from runtime.podman.controller import parse_timestamp_ns
 from runtime.podman.errors import (
     ImageMissing,
@@ -107,3 +109,45 @@ def test_memory_matches_up_to_page_rounding() -> None:
     assert not cgroups.memory_matches(64 << 20, 128 << 20)
     assert cgroups.memory_matches(None, None)
     assert not cgroups.memory_matches(None, 1)
+
+
+async def test_the_first_describe_takes_the_info_read_at_start_up_and_later_ones_ask_podman(
+    tmp_path: Path,
+) -> None:
+    async def early() -> dict[str, object]:
+        return {"host": {"hostname": "edge-7", "cpus": 3, "memTotal": 1024}, "version": {}}
+
+    ex = PodmanExecutor(
+        url=f"unix://{tmp_path}/no-podman.sock",
+        node_id="n1",
+        clock=SystemClock(),
+        observer=NullObserver(),
+        agent_version="t",
+        node_info=early(),
+    )
+    try:
+        node = await ex.describe()
+        assert (node.hostname, node.cpus, node.memory_bytes) == ("edge-7", 3, 1024)
+        with pytest.raises(TemporaryError):  # nobody answers on that socket
+            await ex.describe()
+    finally:
+        await ex.close()
+
+
+async def test_describe_asks_podman_when_the_early_info_got_no_answer(tmp_path: Path) -> None:
+    async def unanswered() -> None:
+        return None
+
+    ex = PodmanExecutor(
+        url=f"unix://{tmp_path}/no-podman.sock",
+        node_id="n1",
+        clock=SystemClock(),
+        observer=NullObserver(),
+        agent_version="t",
+        node_info=unanswered(),
+    )
+    try:
+        with pytest.raises(TemporaryError):
+            await ex.describe()
+    finally:
+        await ex.close()
