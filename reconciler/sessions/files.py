@@ -9,8 +9,11 @@ only say *when* to look, never *what* changed, so a lost or coalesced event cann
 agent with a partial view. Duplicates are suppressed: a message equal to the last one sent is
 not sent again (receivers are idempotent anyway).
 
-- **Watching.** ``watchfiles.awatch`` on the directory (not recursive), debounced by
-  ``debounce_ms``, with events for files that do not count (swap files, backups) filtered out.
+- **Watching.** ``watchfiles.awatch`` on the directory (not recursive), with events for files
+  that do not count (swap files, backups) filtered out. A burst of events is read once it has
+  been quiet for ``step_ms`` (10 ms: an atomic write, a rename, is one burst; watchfiles' own
+  50 ms default was most of the time from a write to the first container created), or after
+  ``debounce_ms`` of events that keep coming.
 - **Missed events.** The watcher wakes every ``poll_interval`` seconds even without events. The
   first such wake-up after a watch starts re-reads once, which covers changes made between the
   initial read and the watch being set up; later ones re-read every ``rescan_interval``
@@ -101,12 +104,14 @@ class FileSession:
         desired_dir: Path,
         *,
         debounce_ms: int = 50,
+        step_ms: int = 10,
         poll_interval: float = 1.0,
         rescan_interval: float = 30.0,
     ) -> None:
         self._dir = Path(desired_dir)
         self._abs_dir = os.path.abspath(self._dir)
         self._debounce_ms = debounce_ms
+        self._step_ms = max(1, min(step_ms, debounce_ms))
         self._poll_interval = poll_interval
         self._rescan_interval = rescan_interval
         self._stop = asyncio.Event()
@@ -185,6 +190,7 @@ class FileSession:
                 self._dir,
                 watch_filter=wanted,
                 debounce=self._debounce_ms,
+                step=self._step_ms,
                 stop_event=self._stop,
                 rust_timeout=max(1, int(self._poll_interval * 1000)),
                 yield_on_timeout=True,
