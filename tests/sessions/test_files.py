@@ -331,3 +331,22 @@ async def test_the_stream_survives_a_reader_that_raises(
         assert msg == DesiredInvalid(errors=(f"{d}:0: directory: could not be read (MemoryError)",))
         write(d / "web.yaml", web())
         assert names(await next_message(messages)) == ["web"]
+
+
+async def test_a_file_written_in_two_parts_with_a_pause_ends_as_the_full_set(
+    tmp_path: Path,
+) -> None:
+    # A burst is read once it has been quiet for a few milliseconds, so a writer that pauses
+    # mid-file may be seen half-written (reported invalid); its last write is always read.
+    d = safe_dir(tmp_path / "d")
+    async with watching(FileSession(d)) as messages:
+        assert await next_message(messages) == DesiredTasks(tasks=(), full=True)
+        text = task_set("- name: web\n  image: localhost/busybox:latest\n- name: job\n  image: x")
+        half = len(text) // 2
+        write(d / "set.yaml", text[:half])
+        await asyncio.sleep(0.2)  # longer than the quiet step: the half may be read
+        write(d / "set.yaml", text)
+        msg = await next_message(messages)
+        while not isinstance(msg, DesiredTasks) or not msg.tasks:
+            msg = await next_message(messages)
+        assert names(msg) == ["job", "web"]
