@@ -2,11 +2,11 @@
 
 podman-py is blocking, so every call runs in a thread of one of this module's lanes
 (``lanes.Lane``), never the loop's default pool: quick calls (inspect, list, info, create, start,
-kill, update, health checks) in one bounded pool, long ones (stop, remove, pull) in another, and
-the liveness ping in a lane of its own, so no slow call can delay the calls that decide whether
-podman is alive. Every call has a deadline (``Deadlines``): a stop gets its grace period plus a
-margin, a pull a long one, everything else seconds; at the deadline its socket is shut down and
-it fails as ``RuntimeUnavailable``.
+kill, update, health checks) in one bounded pool (a start ahead of the other waiting calls),
+long ones (stop, remove, pull) in another, and the liveness ping in a lane of its own, so no
+slow call can delay the calls that decide whether podman is alive. Every call has a deadline
+(``Deadlines``): a stop gets its grace period plus a margin, a pull a long one, everything else
+seconds; at the deadline its socket is shut down and it fails as ``RuntimeUnavailable``.
 
 Calls go straight to the REST API through podman-py's ``APIClient`` rather than its resource
 managers, because the managers add round trips: ``containers.create()`` re-reads the container
@@ -49,7 +49,7 @@ from runtime.podman.errors import (
     translate,
 )
 from runtime.podman.internals import create_body
-from runtime.podman.lanes import Lane
+from runtime.podman.lanes import NORMAL, URGENT, Lane
 from runtime.podman.reach import Reachability
 from runtime.podman.transport import AbortReason
 
@@ -136,14 +136,24 @@ class PodmanAPI:
 
     # ------------------------------------------------------------------------------- core
 
-    async def call(self, op: str, what: str, fn: Work[T], *, lane: Lane, deadline: float) -> T:
-        """Run ``fn`` in ``lane`` with a deadline; translate and count its failure as ``op``."""
+    async def call(
+        self,
+        op: str,
+        what: str,
+        fn: Work[T],
+        *,
+        lane: Lane,
+        deadline: float,
+        priority: int = NORMAL,
+    ) -> T:
+        """Run ``fn`` in ``lane`` with a deadline (``priority`` among the lane's waiting
+        calls); translate and count its failure as ``op``."""
         if self._closed:
             raise RuntimeUnavailable(f"{what}: the podman client is closed")
         if self._reach.down:
             raise RuntimeUnavailable(f"{what}: podman is not answering")
         try:
-            result = await lane.run(fn, deadline=deadline)
+            result = await lane.run(fn, deadline=deadline, priority=priority)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # translated below
@@ -189,8 +199,14 @@ class PodmanAPI:
             resp = _check(api.post(f"/containers/{ref}/start"))
             return bool(resp.status_code != 304)
 
-        return await self._quick(
-            "start", f"starting container {ref}", run, deadline=self.deadlines.write
+        # Urgent: a created container starts before more creates begin (see ``lanes``).
+        return await self.call(
+            "start",
+            f"starting container {ref}",
+            run,
+            lane=self.quick,
+            deadline=self.deadlines.write,
+            priority=URGENT,
         )
 
     async def stop(self, ref: str, *, grace: float) -> bool:

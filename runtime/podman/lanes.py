@@ -9,8 +9,12 @@ probe uses.
 
 Each lane:
 
-* admits at most ``size`` calls at a time (an asyncio semaphore, first come first served), so a
-  call never waits in the thread pool's queue and its deadline counts from when it starts;
+* admits at most ``size`` calls at a time (``Slots``: first come first served within a
+  priority, an ``URGENT`` call before every ``NORMAL`` one waiting), so a call never waits in
+  the thread pool's queue and its deadline counts from when it starts. A start is urgent: a
+  burst of tasks then runs like raw podman's create-then-start per thread (each container
+  starts as soon as it is created, while other creates go on) rather than every create before
+  the first start;
 * runs each call with a deadline on the event loop's clock (real time: deadlines bound real I/O,
   never the injected clock of tests). At the deadline the call's sockets are shut down
   (``transport.Call``) and the call fails with ``Aborted``; nothing can hold a thread longer;
@@ -28,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
+import itertools
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -38,6 +44,44 @@ from podman.api import APIClient
 from runtime.podman.transport import Aborted, AbortReason, Call, make_client, running
 
 T = TypeVar("T")
+
+URGENT = 0
+"""Admitted before every waiting ``NORMAL`` call (a start)."""
+NORMAL = 1
+
+
+class Slots:
+    """At most ``size`` holders at a time; waiters are admitted by priority, then in order.
+
+    Runs on one event loop. A waiter cancelled while it waits gives up its place (or passes on
+    the slot it was just handed)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int = NORMAL) -> None:
+        if self._free > 0:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():  # a cancelled waiter's future is done
+                fut.set_result(None)
+                return
+        self._free += 1
+
 
 SOCKET_TIMEOUT_SLACK = 1.0
 """Seconds a request's socket timeout exceeds its call's deadline."""
@@ -52,7 +96,7 @@ class Lane:
         self.name = name
         self.size = size
         self.url = url
-        self._slots = asyncio.Semaphore(size)
+        self._slots = Slots(size)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=size, thread_name_prefix=f"podman-{name}"
         )
@@ -67,8 +111,11 @@ class Lane:
         """How many calls are running now."""
         return len(self._inflight)
 
-    async def run(self, fn: Callable[[APIClient], T], *, deadline: float) -> T:
-        """Run ``fn(api)`` in one of the lane's threads and return its result.
+    async def run(
+        self, fn: Callable[[APIClient], T], *, deadline: float, priority: int = NORMAL
+    ) -> T:
+        """Run ``fn(api)`` in one of the lane's threads and return its result; among calls
+        waiting for a thread, ``priority`` goes first (``URGENT`` before ``NORMAL``).
 
         ``api`` is the thread's own client; a request made without an explicit timeout gets a
         socket timeout just past ``deadline`` (seconds) as a fallback. Raises
@@ -78,7 +125,8 @@ class Lane:
         if self._closed:
             raise Aborted(AbortReason.CLOSING)
         loop = asyncio.get_running_loop()
-        async with self._slots:
+        await self._slots.acquire(priority)
+        try:
             if self._closed:
                 raise Aborted(AbortReason.CLOSING)
             call = Call(timeout=deadline)
@@ -97,6 +145,8 @@ class Lane:
             finally:
                 timer.cancel()
                 self._inflight.discard(call)
+        finally:
+            self._slots.release()
         if fut.cancelled():  # the pool was shut down under it
             raise Aborted(AbortReason.CLOSING)
         exc = fut.exception()
