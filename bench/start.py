@@ -45,7 +45,7 @@ from pathlib import Path
 
 import podman
 
-from bench.support import AgentProcess, task_yaml, wait_until, write_desired
+from bench.support import AgentProcess, TaskStream, task_yaml, wait_until, write_desired
 from reconciler.clock import SystemClock
 from reconciler.errors import TaskNoop, TaskRetry
 from reconciler.executor import Controller, NullObserver
@@ -144,20 +144,18 @@ def kube_round(svc: PodmanService, workdir: Path) -> float:
 
 def agent_yaml_round(agent: AgentProcess, r: int, n: int) -> float:
     tasks = [{"name": f"y{r}-{i}", "image": TEST_IMAGE, "command": COMMAND} for i in range(n)]
-    names = {t["name"] for t in tasks}
-
-    def all_running() -> bool:
-        running = {t["name"] for t in agent.tasks() if t["state"] == "running"}
-        return names <= running
-
-    t0 = time.perf_counter()
-    write_desired(agent.desired, "bench.yaml", task_yaml(tasks))
-    # Polled every 20 ms: finer polling would itself load the agent on 2 cores.
-    wait_until(all_running, timeout=600, what=f"{n} tasks running", every=0.02)
-    elapsed = time.perf_counter() - t0
-    # Untimed: remove them through the agent, so it does not restart what clean() kills.
-    write_desired(agent.desired, "bench.yaml", task_yaml([]))
-    wait_until(lambda: not agent.tasks(), timeout=600, what="tasks removed", every=0.05)
+    names = {f"y{r}-{i}" for i in range(n)}
+    stream = TaskStream(agent.port)  # pushed changes: no polling that would load the agent
+    try:
+        t0 = time.perf_counter()
+        write_desired(agent.desired, "bench.yaml", task_yaml(tasks))
+        stream.until(lambda states: all(states.get(name) == "running" for name in names))
+        elapsed = time.perf_counter() - t0
+        # Untimed: remove them through the agent, so it does not restart what clean() kills.
+        write_desired(agent.desired, "bench.yaml", task_yaml([]))
+        stream.until(lambda states: not states)
+    finally:
+        stream.close()
     return elapsed
 
 

@@ -8,6 +8,7 @@ as an operator would (``python -m reconciler.cli run ...``), talking to it over 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -83,6 +84,46 @@ def write_desired(directory: Path, name: str, text: str) -> None:
     tmp.write_text(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, directory / name)
+
+
+class TaskStream:
+    """The agent's tasks as its live event stream (``GET /v1/events``) tells them: the state of
+    each name's current instance. The agent pushes a change when it happens, so waiting on the
+    stream costs it one small event per change, where polling ``/v1/tasks`` would render every
+    task again and again while the clock runs."""
+
+    def __init__(self, port: int, *, timeout: float = 600.0) -> None:
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self._conn.request("GET", "/v1/events", headers={"Accept": "text/event-stream"})
+        self._resp = self._conn.getresponse()
+        if self._resp.status != 200:
+            raise RuntimeError(f"GET /v1/events: HTTP {self._resp.status}")
+        self.states: dict[str, str | None] = {}
+        self._next()  # the first event holds every task
+
+    def _next(self) -> None:
+        while True:
+            line = self._resp.readline()
+            if not line:
+                raise ConnectionError("the agent's event stream ended")
+            if line.startswith(b"data: "):
+                break
+        change = json.loads(line[6:])
+        if change.get("full"):
+            self.states = {}
+        for task in change.get("tasks", ()):
+            current = [i["state"] for i in task["instances"] if i.get("current")]
+            self.states[task["name"]] = current[0] if current else None
+        for name in change.get("removed", ()):
+            self.states.pop(name, None)
+
+    def until(self, pred: Callable[[dict[str, str | None]], bool]) -> None:
+        """Read events until ``pred(states)`` holds (the stream's timeout is the hang guard)."""
+        while not pred(self.states):
+            self._next()
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class AgentProcess:
