@@ -104,15 +104,16 @@ def db_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / "worker" / "tasks.db"
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+"""One compact encoder for every row (``json.dumps`` with options builds one per call)."""
+
+
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _encode(value).encode()
 
 
 def _loads(raw: bytes) -> Any:
     return json.loads(raw)
-
-
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _status_bytes(status: TaskStatus) -> bytes:

@@ -94,13 +94,16 @@ class Worker:
         # Unknown tasks are stored with their incoming status; known ones keep the stored one.
         for task_id in removed:
             self._unflushed.pop(task_id, None)
-        fresh = [(t.id, t.status) for t in updated.values() if t.id not in self.store]
-        self.store.apply_assignment(updated.values(), removed, statuses=fresh)
+        fresh = {t.id: t.status for t in updated.values() if t.id not in self.store}
+        self.store.apply_assignment(updated.values(), removed, statuses=fresh.items())
 
         for task in updated.values():
             mgr = self.managers.get(task.id)
             if mgr is not None:
                 mgr.update(task)
+                continue
+            if task.id in fresh:  # its stored status is the one just written: no read back
+                self._start_task(task)
                 continue
             stored = self._stored_status(task.id)
             self._start_task(task if stored is None else task.with_status(stored))

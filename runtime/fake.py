@@ -72,7 +72,7 @@ class FakeContainer:
     exit_code: int | None = None
     pid: int | None = None
     memory: int | None = None
-    spec_hash: str | None = None
+    spec: TaskSpec | None = None  # its hash, podman's label, is worked out when listed
     created: float = 0.0
     started: bool = False
     oom_killed: bool = False
@@ -267,7 +267,7 @@ class FakeExecutor:
                 task_id=c.task_id,
                 name=c.name.rsplit(".", 1)[0],
                 container_id=c.id,
-                spec_hash=c.spec_hash,
+                spec_hash=spec_hash(c.spec) if c.spec is not None else None,
                 running=c.state == "running",
                 started=c.started,
                 exit_code=c.exit_code,
@@ -414,7 +414,7 @@ class FakeController:
             task_id=self._task.id,
             name=f"{self._task.name}.{self._task.id}",
             memory=self._task.spec.resources.memory,
-            spec_hash=spec_hash(self._task.spec),
+            spec=self._task.spec,
             created=self._x.clock.time(),
             image_id=image.id,
             image_ref=ref,
