@@ -45,6 +45,9 @@ could not apply an update in place (the local manager then replaces the instance
 
 StatusSink = Callable[[str, TaskStatus], None]
 
+DEFAULT_BACKOFF = Backoff()
+"""The retry schedule of a manager given none (one frozen value shared by all of them)."""
+
 
 class TaskManager:
     """Runs one task's steps; see the module docstring for the rules."""
@@ -63,7 +66,7 @@ class TaskManager:
         self.ctlr = ctlr
         self._report = report
         self._clock = clock
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or DEFAULT_BACKOFF
         self._rng = rng or random.Random()
         self._updated = False
         # A wake-up is a flag plus, only while the loop waits, one future: no Event (and its

@@ -81,7 +81,32 @@ class FakeContainer:
     rolled_back_from: str | None = None
     healthy_at: float | None = None  # clock time it is healthy from; None: never
     unhealthy_at: float | None = None  # clock time podman's verdict would say unhealthy
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # Whether its process ended (or it is gone), and who waits for that: a flag and, only
+    # while someone waits, their futures, so an idle fake container holds no Event.
+    ended: bool = False
+    _waiters: list[asyncio.Future[None]] | None = field(default=None, repr=False)
+
+    def end(self) -> None:
+        """Its process ended or it is gone: wake every ``wait_ended`` now and from now on."""
+        self.ended = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_ended(self) -> None:
+        """Return once ``end()`` was called (at once if it already was)."""
+        if self.ended:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 @dataclass
@@ -163,12 +188,12 @@ class FakeExecutor:
         """A running container exits now, as if killed outside the agent."""
         c = self.containers[task_id]
         c.state, c.exit_code, c.pid = "exited", code, None
-        c.exited.set()
+        c.end()
 
     def vanish(self, task_id: str) -> None:
         """The container disappears, as if removed outside the agent."""
         c = self.containers.pop(task_id)
-        c.exited.set()
+        c.end()
 
     def set_usage(self, task_id: str, **figures: float | int | None) -> None:
         """What ``usage()`` reports for task ``task_id`` while its container runs
@@ -288,7 +313,7 @@ class FakeExecutor:
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         orphans = [tid for tid in self.containers if tid not in known_task_ids]
         for tid in orphans:
-            self.containers.pop(tid).exited.set()
+            self.containers.pop(tid).end()
         self.removed_orphans.extend(orphans)
         return orphans
 
@@ -430,7 +455,7 @@ class FakeController:
             await self._until_healthy(c)
             raise TaskStarted()
         if c.state == "exited":
-            c.exited = asyncio.Event()
+            c.ended = False
         c.state, c.pid, c.exit_code = "running", next(self._x._pids), None
         c.started = True
         code = self._x._exit_on_start.get(self._task.name)
@@ -467,7 +492,7 @@ class FakeController:
             raise ContainerGone("container removed")
         if c.state == "created":
             raise PermanentError("container is not started")
-        await c.exited.wait()
+        await c.wait_ended()
         if self._container() is None:
             raise ContainerGone("container removed")
         if c.exit_code:
@@ -492,20 +517,20 @@ class FakeController:
         c = self._container()
         if c is not None and c.state == "running":
             c.state, c.exit_code, c.pid = "exited", 0, None
-            c.exited.set()
+            c.end()
 
     async def terminate(self) -> None:
         await self._x._call(self._task, "terminate")
         c = self._container()
         if c is not None and c.state == "running":
             c.state, c.exit_code, c.pid = "exited", 137, None
-            c.exited.set()
+            c.end()
 
     async def remove(self) -> None:
         await self._x._call(self._task, "remove")
         c = self._x.containers.pop(self._task.id, None)
         if c is not None:
-            c.exited.set()
+            c.end()
 
     async def close(self) -> None:
         self.closed = True
