@@ -245,9 +245,12 @@ class FakeExecutor:
 
     async def _call(self, task: Task, op: str) -> None:
         self.calls[(task.id, op)] += 1
-        delay = self._delays.get((task.name, op), self._delays.get((None, op)))
-        if delay:
-            await self.clock.sleep(delay)
+        if self._delays:
+            delay = self._delays.get((task.name, op), self._delays.get((None, op)))
+            if delay:
+                await self.clock.sleep(delay)
+        if not self._failures:
+            return  # nothing scripted: the common case, kept cheap for bench core
         for key in ((task.name, op), (None, op)):
             script = self._failures.get(key)
             if script is not None and script.times > 0:
