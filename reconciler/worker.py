@@ -62,6 +62,7 @@ class Worker:
         self._rng = random.Random()  # one for all task managers' backoff jitter
         self._unflushed: dict[str, TaskStatus] = {}
         self._flush_scheduled = False
+        self._report = self.update_task_status  # one bound method shared by every manager
 
     # ----------------------------------------------------------------------------- init
 
@@ -127,7 +128,7 @@ class Worker:
         mgr = TaskManager(
             task.with_status(status),
             ctlr,
-            report=self.update_task_status,
+            report=self._report,
             clock=self.clock,
             backoff=self.backoff,
             rng=self._rng,

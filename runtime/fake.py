@@ -94,19 +94,17 @@ class FakeContainer:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait_ended(self) -> None:
-        """Return once ``end()`` was called (at once if it already was)."""
-        if self.ended:
-            return
+    def wait_ended(self) -> asyncio.Future[None]:
+        """A future done once ``end()`` was called (already done if it was). Each caller gets
+        its own, so cancelling one wait leaves the others alone."""
         waiter = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
+        if self.ended:
+            waiter.set_result(None)
+            return waiter
+        # Drop the futures of waits cancelled since (an update cancels the step waiting).
+        self._waiters = [w for w in self._waiters or () if not w.done()]
         self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
+        return waiter
 
 
 @dataclass
