@@ -45,6 +45,9 @@ could not apply an update in place (the local manager then replaces the instance
 
 StatusSink = Callable[[str, TaskStatus], None]
 
+DEFAULT_BACKOFF = Backoff()
+"""The retry schedule of a manager given none (one frozen value shared by all of them)."""
+
 
 class TaskManager:
     """Runs one task's steps; see the module docstring for the rules."""
@@ -63,10 +66,13 @@ class TaskManager:
         self.ctlr = ctlr
         self._report = report
         self._clock = clock
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or DEFAULT_BACKOFF
         self._rng = rng or random.Random()
         self._updated = False
-        self._wake = asyncio.Event()
+        # A wake-up is a flag plus, only while the loop waits, one future: no Event (and its
+        # waiter deque) is held per task.
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._stepping = False
         self._backing_off = False
         self._loop: asyncio.Task[None] | None = None
@@ -104,7 +110,7 @@ class TaskManager:
         self._updated = True
         if self._stepping and self._loop is not None:
             self._loop.cancel()  # the loop un-cancels itself and steps with the new task
-        self._wake.set()
+        self._wake()
         return True
 
     def retry_now(self) -> None:
@@ -116,7 +122,7 @@ class TaskManager:
         """
         self.attempts = 0
         if self._backing_off:
-            self._wake.set()
+            self._wake()
 
     async def close(self) -> None:
         """Stop driving the task. Idempotent; never touches the container."""
@@ -133,50 +139,56 @@ class TaskManager:
         self._task = self._task.with_status(status)
         self._report(self._task.id, status)
 
+    def _wake(self) -> None:
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _wait_for_update(self, delay: float | None) -> None:
         """Wait until an update arrives, or ``delay`` seconds of clock time pass (a backoff,
         which ``retry_now`` also ends)."""
-        if self._wake.is_set():
+        if self._woken:
             return
-        waiter = asyncio.ensure_future(self._wake.wait())
-        if delay is None:
-            await waiter
-            return
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        self._backing_off = True
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            if delay is None:
+                await waiter
+                return
+            sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+            self._backing_off = True
+            try:
+                await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._backing_off = False
+                sleeper.cancel()
+                await asyncio.gather(sleeper, return_exceptions=True)
         finally:
-            self._backing_off = False
-            for f in (waiter, sleeper):
-                if not f.done():
-                    f.cancel()
-            await asyncio.gather(waiter, sleeper, return_exceptions=True)
+            self._waiter = None
+            waiter.cancel()
 
     async def _run(self) -> None:
         # The step runs inline in this task: an accepted update cancels this task while it is
         # stepping, and the loop un-cancels itself and goes round with the new task. Only
-        # close() lets the cancellation through.
+        # close() ends the loop; it then returns rather than re-raising, so no cancelled
+        # task keeps its exception and every frame of its traceback alive until awaited.
         while not self._closed:
             try:
-                await self._iteration()
+                self._woken = False
+                self._stepping = True
+                try:
+                    pause = await self._step(self._task)
+                finally:
+                    self._stepping = False
+                if pause is not None and not self._updated:
+                    await self._wait_for_update(pause.delay)
             except asyncio.CancelledError:
                 if self._closed:
-                    raise
+                    return
                 current = asyncio.current_task()
                 assert current is not None
                 while current.cancelling():
                     current.uncancel()
-
-    async def _iteration(self) -> None:
-        self._wake.clear()
-        self._stepping = True
-        try:
-            pause = await self._step(self._task)
-        finally:
-            self._stepping = False
-        if pause is not None and not self._updated:
-            await self._wait_for_update(pause.delay)
 
     async def _step(self, task: Task) -> _Pause | None:
         """Apply a pending update, then one ``do()`` step. Returns how long to pause after

@@ -62,6 +62,7 @@ class Worker:
         self._rng = random.Random()  # one for all task managers' backoff jitter
         self._unflushed: dict[str, TaskStatus] = {}
         self._flush_scheduled = False
+        self._report = self.update_task_status  # one bound method shared by every manager
 
     # ----------------------------------------------------------------------------- init
 
@@ -94,13 +95,16 @@ class Worker:
         # Unknown tasks are stored with their incoming status; known ones keep the stored one.
         for task_id in removed:
             self._unflushed.pop(task_id, None)
-        fresh = [(t.id, t.status) for t in updated.values() if t.id not in self.store]
-        self.store.apply_assignment(updated.values(), removed, statuses=fresh)
+        fresh = {t.id: t.status for t in updated.values() if t.id not in self.store}
+        self.store.apply_assignment(updated.values(), removed, statuses=fresh.items())
 
         for task in updated.values():
             mgr = self.managers.get(task.id)
             if mgr is not None:
                 mgr.update(task)
+                continue
+            if task.id in fresh:  # its stored status is the one just written: no read back
+                self._start_task(task)
                 continue
             stored = self._stored_status(task.id)
             self._start_task(task if stored is None else task.with_status(stored))
@@ -124,7 +128,7 @@ class Worker:
         mgr = TaskManager(
             task.with_status(status),
             ctlr,
-            report=self.update_task_status,
+            report=self._report,
             clock=self.clock,
             backoff=self.backoff,
             rng=self._rng,

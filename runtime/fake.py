@@ -72,7 +72,7 @@ class FakeContainer:
     exit_code: int | None = None
     pid: int | None = None
     memory: int | None = None
-    spec_hash: str | None = None
+    spec: TaskSpec | None = None  # its hash, podman's label, is worked out when listed
     created: float = 0.0
     started: bool = False
     oom_killed: bool = False
@@ -81,7 +81,30 @@ class FakeContainer:
     rolled_back_from: str | None = None
     healthy_at: float | None = None  # clock time it is healthy from; None: never
     unhealthy_at: float | None = None  # clock time podman's verdict would say unhealthy
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # Whether its process ended (or it is gone), and who waits for that: a flag and, only
+    # while someone waits, their futures, so an idle fake container holds no Event.
+    ended: bool = False
+    _waiters: list[asyncio.Future[None]] | None = field(default=None, repr=False)
+
+    def end(self) -> None:
+        """Its process ended or it is gone: wake every ``wait_ended`` now and from now on."""
+        self.ended = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def wait_ended(self) -> asyncio.Future[None]:
+        """A future done once ``end()`` was called (already done if it was). Each caller gets
+        its own, so cancelling one wait leaves the others alone."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self.ended:
+            waiter.set_result(None)
+            return waiter
+        # Drop the futures of waits cancelled since (an update cancels the step waiting).
+        self._waiters = [w for w in self._waiters or () if not w.done()]
+        self._waiters.append(waiter)
+        return waiter
 
 
 @dataclass
@@ -163,12 +186,12 @@ class FakeExecutor:
         """A running container exits now, as if killed outside the agent."""
         c = self.containers[task_id]
         c.state, c.exit_code, c.pid = "exited", code, None
-        c.exited.set()
+        c.end()
 
     def vanish(self, task_id: str) -> None:
         """The container disappears, as if removed outside the agent."""
         c = self.containers.pop(task_id)
-        c.exited.set()
+        c.end()
 
     def set_usage(self, task_id: str, **figures: float | int | None) -> None:
         """What ``usage()`` reports for task ``task_id`` while its container runs
@@ -220,9 +243,12 @@ class FakeExecutor:
 
     async def _call(self, task: Task, op: str) -> None:
         self.calls[(task.id, op)] += 1
-        delay = self._delays.get((task.name, op), self._delays.get((None, op)))
-        if delay:
-            await self.clock.sleep(delay)
+        if self._delays:
+            delay = self._delays.get((task.name, op), self._delays.get((None, op)))
+            if delay:
+                await self.clock.sleep(delay)
+        if not self._failures:
+            return  # nothing scripted: the common case, kept cheap for bench core
         for key in ((task.name, op), (None, op)):
             script = self._failures.get(key)
             if script is not None and script.times > 0:
@@ -267,7 +293,7 @@ class FakeExecutor:
                 task_id=c.task_id,
                 name=c.name.rsplit(".", 1)[0],
                 container_id=c.id,
-                spec_hash=c.spec_hash,
+                spec_hash=spec_hash(c.spec) if c.spec is not None else None,
                 running=c.state == "running",
                 started=c.started,
                 exit_code=c.exit_code,
@@ -288,7 +314,7 @@ class FakeExecutor:
     async def remove_orphans(self, known_task_ids: Collection[str]) -> list[str]:
         orphans = [tid for tid in self.containers if tid not in known_task_ids]
         for tid in orphans:
-            self.containers.pop(tid).exited.set()
+            self.containers.pop(tid).end()
         self.removed_orphans.extend(orphans)
         return orphans
 
@@ -414,7 +440,7 @@ class FakeController:
             task_id=self._task.id,
             name=f"{self._task.name}.{self._task.id}",
             memory=self._task.spec.resources.memory,
-            spec_hash=spec_hash(self._task.spec),
+            spec=self._task.spec,
             created=self._x.clock.time(),
             image_id=image.id,
             image_ref=ref,
@@ -430,7 +456,7 @@ class FakeController:
             await self._until_healthy(c)
             raise TaskStarted()
         if c.state == "exited":
-            c.exited = asyncio.Event()
+            c.ended = False
         c.state, c.pid, c.exit_code = "running", next(self._x._pids), None
         c.started = True
         code = self._x._exit_on_start.get(self._task.name)
@@ -467,7 +493,7 @@ class FakeController:
             raise ContainerGone("container removed")
         if c.state == "created":
             raise PermanentError("container is not started")
-        await c.exited.wait()
+        await c.wait_ended()
         if self._container() is None:
             raise ContainerGone("container removed")
         if c.exit_code:
@@ -492,20 +518,20 @@ class FakeController:
         c = self._container()
         if c is not None and c.state == "running":
             c.state, c.exit_code, c.pid = "exited", 0, None
-            c.exited.set()
+            c.end()
 
     async def terminate(self) -> None:
         await self._x._call(self._task, "terminate")
         c = self._container()
         if c is not None and c.state == "running":
             c.state, c.exit_code, c.pid = "exited", 137, None
-            c.exited.set()
+            c.end()
 
     async def remove(self) -> None:
         await self._x._call(self._task, "remove")
         c = self._x.containers.pop(self._task.id, None)
         if c is not None:
-            c.exited.set()
+            c.end()
 
     async def close(self) -> None:
         self.closed = True

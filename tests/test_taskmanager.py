@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from reconciler.backoff import Backoff
@@ -217,5 +218,40 @@ async def test_retry_now_leaves_a_running_task_and_a_step_in_flight_alone(
     tm.retry_now()  # waiting on the container: nothing to retry
     await settle()
     assert executor.calls[(task.id, "wait")] == 1
+    assert tm.task.status.state == S.RUNNING
+    await tm.close()
+
+
+async def test_closing_a_manager_ends_its_task_without_holding_a_cancellation(
+    executor: FakeExecutor, clock: FakeClock
+):
+    # A closed manager's task ends normally: a cancelled task would keep its exception, and
+    # through its traceback every frame of the step, alive until someone awaited it.
+    rec = Recorder()
+    task = make_task(desired=S.RUNNING)
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.RUNNING  # parked in the controller's wait
+    (loop,) = [t for t in asyncio.all_tasks() if t.get_name() == f"task-{task.id}"]
+    await tm.close()
+    assert loop.done()
+    assert not loop.cancelled()
+    assert loop.exception() is None
+    assert executor.containers[task.id].state == "running"
+
+
+async def test_an_update_wakes_a_manager_waiting_at_its_desired_state(
+    executor: FakeExecutor, clock: FakeClock
+):
+    rec = Recorder()
+    task = make_task(desired=S.READY)
+    tm = manager(task, executor, clock, rec)
+    await settle()
+    assert tm.task.status.state == S.READY
+    for _ in range(3):  # waiting costs nothing per turn: nothing steps until the update
+        await settle()
+    assert executor.calls[(task.id, "prepare")] == 1
+    tm.update(replace(task, desired_state=S.RUNNING))
+    await settle()
     assert tm.task.status.state == S.RUNNING
     await tm.close()

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from reconciler.clock import FakeClock, settle
-from reconciler.model import Assignment, TaskState, TaskStatus
+from reconciler.model import Assignment, TaskState, TaskStatus, spec_hash
 from reconciler.store import Store
 from reconciler.worker import Worker
 from runtime.fake import FakeExecutor
@@ -220,3 +220,15 @@ async def test_retry_now_retries_every_task_waiting_in_backoff(store, executor, 
     assert {t.id: t.status.state for t in store.walk_tasks()} == {"a": S.RUNNING, "b": S.RUNNING}
     assert all(m.attempts == 0 for m in w.managers.values())
     await w.close()
+
+
+async def test_a_listed_container_carries_its_specs_hash(store, clock):
+    # What the adoption matches a container to its desired spec by, as podman's label does.
+    executor = FakeExecutor(clock=clock)
+    worker = Worker(store, executor, clock=clock)
+    task = make_task()
+    await worker.assign(Assignment.complete([task]))
+    await settle()
+    (listed,) = await executor.list_containers()
+    assert listed.spec_hash == spec_hash(task.spec)
+    await worker.close()
