@@ -241,24 +241,26 @@ def test_a_job_that_completes_after_an_update_is_not_rolled_back(h: Harness) -> 
 def test_start_first_overlaps_and_keeps_the_old_instance_current_until_the_new_is_healthy(
     h: Harness,
 ) -> None:
-    slow_ready = [
-        "sh",
-        "-c",
-        "sleep 3; touch /tmp/ok; trap 'exit 0' TERM; while :; do sleep 0.2; done",
-    ]
-    check = {"test": ["CMD-SHELL", "test -e /tmp/ok"], "interval": "1s", "retries": 30}
+    # Healthy once /tmp/ok exists: the old instance makes it itself, the new one waits for
+    # the test to make it, so "not healthy yet" holds however slow the machine is.
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.2; done"
+    check = {"test": ["CMD-SHELL", "test -e /tmp/ok"], "interval": "1s", "retries": 300}
     spec = {"update": {"order": "start-first"}, "healthcheck": check}
-    h.desired.write("t.yaml", [task("web", command=slow_ready, **spec)])
+    h.desired.write("t.yaml", [task("web", command=["sh", "-c", f"touch /tmp/ok; {loop}"], **spec)])
     h.start_agent()
     old = h.wait_state("web", "running", timeout=90)
-    h.desired.write("t.yaml", [task("web", command=[*slow_ready[:2], slow_ready[2] + " "], **spec)])
+    h.desired.write("t.yaml", [task("web", command=["sh", "-c", loop], **spec)])
 
-    def both_running() -> bool:
-        return len(h.named("web", running=True)) == 2
+    def both_running() -> list[dict[str, Any]] | None:
+        named = h.named("web", running=True)
+        return named if len(named) == 2 else None
 
-    h.wait_for(both_running, "the new instance started beside the old")
+    started = h.wait_for(both_running, "the new instance started beside the old")
     current = h.current("web")
     assert current is not None and current["id"] == old["id"]  # the new one is not healthy yet
+    fresh = [c for c in started if c["Labels"].get("reconciler.task.id") != old["id"]]
+    assert len(fresh) == 1
+    h.podman("exec", fresh[0]["Id"], "touch", "/tmp/ok")
 
     def replaced() -> dict[str, Any] | None:
         v = h.current("web")
