@@ -268,7 +268,13 @@ def test_start_first_overlaps_and_keeps_the_old_instance_current_until_the_new_i
 
     new = h.wait_for(replaced, "the new instance current")
     h.wait_for(lambda: len(h.named("web", running=True)) == 1, "the old instance stopped")
-    old_state = h.inspect(f"web.{old['id']}")["State"]
+
+    def old_exited() -> dict[str, Any] | None:
+        # "not running" includes podman's "stopping", before FinishedAt is set
+        state: dict[str, Any] = h.inspect(f"web.{old['id']}")["State"]
+        return state if state.get("Status") == "exited" else None
+
+    old_state = h.wait_for(old_exited, "the old instance exited")
     new_state = h.inspect(f"web.{new['id']}")["State"]
     assert podman_time(new_state["StartedAt"]) < podman_time(old_state["FinishedAt"])
 
