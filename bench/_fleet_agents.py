@@ -2,7 +2,7 @@
 
     python -m bench._fleet_agents NATS_URL DIR NODE_ID...
 
-Each node is the real ``Agent`` on the fake runtime (``runtime/fake.py``: containers in a
+Each node is the real ``Agent`` on the fake runtime (``reconciler/testing/fake.py``: containers in a
 dict, so 10,000 tasks cost no podman) with its own store under DIR and its own
 ``NatsSession`` to NATS_URL: what a fleet of edge hosts looks like to NATS and the manager.
 Commands on stdin, one per line: ``stop NODE`` (the agent stops: its heartbeats end, its fake
@@ -17,13 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
-from reconciler.agent import Agent, AgentConfig
-from reconciler.clock import SystemClock
+from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.core.clock import SystemClock
+from reconciler.core.model import NodeDescription
 from reconciler.fleet.connect import NatsOptions
-from reconciler.model import NodeDescription
 from reconciler.sessions.nats import NatsSession
-from reconciler.store import Store
-from runtime.fake import FakeExecutor
+from reconciler.store.rocks import Store
+from reconciler.testing.fake import FakeExecutor
 
 
 class Node:

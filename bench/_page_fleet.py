@@ -16,13 +16,13 @@ import time
 from typing import Final
 
 from reconciler import __version__
+from reconciler.core.model import NodeDescription
 from reconciler.fleet.buckets import ASSIGNMENTS, NODES, SERVICES, STATUS
-from reconciler.fleet.scheduler import schedule
-from reconciler.fleet.snapshot import FleetSnapshot, ManagerState, Snapshots, build_snapshot
 from reconciler.fleet.values import Availability, node_value, rfc3339
-from reconciler.fleet.view import FleetView
 from reconciler.fleet.watch import Entry
-from reconciler.model import NodeDescription
+from reconciler.manager.scheduler import schedule
+from reconciler.manager.snapshot import FleetSnapshot, ManagerState, Snapshots, build_snapshot
+from reconciler.manager.view import FleetView
 
 NODES_N: Final = 20
 SERVICES_N: Final = 50

@@ -37,8 +37,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.desired.hostile import corpus
-from tests.desired.hostile.strategies import Case, documents, judge, texts
+from reconciler.testing.hostile import corpus
+from reconciler.testing.hostile.strategies import Case, documents, judge, texts
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ_CASES = int(os.environ.get("BENCH_FUZZ_CASES", "10000"))
@@ -96,7 +96,8 @@ def _peak_kib() -> int:
 
 def read_once(directory: Path, warm_up: Path) -> dict[str, float]:
     """In this process: warm up, then time one ``load_directory`` and its peak extra RSS."""
-    from reconciler.desired import DesiredStateError, load_directory
+    from reconciler.spec.loader import load_directory
+    from reconciler.spec.problems import DesiredStateError
 
     load_directory(warm_up)
     # Reset the peak RSS to the current RSS; where that fails, the peak may date from start-up

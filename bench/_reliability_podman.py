@@ -31,8 +31,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bench.support import AgentProcess, podman_service, task_yaml, write_desired
-from runtime.podman.service import PodmanService
-from tests.e2e.faultproxy import FaultProxy, Mode
+from reconciler.testing.faultproxy import FaultProxy, Mode
+from reconciler.testing.podman import PodmanService
 
 IMAGE = "localhost/busybox:latest"
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]

@@ -17,11 +17,11 @@ import statistics
 import tempfile
 import time
 
-from reconciler.clock import SystemClock
-from reconciler.model import Assignment, Task, TaskSpec, TaskState, TaskStatus
-from reconciler.store import Store
-from reconciler.worker import Worker
-from runtime.fake import FakeExecutor
+from reconciler.core.clock import SystemClock
+from reconciler.core.model import Assignment, Task, TaskSpec, TaskState, TaskStatus
+from reconciler.core.worker import Worker
+from reconciler.store.rocks import Store
+from reconciler.testing.fake import FakeExecutor
 
 N = int(os.environ.get("BENCH_TASKS", "10000"))
 

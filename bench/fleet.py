@@ -49,11 +49,11 @@ from nats.aio.client import Client
 
 from bench.session import nats_server
 from bench.support import free_port, percentile
-from reconciler.fleet.admin import apply_services, remove_services
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS, init_buckets
 from reconciler.fleet.connect import NatsOptions
-from reconciler.fleet.services import parse_service_file
 from reconciler.fleet.watch import KeyWatch
+from reconciler.manager.admin import apply_services, remove_services
+from reconciler.manager.services import parse_service_file
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_COUNT = int(os.environ.get("BENCH_FLEET_NODES", "200"))

@@ -1,7 +1,8 @@
 """bench page: what the status page costs the agent, how fast it follows, how fast it renders.
 
 A child process (``python -m bench.page serve agent``) runs the agent's real HTTP server
-(``reconciler.http.serve``) over the scrape bench's snapshot: 1,000 current task instances with
+(``reconciler.web.server.serve``) over the scrape bench's snapshot: 1,000 current task instances
+with
 5 history instances each, the worst a node keeps. Like an idle agent after each resync pass, it
 swaps in a new snapshot of new view objects with the same content every ``IDLE_SWAP`` seconds
 (``BENCH_PAGE_IDLE_SWAP``, default 30: the agent's default resync interval), and on a command
@@ -21,7 +22,7 @@ Figures (``name=value``):
   medians over 5 loads (goal < 1000); ``page_html_bytes`` and ``full_event_bytes`` their sizes.
 
 Then the same for the fleet manager's page, each figure prefixed ``manager_``: the child runs
-the manager's route table (``reconciler.http.serve_routes`` with its ``ManagerPage``) over a
+the manager's route table (``reconciler.web.server.serve_routes`` with its ``ManagerPage``) over a
 real ``FleetView`` of 20 nodes and 1,000 tasks (``bench/_page_fleet.py``); while idle, every
 node's heartbeat arrives every ``HEARTBEAT`` seconds (5, the fleet default) as the manager's
 watch applies it, and a command reports one task failed or running again. Its render figures
@@ -50,11 +51,11 @@ from prometheus_client import CollectorRegistry
 from bench._page_fleet import NODES_N, Fleet, node_id
 from bench.scrape import build_snapshot
 from bench.support import free_port, percentile, wait_until
-from reconciler.http import Route, serve, serve_routes
-from reconciler.metrics import Metrics
-from reconciler.model import TaskState
-from reconciler.snapshot import Changes, Snapshot
-from reconciler.web.manager_page import ManagerPage
+from reconciler.core.model import TaskState
+from reconciler.core.snapshot import Changes, Snapshot
+from reconciler.manager.page import ManagerPage
+from reconciler.observe.metrics import Metrics
+from reconciler.web.server import Route, serve, serve_routes
 
 IDLE_SWAP = float(os.environ.get("BENCH_PAGE_IDLE_SWAP", "30"))
 IDLE_SECONDS = float(os.environ.get("BENCH_PAGE_IDLE_SECONDS", "90"))

@@ -2,7 +2,8 @@
 
 Builds a ``Snapshot`` with 1,000 current task instances plus 5 history instances each, adds
 event metrics (runtime errors, drift corrections, start and resync histograms), serves it with
-``reconciler.http.serve`` on loopback, and times complete scrapes (connect, request, whole body)
+``reconciler.web.server.serve`` on loopback, and times complete scrapes (connect, request, whole
+body)
 from a client thread, as Prometheus would make them. Three cases:
 
 * ``scrape``: the agent swaps in a new snapshot and records an event before every scrape, so
@@ -27,10 +28,10 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 
 from reconciler import __version__
-from reconciler.http import serve
-from reconciler.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
-from reconciler.model import NodeDescription, TaskState
-from reconciler.snapshot import Snapshot, TaskView
+from reconciler.core.model import NodeDescription, TaskState
+from reconciler.core.snapshot import Snapshot, TaskView
+from reconciler.observe.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
+from reconciler.web.server import serve
 
 TASKS = 1000
 HISTORY = 5

@@ -55,16 +55,16 @@ import nats
 from nats.js.kv import KeyValue
 
 from bench.support import AgentProcess, free_port, task_yaml, wait_until, write_desired
-from reconciler.agent import Agent, AgentConfig
-from reconciler.clock import SystemClock
+from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.core.clock import SystemClock
+from reconciler.core.model import NodeDescription
 from reconciler.fleet.buckets import ASSIGNMENTS, STATUS, init_buckets
 from reconciler.fleet.connect import NatsOptions
-from reconciler.model import NodeDescription
 from reconciler.sessions.files import FileSession
 from reconciler.sessions.nats import NatsSession
-from reconciler.store import Store
-from runtime.fake import FakeExecutor
-from runtime.podman.service import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
+from reconciler.store.rocks import Store
+from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.podman import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
 
 REPO = Path(__file__).resolve().parents[1]
 N = int(os.environ.get("BENCH_SESSION_TASKS", "30"))

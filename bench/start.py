@@ -6,7 +6,8 @@ touched), for each of 5 interleaved rounds of 30 tasks:
 * **agent_yaml**: the whole agent (``reconciler run`` as a subprocess on the same service):
   timed from the write of a desired-state file holding 30 tasks until the agent reports every
   task ``running`` (its status is stored right after podman's start returned);
-* **agent**: 30 tasks are driven from ``new`` to ``running`` by ``reconciler.lifecycle.do`` in a
+* **agent**: 30 tasks are driven from ``new`` to ``running`` by ``reconciler.core.lifecycle.do`` in
+a
   simple driver loop (one coroutine per task, as the task managers do) through
   ``PodmanExecutor`` with its default 8 worker threads; timed until every task is ``running``,
   i.e. every container has been started by podman;
@@ -46,13 +47,13 @@ from pathlib import Path
 import podman
 
 from bench.support import AgentProcess, TaskStream, task_yaml, wait_until, write_desired
-from reconciler.clock import SystemClock
-from reconciler.errors import TaskNoop, TaskRetry
-from reconciler.executor import Controller, NullObserver
-from reconciler.lifecycle import do, resolve
-from reconciler.model import Task, TaskSpec, TaskState, TaskStatus
+from reconciler.core.clock import SystemClock
+from reconciler.core.errors import TaskNoop, TaskRetry
+from reconciler.core.executor import Controller, NullObserver
+from reconciler.core.lifecycle import do, resolve
+from reconciler.core.model import Task, TaskSpec, TaskState, TaskStatus
+from reconciler.testing.podman import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
 from runtime.podman import PodmanExecutor
-from runtime.podman.service import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
 
 REPO = Path(__file__).resolve().parents[1]
 N = int(os.environ.get("BENCH_START_TASKS", "30"))

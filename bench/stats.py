@@ -5,7 +5,7 @@ Two parts:
 * **Sampling.** 100 busybox containers run on a private podman service. One sampling pass is
   what the agent does every ``--stats-interval``: read every container's cgroup files and
   ``/proc/<pid>/net/dev`` (``runtime.podman.usage``), read the node's ``/proc`` files and
-  filesystems (``reconciler.hoststats``), and render the usage text once
+  filesystems (``reconciler.observe.hoststats``), and render the usage text once
   (``Metrics.set_usage``). The CPU time of ``BENCH_PASSES`` passes (default 200) is measured in
   this process, and printed per pass and as a share of one core at a 10 s interval. The pids
   come from one ``podman ps`` (as the agent has them from its list call): no podman call is
@@ -37,12 +37,12 @@ from prometheus_client import CollectorRegistry
 
 from bench.scrape import TASKS, Source, build_snapshot, percentiles, scrape_times
 from bench.support import IMAGE, podman_service
-from reconciler.executor import TaskUsage
-from reconciler.hoststats import CPU_MODES, HostStats, NodeUsage
-from reconciler.http import serve
-from reconciler.metrics import Metrics
-from reconciler.snapshot import Snapshot
-from reconciler.usage import Usage
+from reconciler.core.executor import TaskUsage
+from reconciler.core.snapshot import Snapshot
+from reconciler.observe.hoststats import CPU_MODES, HostStats, NodeUsage
+from reconciler.observe.metrics import Metrics
+from reconciler.observe.usage import Usage
+from reconciler.web.server import serve
 from runtime.podman.usage import Target, UsageReader
 
 N = int(os.environ.get("BENCH_TASKS", "100"))

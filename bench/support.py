@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.podman import PodmanService
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS_CONF = REPO / "deploy" / "containers.conf"

@@ -1,1 +1,2 @@
-"""Container runtimes behind ``reconciler.executor``: podman for real hosts, a fake for tests."""
+"""Container runtimes behind ``reconciler.core.executor``: podman for real hosts, a fake for
+tests."""

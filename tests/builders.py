@@ -6,10 +6,10 @@ from dataclasses import replace
 from typing import Any
 
 from reconciler import __version__
-from reconciler.executor import TaskUsage
-from reconciler.hoststats import DiskFree, NodeUsage
-from reconciler.model import NodeDescription
-from reconciler.usage import Usage
+from reconciler.core.executor import TaskUsage
+from reconciler.core.model import NodeDescription
+from reconciler.observe.hoststats import DiskFree, NodeUsage
+from reconciler.observe.usage import Usage
 
 NODE = NodeDescription(
     hostname="edge-1",

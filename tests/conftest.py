@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import FakeClock
-from reconciler.model import Task, TaskSpec, TaskState, TaskStatus
-from reconciler.store import Store
-from runtime.fake import FakeExecutor
+from reconciler.core.clock import FakeClock
+from reconciler.core.model import Task, TaskSpec, TaskState, TaskStatus
+from reconciler.store.rocks import Store
+from reconciler.testing.fake import FakeExecutor
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def make_task(
     image: str = "localhost/busybox:latest",
     memory: int | None = None,
 ) -> Task:
-    from reconciler.model import Resources
+    from reconciler.core.model import Resources
 
     return Task(
         id=task_id,

@@ -3,9 +3,10 @@ real components a test needs (podman, Prometheus, promtool).
 
 ``AGENT_METRICS`` and ``MANAGER_METRICS`` are the series the code exports today. The contract
 (PRODUCT.md's "Metrics" table) also lists series for capabilities not built yet, so the rule is
-one-way: every series the code exports must be in the contract (``tests/test_alerts.py`` checks
+one-way: every series the code exports must be in the contract (``tests/deploy/test_alerts.py``
+checks
 that against ``../shared/PRODUCT.md`` when the file stands beside the checkout, as it does in
-CI), and every series the code defines must be exported (``tests/test_metrics.py``).
+CI), and every series the code defines must be exported (``tests/observe/test_metrics.py``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The user reference in ``docs/`` names everything the code defines, so the two cannot drift.
 
 Every list here is derived from the code, never copied: the metric names the agent exports
-(``tests.contract.AGENT_METRICS``, the names registered in ``reconciler/metrics.py`` and a
+(``tests.contract.AGENT_METRICS``, the names registered in ``reconciler/observe/metrics.py`` and a
 real rendering of ``Metrics``), every command and long flag of ``reconciler.cli.options.COMMANDS``,
-every YAML field of ``reconciler.desired.schema.TASK_SCHEMA`` (nested ones as
+every YAML field of ``reconciler.spec.schema.TASK_SCHEMA`` (nested ones as
 ``restart.maxDelay`` and ``mounts[].readOnly``), the HTTP routes, the ``ps -o json`` and
 ``/v1/node`` keys, and the shipped alert rules and dashboard panels. Adding any of them to the
 code without documenting it fails here, naming what is missing and where it belongs.
@@ -24,14 +24,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler import http
 from reconciler.cli import options as cli_options
 from reconciler.cli.options import COMMANDS, COMMON, CommandSpec, all_flags
-from reconciler.desired.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
-from reconciler.hoststats import Condition
-from reconciler.metrics import Metrics
-from reconciler.model import TaskState
-from reconciler.snapshot import Snapshot, TaskView
+from reconciler.core.model import TaskState
+from reconciler.core.snapshot import Snapshot, TaskView
+from reconciler.observe.hoststats import Condition
+from reconciler.observe.metrics import Metrics
+from reconciler.spec.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
+from reconciler.web import server as http
 from tests.builders import full_usage, node
 from tests.contract import AGENT_METRICS
 
@@ -61,7 +61,8 @@ def code_spans(text: str) -> set[str]:
 
 
 def registered_metric_names() -> set[str]:
-    """Metric names written in reconciler/metrics.py, as registered (counters without _total)."""
+    """Metric names written in reconciler/observe/metrics.py, as registered (counters without
+    _total)."""
     return set(re.findall(r"[\"'](reconciler_[a-z0-9_]+)[\"']", read(METRICS_SOURCE)))
 
 
@@ -141,7 +142,7 @@ def test_every_metric_label_is_documented_in_the_metrics_row() -> None:
 
 
 def test_every_fixed_label_value_is_documented() -> None:
-    from reconciler.executor import DRIFT_KINDS, RUNTIME_OPS
+    from reconciler.core.executor import DRIFT_KINDS, RUNTIME_OPS
 
     spans = code_spans(read(HTTP_AND_METRICS)) | code_spans(read(DESIRED_STATE))
     values = {*DRIFT_KINDS, *RUNTIME_OPS, *(s.label for s in TaskState)}

@@ -102,7 +102,7 @@ def fleet_options(
 
 def agent_options(args: argparse.Namespace) -> AgentOptions:
     """Check every ``run`` flag. Raises ``UsageError``."""
-    from reconciler.desired import parse_duration
+    from reconciler.spec.units import parse_duration
 
     try:
         resync = parse_duration(args.resync_interval or "30s")
@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     # given, ask now (a read), while the flags are checked and the store opens.
     info = read_podman_info(args.podman_url) if args.podman_url else None
 
-    from reconciler.desired.records import check_records
-    from reconciler.recovery import open_store
-    from reconciler.statedir import StateDirLock, load_node_id, prepare_state_dir
+    from reconciler.local.records import check_records
+    from reconciler.store.recovery import open_store
+    from reconciler.store.statedir import StateDirLock, load_node_id, prepare_state_dir
 
     opts = agent_options(args)
     prepare_state_dir(opts.state_dir)

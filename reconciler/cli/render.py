@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reconciler.snapshot import TaskView
+    from reconciler.core.snapshot import TaskView
 
 __all__ = ["fmt_time", "json_text", "task_table", "tasks_json", "watch_frame"]
 

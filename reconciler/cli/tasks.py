@@ -15,10 +15,10 @@ from typing import Any
 from reconciler.cli.exits import Failure, NotFound, UsageError
 from reconciler.cli.options import desired_dir, state_dir
 from reconciler.cli.render import task_table, watch_frame
-from reconciler.desired.plan import PlanLine
-from reconciler.errors import UnknownTask
-from reconciler.model import spec_to_dict, status_to_dict
-from reconciler.snapshot import TaskView
+from reconciler.core.errors import UnknownTask
+from reconciler.core.model import spec_to_dict, status_to_dict
+from reconciler.core.snapshot import TaskView
+from reconciler.spec.plan import PlanLine
 
 __all__ = ["apply", "find_view", "inspect", "ps", "ps_watch", "read_views", "validate"]
 
@@ -26,7 +26,7 @@ __all__ = ["apply", "find_view", "inspect", "ps", "ps_watch", "read_views", "val
 def validate(args: argparse.Namespace) -> int:
     """Validate files and directories. Returns how many tasks they hold; raises
     ``DesiredStateError`` with every problem."""
-    from reconciler.desired import load_paths
+    from reconciler.spec.loader import load_paths
 
     return len(load_paths(args.paths).tasks)
 
@@ -34,7 +34,7 @@ def validate(args: argparse.Namespace) -> int:
 def apply(args: argparse.Namespace) -> list[PlanLine]:
     """Plan (and unless ``--dry-run``, write) one file into the desired directory. Returns the
     plan lines; raises ``DesiredStateError`` (nothing written) or ``Failure``."""
-    from reconciler.desired import apply_file
+    from reconciler.spec.apply import apply_file
 
     target = desired_dir(args)
     try:
@@ -45,8 +45,8 @@ def apply(args: argparse.Namespace) -> list[PlanLine]:
 
 def read_views(state: Path) -> list[TaskView]:
     """Every instance, as ``ps -a`` lists them, from the store opened read-only."""
-    from reconciler.desired.views import views_from_store
-    from reconciler.store import Store
+    from reconciler.local.views import views_from_store
+    from reconciler.store.rocks import Store
 
     store = Store.open(state, read_only=True)
     try:
@@ -86,8 +86,8 @@ def find_view(views: Sequence[TaskView], ref: str) -> TaskView:
 
 def inspect(args: argparse.Namespace) -> dict[str, Any]:
     """The stored task, its spec (env values redacted unless ``--show-env``) and status."""
-    from reconciler.desired.views import views_from_store
-    from reconciler.store import Store
+    from reconciler.local.views import views_from_store
+    from reconciler.store.rocks import Store
 
     store = Store.open(state_dir(args), read_only=True)
     try:

@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING
 
 from reconciler import __version__
 from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, NotFound
-from reconciler.clock import SystemClock
+from reconciler.core.clock import SystemClock
 
 if TYPE_CHECKING:
     import concurrent.futures
     from typing import Any
 
-    from reconciler.agent import Agent
+    from reconciler.agent.agent import Agent
     from reconciler.cli.agent import AgentOptions
-    from reconciler.model import NodeDescription
-    from reconciler.recovery import OpenedStore
-    from reconciler.session import Session
+    from reconciler.core.model import NodeDescription
+    from reconciler.core.session import Session
+    from reconciler.store.recovery import OpenedStore
 
 __all__ = ["container_logs", "read_podman_info", "run_agent"]
 
@@ -72,8 +72,8 @@ async def run_agent(
     ``podman info`` already asked for on ``opts.podman_url``."""
     import sys
 
-    from reconciler import http
-    from reconciler.agent import Agent, AgentConfig
+    from reconciler.agent.agent import Agent, AgentConfig
+    from reconciler.web import server as http
     from runtime.podman.discovery import find_podman, rediscovery
     from runtime.podman.executor import PodmanExecutor
 

@@ -31,9 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.desired.units import UnitError, parse_duration
-from reconciler.model import NodeDescription, TaskState
-from reconciler.session import NamedStatus
+from reconciler.core.model import NodeDescription, TaskState
+from reconciler.core.session import NamedStatus
+from reconciler.spec.units import UnitError, parse_duration
 
 __all__ = [
     "DEFAULT_HEARTBEAT_PERIOD",

@@ -1,4 +1,4 @@
-"""Sessions: the implementations of ``reconciler.session.Session``.
+"""Sessions: the implementations of ``reconciler.core.session.Session``.
 
 - ``files``: the desired directory of YAML files, watched with ``watchfiles`` (offline manager).
 - ``nats``: the fleet manager over NATS JetStream (``assignments`` reads its values, purely).

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from reconciler.desired import DesiredStateError, Problem, parse_task
-from reconciler.desired.deps import dependency_problems
+from reconciler.core.session import DesiredTask, DesiredTasks, RejectedTask
 from reconciler.fleet.values import BadValue, load_json
-from reconciler.session import DesiredTask, DesiredTasks, RejectedTask
+from reconciler.spec.deps import dependency_problems
+from reconciler.spec.problems import DesiredStateError, Problem
+from reconciler.spec.schema import parse_task
 
 __all__ = ["assignment_change", "full_assignment", "merge_changes", "read_assignment"]
 

@@ -1,7 +1,7 @@
 """The file session: the desired directory as this node's manager.
 
-``FileSession`` implements ``reconciler.session.Session`` for the offline manager. It owns the
-watching; the rules of what a valid directory is live in ``reconciler.desired``.
+``FileSession`` implements ``reconciler.core.session.Session`` for the offline manager. It owns the
+watching; the rules of what a valid directory is live in ``reconciler.spec``.
 
 Level-triggered by design: whatever the event, the whole directory is re-read and validated,
 and the result is a full ``DesiredTasks`` (or ``DesiredInvalid`` with the problem lines). Events
@@ -37,7 +37,7 @@ stalls the event loop.
 it, a file that makes a parser fail in a way nobody foresaw), a read ends as a ``DesiredTasks``
 or a ``DesiredInvalid`` with bounded problem lines; no exception from reading reaches the
 stream. The reader's own limits (file size, nesting, values, unsafe permissions on the way to
-the directory) live in ``reconciler.desired``.
+the directory) live in ``reconciler.spec``.
 """
 
 from __future__ import annotations
@@ -51,15 +51,15 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from reconciler.desired import DesiredStateError, Problem, is_desired_file_name, load_directory
-from reconciler.desired.problems import describe
-from reconciler.model import NodeDescription
-from reconciler.session import (
+from reconciler.core.model import NodeDescription
+from reconciler.core.session import (
     DesiredInvalid,
     DesiredTasks,
     NamedStatus,
     SessionMessage,
 )
+from reconciler.spec.loader import is_desired_file_name, load_directory
+from reconciler.spec.problems import DesiredStateError, Problem, describe
 
 __all__ = ["FileSession", "read_desired"]
 

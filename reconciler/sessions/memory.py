@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 
-from reconciler.model import NodeDescription
-from reconciler.session import NamedStatus, SessionMessage
+from reconciler.core.model import NodeDescription
+from reconciler.core.session import NamedStatus, SessionMessage
 
 
 class MemorySession:

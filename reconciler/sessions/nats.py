@@ -1,6 +1,6 @@
 """The fleet session: this node's desired tasks from a manager over NATS JetStream.
 
-``NatsSession`` implements ``reconciler.session.Session``. The manager writes this node's
+``NatsSession`` implements ``reconciler.core.session.Session``. The manager writes this node's
 assignments, one key per named task, and its availability; the agent reads them, and writes its
 heartbeat and the status of each named task back. Bucket names, keys and values are in
 ``reconciler.fleet``.
@@ -57,8 +57,16 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from reconciler import __version__
-from reconciler.backoff import Backoff, Retry
-from reconciler.clock import Clock
+from reconciler.core.backoff import Backoff, Retry
+from reconciler.core.clock import Clock
+from reconciler.core.model import NodeDescription
+from reconciler.core.session import (
+    ConnectionChanged,
+    DesiredTasks,
+    ManagerMessage,
+    NamedStatus,
+    SessionMessage,
+)
 from reconciler.fleet.buckets import (
     ASSIGNMENTS,
     CONTROL,
@@ -92,14 +100,6 @@ from reconciler.fleet.values import (
     status_value,
 )
 from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch
-from reconciler.model import NodeDescription
-from reconciler.session import (
-    ConnectionChanged,
-    DesiredTasks,
-    ManagerMessage,
-    NamedStatus,
-    SessionMessage,
-)
 from reconciler.sessions.assignments import assignment_change, full_assignment, merge_changes
 
 __all__ = ["Describe", "NatsSession"]

@@ -9,7 +9,7 @@
 * ``agent_page``: the agent's page (``agent.html``, rendered on the server, kept live by its
   own script through ``/v1/events``);
 * ``manager_page``: the fleet manager's page (``manager.html``), over the manager's
-  ``FleetSnapshot`` (``reconciler.fleet.snapshot``).
+  ``FleetSnapshot`` (``reconciler.manager.snapshot``).
 
 The HTML, CSS and script files are package data: they ship in the wheel and are read with
 ``importlib``.

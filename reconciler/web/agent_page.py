@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any, Final
 
-from reconciler.model import TaskState
-from reconciler.snapshot import Snapshot
+from reconciler.core.model import TaskState
+from reconciler.core.snapshot import Snapshot
 from reconciler.web.common import (
     DASH,
     ICON_BAD,

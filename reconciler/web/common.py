@@ -56,20 +56,20 @@ _PARTIAL: Final = re.compile(r"\{\{> ([\w.]+)\}\}")
 _SHARED: Final = frozenset({"shared.css", "shared.js"})
 
 
-def _read(name: str) -> str:
-    return resources.files("reconciler.web").joinpath(name).read_text("utf-8")
+def _read(name: str, package: str = __package__) -> str:
+    return resources.files(package).joinpath(name).read_text("utf-8")
 
 
-def template(name: str) -> str:
-    """The page file ``name`` with its shared parts inlined. Raises ``RuntimeError`` for an
-    unknown part."""
+def template(name: str, package: str = __package__) -> str:
+    """The page file ``name`` of ``package`` with the shared parts of this package inlined.
+    Raises ``RuntimeError`` for an unknown part."""
 
     def part(m: re.Match[str]) -> str:
         if m.group(1) not in _SHARED:
             raise RuntimeError(f"{name}: no shared part {m.group(1)!r}")
         return _read(m.group(1)).rstrip("\n")
 
-    return _PARTIAL.sub(part, _read(name))
+    return _PARTIAL.sub(part, _read(name, package))
 
 
 def _hash(page: str, kind: str) -> str:

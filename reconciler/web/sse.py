@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 from typing import Final, Protocol, TypeVar
 
-from reconciler.snapshot import Changes
+from reconciler.core.snapshot import Changes
 
 __all__ = ["HEAD", "LivePage", "Page", "event", "stream"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from reconciler import __version__
-from reconciler.snapshot import Snapshot, TaskView
+from reconciler.core.snapshot import Snapshot, TaskView
 
 __all__ = [
     "PageModel",

@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 
 from podman.api import APIClient
 
-from reconciler.errors import TemporaryError
-from reconciler.executor import RuntimeObserver
+from reconciler.core.errors import TemporaryError
+from reconciler.core.executor import RuntimeObserver
 from runtime.podman.errors import (
     QUIET,
     ImageMissing,

@@ -1,9 +1,9 @@
-"""One task's podman container: the ``Controller`` that ``reconciler.lifecycle.do`` drives.
+"""One task's podman container: the ``Controller`` that ``reconciler.core.lifecycle.do`` drives.
 
 This module owns the per-task semantics of the podman runtime and keeps podman round trips to
 one per step where it can:
 
-* **prepare** is one ``create`` (the pull policy, ``reconciler.pulls``, adds a pull only when
+* **prepare** is one ``create`` (the pull policy, ``reconciler.core.pulls``, adds a pull only when
   it must). A name conflict is resolved by one inspect: the same task id means
   ``TaskPrepared``. A rollback is pinned: one inspect of the container it rolls back to gives
   the image ID it is created from (no pull), so a tag moved to another build meanwhile cannot
@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from reconciler.clock import Clock
-from reconciler.errors import (
+from reconciler.core.clock import Clock
+from reconciler.core.errors import (
     ContainerGone,
     ExitError,
     PermanentError,
@@ -61,9 +61,9 @@ from reconciler.errors import (
     TaskStarted,
     TemporaryError,
 )
-from reconciler.executor import ContainerStatus, RuntimeObserver
-from reconciler.model import Rollback, Task
-from reconciler.pulls import PullResult, prepare_image
+from reconciler.core.executor import ContainerStatus, RuntimeObserver
+from reconciler.core.model import Rollback, Task
+from reconciler.core.pulls import PullResult, prepare_image
 from runtime.podman import cgroups
 from runtime.podman.client import PodmanAPI
 from runtime.podman.errors import ImageMissing, NameConflict, NotFound

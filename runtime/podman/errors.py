@@ -1,7 +1,8 @@
 """podman's failures, translated once into the core's error values.
 
 Every exception podman-py, ``requests`` or a socket can raise on a call is turned here, and only
-here, into an error value of ``reconciler.errors``, so the controller and the core never need to
+here, into an error value of ``reconciler.core.errors``, so the controller and the core never need
+to
 know what podman's errors look like:
 
 * no answer (connection refused, socket missing, timeout, broken stream, deadline passed, call
@@ -21,8 +22,8 @@ import socket
 import podman.errors
 import requests
 
-from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
-from reconciler.pulls import ImageAbsent
+from reconciler.core.errors import PermanentError, ReconcilerError, TemporaryError
+from reconciler.core.pulls import ImageAbsent
 from runtime.podman.transport import Aborted
 
 __all__ = [

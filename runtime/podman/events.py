@@ -18,7 +18,7 @@ in which an exit could be missed.
 Robustness:
 
 * **Reconnect.** A supervisor coroutine restarts the reader after the stream ends or fails, on
-  the agent's one backoff rule (``reconciler.backoff``): a stream that had connected is retried
+  the agent's one backoff rule (``reconciler.core.backoff``): a stream that had connected is retried
   at once (from ``initial``), one that never connected backs off, and the runtime coming back up
   ends any backoff. Every watch is told the stream was lost (its waiter raises
   ``TemporaryError`` and re-inspects when retried), because events may have been missed while it
@@ -47,9 +47,9 @@ from typing import Any
 
 import podman
 
-from reconciler.backoff import Backoff, Retry
-from reconciler.clock import Clock
-from reconciler.executor import RuntimeObserver, Supervise
+from reconciler.core.backoff import Backoff, Retry
+from reconciler.core.clock import Clock
+from reconciler.core.executor import RuntimeObserver, Supervise
 from runtime.podman.reach import Reachability
 from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
 from runtime.podman.transport import AbortReason, Call, make_client, running

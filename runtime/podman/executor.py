@@ -1,4 +1,4 @@
-"""``PodmanExecutor``: the podman runtime behind ``reconciler.executor.Executor``.
+"""``PodmanExecutor``: the podman runtime behind ``reconciler.core.executor.Executor``.
 
 This module owns the runtime's shared resources and their lifetime: the podman calls with their
 lanes of bounded thread pools (``client.PodmanAPI``), one event stream (``events.EventStream``),
@@ -33,8 +33,8 @@ already gave (``runtime.podman.usage``), and OOM kills come from the kernel log
 **Images and disk.** The image store is podman's graph root (``podman info``'s
 ``store.graphRoot``, learnt from ``describe`` or, before that, from one info call when first
 needed); its space is one ``statvfs``. While it is under ``image_gc_threshold`` percent free,
-controllers refuse to pull (``reconciler.pulls``). Images are listed and removed by name or ID
-for the image GC (``reconciler.imagegc``), never forced.
+controllers refuse to pull (``reconciler.core.pulls``). Images are listed and removed by name or ID
+for the image GC (``reconciler.agent.imagegc``), never forced.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ import os
 from collections.abc import Awaitable, Collection, Mapping
 from typing import Any
 
-from reconciler.clock import Clock
-from reconciler.errors import PermanentError
-from reconciler.executor import (
+from reconciler.core.clock import Clock
+from reconciler.core.errors import PermanentError
+from reconciler.core.executor import (
     DiskSpace,
     RuntimeContainer,
     RuntimeImage,
@@ -54,8 +54,8 @@ from reconciler.executor import (
     RuntimeUsage,
     Supervise,
 )
-from reconciler.model import NodeDescription, Task
-from reconciler.pulls import pull_refusal
+from reconciler.core.model import NodeDescription, Task
+from reconciler.core.pulls import pull_refusal
 from runtime.podman.client import PodmanAPI
 from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
 from runtime.podman.errors import ImageInUse, ImageMissing, NotFound

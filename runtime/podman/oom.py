@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.supervisor import describe_error
+from reconciler.core.supervisor import describe_error
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from reconciler.backoff import Backoff, Retry
-from reconciler.clock import Clock
+from reconciler.core.backoff import Backoff, Retry
+from reconciler.core.clock import Clock
 from runtime.podman.client import PodmanAPI
 from runtime.podman.reach import Reachability
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from reconciler.clock import Clock
-from reconciler.executor import RuntimeObserver
+from reconciler.core.clock import Clock
+from reconciler.core.executor import RuntimeObserver
 
 __all__ = ["Reachability"]
 

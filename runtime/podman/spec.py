@@ -23,8 +23,8 @@ import math
 import signal
 from typing import Any
 
-from reconciler.errors import PermanentError
-from reconciler.model import MountType, TaskSpec, spec_hash
+from reconciler.core.errors import PermanentError
+from reconciler.core.model import MountType, TaskSpec, spec_hash
 
 NODE_LABEL = "reconciler.node"
 TASK_ID_LABEL = "reconciler.task.id"

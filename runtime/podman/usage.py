@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.executor import TaskUsage
+from reconciler.core.executor import TaskUsage
 
 PROC = Path("/proc")
 _OCTAL = re.compile(r"\\([0-7]{3})")

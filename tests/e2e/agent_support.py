@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.podman import PodmanService
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO / "deploy" / "containers.conf"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.testing.podman import TEST_IMAGE_TARBALL, PodmanService
 from runtime.podman import PodmanExecutor
-from runtime.podman.service import TEST_IMAGE_TARBALL, PodmanService
 from tests.contract import missing as absent
 from tests.e2e.agent_support import Harness
 from tests.e2e.podman_support import RecordingObserver, new_executor, new_id

@@ -1,6 +1,6 @@
 """Helpers for the podman end-to-end tests: task builders, a lifecycle driver, an observer.
 
-The driver calls ``reconciler.lifecycle.do`` in a loop, the way the task manager will, so the
+The driver calls ``reconciler.core.lifecycle.do`` in a loop, the way the task manager will, so the
 tests exercise the controller through the real state machine. Retries happen at once (a
 retried ``wait`` blocks on podman's event stream itself), with a cap so that a bug cannot spin
 forever.
@@ -14,11 +14,11 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from reconciler.clock import Clock, SystemClock
-from reconciler.errors import TaskNoop, TaskRetry
-from reconciler.executor import Controller, RuntimeObserver
-from reconciler.lifecycle import do, resolve
-from reconciler.model import HealthCheck, Resources, Task, TaskSpec, TaskState, TaskStatus
+from reconciler.core.clock import Clock, SystemClock
+from reconciler.core.errors import TaskNoop, TaskRetry
+from reconciler.core.executor import Controller, RuntimeObserver
+from reconciler.core.lifecycle import do, resolve
+from reconciler.core.model import HealthCheck, Resources, Task, TaskSpec, TaskState, TaskStatus
 from runtime.podman import PodmanExecutor
 
 IMAGE = "localhost/busybox:latest"

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from runtime.podman.service import TEST_IMAGE_CHANGES, TEST_IMAGE_TARBALL, PodmanService
+from reconciler.testing.podman import TEST_IMAGE_CHANGES, TEST_IMAGE_TARBALL, PodmanService
 from tests.contract import missing
 from tests.e2e.agent_support import CONTAINERS_CONF, free_port
 from tests.e2e.conftest import ensure_tarball, require_podman

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.podman import PodmanService
 from tests.e2e.agent_support import FOREVER, IMAGE, Harness, new_id, task
 
 pytestmark = pytest.mark.e2e

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
-from tests.desired.hostile import ACCEPTED, corpus
+from reconciler.testing.hostile import ACCEPTED, corpus
+from reconciler.testing.podman import PodmanService
 from tests.e2e.agent_support import Harness, task
 
 pytestmark = pytest.mark.e2e

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.testing.podman import TEST_IMAGE_CHANGES, TEST_IMAGE_TARBALL, _unmount_under
 from runtime.podman.discovery import ROOTFUL_SOCKET, answers
-from runtime.podman.service import TEST_IMAGE_CHANGES, TEST_IMAGE_TARBALL, _unmount_under
 from tests.contract import missing
 from tests.e2e.agent_support import CONTAINERS_CONF, IMAGE, REPO, free_port, taskset, wait_for
 from tests.e2e.conftest import ensure_tarball, require_podman

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.faultproxy import FaultProxy
+from reconciler.testing.podman import PodmanService
 from tests.e2e.agent_support import Harness, task
-from tests.e2e.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.podman import PodmanService
 from tests.e2e.agent_support import AgentProcess, Harness, free_port, task
 
 pytestmark = pytest.mark.e2e

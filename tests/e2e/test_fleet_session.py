@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.podman import PodmanService
 from tests.e2e.agent_support import Harness, cli, task
 from tests.fleet.support import Manager
 from tests.natsserver import NatsServer, nats_server

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.podman import PodmanService
 from tests.e2e.agent_support import (
     FOREVER,
     IMAGE,

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import SystemClock
-from reconciler.model import TaskState
+from reconciler.core.clock import SystemClock
+from reconciler.core.model import TaskState
+from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor
 from runtime.podman.exits import ExitWatch
-from runtime.podman.service import PodmanService
 from tests.e2e.podman_support import Driven, RecordingObserver, drive, make_task, resolved
 
 pytestmark = pytest.mark.e2e

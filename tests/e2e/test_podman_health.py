@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import FakeClock
-from reconciler.errors import ExitError, TaskStarted
-from reconciler.model import HealthCheck, TaskState
+from reconciler.core.clock import FakeClock
+from reconciler.core.errors import ExitError, TaskStarted
+from reconciler.core.model import HealthCheck, TaskState
+from reconciler.testing.faultproxy import FaultProxy
+from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor
-from runtime.podman.service import PodmanService
-from tests.e2e.faultproxy import FaultProxy
 from tests.e2e.podman_support import (
     RecordingObserver,
     drive,

@@ -1,7 +1,8 @@
 """End to end: the podman runtime through podman outages, made by a fault proxy in front of a real
 podman service.
 
-The executor under test talks to the proxy (``tests.e2e.faultproxy``); the test switches the
+The executor under test talks to the proxy (``reconciler.testing.faultproxy``); the test switches
+the
 proxy to make podman hang (blackhole), vanish, crawl or drop connections, and checks podman's
 own view through the real socket behind it. Outcomes and their order are asserted, never
 timings; every wait has a generous hang guard.
@@ -18,17 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.backoff import Backoff
-from reconciler.clock import SystemClock
-from reconciler.model import Assignment, Task, TaskState
-from reconciler.store import Store
-from reconciler.worker import Worker
+from reconciler.core.backoff import Backoff
+from reconciler.core.clock import SystemClock
+from reconciler.core.model import Assignment, Task, TaskState
+from reconciler.core.worker import Worker
+from reconciler.store.rocks import Store
+from reconciler.testing.faultproxy import FaultProxy, Mode
+from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor
 from runtime.podman.discovery import first_answering
 from runtime.podman.errors import RuntimeUnavailable
-from runtime.podman.service import PodmanService
 from runtime.podman.spec import NODE_LABEL
-from tests.e2e.faultproxy import FaultProxy, Mode
 from tests.e2e.podman_support import (
     Driven,
     RecordingObserver,

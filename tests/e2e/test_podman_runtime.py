@@ -1,6 +1,6 @@
 """End to end: the podman runtime against a real, private podman service.
 
-Every test drives real containers through ``reconciler.lifecycle.do`` (or the controller's
+Every test drives real containers through ``reconciler.core.lifecycle.do`` (or the controller's
 methods directly) and checks podman's own view with the podman CLI. Each test runs under its
 own node id, so tests sharing the session's service never see each other's containers. There
 are no timing assertions; the only waits are for real podman state, with generous limits.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import (
+from reconciler.core.errors import (
     ContainerGone,
     ExitError,
     PermanentError,
@@ -25,10 +25,10 @@ from reconciler.errors import (
     TaskRetry,
     TaskStarted,
 )
-from reconciler.lifecycle import do
-from reconciler.model import Resources, TaskState, task_from_dict
+from reconciler.core.lifecycle import do
+from reconciler.core.model import Resources, TaskState, task_from_dict
+from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor, cgroups
-from runtime.podman.service import PodmanService
 from tests.e2e.podman_support import (
     Driven,
     RecordingObserver,
@@ -494,9 +494,9 @@ async def test_event_stream_survives_events_log_rotation(
 AGENT_SCRIPT = """
 import asyncio, json, sys, time
 from dataclasses import replace
-from reconciler.clock import SystemClock
-from reconciler.executor import NullObserver
-from reconciler.model import task_to_dict
+from reconciler.core.clock import SystemClock
+from reconciler.core.executor import NullObserver
+from reconciler.core.model import task_to_dict
 from runtime.podman import PodmanExecutor
 from tests.e2e.podman_support import drive, make_task, resolved
 
@@ -512,7 +512,7 @@ async def main(url, node):
              for d, (c, _) in zip(done, pairs)]
     await asyncio.sleep(3600)
 
-from reconciler.model import TaskState
+from reconciler.core.model import TaskState
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 

@@ -1,7 +1,8 @@
 """End to end: a real Prometheus scrapes reconciler's /metrics, and every dashboard panel has data.
 
 Debian's ``prometheus`` binary is started on a free loopback port with a temporary config that
-scrapes ``reconciler.http.serve`` once a second. The agent side is the real HTTP server and the
+scrapes ``reconciler.web.server.serve`` once a second. The agent side is the real HTTP server and
+the
 real ``Metrics``, fed a hand-built ``Snapshot`` of realistic tasks while event metrics (start
 latency, resync duration, runtime errors, drift corrections, rejected reloads) and usage samples
 keep arriving, as they do on a busy host. Once Prometheus has a few scrapes, every panel
@@ -35,13 +36,13 @@ import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
 
-from reconciler.executor import TaskUsage
-from reconciler.hoststats import CPU_MODES, Condition, DiskFree, NodeUsage
-from reconciler.http import serve
-from reconciler.metrics import Metrics
-from reconciler.model import TaskState
-from reconciler.snapshot import Snapshot, TaskView
-from reconciler.usage import Usage
+from reconciler.core.executor import TaskUsage
+from reconciler.core.model import TaskState
+from reconciler.core.snapshot import Snapshot, TaskView
+from reconciler.observe.hoststats import CPU_MODES, Condition, DiskFree, NodeUsage
+from reconciler.observe.metrics import Metrics
+from reconciler.observe.usage import Usage
+from reconciler.web.server import serve
 from tests.builders import node
 from tests.contract import missing
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from runtime.podman.service import PodmanService
+from reconciler.testing.podman import PodmanService
 from tests.contract import missing as absent
 from tests.e2e.agent_support import REPO, Harness, cli, task, taskset
 

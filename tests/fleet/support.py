@@ -3,7 +3,7 @@
 - ``Manager``: plays the fleet manager on a real NATS server: creates the buckets, writes
   assignments and control keys, reads statuses and heartbeats.
 - ``running_agent``: the whole ``Agent`` in this event loop, on the fake runtime
-  (``runtime/fake.py``) and the real clock, with a ``NatsSession`` to the given URLs.
+  (``reconciler/testing/fake.py``) and the real clock, with a ``NatsSession`` to the given URLs.
 - ``TcpProxy``: a loopback TCP proxy between the agent and a server, which a test can cut and
   restore; the agent loses NATS while the manager keeps writing.
 - ``eventually``: polling with a generous deadline; tests assert outcomes, never timings.
@@ -25,8 +25,9 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from reconciler.agent import Agent, AgentConfig
-from reconciler.clock import SystemClock
+from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.core.clock import SystemClock
+from reconciler.core.model import NodeDescription, TaskState
 from reconciler.fleet.buckets import (
     ASSIGNMENTS,
     CONTROL,
@@ -36,10 +37,9 @@ from reconciler.fleet.buckets import (
     node_control_key,
 )
 from reconciler.fleet.connect import NatsOptions
-from reconciler.model import NodeDescription, TaskState
 from reconciler.sessions.nats import NatsSession
-from reconciler.store import Store
-from runtime.fake import FakeExecutor
+from reconciler.store.rocks import Store
+from reconciler.testing.fake import FakeExecutor
 
 DEADLINE = 60.0
 IMAGE = "localhost/busybox:latest"

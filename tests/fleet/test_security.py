@@ -15,7 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from reconciler.clock import SystemClock
+from reconciler.core.clock import SystemClock
 from reconciler.fleet.buckets import init_buckets
 from reconciler.fleet.connect import NatsOptions
 from reconciler.fleet.watch import KeyWatch, WatchLost

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from reconciler.core.model import NodeDescription, TaskState
+from reconciler.core.session import NamedStatus
 from reconciler.fleet.values import (
     Availability,
     BadValue,
@@ -18,8 +20,6 @@ from reconciler.fleet.values import (
     status_supersedes,
     status_value,
 )
-from reconciler.model import NodeDescription, TaskState
-from reconciler.session import NamedStatus
 
 S = TaskState
 NODE = NodeDescription("edge-1", "linux", "arm64", 4, 2 << 30, "podman", "4.3.1", "0.1.0")

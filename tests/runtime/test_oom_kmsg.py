@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import FakeClock, settle
-from reconciler.errors import ExitError
-from reconciler.executor import NullObserver
-from reconciler.model import Task, TaskSpec
+from reconciler.core.clock import FakeClock, settle
+from reconciler.core.errors import ExitError
+from reconciler.core.executor import NullObserver
+from reconciler.core.model import Task, TaskSpec
 from runtime.podman.controller import PodmanController, Runtime
 from runtime.podman.oom import KernelLogOoms, OomKill, parse_record
 

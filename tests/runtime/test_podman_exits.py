@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.clock import FakeClock, settle
-from reconciler.errors import ContainerGone, ExitError, TemporaryError
-from reconciler.executor import NullObserver
-from reconciler.model import Task, TaskSpec
+from reconciler.core.clock import FakeClock, settle
+from reconciler.core.errors import ContainerGone, ExitError, TemporaryError
+from reconciler.core.executor import NullObserver
+from reconciler.core.model import Task, TaskSpec
 from runtime.podman.controller import PodmanController, Runtime
 from runtime.podman.errors import NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream

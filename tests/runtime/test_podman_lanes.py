@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.clock import FakeClock, SystemClock, settle
+from reconciler.core.clock import FakeClock, SystemClock, settle
 from runtime.podman.client import Deadlines, PodmanAPI
 from runtime.podman.errors import RuntimeUnavailable, translate
 from runtime.podman.probe import PROBE_INTERVAL, Liveness

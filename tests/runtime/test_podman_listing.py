@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.errors import TemporaryError
+from reconciler.core.errors import TemporaryError
 from runtime.podman.listing import Listed, Listing, parent_pid
 
 

@@ -8,9 +8,9 @@ import podman.errors
 import pytest
 import requests
 
-from reconciler.clock import SystemClock
-from reconciler.errors import PermanentError, TemporaryError
-from reconciler.executor import NullObserver
+from reconciler.core.clock import SystemClock
+from reconciler.core.errors import PermanentError, TemporaryError
+from reconciler.core.executor import NullObserver
 from runtime.podman import PodmanExecutor, cgroups
 from runtime.podman.controller import parse_timestamp_ns
 from runtime.podman.errors import (

@@ -7,8 +7,8 @@ import signal
 import pytest
 from podman.domain.containers_create import CreateMixin
 
-from reconciler.errors import PermanentError
-from reconciler.model import (
+from reconciler.core.errors import PermanentError
+from reconciler.core.model import (
     Device,
     HealthCheck,
     Mount,
@@ -79,7 +79,7 @@ def test_labels_carry_task_labels_and_the_reserved_ones_which_win() -> None:
 def test_the_spec_hash_ignores_resources_and_follows_every_other_field() -> None:
     from dataclasses import replace
 
-    from reconciler.model import Resources
+    from reconciler.core.model import Resources
 
     assert spec_hash(replace(FULL, resources=Resources(cpus=2.0))) == spec_hash(FULL)
     assert spec_hash(replace(FULL, image="localhost/other:1")) != spec_hash(FULL)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.executor import TaskUsage
+from reconciler.core.executor import TaskUsage
 from runtime.podman.usage import (
     CgroupLayout,
     Mount,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.session import DesiredInvalid, DesiredTasks, Session, SessionMessage
+from reconciler.core.session import DesiredInvalid, DesiredTasks, Session, SessionMessage
 from reconciler.sessions.files import FileSession, read_desired
 from tests.builders import node
-from tests.desired.helpers import safe_dir, task_set, write
+from tests.spec.helpers import safe_dir, task_set, write
 
 TIMEOUT = 20.0
 

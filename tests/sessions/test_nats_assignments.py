@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from reconciler.model import TaskState
-from reconciler.session import DesiredTask, DesiredTasks, RejectedTask
+from reconciler.core.model import TaskState
+from reconciler.core.session import DesiredTask, DesiredTasks, RejectedTask
 from reconciler.sessions.assignments import (
     assignment_change,
     full_assignment,

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from reconciler.clock import SystemClock
-from reconciler.fleet.connect import NatsOptions
-from reconciler.model import TaskState
-from reconciler.session import (
+from reconciler.core.clock import SystemClock
+from reconciler.core.model import TaskState
+from reconciler.core.session import (
     ConnectionChanged,
     DesiredTasks,
     ManagerMessage,
     NamedStatus,
     SessionMessage,
 )
+from reconciler.fleet.connect import NatsOptions
 from reconciler.sessions.nats import NatsSession
 from tests.fleet.support import Manager, TcpProxy, eventually, spec
 from tests.natsserver import NatsServer, free_port, nats_server

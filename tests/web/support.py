@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from reconciler import __version__
-from reconciler.model import NodeDescription, TaskState
-from reconciler.snapshot import Snapshot, TaskView
+from reconciler.core.model import NodeDescription, TaskState
+from reconciler.core.snapshot import Snapshot, TaskView
 
 NOW = 1_700_000_000.0
 

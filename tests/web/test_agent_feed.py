@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from reconciler.clock import FakeClock, settle
-from reconciler.model import TaskSpec
-from reconciler.session import DesiredInvalid, DesiredTask, DesiredTasks, RejectedTask
-from reconciler.snapshot import MAX_ERROR_LINES
+from reconciler.core.clock import FakeClock, settle
+from reconciler.core.model import TaskSpec
+from reconciler.core.session import DesiredInvalid, DesiredTask, DesiredTasks, RejectedTask
+from reconciler.core.snapshot import MAX_ERROR_LINES
+from reconciler.testing.fake import FakeExecutor
 from reconciler.web.agent_page import AgentPage
-from runtime.fake import FakeExecutor
-from tests.test_agent import desired, running_agent
+from tests.agent.test_agent import desired, running_agent
 
 
 async def test_the_snapshot_carries_the_start_time_and_each_instances_image(

@@ -10,8 +10,8 @@ import re
 from dataclasses import replace
 from html.parser import HTMLParser
 
-from reconciler.model import TaskState
-from reconciler.snapshot import Snapshot
+from reconciler.core.model import TaskState
+from reconciler.core.snapshot import Snapshot
 from reconciler.web import agent_page
 from reconciler.web.agent_page import (
     CONTENT_SECURITY_POLICY,

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reconciler import http as rhttp
-from reconciler.metrics import Metrics
-from reconciler.model import TaskState
-from reconciler.snapshot import Changes, Snapshot
+from reconciler.core.model import TaskState
+from reconciler.core.snapshot import Changes, Snapshot
+from reconciler.observe.metrics import Metrics
+from reconciler.web import server as rhttp
 from reconciler.web import sse
 from tests.web.support import snapshot, view, with_state
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from reconciler.snapshot import MAX_ERROR_CHARS, MAX_ERROR_LINES, Changes, bounded_errors
+from reconciler.core.snapshot import MAX_ERROR_CHARS, MAX_ERROR_LINES, Changes, bounded_errors
 
 
 def test_few_short_error_lines_are_kept_as_they_are() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler.model import TaskState
+from reconciler.core.model import TaskState
 from reconciler.web.state import (
     delta_state,
     full_state,

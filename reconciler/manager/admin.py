@@ -1,0 +1,377 @@
+"""What the ``reconciler manager`` commands do over NATS, apart from ``run``: read the fleet,
+write services and node availability. Each call opens one connection and closes it.
+
+- ``read_fleet``: one read of every bucket the commands show (services, nodes, control,
+  assignments, statuses) into a ``FleetView``, through the same filtered watch the manager
+  uses (its initial values are the whole bucket).
+- ``apply_services``: upsert the services of a ServiceSet file into ``reconciler_services``
+  (``prune``: and delete the services the file does not name); it says per service what
+  changes, and with ``dry_run`` writes nothing and says where the scheduler would put tasks.
+- ``remove_services``: delete services by name.
+- ``set_availability``: ``reconciler_control/node.<node>``.
+- ``ps_rows``, ``node_rows``: the rows ``manager ps`` and ``manager nodes`` print.
+
+The commands run apart from the manager, so they cannot know what it judged from the
+heartbeats it saw: a dry run takes every node that says ``ready`` as ready, and ``manager
+nodes`` shows what each node last said and when (by its own clock); the manager's verdicts are
+in its metrics and log.
+
+Errors: ``FleetError`` (no server answers, the buckets do not exist yet, NATS refused a write),
+with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client
+
+from reconciler.fleet.buckets import (
+    ASSIGNMENTS,
+    CONTROL,
+    NODES,
+    SERVICES,
+    STATUS,
+    key_subject,
+    node_control_key,
+)
+from reconciler.fleet.connect import NatsOptions, connect_first
+from reconciler.fleet.values import Availability
+from reconciler.fleet.watch import BucketMissing, KeyWatch, WatchLost
+from reconciler.manager.scheduler import Health, NodeView, Plan, schedule
+from reconciler.manager.services import Mode, Service, owner
+from reconciler.manager.view import FleetView
+from reconciler.spec.plan import changed_fields
+
+__all__ = [
+    "FleetError",
+    "NodeRow",
+    "TaskRow",
+    "apply_services",
+    "node_rows",
+    "placement_lines",
+    "ps_rows",
+    "read_fleet",
+    "remove_services",
+    "service_lines",
+    "set_availability",
+]
+
+_READ = (SERVICES, NODES, CONTROL, ASSIGNMENTS, STATUS)
+
+
+class FleetError(Exception):
+    """The command could not reach the fleet or write to it; the message says why."""
+
+
+@contextlib.asynccontextmanager
+async def _connected(options: NatsOptions) -> AsyncIterator[Client]:
+    try:
+        nc, _ = await connect_first(options, options.servers)
+    except ConnectionError as err:
+        raise FleetError(str(err)) from err
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+async def _read(nc: Client, buckets: Sequence[str] = _READ) -> FleetView:
+    view = FleetView(grace=1.0)
+    for bucket in buckets:
+        watch = KeyWatch(nc, bucket, ">")
+        try:
+            entries = await watch.start()
+        except BucketMissing as err:
+            raise FleetError(f"{err}: run `reconciler manager init` first") from err
+        except WatchLost as err:
+            raise FleetError(str(err)) from err
+        finally:
+            await watch.stop()
+        view.load(bucket, entries, 0.0)
+    return view
+
+
+async def read_fleet(options: NatsOptions) -> FleetView:
+    """Every bucket the commands show, read once. Raises ``FleetError``."""
+    async with _connected(options) as nc:
+        return await _read(nc)
+
+
+def judged_nodes(view: FleetView) -> dict[str, NodeView]:
+    """The nodes as a command can judge them: ready when their value says so."""
+    nodes = view.node_views(0.0)
+    out: dict[str, NodeView] = {}
+    for node_id, node in nodes.items():
+        beat = view.health.beat(node_id)
+        health = Health.READY if beat is not None and beat.ready else Health.NOT_READY
+        out[node_id] = NodeView(
+            id=node.id,
+            health=health,
+            availability=node.availability,
+            labels=node.labels,
+            cpus=node.cpus,
+            memory=node.memory,
+            pressure=node.pressure,
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- apply
+
+
+def service_lines(old: dict[str, Service], new: Sequence[Service], *, prune: bool) -> list[str]:
+    """One line per service: ``create``, ``update (fields)``, ``unchanged``, ``remove``."""
+    lines: list[str] = []
+    names = {s.name for s in new}
+    for service in new:
+        before = old.get(service.name)
+        if before is None:
+            size = "global" if service.mode is Mode.GLOBAL else f"{service.replicas} replicas"
+            lines.append(f"create service {service.name} ({size})")
+            continue
+        fields = _changed(before, service)
+        if fields:
+            lines.append(f"update service {service.name} ({', '.join(fields)})")
+        else:
+            lines.append(f"unchanged service {service.name}")
+    if prune:
+        lines.extend(f"remove service {name}" for name in sorted(set(old) - names))
+    return lines
+
+
+def _changed(old: Service, new: Service) -> list[str]:
+    fields = changed_fields(old.task, new.task)
+    if old.mode != new.mode:
+        fields.append("mode")
+    if old.replicas != new.replicas:
+        fields.append("replicas")
+    if old.constraints != new.constraints:
+        fields.append("placement")
+    if not fields and old.value != new.value:
+        fields.append("value")
+    return fields
+
+
+def placement_lines(plan: Plan) -> list[str]:
+    """The scheduler's plan in words: ``place``, ``move``, ``update``, ``remove``,
+    ``unassigned``."""
+    lines: list[str] = []
+    moved = {(p.moved_from, p.task) for p in plan.puts if p.moved_from}
+    for put in sorted(plan.puts, key=lambda p: _order(p.task, p.node)):
+        if put.moved_from:
+            lines.append(f"move {put.task} from {put.moved_from} to {put.node} ({put.reason})")
+        elif put.update:
+            lines.append(f"update {put.task} on {put.node}")
+        else:
+            lines.append(f"place {put.task} on {put.node}")
+    for d in sorted(plan.deletes, key=lambda d: _order(d.task, d.node)):
+        if (d.node, d.task) not in moved:
+            lines.append(f"remove {d.task} from {d.node} ({d.reason or d.why})")
+    lines.extend(
+        f"unassigned {task} (no eligible node with room)"
+        for task in sorted(plan.unassigned, key=lambda t: _order(t, ""))
+    )
+    return lines
+
+
+def _order(task: str, node: str) -> tuple[str, int, str]:
+    name, slot = owner(task)
+    return name, slot or 0, node
+
+
+async def apply_services(
+    options: NatsOptions, services: Sequence[Service], *, prune: bool, dry_run: bool
+) -> tuple[list[str], list[str]]:
+    """Upsert ``services`` (and with ``prune`` delete the others). Returns the service lines
+    and, with ``dry_run``, the placement lines (nothing is written then). Raises
+    ``FleetError``."""
+    async with _connected(options) as nc:
+        view = await _read(nc, _READ if dry_run else (SERVICES,))
+        old = dict(view.services)
+        lines = service_lines(old, services, prune=prune)
+        if dry_run:
+            wanted = {} if prune else dict(old)
+            wanted.update({s.name: s for s in services})
+            frozen = {k for k in view.invalid if k not in wanted}
+            plan = schedule(wanted, judged_nodes(view), view.placed(), frozen=frozen)
+            return lines, placement_lines(plan)
+        js = nc.jetstream(timeout=10)
+        names = {s.name for s in services}
+        try:
+            for service in services:
+                if old.get(service.name) is None or old[service.name].value != service.value:
+                    await js.publish(key_subject(SERVICES, service.name), service.value)
+            if prune:
+                for name in sorted((set(old) | set(view.invalid)) - names):
+                    await js.publish(
+                        key_subject(SERVICES, name), b"", headers={"KV-Operation": "DEL"}
+                    )
+        except Exception as err:
+            raise FleetError(f"writing {SERVICES} failed: {_describe(err)}") from err
+        return lines, []
+
+
+async def remove_services(options: NatsOptions, names: Sequence[str]) -> list[str]:
+    """Delete the named services. Raises ``FleetError`` naming those that do not exist (and
+    then removes none)."""
+    async with _connected(options) as nc:
+        view = await _read(nc, (SERVICES,))
+        known = set(view.services) | set(view.invalid)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise FleetError(f"no such service: {', '.join(unknown)}")
+        js = nc.jetstream(timeout=10)
+        try:
+            for name in dict.fromkeys(names):
+                await js.publish(key_subject(SERVICES, name), b"", headers={"KV-Operation": "DEL"})
+        except Exception as err:
+            raise FleetError(f"writing {SERVICES} failed: {_describe(err)}") from err
+    return [f"remove service {n}" for n in dict.fromkeys(names)]
+
+
+async def set_availability(options: NatsOptions, node: str, availability: Availability) -> bool:
+    """Write the node's availability; True when the node has a heartbeat in the fleet.
+    Raises ``FleetError``."""
+    async with _connected(options) as nc:
+        view = await _read(nc, (NODES,))
+        js = nc.jetstream(timeout=10)
+        value = json.dumps({"availability": availability.value}).encode()
+        try:
+            await js.publish(key_subject(CONTROL, node_control_key(node)), value)
+        except Exception as err:
+            raise FleetError(f"writing {CONTROL} failed: {_describe(err)}") from err
+        return view.health.beat(node) is not None
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) or type(err).__name__
+
+
+# ---------------------------------------------------------------------------- ps, nodes
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One row of ``manager ps``: a task on a node (node None: unassigned)."""
+
+    service: str
+    task: str
+    node: str | None
+    state: str
+    restarts: int = 0
+    id: str | None = None
+    message: str | None = None
+    error: str | None = None
+    updated_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "task": self.task,
+            "node": self.node,
+            "state": self.state,
+            "restarts": self.restarts,
+            "id": self.id,
+            "message": self.message,
+            "error": self.error,
+            "updatedAt": self.updated_at,
+        }
+
+
+def ps_rows(view: FleetView) -> list[TaskRow]:
+    """Every assignment with its reported status, then every task of a service that has no
+    assignment (``unassigned``); sorted by service, slot and node."""
+    rows: list[TaskRow] = []
+    assigned: set[str] = set()
+    for placed in view.placed():
+        assigned.add(placed.task)
+        name = owner(placed.task)[0]
+        reported = view.statuses.get(f"{placed.node}.{placed.task}")
+        if reported is None:
+            rows.append(TaskRow(name, placed.task, placed.node, "assigned"))
+            continue
+        rows.append(
+            TaskRow(
+                service=name,
+                task=placed.task,
+                node=placed.node,
+                state=reported.state,
+                restarts=reported.restarts,
+                id=reported.id,
+                message=reported.message,
+                error=reported.error,
+                updated_at=reported.updated_at,
+            )
+        )
+    for service in view.services.values():
+        if service.mode is Mode.GLOBAL:
+            continue  # one task per eligible node: none is missing by name
+        for task in service.task_names():
+            if task not in assigned:
+                rows.append(TaskRow(service.name, task, None, "unassigned"))
+    rows.sort(key=lambda r: _order(r.task, r.node or ""))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One row of ``manager nodes``: what the node last said, and its availability."""
+
+    node: str
+    ready: bool | None
+    availability: str
+    tasks: int
+    heartbeat_at: str | None = None
+    hostname: str | None = None
+    cpus: float | None = None
+    memory: int | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    version: str | None = None
+    pressure: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "ready": self.ready,
+            "availability": self.availability,
+            "tasks": self.tasks,
+            "heartbeatAt": self.heartbeat_at,
+            "hostname": self.hostname,
+            "cpus": self.cpus,
+            "memoryBytes": self.memory,
+            "labels": dict(self.labels),
+            "version": self.version,
+            "conditions": list(self.pressure),
+        }
+
+
+def node_rows(view: FleetView) -> list[NodeRow]:
+    """Every node with a heartbeat or an assignment, sorted by id."""
+    tasks: dict[str, int] = {}
+    for placed in view.placed():
+        tasks[placed.node] = tasks.get(placed.node, 0) + 1
+    rows = []
+    for node in sorted(view.health.nodes()):
+        beat = view.health.beat(node)
+        rows.append(
+            NodeRow(
+                node=node,
+                ready=beat.ready if beat is not None else None,
+                availability=view.availability.get(node, Availability.ACTIVE).value,
+                tasks=tasks.get(node, 0),
+                heartbeat_at=beat.heartbeat_at if beat else None,
+                hostname=beat.hostname if beat else None,
+                cpus=beat.cpus if beat else None,
+                memory=beat.memory if beat else None,
+                labels=tuple(sorted(beat.labels.items())) if beat else (),
+                version=beat.version if beat else None,
+                pressure=beat.pressure if beat else (),
+            )
+        )
+    return rows

@@ -1,0 +1,138 @@
+"""The manager's Prometheus metrics, on its own registry, for its own ``/metrics``.
+
+State is read at scrape time from one ``FleetCounts`` (the driver's current picture), so a
+scrape never waits on NATS; events are counters and a histogram:
+
+- ``reconciler_build_info{version}``, gauge 1;
+- ``reconciler_manager_leader``, gauge 0/1;
+- ``reconciler_manager_nodes{state}``: ``ready``, ``down``, ``paused``, ``draining`` (a node
+  that is neither down nor ready, within its grace period, counts in none);
+- ``reconciler_manager_tasks{state}``: every task state, plus ``unassigned``; a task placed but
+  not reported yet counts as ``assigned``;
+- ``reconciler_manager_reschedules_total{reason}``: ``node_down``, ``drain``, ``constraint``;
+- ``reconciler_manager_schedule_seconds``, histogram: one pass of the leader that wrote.
+
+Every value of a fixed label set is present from the start, at 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from reconciler import __version__
+from reconciler.core.model import TaskState
+from reconciler.manager.scheduler import Reason
+
+__all__ = [
+    "NODE_STATES",
+    "SCHEDULE_BUCKETS",
+    "TASK_STATES",
+    "UNASSIGNED",
+    "FleetCounts",
+    "ManagerMetrics",
+]
+
+NODE_STATES: Final = ("ready", "down", "paused", "draining")
+UNASSIGNED: Final = "unassigned"
+TASK_STATES: Final = (*(s.label for s in TaskState), UNASSIGNED)
+
+#: One scheduling pass: planning a few tasks takes a millisecond, writing 10,000 a few seconds.
+SCHEDULE_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """What the manager's gauges show: leadership, nodes per state, named tasks per state."""
+
+    leader: bool = False
+    nodes: Mapping[str, int] = field(default_factory=dict)
+    tasks: Mapping[str, int] = field(default_factory=dict)
+
+
+class _Collector(Collector):
+    def __init__(self, source: Callable[[], FleetCounts]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._source()
+        info = GaugeMetricFamily(
+            "reconciler_build_info", "The version of reconciler.", labels=["version"]
+        )
+        info.add_metric([__version__], 1.0)
+        yield info
+        yield GaugeMetricFamily(
+            "reconciler_manager_leader",
+            "1 while this manager leads the fleet.",
+            value=1.0 if counts.leader else 0.0,
+        )
+        nodes = GaugeMetricFamily(
+            "reconciler_manager_nodes",
+            "Nodes by state, as this manager judges them.",
+            labels=["state"],
+        )
+        for state in NODE_STATES:
+            nodes.add_metric([state], float(counts.nodes.get(state, 0)))
+        yield nodes
+        tasks = GaugeMetricFamily(
+            "reconciler_manager_tasks",
+            "Named tasks by reported state, and those no node could take.",
+            labels=["state"],
+        )
+        for state in TASK_STATES:
+            tasks.add_metric([state], float(counts.tasks.get(state, 0)))
+        yield tasks
+
+
+class ManagerMetrics:
+    """Every manager metric on one registry; ``render()`` is the ``/metrics`` body."""
+
+    def __init__(
+        self, *, counts: Callable[[], FleetCounts], registry: CollectorRegistry | None = None
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(_Collector(counts))
+        self._reschedules = Counter(
+            "reconciler_manager_reschedules",
+            "Tasks taken off a node, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in Reason:
+            self._reschedules.labels(reason.value)
+        self._schedule = Histogram(
+            "reconciler_manager_schedule_seconds",
+            "One scheduling pass of the leader: the plan and its writes.",
+            buckets=SCHEDULE_BUCKETS,
+            registry=self.registry,
+        )
+
+    def rescheduled(self, reason: Reason, count: int = 1) -> None:
+        self._reschedules.labels(reason.value).inc(count)
+
+    def observe_schedule(self, seconds: float) -> None:
+        self._schedule.observe(max(0.0, seconds))
+
+    def render(self) -> bytes:
+        """The text exposition (format 0.0.4), without the ``_created`` samples that only
+        OpenMetrics carries well (as the agent's ``/metrics``)."""
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _WithoutCreated(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family

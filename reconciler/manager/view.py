@@ -1,0 +1,322 @@
+"""The manager's picture of the fleet, kept from its bucket watches. Pure: no I/O, no clock.
+
+The driver (``fleet.manager``) feeds it what its watches read: ``load`` with the values a watch
+starts with (that bucket's whole picture), ``apply`` with each later put or delete, ``wrote``
+with the manager's own acknowledged writes (so that the next plan already counts them, before
+the watch echoes them back). ``now`` is always the manager's monotonic clock.
+
+What it keeps, per bucket:
+
+- ``reconciler_services``: the valid services; a key whose value is invalid is *frozen* (its
+  problems kept for the log): the scheduler leaves that service's tasks alone rather than read
+  a broken value as "no tasks".
+- ``reconciler_nodes``: heartbeats, judged by ``fleet.health.NodeHealth``.
+- ``reconciler_control``: each node's availability, and the fleet settings.
+- ``reconciler_assignments``: one ``Placed`` per key, with the resources its value declares,
+  and the last revision of every key, deleted ones too, so that every write can be
+  compare-and-set. A delivery older than what is known for its key (the echo of an earlier
+  write arriving after a later one) is ignored.
+- ``reconciler_status``: each task's reported state, for ``reconciler_manager_tasks`` and
+  ``manager ps``.
+
+``apply`` says whether what the scheduler reads changed; a heartbeat that changes nothing but
+its time does not. Values that break the contract are reported in ``problems`` (the driver
+logs and clears them) and never raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, FLEET_KEY, NODES, SERVICES, STATUS
+from reconciler.fleet.values import (
+    Availability,
+    BadValue,
+    FleetSettings,
+    load_json,
+    parse_fleet,
+    parse_node_control,
+)
+from reconciler.fleet.watch import Entry
+from reconciler.manager.health import Heartbeat, NodeHealth, parse_heartbeat
+from reconciler.manager.scheduler import Health, NodeView, Placed
+from reconciler.manager.services import Service, read_service
+from reconciler.spec.problems import DesiredStateError
+from reconciler.spec.units import UnitError, parse_size
+
+__all__ = ["FleetView", "Reported", "split_key"]
+
+_CONTROL_NODE = "node."
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """A task's reported status, as far as the manager shows it."""
+
+    state: str
+    revision: int = 0
+    restarts: int = 0
+    id: str | None = None
+    message: str | None = None
+    error: str | None = None
+    updated_at: str | None = None
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """``<node>.<task>`` as (node, task); None for a key of another shape."""
+    node, dot, task = key.partition(".")
+    if not dot or not node or not task or "." in task:
+        return None
+    return node, task
+
+
+def _resources(value: bytes) -> tuple[float | None, int | None]:
+    """The cpus and memory an assignment value declares; nothing for a value it cannot read."""
+    try:
+        doc = load_json(value)
+        res = doc.get("resources") if isinstance(doc, dict) else None
+        if not isinstance(res, dict):
+            return None, None
+        cpus = res.get("cpus")
+        memory = res.get("memory")
+        return (
+            float(cpus) if isinstance(cpus, int | float) and not isinstance(cpus, bool) else None,
+            parse_size(memory) if isinstance(memory, int | str) else None,
+        )
+    except (BadValue, UnitError, ValueError):
+        return None, None
+
+
+def _reported(value: bytes, revision: int) -> Reported | None:
+    try:
+        doc = load_json(value)
+    except BadValue:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("state"), str):
+        return None
+    restarts = doc.get("restarts")
+
+    def text(key: str) -> str | None:
+        v = doc.get(key)
+        return v if isinstance(v, str) else None
+
+    return Reported(
+        state=doc["state"],
+        revision=revision,
+        restarts=restarts if isinstance(restarts, int) and not isinstance(restarts, bool) else 0,
+        id=text("id"),
+        message=text("message"),
+        error=text("error"),
+        updated_at=text("updatedAt"),
+    )
+
+
+def _shape(beat: Heartbeat | None) -> object:
+    """What the scheduler reads of a heartbeat."""
+    if beat is None:
+        return None
+    return (beat.ready, dict(beat.labels), beat.cpus, beat.memory, beat.pressure)
+
+
+class FleetView:
+    """The fleet as the manager's watches show it; see the module docstring."""
+
+    def __init__(self, grace: float) -> None:
+        self.services: dict[str, Service] = {}
+        self.invalid: dict[str, tuple[str, ...]] = {}
+        self.health = NodeHealth(grace)
+        self.availability: dict[str, Availability] = {}
+        self.settings = FleetSettings()
+        self.assignments: dict[str, Placed] = {}
+        self.revisions: dict[str, int] = {}
+        self.statuses: dict[str, Reported] = {}
+        self.problems: list[str] = []
+        self._expected: dict[str, bytes | None] = {}  # the manager's writes in flight
+        self._resources: dict[bytes, tuple[float | None, int | None]] = {}
+
+    # ------------------------------------------------------------------------ reading
+
+    def node_views(self, now: float) -> dict[str, NodeView]:
+        """Every node the manager knows of (a heartbeat, or an assignment), as judged now."""
+        views: dict[str, NodeView] = {}
+        for node in self.health.nodes():
+            beat = self.health.beat(node)
+            views[node] = NodeView(
+                id=node,
+                health=self.health.health(node, now),
+                availability=self.availability.get(node, Availability.ACTIVE),
+                labels=beat.labels if beat else {},
+                cpus=beat.cpus if beat else None,
+                memory=beat.memory if beat else None,
+                pressure=bool(beat.pressure) if beat else False,
+            )
+        return views
+
+    def placed(self) -> Iterable[Placed]:
+        return self.assignments.values()
+
+    def judged(self, now: float) -> dict[str, Health]:
+        return {node: self.health.health(node, now) for node in self.health.nodes()}
+
+    # ------------------------------------------------------------------------ feeding
+
+    def load(self, bucket: str, entries: Mapping[str, Entry], now: float) -> None:
+        """Replace the picture of ``bucket`` with the values its watch started with."""
+        if bucket == SERVICES:
+            self.services.clear()
+            self.invalid.clear()
+        elif bucket == NODES:
+            self.health.watching(now)
+            for node in list(self.health.nodes()):
+                if node not in entries:
+                    self.health.forget(node)
+            for key, entry in entries.items():
+                self.health.initial(key, self._beat(key, entry.value))
+            for key in self.assignments:
+                self.health.known(key.partition(".")[0])
+            return
+        elif bucket == CONTROL:
+            self.availability.clear()
+            self.settings = FleetSettings()
+        elif bucket == ASSIGNMENTS:
+            self.assignments.clear()
+            self.revisions.clear()
+        elif bucket == STATUS:
+            self.statuses.clear()
+        for entry in entries.values():
+            self.apply(bucket, entry, now)
+
+    def apply(self, bucket: str, entry: Entry, now: float) -> bool:
+        """One put or delete (``entry.value`` None). True when the scheduler's inputs changed."""
+        if bucket == ASSIGNMENTS:
+            return self._assignment(entry)
+        if bucket == STATUS:
+            if entry.value is None:
+                self.statuses.pop(entry.key, None)
+            else:
+                reported = _reported(entry.value, entry.revision)
+                if reported is not None:
+                    self.statuses[entry.key] = reported
+            return False
+        if bucket == NODES:
+            return self._node(entry, now)
+        if bucket == SERVICES:
+            return self._service(entry)
+        if bucket == CONTROL:
+            return self._control(entry)
+        return False
+
+    def expect(self, key: str, value: bytes | None) -> None:
+        """The manager is writing ``value`` to ``key``: its echo may come before the
+        acknowledgement, and then changes nothing the manager does not know of."""
+        self._expected[key] = value
+
+    def wrote(self, key: str, value: bytes | None, revision: int) -> None:
+        """The manager's own write of ``key`` was acknowledged at ``revision``."""
+        self._expected.pop(key, None)
+        self._assignment(Entry(key=key, value=value, revision=revision))
+
+    def failed(self, key: str) -> None:
+        """The manager's own write of ``key`` failed: nothing is expected of it any more."""
+        self._expected.pop(key, None)
+
+    # ---------------------------------------------------------------------- per bucket
+
+    def _assignment(self, entry: Entry) -> bool:
+        key = entry.key
+        if entry.revision < self.revisions.get(key, 0):
+            return False  # older than what this key is known to hold
+        if key in self._expected:
+            echo = self._expected[key] == entry.value
+            self._store_assignment(entry)
+            return not echo
+        return self._store_assignment(entry)
+
+    def _store_assignment(self, entry: Entry) -> bool:
+        key = entry.key
+        self.revisions[key] = entry.revision
+        parts = split_key(key)
+        if parts is None:
+            return False  # agents never read such a key; nothing to schedule
+        node, task = parts
+        if entry.value is None:
+            return self.assignments.pop(key, None) is not None
+        old = self.assignments.get(key)
+        if old is not None and old.value == entry.value and old.revision == entry.revision:
+            return False
+        resources = self._resources.get(entry.value)
+        if resources is None:
+            if len(self._resources) > 10_000:
+                self._resources.clear()
+            resources = self._resources[entry.value] = _resources(entry.value)
+        self.assignments[key] = Placed(
+            node=node,
+            task=task,
+            value=entry.value,
+            revision=entry.revision,
+            cpus=resources[0],
+            memory=resources[1],
+        )
+        self.health.known(node)
+        return True
+
+    def _beat(self, node: str, value: bytes | None) -> Heartbeat | None:
+        if value is None:
+            return None
+        try:
+            return parse_heartbeat(value)
+        except BadValue as err:
+            self.problems.append(f"{NODES}/{node}: {err}")
+            return None
+
+    def _node(self, entry: Entry, now: float) -> bool:
+        node = entry.key
+        before = (self.health.health(node, now), _shape(self.health.beat(node)))
+        if entry.value is None:
+            self.health.forget(node)
+            if any(p.node == node for p in self.assignments.values()):
+                self.health.known(node)
+        else:
+            self.health.seen(node, self._beat(node, entry.value), now)
+        after = (self.health.health(node, now), _shape(self.health.beat(node)))
+        return before != after
+
+    def _service(self, entry: Entry) -> bool:
+        name = entry.key
+        old = self.services.get(name)
+        was_invalid = self.invalid.pop(name, None)
+        if entry.value is None:
+            self.services.pop(name, None)
+            return old is not None or was_invalid is not None
+        try:
+            service = read_service(SERVICES, name, entry.value)
+        except DesiredStateError as err:
+            self.services.pop(name, None)
+            self.invalid[name] = err.lines()
+            self.problems.extend(err.lines())
+            return True
+        self.services[name] = service
+        return old is None or old.value != service.value or was_invalid is not None
+
+    def _control(self, entry: Entry) -> bool:
+        key = entry.key
+        if key == FLEET_KEY:
+            try:
+                self.settings = parse_fleet(entry.value) if entry.value else FleetSettings()
+            except BadValue as err:
+                self.problems.append(f"{CONTROL}/{key}: {err}")
+            return False
+        if not key.startswith(_CONTROL_NODE):
+            return False
+        node = key[len(_CONTROL_NODE) :]
+        old = self.availability.get(node, Availability.ACTIVE)
+        if entry.value is None:
+            self.availability.pop(node, None)
+        else:
+            try:
+                self.availability[node] = parse_node_control(entry.value)
+            except BadValue as err:
+                self.problems.append(f"{CONTROL}/{key}: {err}; keeping {old.value}")
+                return False
+        return self.availability.get(node, Availability.ACTIVE) != old

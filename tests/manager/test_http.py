@@ -1,0 +1,105 @@
+"""The manager's HTTP endpoints and metrics: every series with every label value, documented."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.core.clock import SystemClock
+from reconciler.fleet.connect import NatsOptions
+from reconciler.manager.driver import FleetManager, ManagerConfig
+from reconciler.manager.metrics import NODE_STATES, TASK_STATES, FleetCounts, ManagerMetrics
+from reconciler.manager.scheduler import Reason
+from reconciler.web import server as http
+from tests.contract import MANAGER_METRICS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_every_manager_series_is_exported_with_every_label_value_from_the_start() -> None:
+    counts = FleetCounts(leader=True, nodes={"ready": 2, "down": 1}, tasks={"running": 5})
+    metrics = ManagerMetrics(counts=lambda: counts)
+    metrics.rescheduled(Reason.NODE_DOWN, 2)
+    metrics.observe_schedule(0.02)
+    got = families(metrics.render().decode())
+    assert got["reconciler_manager_leader"] == {(): 1.0}
+    assert {dict(k)["state"]: v for k, v in got["reconciler_manager_nodes"].items()} == {
+        "ready": 2.0,
+        "down": 1.0,
+        "paused": 0.0,
+        "draining": 0.0,
+    }
+    tasks = {dict(k)["state"]: v for k, v in got["reconciler_manager_tasks"].items()}
+    assert set(tasks) == set(TASK_STATES) and tasks["running"] == 5.0
+    assert tasks["unassigned"] == 0.0
+    reschedules = got["reconciler_manager_reschedules_total"]
+    assert {dict(k)["reason"]: v for k, v in reschedules.items()} == {
+        "node_down": 2.0,
+        "drain": 0.0,
+        "constraint": 0.0,
+    }
+    assert got["reconciler_manager_schedule_seconds_count"] == {(): 1.0}
+    assert not [n for n in got if n.endswith("_created")]
+    exported = {n.removesuffix("_total") for n in got} | set(got)
+    for name in MANAGER_METRICS:
+        assert name in exported or f"{name}_count" in exported, name
+
+
+def test_the_manager_metrics_and_label_values_are_documented() -> None:
+    text = (ROOT / "docs" / "http-and-metrics.md").read_text()
+    spans = set(re.findall(r"`([^`\n]+)`", text))
+    assert not [m for m in MANAGER_METRICS if m not in spans and f"{m}_total" not in spans]
+    assert not [v for v in (*NODE_STATES, "unassigned", *Reason) if v not in spans]
+
+
+def test_an_unconnected_manager_is_alive_but_not_ready_and_serves_its_metrics() -> None:
+    async def scenario() -> None:
+        manager = FleetManager(
+            options=NatsOptions(servers=("nats://127.0.0.1:1",)),
+            config=ManagerConfig(manager_id="m1"),
+            clock=SystemClock(),
+        )
+        metrics = ManagerMetrics(counts=manager.counts)
+        routes: dict[str, http.Route] = {
+            "/metrics": lambda: (200, "text/plain", metrics.render()),
+            "/readyz": lambda: (
+                (200 if manager.readiness()[0] else 503),
+                "text/plain",
+                manager.readiness()[1].encode(),
+            ),
+        }
+        server = await http.serve_routes("127.0.0.1", 0, routes)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            assert await get(port, "/readyz") == (503, b"not connected to NATS yet")
+            status, body = await get(port, "/metrics")
+            assert status == 200 and b"reconciler_manager_leader 0.0" in body
+            assert (await get(port, "/nope"))[0] == 404
+            assert (await get(port, "/metrics", method="POST"))[0] == 405
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+async def get(port: int, path: str, *, method: str = "GET") -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
