@@ -22,7 +22,7 @@ from reconciler.core.clock import SystemClock
 from reconciler.core.model import NodeDescription
 from reconciler.fleet.connect import NatsOptions
 from reconciler.sessions.nats import NatsSession
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 
 
@@ -31,7 +31,7 @@ class Node:
         self.url = url
         self.node_id = node_id
         self.clock = SystemClock()
-        self.store = Store.open(base / node_id)
+        self.store = RocksStore.open(base / node_id)
         self.executor = FakeExecutor(
             clock=self.clock,
             node_id=node_id,

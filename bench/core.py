@@ -20,7 +20,7 @@ import time
 from reconciler.core.clock import SystemClock
 from reconciler.core.model import Assignment, Task, TaskSpec, TaskState, TaskStatus
 from reconciler.core.worker import Worker
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 
 N = int(os.environ.get("BENCH_TASKS", "10000"))
@@ -33,7 +33,7 @@ def peak_rss_mb() -> float:
 async def main_async() -> None:
     clock = SystemClock()
     with tempfile.TemporaryDirectory() as state:
-        store = Store.open(state)
+        store = RocksStore.open(state)
         worker = Worker(store, FakeExecutor(clock=clock), clock=clock)
         await worker.init()
         tasks = [

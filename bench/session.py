@@ -62,7 +62,7 @@ from reconciler.fleet.buckets import ASSIGNMENTS, STATUS, init_buckets
 from reconciler.fleet.connect import NatsOptions
 from reconciler.sessions.files import FileSession
 from reconciler.sessions.nats import NatsSession
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.podman import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
 
@@ -294,7 +294,7 @@ class InProcess:
 
     def __init__(self, state: Path, node: str, manager: str | None, desired: Path | None = None):
         clock = SystemClock()
-        self.store = Store.open(state)
+        self.store = RocksStore.open(state)
         self.agent = Agent(
             config=AgentConfig(node_id=node, boot_id="bench"), store=self.store, clock=clock
         )

@@ -9,7 +9,7 @@ import pytest
 
 from reconciler.core.clock import FakeClock
 from reconciler.core.model import Task, TaskSpec, TaskState, TaskStatus
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 
 
@@ -24,8 +24,8 @@ def executor(clock: FakeClock) -> FakeExecutor:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "state")
+def store(tmp_path: Path) -> Iterator[RocksStore]:
+    s = RocksStore.open(tmp_path / "state")
     yield s
     s.close()
 

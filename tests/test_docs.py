@@ -26,9 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.cli import options as cli_options
 from reconciler.cli.options import COMMANDS, COMMON, CommandSpec, all_flags
-from reconciler.core.model import TaskState
+from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
-from reconciler.observe.hoststats import Condition
 from reconciler.observe.metrics import Metrics
 from reconciler.spec.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
 from reconciler.web import server as http

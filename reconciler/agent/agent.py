@@ -71,13 +71,12 @@ from reconciler.core.session import (
     Session,
 )
 from reconciler.core.snapshot import Changes, Snapshot, TaskView, bounded_errors
+from reconciler.core.store import ADOPT_PENDING, Store, StoreOrigin
 from reconciler.core.supervisor import Supervisor, describe_error
 from reconciler.core.worker import Worker
 from reconciler.local.manager import LocalManager
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.usage import UsageMonitor
-from reconciler.store.recovery import StoreOrigin
-from reconciler.store.rocks import ADOPT_PENDING, Store
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from reconciler.core.supervisor import describe_error
 
 if TYPE_CHECKING:
     from reconciler.core.clock import Clock
-    from reconciler.store.rocks import Store
+    from reconciler.core.store import Store
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -137,7 +137,7 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
 def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM or SIGINT. Returns the exit code. Raises ``UsageError``
     for a bad flag and ``StoreError`` when the state dir is in use or the store cannot open."""
-    from reconciler.cli.wiring import read_podman_info, run_agent
+    from reconciler.assemble import read_podman_info, run_agent
 
     # podman's info takes it a fifth of a second and readiness waits for it: with the URL
     # given, ask now (a read), while the flags are checked and the store opens.

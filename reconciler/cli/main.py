@@ -58,8 +58,8 @@ def _render_ps(views: Any, args: Any) -> str:
 
 
 def _logs(args: Any) -> int:
+    from reconciler.assemble import container_logs
     from reconciler.cli import tasks
-    from reconciler.cli.wiring import container_logs
 
     view = tasks.find_view(tasks.read_views(state_dir(args)), args.ref)
     ref = view.container_id or f"{view.name}.{view.id}"
@@ -76,24 +76,26 @@ HANDLERS: dict[tuple[str, ...], Handler] = {
     ("inspect",): Handler(_lazy("tasks", "inspect"), lambda data, _: json_text(data)),
     ("logs",): Handler(_logs),
     ("manager", "init"): Handler(
-        _lazy("fleet", "manager_init"),
+        _lazy("manager", "manager_init"),
         lambda done, _: "\n".join(f"{what} {bucket}" for bucket, what in done),
     ),
-    ("manager", "run"): Handler(_lazy("fleet", "manager_run")),
+    ("manager", "run"): Handler(_lazy("manager", "manager_run")),
     ("manager", "apply"): Handler(
-        _lazy("fleet", "manager_apply"), lambda lines, _: "\n".join(lines)
+        _lazy("manager", "manager_apply"), lambda lines, _: "\n".join(lines)
     ),
-    ("manager", "rm"): Handler(_lazy("fleet", "manager_rm"), lambda lines, _: "\n".join(lines)),
-    ("manager", "ps"): Handler(_lazy("fleet", "manager_ps"), _lazy("fleet", "render_ps")),
-    ("manager", "nodes"): Handler(_lazy("fleet", "manager_nodes"), _lazy("fleet", "render_nodes")),
+    ("manager", "rm"): Handler(_lazy("manager", "manager_rm"), lambda lines, _: "\n".join(lines)),
+    ("manager", "ps"): Handler(_lazy("manager", "manager_ps"), _lazy("manager", "render_ps")),
+    ("manager", "nodes"): Handler(
+        _lazy("manager", "manager_nodes"), _lazy("manager", "render_nodes")
+    ),
     ("manager", "drain"): Handler(
-        _lazy("fleet", "manager_availability"), _lazy("fleet", "render_availability")
+        _lazy("manager", "manager_availability"), _lazy("manager", "render_availability")
     ),
     ("manager", "pause"): Handler(
-        _lazy("fleet", "manager_availability"), _lazy("fleet", "render_availability")
+        _lazy("manager", "manager_availability"), _lazy("manager", "render_availability")
     ),
     ("manager", "activate"): Handler(
-        _lazy("fleet", "manager_availability"), _lazy("fleet", "render_availability")
+        _lazy("manager", "manager_availability"), _lazy("manager", "render_availability")
     ),
 }
 

@@ -15,8 +15,8 @@ from typing import Any
 from reconciler.cli.exits import Failure, NotFound, UsageError
 from reconciler.cli.options import desired_dir, state_dir
 from reconciler.cli.render import task_table, watch_frame
+from reconciler.core.codec import spec_to_dict, status_to_dict
 from reconciler.core.errors import UnknownTask
-from reconciler.core.model import spec_to_dict, status_to_dict
 from reconciler.core.snapshot import TaskView
 from reconciler.spec.plan import PlanLine
 
@@ -46,9 +46,9 @@ def apply(args: argparse.Namespace) -> list[PlanLine]:
 def read_views(state: Path) -> list[TaskView]:
     """Every instance, as ``ps -a`` lists them, from the store opened read-only."""
     from reconciler.local.views import views_from_store
-    from reconciler.store.rocks import Store
+    from reconciler.store.rocks import RocksStore
 
-    store = Store.open(state, read_only=True)
+    store = RocksStore.open(state, read_only=True)
     try:
         return views_from_store(store)
     finally:
@@ -87,9 +87,9 @@ def find_view(views: Sequence[TaskView], ref: str) -> TaskView:
 def inspect(args: argparse.Namespace) -> dict[str, Any]:
     """The stored task, its spec (env values redacted unless ``--show-env``) and status."""
     from reconciler.local.views import views_from_store
-    from reconciler.store.rocks import Store
+    from reconciler.store.rocks import RocksStore
 
-    store = Store.open(state_dir(args), read_only=True)
+    store = RocksStore.open(state_dir(args), read_only=True)
     try:
         view = find_view(views_from_store(store), args.ref)
         try:

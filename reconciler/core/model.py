@@ -6,19 +6,14 @@ semantics ported from SwarmKit's agent keep their meaning, but it is plain Pytho
 dataclasses with tuples instead of lists, so values are hashable, comparable and safe to share
 between the worker, the task managers and the metrics snapshot without copying.
 
-Serialisation lives here too (``*_to_dict`` / ``*_from_dict``): the store, the HTTP API and the
-fleet session all exchange the same JSON-ready dicts. Durations are float seconds and sizes are
-integer bytes in that form; parsing human units ("10s", "64Mi") is the job of
-``reconciler.spec``.
+Their JSON forms are ``reconciler.core.codec``'s; parsing human units ("10s", "64Mi") is the
+job of ``reconciler.spec``.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 
 class TaskState(enum.IntEnum):
@@ -304,6 +299,20 @@ class NodeDescription:
     agent_version: str
 
 
+class Condition(enum.Enum):
+    """A node condition. Its value is the metric's label value (``disk_pressure``); ``key`` is
+    its name in the node's description (``diskPressure``), camel-cased like every other key
+    there."""
+
+    DISK_PRESSURE = "disk_pressure"
+    MEMORY_PRESSURE = "memory_pressure"
+
+    @property
+    def key(self) -> str:
+        head, *rest = self.value.split("_")
+        return head + "".join(word.capitalize() for word in rest)
+
+
 # ------------------------------------------------------------------------------- assignments
 
 
@@ -340,179 +349,8 @@ class Assignment:
         return cls(tuple(changes), False)
 
 
-# ---------------------------------------------------------------------------- serialisation
-
-
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
-
-
-def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
-    """A JSON-ready dict of the spec, in canonical units (seconds, bytes)."""
-    r = spec.restart
-    hc = spec.healthcheck
-    u = spec.update
-    return _drop_none(
-        {
-            "name": spec.name,
-            "image": spec.image,
-            "command": list(spec.command) if spec.command is not None else None,
-            "entrypoint": list(spec.entrypoint) if spec.entrypoint is not None else None,
-            "env": [list(kv) for kv in spec.env],
-            "labels": [list(kv) for kv in spec.labels],
-            "resources": _drop_none({"cpus": spec.resources.cpus, "memory": spec.resources.memory}),
-            "ports": [[p.host_port, p.container_port, p.protocol, p.host_ip] for p in spec.ports],
-            "mounts": [[m.type, m.target, m.source, m.read_only] for m in spec.mounts],
-            "network": spec.network,
-            "user": spec.user,
-            "workdir": spec.workdir,
-            "devices": [[d.host, d.container] for d in spec.devices],
-            "capAdd": list(spec.cap_add),
-            "capDrop": list(spec.cap_drop),
-            "stopSignal": spec.stop_signal,
-            "stopGracePeriod": spec.stop_grace_period,
-            "pull": spec.pull,
-            "logMaxSize": spec.log_max_size,
-            "restart": [r.condition, r.delay, r.max_delay, r.max_attempts, r.window],
-            "healthcheck": (
-                [list(hc.test), hc.interval, hc.timeout, hc.retries, hc.start_period]
-                if hc is not None
-                else None
-            ),
-            "update": ([u.order, u.monitor, u.failure_action] if u != _DEFAULT_UPDATE else None),
-            "dependsOn": [[d.task, d.condition] for d in spec.depends_on] or None,
-        }
-    )
-
-
 IN_PLACE_FIELDS = frozenset({"resources"})
 """Spec fields a change of which updates the running instance instead of replacing it."""
 
 MANAGER_FIELDS = frozenset({"update", "depends_on"})
 """Spec fields only the local manager reads: a change of them alone replaces nothing."""
-
-
-def spec_hash(spec: TaskSpec) -> str:
-    """A short, stable hash of the fields whose change forces a replacement.
-
-    It is put on every container as a label, so that a container can be matched to its desired
-    spec without the store (after a store rebuild). Fields updated in place, and those only the
-    local manager reads (``update``, ``dependsOn``), are left out.
-    """
-    d = {
-        k: v
-        for k, v in spec_to_dict(spec).items()
-        if k not in IN_PLACE_FIELDS and k not in ("update", "dependsOn")
-    }
-    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def spec_from_dict(d: dict[str, Any]) -> TaskSpec:
-    res = d.get("resources", {})
-    hc = d.get("healthcheck")
-    cmd = d.get("command")
-    ep = d.get("entrypoint")
-    r = d.get("restart")
-    u = d.get("update")
-    return TaskSpec(
-        name=d["name"],
-        image=d["image"],
-        command=tuple(cmd) if cmd is not None else None,
-        entrypoint=tuple(ep) if ep is not None else None,
-        env=tuple((k, v) for k, v in d.get("env", ())),
-        labels=tuple((k, v) for k, v in d.get("labels", ())),
-        resources=Resources(cpus=res.get("cpus"), memory=res.get("memory")),
-        ports=tuple(PortMapping(h, c, Protocol(p), ip) for h, c, p, ip in d.get("ports", ())),
-        mounts=tuple(Mount(MountType(t), tg, s, ro) for t, tg, s, ro in d.get("mounts", ())),
-        network=NetworkMode(d.get("network", "bridge")),
-        user=d.get("user"),
-        workdir=d.get("workdir"),
-        devices=tuple(Device(h, c) for h, c in d.get("devices", ())),
-        cap_add=tuple(d.get("capAdd", ())),
-        cap_drop=tuple(d.get("capDrop", ())),
-        stop_signal=d.get("stopSignal"),
-        stop_grace_period=d.get("stopGracePeriod", 10.0),
-        pull=PullPolicy(d.get("pull", "missing")),
-        log_max_size=d.get("logMaxSize", 10 * 1024 * 1024),
-        restart=(
-            RestartPolicy(RestartCondition(r[0]), *r[1:]) if r is not None else RestartPolicy()
-        ),
-        healthcheck=(
-            HealthCheck(tuple(hc[0]), hc[1], hc[2], hc[3], hc[4]) if hc is not None else None
-        ),
-        update=(
-            UpdatePolicy(UpdateOrder(u[0]), float(u[1]), FailureAction(u[2]))
-            if u is not None
-            else _DEFAULT_UPDATE
-        ),
-        depends_on=tuple(Dependency(t, DependencyCondition(c)) for t, c in d.get("dependsOn", ())),
-    )
-
-
-def status_to_dict(status: TaskStatus) -> dict[str, Any]:
-    return _drop_none(
-        {
-            "state": int(status.state),
-            "timestamp": status.timestamp,
-            "message": status.message,
-            "err": status.err,
-            "containerId": status.container_id,
-            "pid": status.pid,
-            "exitCode": status.exit_code,
-            "updateFailed": True if status.update_failed else None,
-        }
-    )
-
-
-def status_from_dict(d: dict[str, Any]) -> TaskStatus:
-    return TaskStatus(
-        state=TaskState(d["state"]),
-        timestamp=d.get("timestamp", 0.0),
-        message=d.get("message", ""),
-        err=d.get("err"),
-        container_id=d.get("containerId"),
-        pid=d.get("pid"),
-        exit_code=d.get("exitCode"),
-        update_failed=bool(d.get("updateFailed", False)),
-    )
-
-
-def task_to_dict(task: Task, *, with_status: bool = True) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "id": task.id,
-        "spec": spec_to_dict(task.spec),
-        "desiredState": int(task.desired_state),
-        "nodeId": task.node_id,
-    }
-    if task.rollback is not None:
-        d["rollback"] = [task.rollback.image_from, task.rollback.failed_hash]
-    if with_status:
-        d["status"] = status_to_dict(task.status)
-    return d
-
-
-def task_from_dict(d: dict[str, Any], status: TaskStatus | None = None) -> Task:
-    if status is None:
-        status = status_from_dict(d["status"]) if "status" in d else TaskStatus()
-    return Task(
-        id=d["id"],
-        spec=spec_from_dict(d["spec"]),
-        desired_state=TaskState(d["desiredState"]),
-        status=status,
-        node_id=d.get("nodeId", ""),
-        rollback=Rollback(*d["rollback"]) if d.get("rollback") else None,
-    )
-
-
-def node_to_dict(node: NodeDescription) -> dict[str, Any]:
-    return {
-        "hostname": node.hostname,
-        "os": node.os,
-        "arch": node.arch,
-        "cpus": node.cpus,
-        "memoryBytes": node.memory_bytes,
-        "runtime": node.runtime_name,
-        "runtimeVersion": node.runtime_version,
-        "version": node.agent_version,
-    }

@@ -21,8 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from reconciler.core.model import NodeDescription, TaskState
-from reconciler.observe.hoststats import Condition
+from reconciler.core.model import Condition, NodeDescription, TaskState
 
 #: At most this many desired-source error lines are kept (the rest are summarised in one line) ...
 MAX_ERROR_LINES: Final = 50

@@ -33,8 +33,8 @@ from reconciler.core.errors import StoreError
 from reconciler.core.executor import Executor
 from reconciler.core.lifecycle import resolve
 from reconciler.core.model import Assignment, AssignmentAction, Task, TaskStatus
+from reconciler.core.store import Store
 from reconciler.core.taskmanager import TaskManager
-from reconciler.store.rocks import Store
 
 log = logging.getLogger(__name__)
 

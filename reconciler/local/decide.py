@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from reconciler.core.codec import spec_hash
 from reconciler.core.model import (
     IN_PLACE_FIELDS,
     MANAGER_FIELDS,
@@ -64,7 +65,6 @@ from reconciler.core.model import (
     TaskState,
     TaskStatus,
     UpdateOrder,
-    spec_hash,
 )
 from reconciler.core.session import DesiredTask
 from reconciler.local.records import ADOPTED, Adopted, Instance, NameRecord, Seen

@@ -55,6 +55,7 @@ from reconciler.core.executor import RuntimeContainer
 from reconciler.core.model import Assignment, Task, TaskState, TaskStatus
 from reconciler.core.session import DesiredTask
 from reconciler.core.snapshot import TaskView
+from reconciler.core.store import ADOPT_PENDING, Store
 from reconciler.core.supervisor import describe_error
 from reconciler.local.decide import HISTORY_LIMIT, RESOURCES_REPLACED, Decision, Peer, decide
 from reconciler.local.records import (
@@ -69,7 +70,6 @@ from reconciler.local.records import (
     record_key,
 )
 from reconciler.local.views import views, views_from_store
-from reconciler.store.rocks import ADOPT_PENDING, Store
 
 __all__ = [
     "HISTORY_LIMIT",

@@ -20,19 +20,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from reconciler.core.codec import spec_from_dict, spec_hash, spec_to_dict
 from reconciler.core.errors import StoreCorrupt
-from reconciler.core.model import (
-    Rollback,
-    Task,
-    TaskSpec,
-    TaskState,
-    TaskStatus,
-    spec_from_dict,
-    spec_hash,
-    spec_to_dict,
-)
+from reconciler.core.model import Rollback, Task, TaskSpec, TaskState, TaskStatus
 from reconciler.core.session import DesiredTask
-from reconciler.store.rocks import Store
+from reconciler.core.store import Store
 
 __all__ = [
     "ADOPTED",

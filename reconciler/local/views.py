@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 from reconciler.core.model import TaskState, TaskStatus
 from reconciler.core.snapshot import TaskView
+from reconciler.core.store import Store
 from reconciler.local.records import ADOPTED, Adopted, Instance, NameRecord, Seen, load_records
-from reconciler.store.rocks import Store
 
 __all__ = ["views", "views_from_store"]
 

@@ -26,12 +26,13 @@ Conditions are reported; they never make the node not ready.
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from reconciler.core.model import Condition
 
 PROC: Final = Path("/proc")
 
@@ -43,20 +44,6 @@ PRESSURE_KINDS: Final = ("some", "full")
 
 PRESSURE_THRESHOLD: Final = 0.05
 """A condition holds while less than this share of the disk or the memory is available."""
-
-
-class Condition(enum.Enum):
-    """A node condition. Its value is the metric's label value (``disk_pressure``); ``key`` is
-    its name in the node's description (``diskPressure``), camel-cased like every other key
-    there."""
-
-    DISK_PRESSURE = "disk_pressure"
-    MEMORY_PRESSURE = "memory_pressure"
-
-    @property
-    def key(self) -> str:
-        head, *rest = self.value.split("_")
-        return head + "".join(word.capitalize() for word in rest)
 
 
 @dataclass(frozen=True, slots=True)

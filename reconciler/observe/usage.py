@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING
 
 from reconciler.core.errors import StoreError
 from reconciler.core.executor import Executor, TaskUsage
+from reconciler.core.model import Condition
 from reconciler.core.supervisor import describe_error
-from reconciler.observe.hoststats import Condition, HostStats, NodeUsage, conditions
+from reconciler.observe.hoststats import HostStats, NodeUsage, conditions
 
 if TYPE_CHECKING:
     from reconciler.core.clock import Clock
-    from reconciler.store.rocks import Store
+    from reconciler.core.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Opening the agent's store, never re-creating it silently; what to do when it is corrupt.
 
-``reconciler.store.rocks.Store.open`` opens a store and refuses a damaged one (``StoreCorrupt``);
+``RocksStore.open`` (``reconciler.store.rocks``) opens a store and refuses a damaged one
+(``StoreCorrupt``);
 this module decides what the agent does then. A corrupt store is moved aside to
 ``tasks.db.corrupt-<UTC timestamp>`` (logged once, kept for a post-mortem) and a new one is
 created, marked ``adopt-pending``: the agent then rebuilds it from the runtime's containers.
@@ -10,7 +11,6 @@ A lock or an I/O error is never taken for corruption: it is raised, and the agen
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 import os
 import time
@@ -19,24 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.errors import StoreCorrupt
-from reconciler.store.rocks import ADOPT_PENDING, Store, db_path
+from reconciler.core.store import ADOPT_PENDING, StoreOrigin
+from reconciler.store.rocks import RocksStore, db_path
 
 __all__ = ["OpenedStore", "StoreOrigin", "open_store"]
 
 log = logging.getLogger(__name__)
 
 
-class StoreOrigin(enum.Enum):
-    """How the agent's store came to be open."""
-
-    OPENED = "opened"  # an existing, valid store
-    CREATED = "created"  # tasks.db did not exist
-    REBUILT = "rebuilt"  # the old one was corrupt and was moved aside
-
-
 @dataclass(frozen=True, slots=True)
 class OpenedStore:
-    store: Store
+    store: RocksStore
     origin: StoreOrigin
     moved_to: Path | None = None  # where a corrupt store went
     reason: str = ""  # why it was corrupt
@@ -60,7 +53,7 @@ def _corrupt_name(path: Path, now: float) -> Path:
 def open_store(
     state_dir: str | os.PathLike[str],
     *,
-    verify: Callable[[Store], None] = lambda store: None,
+    verify: Callable[[RocksStore], None] = lambda store: None,
     now: Callable[[], float] = time.time,
 ) -> OpenedStore:
     """Open the agent's store read-write, never silently re-creating it.
@@ -69,13 +62,13 @@ def open_store(
     manager's records) and raise ``StoreCorrupt``. A corrupt store is moved aside to
     ``tasks.db.corrupt-<UTC timestamp>`` (logged once) and a new one created; a new store,
     created or rebuilt, is marked ``adopt-pending``. Raises ``StateDirInUse``,
-    ``StoreVersionError`` and ``StoreError`` (I/O, permissions) as ``Store.open`` does; those
+    ``StoreVersionError`` and ``StoreError`` (I/O, permissions) as ``RocksStore.open`` does; those
     are never taken for corruption.
     """
     path = db_path(state_dir)
     existed = path.exists()
     try:
-        store = Store.open(state_dir)
+        store = RocksStore.open(state_dir)
         try:
             verify(store)
         except BaseException:
@@ -91,7 +84,7 @@ def open_store(
             moved,
             str(err),
         )
-        store = Store.open(state_dir)
+        store = RocksStore.open(state_dir)
         store.put_meta(ADOPT_PENDING, StoreOrigin.REBUILT.value)
         return OpenedStore(store, StoreOrigin.REBUILT, moved, str(err))
     if not existed:

@@ -60,6 +60,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from reconciler.core.codec import task_from_dict, task_to_dict
 from reconciler.core.errors import (
     StateDirInUse,
     StoreCorrupt,
@@ -68,13 +69,8 @@ from reconciler.core.errors import (
     StoreWriteError,
     UnknownTask,
 )
-from reconciler.core.model import (
-    Task,
-    TaskState,
-    TaskStatus,
-    task_from_dict,
-    task_to_dict,
-)
+from reconciler.core.model import Task, TaskState, TaskStatus
+from reconciler.core.store import ADOPT_PENDING
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +87,6 @@ OOM_PREFIX = "oom/"
 IMAGE_PREFIX = "img/"
 """Metadata keys ``img/<image id>``: images the agent pulled or used
 (``reconciler.agent.imagegc``)."""
-ADOPT_PENDING = "adopt-pending"
-"""Metadata key set on a store that was just created or rebuilt: the agent must adopt the
-runtime's containers before anything else (its value says why: "created" or "rebuilt")."""
 
 # Migrations from version N to N+1. Each takes the open database; the store is copied aside
 # before the first one runs. Version 0 is a store written before the format key existed.
@@ -183,7 +176,7 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-class Store:
+class RocksStore:
     """Tasks, statuses, assigned flags and metadata of one agent."""
 
     def __init__(self, db: Rdict, path: Path, *, read_only: bool) -> None:
@@ -203,7 +196,7 @@ class Store:
     # ------------------------------------------------------------------------ open / close
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str], *, read_only: bool = False) -> Store:
+    def open(cls, state_dir: str | os.PathLike[str], *, read_only: bool = False) -> RocksStore:
         """Open the store of ``state_dir``, creating it only where ``tasks.db`` does not exist.
 
         Every row is decoded on the way in. Raises ``StateDirInUse`` if another process has it

@@ -38,6 +38,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from reconciler.core.clock import Clock, SystemClock
+from reconciler.core.codec import spec_hash
 from reconciler.core.errors import (
     ContainerGone,
     ExitError,
@@ -57,7 +58,7 @@ from reconciler.core.executor import (
     Supervise,
     TaskUsage,
 )
-from reconciler.core.model import NodeDescription, Task, TaskSpec, spec_hash
+from reconciler.core.model import NodeDescription, Task, TaskSpec
 from reconciler.core.pulls import ImageAbsent, PullResult, prepare_image, pull_refusal
 
 OPS = ("prepare", "start", "wait", "update", "shutdown", "terminate", "remove", "resolve")

@@ -23,8 +23,9 @@ import math
 import signal
 from typing import Any
 
+from reconciler.core.codec import spec_hash
 from reconciler.core.errors import PermanentError
-from reconciler.core.model import MountType, TaskSpec, spec_hash
+from reconciler.core.model import MountType, TaskSpec
 
 NODE_LABEL = "reconciler.node"
 TASK_ID_LABEL = "reconciler.task.id"

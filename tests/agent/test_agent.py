@@ -16,7 +16,7 @@ from reconciler.core.session import DesiredInvalid, DesiredTask, DesiredTasks
 from reconciler.local.manager import check_records
 from reconciler.sessions.memory import MemorySession
 from reconciler.store.recovery import open_store
-from reconciler.store.rocks import Store, db_path
+from reconciler.store.rocks import RocksStore, db_path
 from reconciler.testing.fake import FakeExecutor
 
 S = TaskState
@@ -39,7 +39,7 @@ class Running:
     agent: Agent
     session: MemorySession
     executor: FakeExecutor
-    store: Store
+    store: RocksStore
 
 
 @asynccontextmanager
@@ -296,7 +296,7 @@ async def test_a_store_that_stops_taking_writes_makes_the_node_unready_until_it_
         await settle()
         assert r.agent.snapshot().ready, r.agent.snapshot().ready_reason
         assert states(r.agent) == {"web": S.RUNNING, "db": S.RUNNING}
-    store = Store.open(tmp_path)
+    store = RocksStore.open(tmp_path)
     try:
         assert {t.name for t in store.walk_tasks()} == {"web", "db"}
     finally:

@@ -11,7 +11,7 @@ from reconciler.agent.imagegc import RECORD_EVERY, ImageCollector, ImageRecord, 
 from reconciler.core.clock import FakeClock
 from reconciler.core.executor import RuntimeImage
 from reconciler.core.model import Task, TaskSpec
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 
 MB = 1_000_000
@@ -98,7 +98,7 @@ def test_an_image_with_several_of_the_agents_names_loses_them_all() -> None:
 
 
 @pytest.fixture
-def collector(store: Store, clock: FakeClock) -> ImageCollector:
+def collector(store: RocksStore, clock: FakeClock) -> ImageCollector:
     removed: list[int] = []
     c = ImageCollector(store=store, clock=clock, on_removed=removed.append)
     c.removed = removed  # type: ignore[attr-defined]
@@ -111,7 +111,7 @@ async def use(executor: FakeExecutor, task_id: str, ref: str) -> None:
 
 
 async def test_used_images_are_recorded_with_their_last_use(
-    collector: ImageCollector, executor: FakeExecutor, store: Store, clock: FakeClock
+    collector: ImageCollector, executor: FakeExecutor, store: RocksStore, clock: FakeClock
 ) -> None:
     app = executor.add_image("app:1")
     executor.add_image("operator/tool:1")
@@ -145,7 +145,7 @@ async def test_nothing_is_removed_above_the_threshold(
 
 
 async def test_under_the_threshold_unneeded_images_go_oldest_first_until_it_is_met(
-    collector: ImageCollector, executor: FakeExecutor, clock: FakeClock, store: Store
+    collector: ImageCollector, executor: FakeExecutor, clock: FakeClock, store: RocksStore
 ) -> None:
     for n in (1, 2, 3, 4):
         executor.add_image(f"app:{n}", size=5 * MB)
@@ -184,7 +184,7 @@ async def test_needed_and_in_use_images_stay_even_when_nothing_else_can_go(
     assert executor.image_named("app:2") is not None
 
 
-async def test_a_zero_threshold_turns_the_gc_off(store: Store, clock: FakeClock) -> None:
+async def test_a_zero_threshold_turns_the_gc_off(store: RocksStore, clock: FakeClock) -> None:
     executor = FakeExecutor(clock=clock)
     collector = ImageCollector(store=store, clock=clock, threshold_percent=0)
     executor.add_image("app:1", size=5 * MB)
@@ -201,14 +201,14 @@ async def test_records_survive_a_restart_of_the_agent(
     tmp_path: Path, executor: FakeExecutor, clock: FakeClock
 ) -> None:
     state = tmp_path / "state"
-    store = Store.open(state)
+    store = RocksStore.open(state)
     executor.add_image("app:1", size=5 * MB)
     await use(executor, "t1", "app:1")
     await ImageCollector(store=store, clock=clock).run(executor, needed=())
     store.close()
     await remove_container(executor, "t1")
     executor.set_disk(100 * MB, other=95 * MB)
-    store = Store.open(state)
+    store = RocksStore.open(state)
     try:
         assert await ImageCollector(store=store, clock=clock).run(executor, needed=()) == 1
         assert store.image_records() == {}

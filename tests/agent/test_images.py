@@ -7,7 +7,8 @@ from pathlib import Path
 
 from reconciler.agent.imagegc import RECORD_EVERY
 from reconciler.core.clock import FakeClock, settle
-from reconciler.core.model import TaskSpec, spec_hash
+from reconciler.core.codec import spec_hash
+from reconciler.core.model import TaskSpec
 from reconciler.core.session import DesiredTask, DesiredTasks
 from reconciler.store.rocks import db_path
 from reconciler.testing.fake import FakeExecutor

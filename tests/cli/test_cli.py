@@ -13,9 +13,8 @@ from reconciler import __version__
 from reconciler.cli import main
 from reconciler.core.clock import FakeClock, settle
 from reconciler.store.statedir import load_node_id
-
-from .desired.helpers import safe_dir, task_set, write
-from .test_agent import desired, running_agent
+from tests.agent.test_agent import desired, running_agent
+from tests.spec.helpers import safe_dir, task_set, write
 
 WEB = """  - name: web
     image: localhost/busybox:latest

@@ -12,8 +12,7 @@ from reconciler.core.errors import PermanentError, TaskNoop, TaskRetry, Temporar
 from reconciler.core.lifecycle import do, resolve
 from reconciler.core.model import Task, TaskState, TaskStatus
 from reconciler.testing.fake import FakeController, FakeExecutor
-
-from .conftest import make_task
+from tests.conftest import make_task
 
 S = TaskState
 

@@ -20,10 +20,9 @@ from reconciler.core.clock import FakeClock, settle
 from reconciler.core.errors import TemporaryError
 from reconciler.core.model import Assignment, Task, TaskState
 from reconciler.core.worker import Worker
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
-
-from .conftest import make_task
+from tests.conftest import make_task
 
 S = TaskState
 DESIRED = [S.ACCEPTED, S.READY, S.RUNNING, S.SHUTDOWN, S.REMOVE]
@@ -37,7 +36,7 @@ class AgentMachine(RuleBasedStateMachine):
         self.dir = tempfile.TemporaryDirectory()
         self.clock = FakeClock()
         self.executor = FakeExecutor(clock=self.clock)
-        self.store = Store.open(self.dir.name)
+        self.store = RocksStore.open(self.dir.name)
         self.worker = Worker(self.store, self.executor, clock=self.clock, backoff=Backoff(cap=2))
         self.tasks: dict[str, Task] = {}
         self.seen: dict[str, list[TaskState]] = {}

@@ -11,8 +11,7 @@ from reconciler.core.errors import TemporaryError
 from reconciler.core.model import Task, TaskState, TaskStatus
 from reconciler.core.taskmanager import TaskManager
 from reconciler.testing.fake import FakeExecutor
-
-from .conftest import make_task
+from tests.conftest import make_task
 
 S = TaskState
 

@@ -7,17 +7,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from reconciler.core.clock import FakeClock, settle
-from reconciler.core.model import Assignment, TaskState, TaskStatus, spec_hash
+from reconciler.core.codec import spec_hash
+from reconciler.core.model import Assignment, TaskState, TaskStatus
 from reconciler.core.worker import Worker
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
-
-from .conftest import make_task
+from tests.conftest import make_task
 
 S = TaskState
 
 
-def worker(store: Store, executor: FakeExecutor, clock: FakeClock) -> Worker:
+def worker(store: RocksStore, executor: FakeExecutor, clock: FakeClock) -> Worker:
     return Worker(store, executor, clock=clock)
 
 
@@ -84,7 +84,7 @@ async def test_incremental_removal_of_unknown_task_is_not_an_error(store, execut
 async def test_init_deletes_unassigned_and_resumes_running_at_wait(tmp_path: Path, clock):
     state = tmp_path / "state"
     executor = FakeExecutor(clock=clock)
-    s1 = Store.open(state)
+    s1 = RocksStore.open(state)
     w1 = worker(s1, executor, clock)
     await w1.assign(Assignment.complete([make_task("a"), make_task("b")]))
     await settle()
@@ -94,7 +94,7 @@ async def test_init_deletes_unassigned_and_resumes_running_at_wait(tmp_path: Pat
     s1.close()
     assert executor.containers["a"].state == "running"
 
-    s2 = Store.open(state)
+    s2 = RocksStore.open(state)
     w2 = worker(s2, executor, clock)
     await w2.init()
     await settle()

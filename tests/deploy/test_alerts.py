@@ -18,7 +18,7 @@ import yaml
 
 from tests.contract import ADDED_METRICS, CONTRACT_METRICS, missing
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "reconciler.json"
 

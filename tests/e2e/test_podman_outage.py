@@ -23,7 +23,7 @@ from reconciler.core.backoff import Backoff
 from reconciler.core.clock import SystemClock
 from reconciler.core.model import Assignment, Task, TaskState
 from reconciler.core.worker import Worker
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.faultproxy import FaultProxy, Mode
 from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor
@@ -160,7 +160,7 @@ async def test_a_task_due_during_an_outage_runs_once_podman_answers_again(
 ) -> None:
     observer = RetryOnComeback()
     ex = new_executor(proxy.url, node_id, observer)
-    store = Store.open(short_dir / "state")
+    store = RocksStore.open(short_dir / "state")
     # A backoff far longer than the test's hang guard: only the comeback can retry the task.
     worker = Worker(store, ex, clock=SystemClock(), backoff=Backoff(initial=600, cap=600))
     observer.worker = worker

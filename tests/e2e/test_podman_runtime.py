@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.core.codec import task_from_dict
 from reconciler.core.errors import (
     ContainerGone,
     ExitError,
@@ -26,7 +27,7 @@ from reconciler.core.errors import (
     TaskStarted,
 )
 from reconciler.core.lifecycle import do
-from reconciler.core.model import Resources, TaskState, task_from_dict
+from reconciler.core.model import Resources, TaskState
 from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor, cgroups
 from tests.e2e.podman_support import (

@@ -37,9 +37,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from reconciler.core.executor import TaskUsage
-from reconciler.core.model import TaskState
+from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
-from reconciler.observe.hoststats import CPU_MODES, Condition, DiskFree, NodeUsage
+from reconciler.observe.hoststats import CPU_MODES, DiskFree, NodeUsage
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.usage import Usage
 from reconciler.web.server import serve

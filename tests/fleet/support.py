@@ -38,7 +38,7 @@ from reconciler.fleet.buckets import (
 )
 from reconciler.fleet.connect import NatsOptions
 from reconciler.sessions.nats import NatsSession
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 
 DEADLINE = 60.0
@@ -140,7 +140,7 @@ class Running:
     agent: Agent
     session: NatsSession
     executor: FakeExecutor
-    store: Store
+    store: RocksStore
 
     def states(self) -> dict[str, TaskState]:
         return {v.name: v.state for v in self.agent.snapshot().tasks if v.current}
@@ -170,7 +170,7 @@ async def running_agent(
 ) -> AsyncIterator[Running]:
     """The agent on the fake runtime with a fleet session to ``servers``; stopped on exit."""
     clock = SystemClock()
-    store = Store.open(state)
+    store = RocksStore.open(state)
     agent = Agent(
         config=AgentConfig(node_id=node_id, resync_interval=30.0, boot_id="boot-1"),
         store=store,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+from reconciler.core.codec import spec_hash
 from reconciler.core.model import (
     Dependency,
     DependencyCondition,
@@ -17,7 +18,6 @@ from reconciler.core.model import (
     TaskStatus,
     UpdateOrder,
     UpdatePolicy,
-    spec_hash,
 )
 from reconciler.core.session import DesiredTask
 from reconciler.local.decide import (

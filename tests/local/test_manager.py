@@ -27,7 +27,7 @@ from reconciler.core.session import DesiredTask
 from reconciler.core.snapshot import TaskView
 from reconciler.core.worker import Worker
 from reconciler.local.manager import RESOURCES_REPLACED, LocalManager, views_from_store
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 
 S = TaskState
@@ -73,7 +73,7 @@ class Agent:
         self.crash_next_assign = False
 
     async def start(self, *, history_limit: int = 5) -> Agent:
-        self.store = Store.open(self.state_dir)
+        self.store = RocksStore.open(self.state_dir)
         self.worker = Worker(self.store, self.executor, clock=self.clock)
         await self.worker.init()
         self.manager = LocalManager(
@@ -504,13 +504,13 @@ async def test_views_from_read_only_store_equal_views(agent: Agent) -> None:
     agent.executor.exit(agent.current("a").id, 1)
     await agent.advance(1.0)
     expected = agent.manager.views()
-    ro = Store.open(agent.state_dir, read_only=True)
+    ro = RocksStore.open(agent.state_dir, read_only=True)
     try:
         assert views_from_store(ro) == expected
     finally:
         ro.close()
     await agent.stop()
-    ro = Store.open(agent.state_dir, read_only=True)
+    ro = RocksStore.open(agent.state_dir, read_only=True)
     try:
         assert views_from_store(ro) == expected
     finally:
@@ -567,7 +567,7 @@ async def test_host_reboot_failures_get_the_restart_policy(agent: Agent) -> None
     # What the agent does at boot, before the worker starts: the containers died with the host.
     for tid in (web, job):
         agent.executor.containers.pop(tid)
-        agent.store = Store.open(agent.state_dir)
+        agent.store = RocksStore.open(agent.state_dir)
         status = agent.store.get_status(tid)
         assert status is not None
         agent.store.put_status(

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.core.codec import spec_hash
 from reconciler.core.model import (
     Dependency,
     DependencyCondition,
     FailureAction,
     UpdateOrder,
     UpdatePolicy,
-    spec_hash,
 )
 from reconciler.spec.loader import load_directory
 from reconciler.spec.problems import DesiredStateError

@@ -35,7 +35,7 @@ from reconciler.manager.metrics import ManagerMetrics
 from reconciler.manager.services import parse_service_file
 from reconciler.manager.view import FleetView
 from reconciler.sessions.nats import NatsSession
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 from tests.fleet.support import DEADLINE, IMAGE, eventually
 
@@ -90,7 +90,7 @@ class FleetAgent:
                 agent_version="0",
             ),
         )
-        self.store = Store.open(state)
+        self.store = RocksStore.open(state)
         self.agent: Agent | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

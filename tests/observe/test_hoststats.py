@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.core.model import Condition
 from reconciler.observe.hoststats import (
     CPU_MODES,
-    Condition,
     DiskFree,
     HostStats,
     NodeUsage,

@@ -8,9 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
 from reconciler.core.executor import RuntimeObserver
-from reconciler.core.model import TaskState
+from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
-from reconciler.observe.hoststats import Condition
 from reconciler.observe.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
 from tests.builders import full_usage, node
 from tests.contract import AGENT_METRICS

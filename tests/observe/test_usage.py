@@ -17,16 +17,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler.agent.agent import Agent, AgentConfig
 from reconciler.core.clock import FakeClock, settle
 from reconciler.core.executor import RuntimeUsage, TaskUsage
-from reconciler.core.model import RestartPolicy, TaskSpec, TaskState
+from reconciler.core.model import Condition, RestartPolicy, TaskSpec, TaskState
 from reconciler.core.session import DesiredTask, DesiredTasks
 from reconciler.core.snapshot import Snapshot
 from reconciler.local.manager import check_records
-from reconciler.observe.hoststats import Condition, DiskFree, HostStats, NodeUsage
+from reconciler.observe.hoststats import DiskFree, HostStats, NodeUsage
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.usage import Usage, UsageMonitor
 from reconciler.sessions.memory import MemorySession
 from reconciler.store.recovery import open_store
-from reconciler.store.rocks import Store
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 from reconciler.web import server as http
 
@@ -64,7 +64,7 @@ class Running:
     agent: Agent
     session: MemorySession
     executor: FakeExecutor
-    store: Store
+    store: RocksStore
     host: FakeHost
 
 
@@ -181,7 +181,7 @@ class FixedExecutor(FakeExecutor):
 
 async def test_only_current_instances_are_published(tmp_path: Path, clock: FakeClock) -> None:
     published: list[Usage] = []
-    store = Store.open(tmp_path)
+    store = RocksStore.open(tmp_path)
     try:
         monitor = UsageMonitor(
             store=store,
@@ -304,7 +304,7 @@ async def test_the_counter_of_a_name_no_longer_known_is_deleted(
 
 
 def test_the_store_keeps_oom_counts_under_their_own_keys(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
+    store = RocksStore.open(tmp_path)
     try:
         store.put_oom_kills("web", 3)
         store.put_oom_kills("w/eb", 1)
@@ -314,7 +314,7 @@ def test_the_store_keeps_oom_counts_under_their_own_keys(tmp_path: Path) -> None
         assert store.oom_kills() == {"w/eb": 1}
     finally:
         store.close()
-    reopened = Store.open(tmp_path)
+    reopened = RocksStore.open(tmp_path)
     try:
         assert reopened.oom_kills() == {"w/eb": 1}
     finally:

@@ -7,6 +7,7 @@ import signal
 import pytest
 from podman.domain.containers_create import CreateMixin
 
+from reconciler.core.codec import spec_hash
 from reconciler.core.errors import PermanentError
 from reconciler.core.model import (
     Device,
@@ -18,7 +19,6 @@ from reconciler.core.model import (
     Protocol,
     Resources,
     TaskSpec,
-    spec_hash,
 )
 from runtime.podman.spec import (
     SpecError,

@@ -18,26 +18,21 @@ from reconciler.core.errors import (
     UnknownTask,
 )
 from reconciler.core.model import TaskState, TaskStatus
-from reconciler.store.recovery import StoreOrigin, open_store
-from reconciler.store.rocks import (
-    ADOPT_PENDING,
-    FORMAT_VERSION,
-    Store,
-    db_path,
-)
-
-from .conftest import make_task
+from reconciler.core.store import ADOPT_PENDING, StoreOrigin
+from reconciler.store.recovery import open_store
+from reconciler.store.rocks import FORMAT_VERSION, RocksStore, db_path
+from tests.conftest import make_task
 
 S = TaskState
 
 
 def test_store_lives_under_worker_tasks_db(tmp_path: Path):
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     s.close()
     assert (tmp_path / "worker" / "tasks.db" / "CURRENT").exists()
 
 
-def test_walk_is_in_id_order_with_status(store: Store):
+def test_walk_is_in_id_order_with_status(store: RocksStore):
     store.apply_assignment([make_task("c"), make_task("a"), make_task("b")])
     store.put_status("b", TaskStatus(state=S.RUNNING, timestamp=5))
     tasks = list(store.walk_tasks())
@@ -46,24 +41,24 @@ def test_walk_is_in_id_order_with_status(store: Store):
     assert tasks[0].status.state == S.NEW
 
 
-def test_task_data_is_stored_without_status(store: Store):
+def test_task_data_is_stored_without_status(store: RocksStore):
     task = make_task("a", state=S.RUNNING)
     store.put_task(task)
     assert store.get_task("a").status == TaskStatus()
     assert store.get_status("a") is None
 
 
-def test_put_status_of_unknown_task_raises(store: Store):
+def test_put_status_of_unknown_task_raises(store: RocksStore):
     with pytest.raises(UnknownTask):
         store.put_status("nope", TaskStatus())
 
 
-def test_get_unknown_task_raises(store: Store):
+def test_get_unknown_task_raises(store: RocksStore):
     with pytest.raises(UnknownTask):
         store.get_task("nope")
 
 
-def test_assignment_flag_and_delete_whole_record(store: Store):
+def test_assignment_flag_and_delete_whole_record(store: RocksStore):
     store.apply_assignment([make_task("a")], statuses=[("a", TaskStatus(state=S.READY))])
     assert store.is_assigned("a")
     store.set_assigned("a", False)
@@ -76,11 +71,11 @@ def test_assignment_flag_and_delete_whole_record(store: Store):
 
 
 def test_assignment_batch_is_atomic_and_durable(tmp_path: Path):
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     s.apply_assignment([make_task("a"), make_task("b")], meta=[("x", {"k": 1})])
     s.apply_assignment([make_task("c")], ["a"])
     s.close()
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     assert s.task_ids() == {"b", "c"}
     assert s.get_meta("x") == {"k": 1}
     s.close()
@@ -89,47 +84,47 @@ def test_assignment_batch_is_atomic_and_durable(tmp_path: Path):
 def test_status_write_survives_kill_9(tmp_path: Path):
     code = (
         "import os\n"
-        "from reconciler.store.rocks import Store\n"
+        "from reconciler.store.rocks import RocksStore\n"
         "from reconciler.core.model import *\n"
-        f"s = Store.open({str(tmp_path)!r})\n"
+        f"s = RocksStore.open({str(tmp_path)!r})\n"
         "s.apply_assignment([Task(id='a', spec=TaskSpec(name='a', image='i'))])\n"
         "s.put_status('a', TaskStatus(state=TaskState.RUNNING, timestamp=9))\n"
         "os.kill(os.getpid(), 9)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], check=False)
     assert proc.returncode == -9
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     assert s.get_status("a") == TaskStatus(state=S.RUNNING, timestamp=9)
     s.close()
 
 
 def test_second_writer_gets_state_dir_in_use(tmp_path: Path):
-    s = Store.open(tmp_path)
-    code = f"from reconciler.store.rocks import Store\nStore.open({str(tmp_path)!r})\n"
+    s = RocksStore.open(tmp_path)
+    code = f"from reconciler.store.rocks import RocksStore\nRocksStore.open({str(tmp_path)!r})\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert "StateDirInUse" in proc.stderr
     assert "in use" in proc.stderr
     with pytest.raises(StateDirInUse):
-        Store.open(tmp_path)
+        RocksStore.open(tmp_path)
     s.close()
 
 
 def test_read_only_open_works_while_writer_holds_it(tmp_path: Path):
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     s.apply_assignment([make_task("a")])
-    ro = Store.open(tmp_path, read_only=True)
+    ro = RocksStore.open(tmp_path, read_only=True)
     assert ro.task_ids() == {"a"}
     ro.close()
     s.close()
 
 
 def test_newer_store_is_refused(tmp_path: Path):
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     s.put_meta("format", FORMAT_VERSION + 1)
     s.close()
     with pytest.raises(StoreVersionError, match="newer than this agent"):
-        Store.open(tmp_path)
+        RocksStore.open(tmp_path)
 
 
 def test_old_store_is_copied_aside_then_migrated(tmp_path: Path):
@@ -139,7 +134,7 @@ def test_old_store_is_copied_aside_then_migrated(tmp_path: Path):
     legacy.put(b"t/a", b'{"id":"a","spec":{"name":"a","image":"i"},"desiredState":512}')
     legacy.put(b"a/a", b"1")
     legacy.close()
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     assert s.format_version == FORMAT_VERSION
     assert s.task_ids() == {"a"}
     s.close()
@@ -155,7 +150,7 @@ def test_old_store_is_copied_aside_then_migrated(tmp_path: Path):
 
 
 def _filled(state: Path) -> None:
-    s = Store.open(state)
+    s = RocksStore.open(state)
     s.apply_assignment([make_task(f"t{i}") for i in range(50)], meta=[("x", {"k": 1})])
     s._handle().flush()  # an SST on disk, so that the SST cases have one to damage
     s.close()
@@ -197,7 +192,7 @@ def test_a_corrupt_store_is_moved_aside_and_a_new_one_marked_for_adoption(
     db = db_path(tmp_path)
     damage(db)
     with pytest.raises(StoreCorrupt):
-        Store.open(tmp_path).close()
+        RocksStore.open(tmp_path).close()
     opened = open_store(tmp_path, now=lambda: 1_700_000_000.0)
     try:
         assert opened.origin is StoreOrigin.REBUILT
@@ -218,7 +213,7 @@ def test_a_missing_current_never_leaves_an_empty_store_behind(tmp_path: Path):
     _damage_current(db_path(tmp_path))
     for _ in range(2):  # the first failed open must not have written a fresh CURRENT
         with pytest.raises(StoreCorrupt):
-            Store.open(tmp_path).close()
+            RocksStore.open(tmp_path).close()
 
 
 def test_a_new_store_is_created_only_where_none_exists_and_is_marked_for_adoption(
@@ -236,7 +231,7 @@ def test_a_new_store_is_created_only_where_none_exists_and_is_marked_for_adoptio
 
 
 def test_a_lock_held_by_another_handle_is_not_corruption(tmp_path: Path):
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     with pytest.raises(StateDirInUse):
         open_store(tmp_path)
     s.close()
@@ -246,7 +241,7 @@ def test_a_lock_held_by_another_handle_is_not_corruption(tmp_path: Path):
 def test_a_verify_hook_that_finds_corruption_moves_the_store_aside(tmp_path: Path):
     _filled(tmp_path)
 
-    def verify(store: Store) -> None:
+    def verify(store: RocksStore) -> None:
         if store.get_meta("x") is not None:
             raise StoreCorrupt("records do not decode")
 
@@ -260,7 +255,7 @@ def test_a_verify_hook_that_finds_corruption_moves_the_store_aside(tmp_path: Pat
 
 
 def test_a_failed_write_marks_the_store_failed_and_recover_reopens_it(tmp_path: Path):
-    s = Store.open(tmp_path)
+    s = RocksStore.open(tmp_path)
     reasons: list[str] = []
     s.add_failure_listener(reasons.append)
     s.apply_assignment([make_task("a")])
