@@ -90,6 +90,25 @@ class FakeClock:
         await settle()
 
 
+async def sleep_or_wake(clock: Clock, seconds: float, wake: asyncio.Event) -> bool:
+    """Wait ``seconds`` on ``clock``, or less if ``wake`` is set first (or already is).
+
+    Returns True when ``wake`` ended the wait. The event is left as it is: clearing it is the
+    caller's choice. Cancelling the caller cancels both waits; nothing is left running.
+    """
+    if wake.is_set():
+        return True
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+        await asyncio.gather(sleeper, waker, return_exceptions=True)
+    return wake.is_set()
+
+
 async def settle(rounds: int = 50) -> None:
     """Let the event loop run every ready callback, a bounded number of rounds."""
     for _ in range(rounds):
