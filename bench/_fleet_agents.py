@@ -17,12 +17,11 @@ import logging
 import sys
 from pathlib import Path
 
-from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.assemble.agent import assemble_agent
 from reconciler.core.clock import SystemClock
 from reconciler.core.model import NodeDescription
-from reconciler.fleet.connect import NatsOptions
-from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
+from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 
 
@@ -31,7 +30,8 @@ class Node:
         self.url = url
         self.node_id = node_id
         self.clock = SystemClock()
-        self.store = RocksStore.open(base / node_id)
+        self.state = base / node_id
+        self.store = RocksStore.open(self.state)
         self.executor = FakeExecutor(
             clock=self.clock,
             node_id=node_id,
@@ -50,24 +50,16 @@ class Node:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        agent = Agent(
-            config=AgentConfig(node_id=self.node_id, resync_interval=60.0, boot_id="bench"),
+        assembled = assemble_agent(
+            agent_options(self.state, "--manager", self.url, "--resync-interval", "60s"),
             store=self.store,
-            clock=self.clock,
-        )
-
-        def describe() -> tuple[NodeDescription | None, bool]:
-            snap = agent.snapshot()
-            return snap.node, snap.ready
-
-        session = NatsSession(
             node_id=self.node_id,
-            options=NatsOptions(servers=(self.url,)),
             clock=self.clock,
-            describe=describe,
+            runtime=lambda _: self.executor,
+            boot_id="bench",
         )
         self.stop_event = asyncio.Event()
-        self.task = asyncio.create_task(agent.run(self.executor, session, self.stop_event))
+        self.task = asyncio.create_task(assembled.run(self.stop_event))
 
     async def stop(self) -> None:
         task, self.task = self.task, None

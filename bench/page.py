@@ -1,8 +1,8 @@
 """bench page: what the status page costs the agent, how fast it follows, how fast it renders.
 
 A child process (``python -m bench.page serve agent``) runs the agent's real HTTP server
-(``reconciler.web.server.serve``) over the scrape bench's snapshot: 1,000 current task instances
-with
+(``reconciler.web.agent_routes.serve_agent``) over the scrape bench's snapshot: 1,000 current
+task instances with
 5 history instances each, the worst a node keeps. Like an idle agent after each resync pass, it
 swaps in a new snapshot of new view objects with the same content every ``IDLE_SWAP`` seconds
 (``BENCH_PAGE_IDLE_SWAP``, default 30: the agent's default resync interval), and on a command
@@ -55,7 +55,8 @@ from reconciler.core.model import TaskState
 from reconciler.core.snapshot import Changes, Snapshot
 from reconciler.manager.page import ManagerPage
 from reconciler.observe.metrics import Metrics
-from reconciler.web.server import Route, serve, serve_routes
+from reconciler.web.agent_routes import serve_agent
+from reconciler.web.server import Route, serve_routes
 
 IDLE_SWAP = float(os.environ.get("BENCH_PAGE_IDLE_SWAP", "30"))
 IDLE_SECONDS = float(os.environ.get("BENCH_PAGE_IDLE_SECONDS", "90"))
@@ -138,7 +139,7 @@ async def serve_child(port: int) -> None:
     now = time.time()
     source = Source(replace(build_snapshot(now), started_at=now - 3600, desired_applied_at=now))
     metrics = Metrics(snapshot=source, registry=CollectorRegistry())
-    server = await serve(
+    server = await serve_agent(
         "127.0.0.1", port, snapshot=source, metrics=metrics, changes=source.changes
     )
 

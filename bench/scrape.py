@@ -2,8 +2,8 @@
 
 Builds a ``Snapshot`` with 1,000 current task instances plus 5 history instances each, adds
 event metrics (runtime errors, drift corrections, start and resync histograms), serves it with
-``reconciler.web.server.serve`` on loopback, and times complete scrapes (connect, request, whole
-body)
+``reconciler.web.agent_routes.serve_agent`` on loopback, and times complete scrapes (connect,
+request, whole body)
 from a client thread, as Prometheus would make them. Three cases:
 
 * ``scrape``: the agent swaps in a new snapshot and records an event before every scrape, so
@@ -31,7 +31,7 @@ from reconciler import __version__
 from reconciler.core.model import NodeDescription, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
-from reconciler.web.server import serve
+from reconciler.web.agent_routes import serve_agent
 
 TASKS = 1000
 HISTORY = 5
@@ -141,7 +141,7 @@ async def main_async() -> None:
         metrics.drift_corrected(DRIFT_KINDS[i % len(DRIFT_KINDS)])
         metrics.observe_task_start(0.05 * (1 + i % 50))
         metrics.observe_reconcile(0.001 * (1 + i % 30))
-    server = await serve("127.0.0.1", 0, snapshot=source, metrics=metrics)
+    server = await serve_agent("127.0.0.1", 0, snapshot=source, metrics=metrics)
     port = server.sockets[0].getsockname()[1]
     size = len(metrics.render())
 

@@ -55,14 +55,12 @@ import nats
 from nats.js.kv import KeyValue
 
 from bench.support import AgentProcess, free_port, task_yaml, wait_until, write_desired
-from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.assemble.agent import assemble_agent
 from reconciler.core.clock import SystemClock
-from reconciler.core.model import NodeDescription
 from reconciler.fleet.buckets import ASSIGNMENTS, STATUS, init_buckets
-from reconciler.fleet.connect import NatsOptions
-from reconciler.sessions.files import FileSession
 from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
+from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.podman import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
 
@@ -295,27 +293,20 @@ class InProcess:
     def __init__(self, state: Path, node: str, manager: str | None, desired: Path | None = None):
         clock = SystemClock()
         self.store = RocksStore.open(state)
-        self.agent = Agent(
-            config=AgentConfig(node_id=node, boot_id="bench"), store=self.store, clock=clock
-        )
         self.executor = FakeExecutor(clock=clock, node_id=node)
-        self.session: NatsSession | FileSession
-        if manager is not None:
-            self.session = NatsSession(
-                node_id=node,
-                options=NatsOptions(servers=(manager,)),
-                clock=clock,
-                describe=self.describe,
-            )
-        else:
-            assert desired is not None
-            self.session = FileSession(desired)
+        flags = ["--manager", manager] if manager is not None else ["--desired", str(desired)]
+        assembled = assemble_agent(
+            agent_options(state, *flags),
+            store=self.store,
+            node_id=node,
+            clock=clock,
+            runtime=lambda _: self.executor,
+            boot_id="bench",
+        )
+        self.agent = assembled.agent
+        self.session = assembled.session
         self.stop = asyncio.Event()
-        self.run = asyncio.create_task(self.agent.run(self.executor, self.session, self.stop))
-
-    def describe(self) -> tuple[NodeDescription | None, bool]:
-        snap = self.agent.snapshot()
-        return snap.node, snap.ready
+        self.run = asyncio.create_task(assembled.run(self.stop))
 
     def running(self) -> set[str]:
         return {

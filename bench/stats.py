@@ -42,7 +42,7 @@ from reconciler.core.snapshot import Snapshot
 from reconciler.observe.hoststats import CPU_MODES, HostStats, NodeUsage
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.usage import Usage
-from reconciler.web.server import serve
+from reconciler.web.agent_routes import serve_agent
 from runtime.podman.usage import Target, UsageReader
 
 N = int(os.environ.get("BENCH_TASKS", "100"))
@@ -149,7 +149,7 @@ async def scrapes() -> None:
     source = Source(build_snapshot(time.time()))
     metrics = Metrics(snapshot=source, registry=CollectorRegistry())
     metrics.set_usage(usage_of(source.snap, 0))
-    server = await serve("127.0.0.1", 0, snapshot=source, metrics=metrics)
+    server = await serve_agent("127.0.0.1", 0, snapshot=source, metrics=metrics)
     port = server.sockets[0].getsockname()[1]
     size = len(metrics.render())
     n = 0

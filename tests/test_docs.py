@@ -30,7 +30,9 @@ from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.metrics import Metrics
 from reconciler.spec.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
-from reconciler.web import server as http
+from reconciler.web.agent_routes import agent_routes
+from reconciler.web.server import probe_routes
+from reconciler.web.state import node_json
 from tests.builders import full_usage, node
 from tests.contract import AGENT_METRICS
 
@@ -44,7 +46,7 @@ ARCHITECTURE = DOCS / "architecture.md"
 REFERENCE = (DESIRED_STATE, CLI, HTTP_AND_METRICS, OPERATIONS, ARCHITECTURE)
 
 #: Where the agent's metrics are registered; its ``"reconciler_..."`` literals are metric names.
-METRICS_SOURCE = ROOT / "reconciler" / "metrics.py"
+METRICS_SOURCES = sorted((ROOT / "reconciler" / "observe").glob("*.py"))
 
 
 def read(path: Path) -> str:
@@ -62,7 +64,8 @@ def code_spans(text: str) -> set[str]:
 def registered_metric_names() -> set[str]:
     """Metric names written in reconciler/observe/metrics.py, as registered (counters without
     _total)."""
-    return set(re.findall(r"[\"'](reconciler_[a-z0-9_]+)[\"']", read(METRICS_SOURCE)))
+    text = "".join(read(path) for path in METRICS_SOURCES)
+    return set(re.findall(r"[\"'](reconciler_[a-z0-9_]+)[\"']", text))
 
 
 def documented(name: str, spans: set[str]) -> bool:
@@ -292,10 +295,11 @@ def test_no_documented_field_is_missing_from_the_schema() -> None:
 
 
 def test_every_http_route_and_node_key_is_documented() -> None:
-    app = http._App(full_snapshot, Metrics(snapshot=full_snapshot))
+    routes = {"/", "/v1/events"} | set(agent_routes(full_snapshot, Metrics(snapshot=full_snapshot)))
+    routes |= set(probe_routes(lambda: (True, ""), lambda: (True, "")))
     spans = code_spans(read(HTTP_AND_METRICS))
-    missing = sorted(set(app._routes) - spans)
-    missing += sorted(k for k in http.node_json(full_snapshot()) if k not in spans)
+    missing = sorted(routes - spans)
+    missing += sorted(k for k in node_json(full_snapshot()) if k not in spans)
     assert not missing, f"routes or /v1/node keys not documented: {missing}"
 
 

@@ -8,6 +8,7 @@ raise; ``main`` asks ``outcome()`` what to print and which code to return.
 from __future__ import annotations
 
 from reconciler.core.errors import StoreError
+from reconciler.spec.problems import DesiredStateError
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "Failure", "NotFound", "UsageError", "outcome"]
 
@@ -29,9 +30,6 @@ class NotFound(Failure):
 def outcome(err: BaseException) -> tuple[int, list[str]] | None:
     """The exit code and the lines for stderr for an error a command raised, or None for an
     error that is a bug (it propagates with its traceback)."""
-    # Imported here: the desired package (its schema checker) is not needed to start a command.
-    from reconciler.spec.problems import DesiredStateError
-
     if isinstance(err, DesiredStateError):
         return EXIT_USAGE, [str(p) for p in err.problems]
     if isinstance(err, UsageError):

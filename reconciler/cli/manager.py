@@ -19,25 +19,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import secrets
-import signal
-import socket
 import sys
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from reconciler.cli.agent import fleet_options, parse_listen
+from reconciler import __version__
+from reconciler.assemble.manager import ManagerOptions, assemble_manager
+from reconciler.assemble.process import CannotListen, run_process
 from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, UsageError
 from reconciler.cli.render import table
-
-if TYPE_CHECKING:
-    from reconciler.fleet.connect import NatsOptions
-    from reconciler.manager.admin import NodeRow, TaskRow
+from reconciler.cli.values import fleet_options, parse_interval, parse_listen
+from reconciler.fleet.buckets import check_node_id, default_replicas, init_buckets
+from reconciler.fleet.connect import connect_first
+from reconciler.fleet.options import NatsOptions, redact
+from reconciler.fleet.values import Availability
+from reconciler.manager.admin import (
+    FleetError,
+    NodeRow,
+    TaskRow,
+    apply_services,
+    node_rows,
+    ps_rows,
+    read_fleet,
+    remove_services,
+    set_availability,
+)
+from reconciler.manager.services import parse_service_file
+from reconciler.spec.loader import read_file
+from reconciler.spec.problems import DesiredStateError
 
 __all__ = [
     "manager_apply",
@@ -56,8 +67,6 @@ __all__ = [
 log = logging.getLogger("reconciler")
 T = TypeVar("T")
 
-DEFAULT_LISTEN = "127.0.0.1:9470"
-
 
 def nats_options(args: argparse.Namespace) -> NatsOptions:
     """``--nats`` with ``--creds`` and ``--tls-ca``, checked. Raises ``UsageError``."""
@@ -70,7 +79,6 @@ def nats_options(args: argparse.Namespace) -> NatsOptions:
 
 def _fleet(call: Awaitable[T]) -> T:
     """Run one fleet operation; its ``FleetError`` becomes a ``Failure`` (exit 1)."""
-    from reconciler.manager.admin import FleetError
 
     try:
         return asyncio.run(_checked(call))
@@ -91,8 +99,6 @@ def manager_init(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 async def _init(options: NatsOptions) -> list[tuple[str, str]]:
-    from reconciler.fleet.buckets import default_replicas, init_buckets
-    from reconciler.fleet.connect import connect_first
 
     try:
         nc, _ = await connect_first(options, options.servers)
@@ -110,121 +116,44 @@ async def _init(options: NatsOptions) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------- run
 
 
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """Everything ``reconciler manager run`` was asked to do, checked."""
-
-    nats: NatsOptions
-    listen: tuple[str, int]
-    grace: float
-    lease: float
-
-
-def _duration(text: str | None, default: str, flag: str) -> float:
-    from reconciler.spec.units import parse_duration
-
-    try:
-        seconds = parse_duration(text or default)
-    except ValueError as err:
-        raise UsageError(f"{flag}: {err}") from err
+def _duration(text: str, flag: str) -> float:
+    seconds = parse_interval(text, flag)
     if seconds <= 0:
         raise UsageError(f"{flag}: must be longer than 0s")
     return seconds
 
 
-def run_options(args: argparse.Namespace) -> RunOptions:
-    """Check every ``manager run`` flag. Raises ``UsageError``."""
-    return RunOptions(
+def run_options(args: argparse.Namespace) -> ManagerOptions:
+    """Check every ``manager run`` flag (their defaults already applied). Raises
+    ``UsageError``."""
+    return ManagerOptions(
         nats=nats_options(args),
-        listen=parse_listen(args.listen or DEFAULT_LISTEN),
-        grace=_duration(args.node_grace, "15s", "--node-grace"),
-        lease=_duration(args.lease, "10s", "--lease"),
+        listen=parse_listen(args.listen),
+        grace=_duration(args.node_grace, "--node-grace"),
+        lease=_duration(args.lease, "--lease"),
     )
 
 
 def manager_run(args: argparse.Namespace) -> int:
     """Run a manager until SIGTERM or SIGINT. Returns the exit code."""
-    return asyncio.run(_run(run_options(args)))
-
-
-async def _run(opts: RunOptions) -> int:
-    from reconciler import __version__
-    from reconciler.core.clock import SystemClock
-    from reconciler.core.supervisor import Supervisor
-    from reconciler.fleet.connect import redact
-    from reconciler.manager.driver import FleetManager, ManagerConfig
-    from reconciler.manager.metrics import ManagerMetrics
-    from reconciler.manager.page import ManagerPage
-    from reconciler.observe.metrics import CONTENT_TYPE
-    from reconciler.web import server as http
-
-    clock = SystemClock()
-    manager_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-    manager = FleetManager(
-        options=opts.nats,
-        config=ManagerConfig(manager_id=manager_id, grace=opts.grace, lease=opts.lease),
-        clock=clock,
-    )
-    metrics = ManagerMetrics(counts=manager.counts)
-    manager.metrics = metrics
-    supervisor = Supervisor(clock=clock)
-
-    def healthz() -> tuple[int, str, bytes]:
-        down = supervisor.down
-        if not down:
-            return 200, "text/plain; charset=utf-8", b"ok"
-        why = "; ".join(f"loop {name} is down: {err}" for name, err in sorted(down.items()))
-        return 503, "text/plain; charset=utf-8", why.encode()
-
-    def readyz() -> tuple[int, str, bytes]:
-        ready, why = manager.readiness()
-        return (200 if ready else 503), "text/plain; charset=utf-8", why.encode()
-
-    routes: dict[str, http.Route] = {
-        "/metrics": lambda: (200, CONTENT_TYPE, metrics.render()),
-        "/healthz": healthz,
-        "/readyz": readyz,
-    }
-    page = ManagerPage(manager.snapshots.current)
-    changes = manager.snapshots.changes
+    opts = run_options(args)
+    assembled = assemble_manager(opts)
     host, port = opts.listen
-    try:
-        server = await http.serve_routes(host, port, routes, page=page, changes=changes)
-    except OSError as err:
-        print(f"reconciler: cannot listen on {host}:{port}: {err}", file=sys.stderr)
-        return EXIT_FAILURE
     log.info(
         "manager starting version=%s id=%s nats=%s listen=%s:%d grace=%gs lease=%gs",
         __version__,
-        manager_id,
+        assembled.manager.config.manager_id,
         ",".join(redact(u) for u in opts.nats.servers),
         host,
         port,
         opts.grace,
         opts.lease,
     )
-
-    async def serve_http() -> None:
-        nonlocal server
-        if not server.is_serving():
-            server.close()
-            server = await http.serve_routes(host, port, routes, page=page, changes=changes)
-        await server.serve_forever()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    supervisor.start("manager", manager.run)
-    supervisor.start("http", serve_http)
     try:
-        await stop.wait()
-    finally:
-        await manager.resign()
-        await supervisor.stop()
-        server.close()  # and its event streams
-        with contextlib.suppress(Exception):
-            await server.wait_closed()
+        asyncio.run(run_process(assembled, opts.listen))
+    except CannotListen as err:
+        print(f"reconciler: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     log.info("manager stopped")
     return EXIT_OK
 
@@ -236,10 +165,6 @@ def manager_apply(args: argparse.Namespace) -> list[str]:
     """Check the file, then upsert its services (or, with ``--dry-run``, only plan). Returns
     the lines to print. Raises ``DesiredStateError`` (exit 2, nothing written) or
     ``Failure``."""
-    from reconciler.manager.admin import apply_services
-    from reconciler.manager.services import parse_service_file
-    from reconciler.spec.loader import read_file
-    from reconciler.spec.problems import DesiredStateError
 
     options = nats_options(args)
     data, problems = read_file(args.file, check_owner=False)
@@ -255,7 +180,6 @@ def manager_apply(args: argparse.Namespace) -> list[str]:
 
 
 def manager_rm(args: argparse.Namespace) -> list[str]:
-    from reconciler.manager.admin import remove_services
 
     return _fleet(remove_services(nats_options(args), args.services))
 
@@ -264,13 +188,11 @@ def manager_rm(args: argparse.Namespace) -> list[str]:
 
 
 def manager_ps(args: argparse.Namespace) -> list[TaskRow]:
-    from reconciler.manager.admin import ps_rows, read_fleet
 
     return ps_rows(_fleet(read_fleet(nats_options(args))))
 
 
 def manager_nodes(args: argparse.Namespace) -> list[NodeRow]:
-    from reconciler.manager.admin import node_rows, read_fleet
 
     return node_rows(_fleet(read_fleet(nats_options(args))))
 
@@ -321,9 +243,6 @@ def _mib(size: int) -> str:
 
 def manager_availability(args: argparse.Namespace) -> dict[str, Any]:
     """``manager drain|pause|activate NODE``: write the node's availability."""
-    from reconciler.fleet.buckets import check_node_id
-    from reconciler.fleet.values import Availability
-    from reconciler.manager.admin import set_availability
 
     word = args.spec.path[-1]
     availability = {

@@ -30,6 +30,7 @@ __all__ = [
     "Kind",
     "UsageError",
     "apply_config",
+    "apply_defaults",
     "build_parser",
     "default_desired_dir",
     "default_state_dir",
@@ -58,6 +59,12 @@ class Flag:
     short: str | None = None
     choices: tuple[str, ...] = ()
     required: bool = False
+    default: str | None = None  # the one place a default is written; the help shows it
+
+    @property
+    def text(self) -> str:
+        """The help line, with the default."""
+        return f"{self.help} (default {self.default})" if self.default is not None else self.help
 
     @property
     def dest(self) -> str:
@@ -96,8 +103,9 @@ COMMON = (
     Flag("config", "YAML file of flag values (keys: the long flag names)", "FILE"),
     Flag(
         "log-level",
-        "log level (default info)",
+        "log level",
         choices=("debug", "info", "warning", "error"),
+        default="info",
     ),
 )
 
@@ -107,7 +115,7 @@ PODMAN_URL = Flag("podman-url", "podman API, unix:///path", "URL")
 NATS = Flag("nats", "NATS server(s): nats://HOST:PORT[,...]", "URL")
 NATS_CREDS = Flag("creds", "NATS credentials of a manager user", "FILE")
 NATS_TLS_CA = Flag("tls-ca", "CA bundle that signs the NATS servers' certificates", "FILE")
-OUTPUT = Flag("output", "output format (default table)", short="-o", choices=("table", "json"))
+OUTPUT = Flag("output", "output format", short="-o", choices=("table", "json"), default="table")
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -117,15 +125,16 @@ COMMANDS: tuple[CommandSpec, ...] = (
             DESIRED,
             STATE_DIR,
             PODMAN_URL,
-            Flag("listen", "HTTP listen address (default 127.0.0.1:9469)", "HOST:PORT"),
+            Flag("listen", "HTTP listen address", "HOST:PORT", default="127.0.0.1:9469"),
             Flag("node-id", "node id (default: generated once, kept in the state dir)", "ID"),
-            Flag("resync-interval", "full resync period (default 30s)", "DURATION"),
-            Flag("stats-interval", "usage sampling period (default 10s; 0: off)", "DURATION"),
+            Flag("resync-interval", "full resync period", "DURATION", default="30s"),
+            Flag("stats-interval", "usage sampling period (0: off)", "DURATION", default="10s"),
             Flag(
                 "image-gc-threshold",
                 "remove the agent's unneeded images while the image store has less than this "
-                "percent free, and refuse pulls meanwhile (default 15; 0: off)",
+                "percent free, and refuse pulls meanwhile (0: off)",
                 "PERCENT",
+                default="15",
             ),
             Flag(
                 "manager", "fleet mode: the manager's NATS server(s), nats://HOST:PORT[,...]", "URL"
@@ -155,7 +164,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         (
             STATE_DIR,
             Flag("all", "include the history", kind=Kind.SWITCH, short="-a"),
-            Flag("output", "output format (default table)", short="-o", choices=("table", "json")),
+            OUTPUT,
             Flag("watch", "refresh the table in place", kind=Kind.SWITCH),
         ),
     ),
@@ -189,13 +198,16 @@ COMMANDS: tuple[CommandSpec, ...] = (
             NATS,
             NATS_CREDS,
             NATS_TLS_CA,
-            Flag("listen", "HTTP listen address (default 127.0.0.1:9470)", "HOST:PORT"),
+            Flag("listen", "HTTP listen address", "HOST:PORT", default="127.0.0.1:9470"),
             Flag(
                 "node-grace",
-                "a node without a ready heartbeat this long is down (default 15s)",
+                "a node without a ready heartbeat this long is down",
                 "DURATION",
+                default="15s",
             ),
-            Flag("lease", "leadership lease, the leader key's age limit (default 10s)", "DURATION"),
+            Flag(
+                "lease", "leadership lease, the leader key's age limit", "DURATION", default="10s"
+            ),
         ),
         fleet=True,
     ),
@@ -254,7 +266,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
 
 def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
     names = [f"--{flag.name}"] + ([flag.short] if flag.short else [])
-    kw: dict[str, Any] = {"dest": flag.dest, "help": flag.help}
+    kw: dict[str, Any] = {"dest": flag.dest, "help": flag.text}
     if flag.kind is Kind.SWITCH:
         kw["action"] = "store_true"
     elif flag.kind is Kind.REPEAT:
@@ -319,7 +331,8 @@ def apply_config(args: argparse.Namespace, spec: CommandSpec) -> None:
     path = getattr(args, "config", None)
     if not path:
         return
-    import yaml  # only for --config: kept off the start-up of every command
+    # Only for --config: PyYAML takes about 17 ms to import, kept off every other start.
+    import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -336,6 +349,14 @@ def apply_config(args: argparse.Namespace, spec: CommandSpec) -> None:
         if getattr(args, flag.dest) != flag.unset:
             continue  # the command line wins
         setattr(args, flag.dest, _config_value(flag, value, path))
+
+
+def apply_defaults(args: argparse.Namespace, spec: CommandSpec) -> None:
+    """Give every flag still unset (neither on the command line nor in ``--config``) its
+    declared default, so commands read one value and never spell a default again."""
+    for flag in all_flags(spec):
+        if flag.default is not None and getattr(args, flag.dest, None) is None:
+            setattr(args, flag.dest, flag.default)
 
 
 def _config_value(flag: Flag, value: Any, path: str) -> Any:

@@ -7,6 +7,7 @@ and ``inspect``. Each returns data; ``render`` shows it.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,15 +19,27 @@ from reconciler.cli.render import task_table, watch_frame
 from reconciler.core.codec import spec_to_dict, status_to_dict
 from reconciler.core.errors import UnknownTask
 from reconciler.core.snapshot import TaskView
+from reconciler.local.views import views_from_store
+from reconciler.spec.apply import apply_file
+from reconciler.spec.loader import load_paths
 from reconciler.spec.plan import PlanLine
+from reconciler.store.rocks import RocksStore
 
-__all__ = ["apply", "find_view", "inspect", "ps", "ps_watch", "read_views", "validate"]
+__all__ = [
+    "apply",
+    "find_view",
+    "inspect",
+    "ps",
+    "ps_command",
+    "ps_watch",
+    "read_views",
+    "validate",
+]
 
 
 def validate(args: argparse.Namespace) -> int:
     """Validate files and directories. Returns how many tasks they hold; raises
     ``DesiredStateError`` with every problem."""
-    from reconciler.spec.loader import load_paths
 
     return len(load_paths(args.paths).tasks)
 
@@ -34,7 +47,6 @@ def validate(args: argparse.Namespace) -> int:
 def apply(args: argparse.Namespace) -> list[PlanLine]:
     """Plan (and unless ``--dry-run``, write) one file into the desired directory. Returns the
     plan lines; raises ``DesiredStateError`` (nothing written) or ``Failure``."""
-    from reconciler.spec.apply import apply_file
 
     target = desired_dir(args)
     try:
@@ -45,8 +57,6 @@ def apply(args: argparse.Namespace) -> list[PlanLine]:
 
 def read_views(state: Path) -> list[TaskView]:
     """Every instance, as ``ps -a`` lists them, from the store opened read-only."""
-    from reconciler.local.views import views_from_store
-    from reconciler.store.rocks import RocksStore
 
     store = RocksStore.open(state, read_only=True)
     try:
@@ -57,10 +67,19 @@ def read_views(state: Path) -> list[TaskView]:
 
 def ps(args: argparse.Namespace) -> list[TaskView]:
     """The current instance of every name (with ``-a``, the history too)."""
-    if args.watch and (args.output or "table") != "table":
+    if args.watch and args.output != "table":
         raise UsageError("--watch shows the table; drop -o json")
     views = read_views(state_dir(args))
     return views if args.all else [v for v in views if v.current]
+
+
+def ps_command(args: argparse.Namespace) -> list[TaskView] | None:
+    """``ps``: the views to render, or, with ``--watch``, None after redrawing until
+    interrupted."""
+    if args.watch:
+        ps_watch(args, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        return None
+    return ps(args)
 
 
 def ps_watch(args: argparse.Namespace, write: Any) -> None:
@@ -86,8 +105,6 @@ def find_view(views: Sequence[TaskView], ref: str) -> TaskView:
 
 def inspect(args: argparse.Namespace) -> dict[str, Any]:
     """The stored task, its spec (env values redacted unless ``--show-env``) and status."""
-    from reconciler.local.views import views_from_store
-    from reconciler.store.rocks import RocksStore
 
     store = RocksStore.open(state_dir(args), read_only=True)
     try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from reconciler.core.model import Condition, NodeDescription, TaskState
+from reconciler.core.supervisor import health_of
 
 #: At most this many desired-source error lines are kept (the rest are summarised in one line) ...
 MAX_ERROR_LINES: Final = 50
@@ -108,10 +109,7 @@ class Snapshot:
 
     def health(self) -> tuple[bool, str]:
         """Whether every loop is alive (``/healthz``), and if not which one is down and why."""
-        if self.loops_down:
-            loop, why = self.loops_down[0]
-            return False, f"agent loop {loop} is down: {why}"
-        return True, "ok"
+        return health_of(dict(self.loops_down), "agent")
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the node is ready, and if not why: the one rule behind

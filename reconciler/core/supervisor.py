@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from reconciler.core.backoff import Backoff, Retry
 from reconciler.core.clock import Clock
 
-__all__ = ["LOOPS", "Supervisor", "describe_error"]
+__all__ = ["LOOPS", "Supervisor", "describe_error", "health_of"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,15 @@ def describe_error(err: BaseException) -> str:
         text = text[:MAX_MESSAGE] + "..."
     name = type(err).__name__
     return f"{name}: {text}" if text else name
+
+
+def health_of(down: Mapping[str, str], program: str) -> tuple[bool, str]:
+    """Whether every loop of ``program`` ("agent", "manager") is alive, and if not, one line
+    naming each loop that is down and why: the one rule behind every ``/healthz``."""
+    if not down:
+        return True, "ok"
+    why = "; ".join(f"{program} loop {name} is down: {err}" for name, err in sorted(down.items()))
+    return False, why
 
 
 class Supervisor:
@@ -72,6 +81,10 @@ class Supervisor:
     def down(self) -> dict[str, str]:
         """The loops waiting to be restarted, with the error that stopped each."""
         return dict(self._down)
+
+    def health(self, program: str) -> tuple[bool, str]:
+        """``health_of`` this supervisor's loops."""
+        return health_of(self._down, program)
 
     def start(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run ``body()`` as the loop ``name``, restarting it whenever it ends. A name already

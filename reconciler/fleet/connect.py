@@ -21,134 +21,18 @@ about a credentials file name the file and the field, never its content.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import nats
-import yaml
 from nats.aio.client import Client
 
-__all__ = [
-    "ConfigError",
-    "NatsOptions",
-    "checked_options",
-    "connect",
-    "connect_first",
-    "load_credentials",
-    "parse_servers",
-    "redact",
-    "tls_context",
-]
+from reconciler.fleet.options import ConfigError, NatsOptions, load_credentials, redact, tls_context
 
-_JWT_MARKER = "-----BEGIN NATS USER JWT-----"
-_MAX_CREDS_BYTES = 64 * 1024
+__all__ = ["connect", "connect_first"]
 
 Callback = Callable[[], Awaitable[None]]
 ErrorCallback = Callable[[Exception], Awaitable[None]]
-
-
-class ConfigError(ValueError):
-    """Bad connection settings (a URL, a credentials file, a CA file); the message says which."""
-
-
-@dataclass(frozen=True, slots=True)
-class NatsOptions:
-    servers: tuple[str, ...]
-    creds: Path | None = None
-    tls_ca: Path | None = None
-    name: str = "reconciler"
-    inbox_prefix: str = "_INBOX"
-
-
-def checked_options(
-    servers: str, *, creds: str | None = None, tls_ca: str | None = None
-) -> NatsOptions:
-    """Options from command-line text, each part checked now. Raises ``ConfigError``."""
-    options = NatsOptions(
-        servers=parse_servers(servers),
-        creds=Path(creds) if creds else None,
-        tls_ca=Path(tls_ca) if tls_ca else None,
-    )
-    if options.creds is not None:
-        load_credentials(options.creds)
-    if options.tls_ca is not None:
-        tls_context(options.tls_ca)
-    return options
-
-
-def parse_servers(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Server URLs from ``nats://a:4222,nats://b:4222`` (or a list). Raises ``ConfigError``."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    servers: list[str] = []
-    for raw in items:
-        url = raw.strip()
-        if not url:
-            continue
-        parts = urlsplit(url)
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ConfigError(f"expected nats://HOST:PORT or tls://HOST:PORT, got {redact(url)!r}")
-        try:
-            parts.port  # noqa: B018 - validates the port
-        except ValueError as err:
-            raise ConfigError(f"bad port in {redact(url)!r}: {err}") from None
-        if url not in servers:
-            servers.append(url)
-    if not servers:
-        raise ConfigError("no NATS server URL given")
-    return tuple(servers)
-
-
-def redact(url: str) -> str:
-    """The URL without its user info, fit for a log line."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc).geturl()
-
-
-def load_credentials(path: Path) -> dict[str, Any]:
-    """The ``nats.connect`` keyword arguments a credentials file stands for.
-
-    Raises ``ConfigError`` naming the file (never its content) when it cannot be used.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_CREDS_BYTES + 1)
-    except OSError as err:
-        raise ConfigError(f"credentials file {path}: {err.strerror or err}") from None
-    if len(data) > _MAX_CREDS_BYTES:
-        raise ConfigError(f"credentials file {path}: larger than {_MAX_CREDS_BYTES} bytes")
-    text = data.decode("utf-8", errors="replace")
-    if _JWT_MARKER in text:
-        return {"user_credentials": str(path)}
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(
-            f"credentials file {path}: neither a NATS credentials file nor YAML"
-        ) from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"credentials file {path}: expected 'user' and 'password', or 'token'")
-    user, password, token = doc.get("user"), doc.get("password"), doc.get("token")
-    if isinstance(token, str) and token and user is None:
-        return {"token": token}
-    if isinstance(user, str) and user and isinstance(password, str):
-        return {"user": user, "password": password}
-    raise ConfigError(f"credentials file {path}: expected 'user' and 'password', or 'token'")
-
-
-def tls_context(ca_file: Path) -> ssl.SSLContext:
-    """A client TLS context that verifies servers against ``ca_file``. Raises ``ConfigError``."""
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"TLS CA file {ca_file}: {err}") from None
 
 
 async def connect(

@@ -39,7 +39,8 @@ from reconciler.fleet.buckets import (
     key_subject,
     node_control_key,
 )
-from reconciler.fleet.connect import NatsOptions, connect_first
+from reconciler.fleet.connect import connect_first
+from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.values import Availability
 from reconciler.fleet.watch import BucketMissing, KeyWatch, WatchLost
 from reconciler.manager.scheduler import Health, NodeView, Plan, schedule

@@ -65,7 +65,8 @@ from reconciler.fleet.buckets import (
     key_subject,
     stream_name,
 )
-from reconciler.fleet.connect import NatsOptions, connect_first, redact
+from reconciler.fleet.connect import connect_first
+from reconciler.fleet.options import NatsOptions, redact
 from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch, WatchLost
 from reconciler.manager.leader import Elector
 from reconciler.manager.metrics import UNASSIGNED, FleetCounts, ManagerMetrics

@@ -79,14 +79,8 @@ from reconciler.fleet.buckets import (
     status_key,
     stream_name,
 )
-from reconciler.fleet.connect import (
-    Callback,
-    ConfigError,
-    NatsOptions,
-    connect_first,
-    parse_servers,
-    redact,
-)
+from reconciler.fleet.connect import Callback, connect_first
+from reconciler.fleet.options import ConfigError, NatsOptions, parse_servers, redact
 from reconciler.fleet.values import (
     Availability,
     BadValue,

@@ -37,20 +37,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import logging
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from reconciler.core.snapshot import Changes, Snapshot
-from reconciler.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from reconciler.observe.metrics import Metrics
+from reconciler.core.snapshot import Changes
 from reconciler.web import sse
-from reconciler.web.agent_page import AgentPage
-from reconciler.web.state import node_json
 
-__all__ = ["Route", "Server", "node_json", "serve", "serve_routes"]
+__all__ = ["Response", "Route", "Server", "probe_routes", "serve_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +68,6 @@ EVENTS_PATH: Final = "/v1/events"
 GZIP_MIN_BYTES: Final = 1024
 
 _TEXT: Final = "text/plain; charset=utf-8"
-_JSON: Final = "application/json"
 _HTML: Final = "text/html; charset=utf-8"
 _EVENTS: Final = "text/event-stream; charset=utf-8"
 #: Paths whose bodies are gzipped for a client that accepts it.
@@ -106,33 +100,31 @@ class _BadRequest(Exception):
         self.text = text
 
 
-_Response = tuple[int, str, bytes]
+Response = tuple[int, str, bytes]
+"""What a route answers: (status, content type, body)."""
+
+Route = Callable[[], Response]
+"""A GET route: its answer, read from state the caller keeps (never I/O)."""
 
 
 class _App:
-    """The routes, over one snapshot source, its ``Changes`` and one ``Metrics``."""
+    """The server's routes (path -> ``Route``), and a live page with its event stream."""
 
     def __init__(
-        self, snapshot: Callable[[], Snapshot], metrics: Metrics, changes: Changes | None = None
+        self,
+        routes: Mapping[str, Route],
+        page: sse.Page[Any] | None = None,
+        changes: Changes | None = None,
     ) -> None:
-        self._snapshot = snapshot
-        self._metrics = metrics
+        self._routes: dict[str, Route] = dict(routes)
+        self._page = page
         self._changes = changes
-        self._page: sse.Page[Any] | None = AgentPage(snapshot)
-        self._routes: dict[str, Callable[[_Request], _Response]] = {
-            "/": self._get_page,
-            EVENTS_PATH: self._head_events,
-            "/metrics": self._get_metrics,
-            "/healthz": self._get_healthz,
-            "/readyz": self._get_readyz,
-            "/v1/tasks": self._get_tasks,
-            "/v1/node": self._get_node,
-        }
+        if page is not None:
+            self._routes["/"] = self._get_page
+            self._routes[EVENTS_PATH] = self._head_events
         self._connections = 0
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
-        self._tasks_cache: tuple[Snapshot | None, bytes] = (None, b"")
-        self._node_cache: tuple[Snapshot | None, bytes] = (None, b"")
         self._gzip_cache: dict[str, tuple[bytes | None, bytes]] = {}
 
     # ---------------------------------------------------------------- connection handling
@@ -217,7 +209,7 @@ class _App:
         if request.method not in ("GET", "HEAD"):
             return 405, _TEXT, b"method not allowed\n", {"Allow": "GET, HEAD"}
         try:
-            status, ctype, body = route(request)
+            status, ctype, body = route()
         except Exception:
             log.exception("event=http_handler_error path=%s", request.path)
             return 500, _TEXT, b"internal error\n", {}
@@ -229,45 +221,14 @@ class _App:
                 extra["Content-Encoding"] = "gzip"
         return status, ctype, body, extra
 
-    # ---------------------------------------------------------------- routes
+    # ---------------------------------------------------------------- the page
 
-    def _get_page(self, _: _Request) -> _Response:
+    def _get_page(self) -> Response:
         assert self._page is not None  # "/" is routed to this only with a page
         return 200, _HTML, self._page.html()
 
-    def _head_events(self, _: _Request) -> _Response:
+    def _head_events(self) -> Response:
         return 200, _EVENTS, b""  # GET never gets here: it becomes a stream
-
-    def _get_metrics(self, _: _Request) -> _Response:
-        return 200, METRICS_CONTENT_TYPE, self._metrics.render()
-
-    def _get_healthz(self, _: _Request) -> _Response:
-        alive, why = self._snapshot().health()
-        if alive:
-            return 200, _TEXT, b"ok"
-        return 503, _TEXT, why.encode()
-
-    def _get_readyz(self, _: _Request) -> _Response:
-        ready, reason = self._snapshot().readiness()
-        if ready:
-            return 200, _TEXT, b"ready"
-        return 503, _TEXT, reason.encode()
-
-    def _get_tasks(self, _: _Request) -> _Response:
-        snap = self._snapshot()
-        cached_snap, body = self._tasks_cache
-        if cached_snap is not snap:
-            body = _json([t.to_json() for t in snap.tasks])
-            self._tasks_cache = (snap, body)
-        return 200, _JSON, body
-
-    def _get_node(self, _: _Request) -> _Response:
-        snap = self._snapshot()
-        cached_snap, body = self._node_cache
-        if cached_snap is not snap:
-            body = _json(node_json(snap))
-            self._node_cache = (snap, body)
-        return 200, _JSON, body
 
     def _gzipped(self, path: str, body: bytes) -> bytes:
         source, compressed = self._gzip_cache.get(path, (None, b""))
@@ -307,10 +268,6 @@ class Server:
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._ending, return_exceptions=True)
         await self._server.wait_closed()
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _page_headers(page: sse.Page[Any] | None) -> dict[str, str]:
@@ -410,59 +367,6 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 budget -= len(chunk)
 
 
-async def serve(
-    host: str,
-    port: int,
-    *,
-    snapshot: Callable[[], Snapshot],
-    metrics: Metrics,
-    changes: Changes | None = None,
-) -> Server:
-    """Start serving the agent's endpoints on ``host:port`` (port 0 picks a free one).
-
-    ``changes`` is bumped by the snapshot's owner after each new snapshot; without it,
-    ``/v1/events`` sends the state at connect and then keepalives only. Returns the server; the
-    caller closes it (``close()`` then ``wait_closed()``), which also ends open event streams.
-    Raises ``OSError`` when the address cannot be bound.
-    """
-    app = _App(snapshot, metrics, changes)
-    server = await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
-    return Server(server, app)
-
-
-# ------------------------------------------------------------------- a route table of its own
-
-Route = Callable[[], tuple[int, str, bytes]]
-"""A GET route for ``serve_routes``: returns (status, content type, body)."""
-
-
-class _RouteTable(_App):
-    """The same server, bounds and rules over a route table given by the caller (the fleet
-    manager's endpoints); a ``/metrics`` body is gzipped as the agent's is. With a ``page``,
-    ``/`` is its HTML and ``/v1/events`` its event stream, woken by ``changes``."""
-
-    def __init__(
-        self,
-        routes: Mapping[str, Route],
-        page: sse.Page[Any] | None = None,
-        changes: Changes | None = None,
-    ) -> None:
-        self._routes = {path: _without_request(route) for path, route in routes.items()}
-        self._page = page
-        if page is not None:
-            self._routes["/"] = self._get_page
-            self._routes[EVENTS_PATH] = self._head_events
-        self._connections = 0
-        self._streams = set()
-        self._closing = asyncio.Event()
-        self._changes = changes
-        self._gzip_cache = {}
-
-
-def _without_request(route: Route) -> Callable[[_Request], _Response]:
-    return lambda _: route()
-
-
 async def serve_routes(
     host: str,
     port: int,
@@ -473,9 +377,27 @@ async def serve_routes(
 ) -> Server:
     """Start serving ``routes`` (path -> ``Route``) on ``host:port`` (0 picks a free port),
     GET and HEAD only, with the limits above; with a ``page``, also ``/`` and ``/v1/events``
-    (streams capped by ``MAX_STREAMS``, woken by ``changes``). Returns the server; the caller
-    closes it (``close()`` then ``wait_closed()``), which also ends open event streams. Raises
-    ``OSError`` when the address cannot be bound."""
-    app = _RouteTable(routes, page, changes)
+    (streams capped by ``MAX_STREAMS``, woken by ``changes``: without it, a stream sends the
+    state at connect and then keepalives only). Returns the server; the caller closes it
+    (``close()`` then ``wait_closed()``), which also ends open event streams. Raises ``OSError``
+    when the address cannot be bound."""
+    app = _App(routes, page, changes)
     server = await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
     return Server(server, app)
+
+
+def probe_routes(
+    health: Callable[[], tuple[bool, str]], readiness: Callable[[], tuple[bool, str]]
+) -> dict[str, Route]:
+    """``/healthz`` (200 ``ok`` while every loop is alive) and ``/readyz`` (200 ``ready``),
+    each 503 with the reason otherwise."""
+
+    def healthz() -> Response:
+        alive, why = health()
+        return (200, _TEXT, b"ok") if alive else (503, _TEXT, why.encode())
+
+    def readyz() -> Response:
+        ready, why = readiness()
+        return (200, _TEXT, b"ready") if ready else (503, _TEXT, why.encode())
+
+    return {"/healthz": healthz, "/readyz": readyz}

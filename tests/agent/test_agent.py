@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.agent.agent import HOST_REBOOTED, Agent, AgentConfig
+from reconciler.agent.agent import Agent
+from reconciler.agent.startup import HOST_REBOOTED
+from reconciler.assemble.agent import assemble_agent
 from reconciler.core.clock import FakeClock, settle
 from reconciler.core.executor import Supervise
 from reconciler.core.model import RestartPolicy, TaskSpec, TaskState
@@ -17,6 +19,7 @@ from reconciler.local.manager import check_records
 from reconciler.sessions.memory import MemorySession
 from reconciler.store.recovery import open_store
 from reconciler.store.rocks import RocksStore, db_path
+from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 
 S = TaskState
@@ -48,18 +51,22 @@ async def running_agent(
 ) -> AsyncIterator[Running]:
     opened = open_store(state, verify=check_records)
     store = opened.store
-    agent = Agent(
-        config=AgentConfig(node_id="node-a", resync_interval=30.0, boot_id=boot_id),
-        store=store,
-        clock=clock,
-        store_origin=opened.origin,
-    )
     session = MemorySession()
+    assembled = assemble_agent(
+        agent_options(state, "--node-id", "node-a"),
+        store=store,
+        origin=opened.origin,
+        node_id="node-a",
+        clock=clock,
+        runtime=lambda _: executor,
+        session=session,
+        boot_id=boot_id,
+    )
     stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(executor, session, stop))
+    task = asyncio.create_task(assembled.run(stop))
     await settle()
     try:
-        yield Running(agent, session, executor, store)
+        yield Running(assembled.agent, session, executor, store)
     finally:
         stop.set()
         await task
@@ -323,15 +330,20 @@ async def test_a_session_loop_that_fails_is_restarted_counted_and_named_by_healt
 ):
     executor = FakeExecutor(clock=clock)
     opened = open_store(tmp_path, verify=check_records)
-    agent = Agent(
-        config=AgentConfig(node_id="node-a", boot_id="b"),
-        store=opened.store,
-        clock=clock,
-        store_origin=opened.origin,
-    )
     session = FlakySession()
+    assembled = assemble_agent(
+        agent_options(tmp_path),
+        store=opened.store,
+        origin=opened.origin,
+        node_id="node-a",
+        clock=clock,
+        runtime=lambda _: executor,
+        session=session,
+        boot_id="b",
+    )
+    agent = assembled.agent
     stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(executor, session, stop))
+    task = asyncio.create_task(assembled.run(stop))
     try:
         await settle()
         alive, why = agent.snapshot().health()

@@ -28,7 +28,7 @@ async def test_pull_decisions_and_removed_images_are_counted(
         executor.add_image(f"app:{n}", size=10 * MB, local=False)
     executor.add_image("operator/tool:1", size=10 * MB)
     async with running_agent(tmp_path / "state", clock, executor) as r:
-        executor.observer = r.agent
+        executor.observer = r.agent.events
         for n in (1, 2, 3):  # one image after another: app:1 and app:2 end up unused
             r.session.send(tasks(TaskSpec(name="web", image=f"app:{n}")))
             await settle()
@@ -64,7 +64,7 @@ async def test_an_image_of_a_desired_task_that_does_not_run_is_kept(
     executor.add_image("app:1", size=10 * MB)
     executor.add_image("job:1", size=10 * MB)
     async with running_agent(tmp_path / "state", clock, executor) as r:
-        executor.observer = r.agent
+        executor.observer = r.agent.events
         r.session.send(tasks(TaskSpec(name="job", image="job:1")))
         await settle()
         await clock.advance(30.0)

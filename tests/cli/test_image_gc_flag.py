@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
-from reconciler.cli.agent import agent_options, parse_percent
+from reconciler.cli.agent import agent_options
 from reconciler.cli.exits import UsageError
-from reconciler.cli.options import build_parser
+from reconciler.cli.options import apply_defaults, build_parser
+from reconciler.cli.values import parse_percent
 
 
 def run_options(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["run", *argv])
+    args = build_parser().parse_args(["run", *argv])
+    apply_defaults(args, args.spec)
+    return args
 
 
 def test_the_threshold_defaults_to_15_and_takes_the_flag(tmp_path: Path) -> None:
@@ -28,7 +31,7 @@ def test_the_threshold_defaults_to_15_and_takes_the_flag(tmp_path: Path) -> None
 @pytest.mark.parametrize("bad", ["-1", "101", "lots", "nan"])
 def test_a_threshold_outside_0_to_100_is_a_usage_error(bad: str) -> None:
     with pytest.raises(UsageError, match="--image-gc-threshold"):
-        parse_percent(bad, 15.0, "--image-gc-threshold")
+        parse_percent(bad, "--image-gc-threshold")
 
 
 def test_a_bad_threshold_exits_two_before_anything_is_touched(

@@ -42,7 +42,7 @@ from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.hoststats import CPU_MODES, DiskFree, NodeUsage
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.usage import Usage
-from reconciler.web.server import serve
+from reconciler.web.agent_routes import serve_agent as serve
 from tests.builders import node
 from tests.contract import missing
 

@@ -25,9 +25,10 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.agent.agent import Agent
+from reconciler.assemble.agent import assemble_agent, fleet_session
 from reconciler.core.clock import SystemClock
-from reconciler.core.model import NodeDescription, TaskState
+from reconciler.core.model import TaskState
 from reconciler.fleet.buckets import (
     ASSIGNMENTS,
     CONTROL,
@@ -36,9 +37,10 @@ from reconciler.fleet.buckets import (
     init_buckets,
     node_control_key,
 )
-from reconciler.fleet.connect import NatsOptions
+from reconciler.fleet.options import NatsOptions
 from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
+from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 
 DEADLINE = 60.0
@@ -171,27 +173,25 @@ async def running_agent(
     """The agent on the fake runtime with a fleet session to ``servers``; stopped on exit."""
     clock = SystemClock()
     store = RocksStore.open(state)
-    agent = Agent(
-        config=AgentConfig(node_id=node_id, resync_interval=30.0, boot_id="boot-1"),
-        store=store,
-        clock=clock,
-    )
     ex = executor or FakeExecutor(clock=clock, node_id=node_id)
-
-    def describe() -> tuple[NodeDescription | None, bool]:
-        snap = agent.snapshot()
-        return snap.node, snap.ready
-
-    session = NatsSession(
+    assembled = assemble_agent(
+        agent_options(state, "--manager", ",".join(servers)),
+        store=store,
         node_id=node_id,
-        options=NatsOptions(servers=tuple(servers), creds=creds),
         clock=clock,
-        describe=describe,
-        labels=(("zone", "test"),),
-        idle_heartbeat=1.0,
+        runtime=lambda _: ex,
+        session=lambda agent: fleet_session(
+            agent,
+            NatsOptions(servers=tuple(servers), creds=creds),
+            labels=(("zone", "test"),),
+            idle_heartbeat=1.0,
+        ),
+        boot_id="boot-1",
     )
+    agent, session = assembled.agent, assembled.session
+    assert isinstance(session, NatsSession)
     stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(ex, session, stop))
+    task = asyncio.create_task(assembled.run(stop))
     try:
         yield Running(agent, session, ex, store)
     finally:

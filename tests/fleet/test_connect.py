@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.fleet.connect import ConfigError, load_credentials, parse_servers, redact
+from reconciler.fleet.options import ConfigError, load_credentials, parse_servers, redact
 
 
 def test_servers_are_a_comma_separated_list_of_nats_or_tls_urls() -> None:

@@ -23,19 +23,19 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.agent.agent import Agent
+from reconciler.assemble.agent import assemble_agent, fleet_session
+from reconciler.assemble.manager import ManagerOptions, assemble_manager
 from reconciler.core.clock import SystemClock
 from reconciler.core.model import NodeDescription, TaskState
 from reconciler.fleet.buckets import CONTROL, FLEET_KEY, init_buckets
-from reconciler.fleet.connect import NatsOptions
+from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.values import Availability
 from reconciler.manager.admin import apply_services, read_fleet, set_availability
-from reconciler.manager.driver import FleetManager, ManagerConfig
-from reconciler.manager.metrics import ManagerMetrics
 from reconciler.manager.services import parse_service_file
 from reconciler.manager.view import FleetView
-from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
+from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 from tests.fleet.support import DEADLINE, IMAGE, eventually
 
@@ -90,6 +90,7 @@ class FleetAgent:
                 agent_version="0",
             ),
         )
+        self.state = state
         self.store = RocksStore.open(state)
         self.agent: Agent | None = None
         self._stop = asyncio.Event()
@@ -97,27 +98,23 @@ class FleetAgent:
 
     async def start(self) -> None:
         assert self._task is None
-        agent = Agent(
-            config=AgentConfig(node_id=self.node_id, resync_interval=30.0, boot_id="boot-1"),
+        assembled = assemble_agent(
+            agent_options(self.state, "--manager", ",".join(self.servers)),
             store=self.store,
-            clock=self.clock,
-        )
-
-        def describe() -> tuple[NodeDescription | None, bool]:
-            snap = agent.snapshot()
-            return snap.node, snap.ready
-
-        session = NatsSession(
             node_id=self.node_id,
-            options=NatsOptions(servers=tuple(self.servers)),
             clock=self.clock,
-            describe=describe,
-            labels=self.labels,
-            idle_heartbeat=1.0,
+            runtime=lambda _: self.executor,
+            session=lambda agent: fleet_session(
+                agent,
+                NatsOptions(servers=tuple(self.servers)),
+                labels=self.labels,
+                idle_heartbeat=1.0,
+            ),
+            boot_id="boot-1",
         )
-        self.agent = agent
+        self.agent = assembled.agent
         self._stop = asyncio.Event()
-        self._task = asyncio.create_task(agent.run(self.executor, session, self._stop))
+        self._task = asyncio.create_task(assembled.run(self._stop))
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -154,16 +151,19 @@ class ManagerProcess:
     """A ``FleetManager`` running in this loop; see the module docstring."""
 
     def __init__(self, servers: list[str], manager_id: str, **config: Any) -> None:
-        config.setdefault("grace", GRACE)
-        config.setdefault("lease", LEASE)
         config.setdefault("idle_heartbeat", 1.0)
-        self.manager = FleetManager(
-            options=NatsOptions(servers=tuple(servers)),
-            config=ManagerConfig(manager_id=manager_id, **config),
-            clock=SystemClock(),
+        assembled = assemble_manager(
+            ManagerOptions(
+                nats=NatsOptions(servers=tuple(servers)),
+                listen=("127.0.0.1", 0),
+                grace=config.pop("grace", GRACE),
+                lease=config.pop("lease", LEASE),
+            ),
+            manager_id=manager_id,
+            **config,
         )
-        self.metrics = ManagerMetrics(counts=self.manager.counts)
-        self.manager.metrics = self.metrics
+        self.manager = assembled.manager
+        self.metrics = assembled.metrics
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.core.clock import SystemClock
-from reconciler.fleet.connect import NatsOptions
-from reconciler.manager.driver import FleetManager, ManagerConfig
 from reconciler.manager.metrics import NODE_STATES, TASK_STATES, FleetCounts, ManagerMetrics
 from reconciler.manager.scheduler import Reason
-from reconciler.web import server as http
 from tests.contract import MANAGER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,45 +56,3 @@ def test_the_manager_metrics_and_label_values_are_documented() -> None:
     spans = set(re.findall(r"`([^`\n]+)`", text))
     assert not [m for m in MANAGER_METRICS if m not in spans and f"{m}_total" not in spans]
     assert not [v for v in (*NODE_STATES, "unassigned", *Reason) if v not in spans]
-
-
-def test_an_unconnected_manager_is_alive_but_not_ready_and_serves_its_metrics() -> None:
-    async def scenario() -> None:
-        manager = FleetManager(
-            options=NatsOptions(servers=("nats://127.0.0.1:1",)),
-            config=ManagerConfig(manager_id="m1"),
-            clock=SystemClock(),
-        )
-        metrics = ManagerMetrics(counts=manager.counts)
-        routes: dict[str, http.Route] = {
-            "/metrics": lambda: (200, "text/plain", metrics.render()),
-            "/readyz": lambda: (
-                (200 if manager.readiness()[0] else 503),
-                "text/plain",
-                manager.readiness()[1].encode(),
-            ),
-        }
-        server = await http.serve_routes("127.0.0.1", 0, routes)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            assert await get(port, "/readyz") == (503, b"not connected to NATS yet")
-            status, body = await get(port, "/metrics")
-            assert status == 200 and b"reconciler_manager_leader 0.0" in body
-            assert (await get(port, "/nope"))[0] == 404
-            assert (await get(port, "/metrics", method="POST"))[0] == 405
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(scenario())
-
-
-async def get(port: int, path: str, *, method: str = "GET") -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body

@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.agent.agent import Agent, AgentConfig
+from reconciler.agent.agent import Agent
+from reconciler.assemble.agent import assemble_agent
 from reconciler.core.clock import FakeClock, settle
 from reconciler.core.executor import RuntimeUsage, TaskUsage
 from reconciler.core.model import Condition, RestartPolicy, TaskSpec, TaskState
@@ -27,8 +28,9 @@ from reconciler.observe.usage import Usage, UsageMonitor
 from reconciler.sessions.memory import MemorySession
 from reconciler.store.recovery import open_store
 from reconciler.store.rocks import RocksStore
+from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
-from reconciler.web import server as http
+from reconciler.web.state import node_json
 
 S = TaskState
 GIB = 1024**3
@@ -74,20 +76,23 @@ async def running_agent(
 ) -> AsyncIterator[Running]:
     opened = open_store(state, verify=check_records)
     store = opened.store
-    agent = Agent(
-        config=AgentConfig(
-            node_id="node-a", boot_id="b", stats_interval=stats, state_dir=str(state)
-        ),
+    session = MemorySession()
+    assembled = assemble_agent(
+        agent_options(state, "--stats-interval", f"{stats}s"),
         store=store,
+        origin=opened.origin,
+        node_id="node-a",
         clock=clock,
-        store_origin=opened.origin,
+        runtime=lambda _: executor,
+        session=session,
+        boot_id="b",
     )
+    agent = assembled.agent
     host = FakeHost()
     agent.usage.host = host
-    executor.observer = agent
-    session = MemorySession()
+    executor.observer = agent.events
     stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(executor, session, stop))
+    task = asyncio.create_task(assembled.run(stop))
     await settle()
     try:
         yield Running(agent, session, executor, store, host)
@@ -234,7 +239,7 @@ async def test_conditions_follow_the_node_and_never_make_it_unready(
         r.session.send(desired("web"))
         await settle()
         await until(lambda: bool(r.agent.snapshot().conditions))
-        assert http.node_json(r.agent.snapshot())["conditions"] == {
+        assert node_json(r.agent.snapshot())["conditions"] == {
             "diskPressure": False,
             "memoryPressure": False,
         }
@@ -246,7 +251,7 @@ async def test_conditions_follow_the_node_and_never_make_it_unready(
         await clock.advance(10.0)
         await until(lambda: dict(r.agent.snapshot().conditions)[Condition.MEMORY_PRESSURE])
         snap = r.agent.snapshot()
-        assert http.node_json(snap)["conditions"] == {
+        assert node_json(snap)["conditions"] == {
             "diskPressure": True,
             "memoryPressure": True,
         }

@@ -19,7 +19,7 @@ from reconciler.core.session import (
     NamedStatus,
     SessionMessage,
 )
-from reconciler.fleet.connect import NatsOptions
+from reconciler.fleet.options import NatsOptions
 from reconciler.sessions.nats import NatsSession
 from tests.fleet.support import Manager, TcpProxy, eventually, spec
 from tests.natsserver import NatsServer, free_port, nats_server

@@ -21,6 +21,7 @@ from reconciler.core.snapshot import Changes, Snapshot
 from reconciler.observe.metrics import Metrics
 from reconciler.web import server as rhttp
 from reconciler.web import sse
+from reconciler.web.agent_routes import serve_agent
 from tests.web.support import snapshot, view, with_state
 
 HANG = 10.0
@@ -56,7 +57,7 @@ class Agent:
 
 async def serve(source: Source, *, changes: Changes | None) -> rhttp.Server:
     metrics = Metrics(snapshot=source, registry=CollectorRegistry())
-    return await rhttp.serve("127.0.0.1", 0, snapshot=source, metrics=metrics, changes=changes)
+    return await serve_agent("127.0.0.1", 0, snapshot=source, metrics=metrics, changes=changes)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from reconciler.core.model import TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.metrics import Metrics
 from reconciler.web import server as rhttp
+from reconciler.web.agent_routes import serve_agent
 from tests.builders import node
 
 NODE = node(arch="arm64", cpus=4, memory_bytes=4 * 1024**3)
@@ -91,7 +92,7 @@ class Response:
 async def agent() -> AsyncIterator[Agent]:
     holder = Holder(healthy())
     metrics = Metrics(snapshot=holder, registry=CollectorRegistry())
-    server = await rhttp.serve("127.0.0.1", 0, snapshot=holder, metrics=metrics)
+    server = await serve_agent("127.0.0.1", 0, snapshot=holder, metrics=metrics)
     port = server.sockets[0].getsockname()[1]
     try:
         yield Agent(holder, metrics, port)

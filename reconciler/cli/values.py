@@ -1,0 +1,62 @@
+"""Checking flag values: one parser per kind of value, each failure a ``UsageError`` naming the
+flag (exit 2), so every command says the same thing about the same mistake.
+"""
+
+from __future__ import annotations
+
+from reconciler.cli.exits import UsageError
+from reconciler.fleet.options import ConfigError, NatsOptions, checked_options
+from reconciler.spec.units import parse_duration
+
+__all__ = ["fleet_options", "parse_interval", "parse_labels", "parse_listen", "parse_percent"]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"--listen: expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_labels(items: list[str]) -> tuple[tuple[str, str], ...]:
+    labels = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--node-label: expected KEY=VALUE, got {item!r}")
+        labels.append((key, value))
+    return tuple(labels)
+
+
+def parse_percent(text: str, flag: str) -> float:
+    """A percentage flag: a number from 0 to 100. Raises ``UsageError``."""
+    try:
+        value = float(str(text).strip().removesuffix("%"))
+    except ValueError:
+        raise UsageError(f"{flag}: expected a percentage from 0 to 100, got {text!r}") from None
+    if not 0.0 <= value <= 100.0:
+        raise UsageError(f"{flag}: expected a percentage from 0 to 100, got {text!r}")
+    return value
+
+
+def parse_interval(text: str, flag: str) -> float:
+    """A duration flag (``30s``, ``1m``). Raises ``UsageError``."""
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from err
+
+
+def fleet_options(
+    servers: str | None, creds: str | None, tls_ca: str | None, flag: str
+) -> NatsOptions | None:
+    """NATS connection options from flags, checked now (a bad one is a usage error).
+    Credentials or a CA without servers say that they need fleet mode."""
+    if not servers:
+        if creds or tls_ca:
+            raise UsageError(f"credentials and a TLS CA are for fleet mode: they need {flag}")
+        return None
+    try:
+        return checked_options(servers, creds=creds, tls_ca=tls_ca)
+    except ConfigError as err:
+        raise UsageError(f"{flag}: {err}") from err
