@@ -10,8 +10,8 @@ import pytest
 
 from reconciler.manager.page import CONTENT_SECURITY_POLICY, ManagerPage
 from reconciler.manager.snapshot import FleetSnapshot, Snapshots
+from reconciler.testing.fleetworld import GRACE, World, two_nodes
 from reconciler.web import server as rhttp
-from tests.manager.page_support import GRACE, World, two_nodes
 from tests.web.test_events import HANG, Stream, request
 
 

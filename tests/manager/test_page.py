@@ -10,8 +10,8 @@ import re
 
 from reconciler.manager.page import CONTENT_SECURITY_POLICY, ManagerPage, delta_state
 from reconciler.manager.snapshot import FleetSnapshot
+from reconciler.testing.fleetworld import GRACE, SECRET, WALL, World, two_nodes
 from reconciler.web.common import ICON_BAD, ICON_OK
-from tests.manager.page_support import GRACE, SECRET, WALL, World, two_nodes
 from tests.web.test_agent_page import Links
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from reconciler.core.clock import FakeClock
 from reconciler.fleet.buckets import NODES
 from reconciler.manager.snapshot import FleetSnapshot, ManagerState, Snapshots
-from tests.manager.page_support import GRACE, SECRET, World, heartbeat, two_nodes
+from reconciler.testing.fleetworld import GRACE, SECRET, World, heartbeat, two_nodes
 
 
 def test_nodes_show_the_managers_verdict_labels_heartbeat_and_task_counts() -> None:

@@ -1,8 +1,9 @@
-"""A small fleet as the manager sees it, for the manager page's tests: plain bucket values fed to
-a real ``FleetView``, judged and planned by the real scheduler (no NATS, no manager loop).
+"""A fleet as the manager sees it, without NATS or a manager loop: bucket values fed to a real
+``FleetView``, judged and planned by the real scheduler, pictured by the real ``build_snapshot``.
 
 ``World`` holds the buckets' values; ``snapshot(now)`` is what the manager's page would show at
-``now`` (seconds on the manager's monotonic clock; heartbeats arrive at 0).
+``now`` (seconds on the manager's monotonic clock; heartbeats arrive at ``now`` given to
+``node``). The manager page's tests build small worlds of it, and ``bench page`` a busy one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from reconciler.core.model import NodeDescription
 from reconciler.fleet.buckets import ASSIGNMENTS, NODES, SERVICES, STATUS
 from reconciler.fleet.values import Availability, node_value
 from reconciler.fleet.watch import Entry
-from reconciler.manager.scheduler import schedule
+from reconciler.manager.scheduler import Plan, schedule
 from reconciler.manager.snapshot import FleetSnapshot, ManagerState, build_snapshot
 from reconciler.manager.view import FleetView
 
@@ -38,7 +39,10 @@ def description(host: str) -> NodeDescription:
     )
 
 
-def heartbeat(node: str, conditions: dict[str, bool] | None = None, **labels: str) -> bytes:
+def heartbeat(
+    node: str, conditions: dict[str, bool] | None = None, *, wall: float = WALL, **labels: str
+) -> bytes:
+    """``node``'s heartbeat value, as its agent writes it, sent at ``wall``."""
     return node_value(
         node_id=node,
         node=description(f"{node}.lab"),
@@ -46,7 +50,7 @@ def heartbeat(node: str, conditions: dict[str, bool] | None = None, **labels: st
         availability=Availability.ACTIVE,
         labels=labels,
         version=__version__,
-        now=WALL,
+        now=wall,
         conditions=conditions,
     )
 
@@ -64,12 +68,12 @@ def status_value(state: str, *, id: str = "i1", restarts: int = 0, **fields: Any
 class World:
     """Bucket values in, the manager's page's snapshot out."""
 
-    def __init__(self) -> None:
-        self.view = FleetView(GRACE)
+    def __init__(self, grace: float = GRACE, *, start: float = 0.0) -> None:
+        self.view = FleetView(grace)
         self.revision = 0
-        self.view.load(NODES, {}, 0.0)
+        self.view.load(NODES, {}, start)
         self.leader = True
-        self.now = 1.0  # when the manager judges the nodes
+        self.now = start + 1.0  # when the manager judges the nodes
 
     def put(self, bucket: str, key: str, value: bytes | None, now: float = 0.0) -> World:
         self.revision += 1
@@ -81,9 +85,11 @@ class World:
         node: str,
         now: float = 0.0,
         conditions: dict[str, bool] | None = None,
+        *,
+        wall: float = WALL,
         **labels: str,
     ) -> World:
-        return self.put(NODES, node, heartbeat(node, conditions, **labels), now)
+        return self.put(NODES, node, heartbeat(node, conditions, wall=wall, **labels), now)
 
     def service(self, name: str, **fields: Any) -> World:
         return self.put(SERVICES, name, service_value(**fields))
@@ -96,11 +102,23 @@ class World:
     def status(self, node: str, task: str, state: str, **fields: Any) -> World:
         return self.put(STATUS, f"{node}.{task}", status_value(state, **fields))
 
-    def snapshot(
-        self, now: float | None = None, *, keep: FleetSnapshot | None = None
-    ) -> FleetSnapshot:
+    def plan(self, now: float | None = None) -> Plan:
+        """The scheduler's plan over the world as it stands at ``now``."""
         nodes = self.view.node_views(self.now if now is None else now)
-        plan = schedule(self.view.services, nodes, self.view.placed())
+        return schedule(self.view.services, nodes, self.view.placed())
+
+    def snapshot(
+        self,
+        now: float | None = None,
+        *,
+        keep: FleetSnapshot | None = None,
+        plan: Plan | None = None,
+    ) -> FleetSnapshot:
+        """What the manager's page shows at ``now``; ``plan`` one already made (the scheduler
+        runs again without it)."""
+        at = self.now if now is None else now
+        nodes = self.view.node_views(at)
+        plan = plan or schedule(self.view.services, nodes, self.view.placed())
         state = ManagerState("m-1", __version__, self.leader, True, "ready")
         return build_snapshot(self.view, nodes, plan, state, keep=keep)
 
