@@ -497,7 +497,7 @@ import asyncio, json, sys, time
 from dataclasses import replace
 from reconciler.core.clock import SystemClock
 from reconciler.core.executor import NullObserver
-from reconciler.core.model import task_to_dict
+from reconciler.core.codec import task_to_dict
 from runtime.podman import PodmanExecutor
 from tests.e2e.podman_support import drive, make_task, resolved
 
