@@ -42,7 +42,7 @@ kernel's, so an end-to-end test can make the agent see a host reboot."""
 
 
 def read_podman_info(url: str) -> concurrent.futures.Future[dict[str, Any] | None]:
-    """Ask podman for its ``info`` in a thread of its own, now (see ``discovery.read_info``):
+    """Ask podman for its ``info`` in a thread of its own, now (see ``earlyinfo.read_info``):
     the node description readiness waits for is then ready when the agent needs it. Read-only,
     so it may begin before anything else is checked."""
     import concurrent.futures
@@ -52,7 +52,7 @@ def read_podman_info(url: str) -> concurrent.futures.Future[dict[str, Any] | Non
 
     def read() -> None:
         try:
-            from runtime.podman.discovery import read_info
+            from runtime.podman.earlyinfo import read_info
 
             future.set_result(read_info(url))
         except BaseException as err:  # a bug: describe() then asks podman itself
@@ -184,7 +184,7 @@ def container_logs(
     """Print the container logs of ``ref`` (a container id or name). Raises ``Failure`` when
     no podman answers and ``NotFound`` when podman has no such container."""
     from runtime.podman.discovery import answers, candidates
-    from runtime.podman.discovery import container_logs as podman_logs
+    from runtime.podman.logs import container_logs as podman_logs
 
     urls = [podman_url] if podman_url else candidates(state_dir)
     url = next((u for u in urls if answers(u)), None)

@@ -13,10 +13,10 @@ from runtime.podman.discovery import (
     candidates,
     find_podman,
     first_answering,
-    read_info,
     rediscovery,
     state_dir_socket,
 )
+from runtime.podman.earlyinfo import read_info
 
 
 def test_candidates_follow_the_contract_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
