@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from runtime.podman.client import ping
@@ -61,53 +61,76 @@ def candidates(state_dir: Path) -> list[str]:
 
 
 class OwnService:
-    """A ``podman system service`` the agent started itself, stopped on ``stop()``."""
+    """A ``podman system service`` started by ``start_service``, stopped on ``stop()``."""
 
-    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
         self.url = url
         self.proc = proc
+        self.log_path = log_path
+        """Where the service writes its output (beside its socket)."""
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds. Containers
+        keep running under conmon. Idempotent."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
 
 
-def start_service(url: str, *, wait: float = 20.0) -> OwnService:
-    """Start ``podman system service --time=0 URL`` and wait until it answers.
+def start_service(
+    url: str,
+    *,
+    wait: float = 20.0,
+    podman: str = "podman",
+    podman_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> OwnService:
+    """Start ``podman [PODMAN_ARGS] system service --time=0 URL`` and wait until it answers.
 
-    Raises ``RuntimeError`` if podman is not installed or the service does not come up.
+    The service writes its output to ``service.log`` beside its socket. It gets this process's
+    environment unless ``env`` is given, and this process's working directory (where conmon
+    leaves its files too) unless ``cwd`` is. ``podman_args`` go before the command: the agent
+    passes none (the host's storage), the test harness (``reconciler.testing.podman``) its own
+    ``--root``, ``--runroot`` and ``--tmpdir``. Raises ``RuntimeError`` if ``podman`` is not
+    installed or the service does not answer within ``wait`` seconds.
     """
-    podman = shutil.which("podman")
-    if podman is None:
-        raise RuntimeError("podman is not installed (no podman binary on PATH)")
+    binary = shutil.which(podman)
+    if binary is None:
+        raise RuntimeError(f"{podman} is not installed (no {podman} binary on PATH)")
     path = socket_path(url)
-    assert path is not None
+    if path is None:
+        raise ValueError(f"not a unix socket URL: {url}")
     Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     log_path = Path(path).parent / "service.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [podman, "system", "service", "--time=0", url],
+            [binary, *podman_args, "system", "service", "--time=0", url],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            env=dict(os.environ),
+            env=dict(os.environ if env is None else env),
+            cwd=cwd,
             start_new_session=True,
         )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if answers(url, timeout=1.0):
             log.info("started podman service url=%s pid=%d", url, proc.pid)
-            return OwnService(url, proc)
+            return OwnService(url, proc, log_path)
         if proc.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling a process that is starting: it tells no one when it is ready
     with contextlib.suppress(Exception):
         proc.kill()
         proc.wait(timeout=5)
