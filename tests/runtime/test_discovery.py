@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -259,3 +260,15 @@ def test_a_service_that_exits_at_once_fails_with_what_it_said(
 def test_a_service_needs_podman_installed(short_dir: Path) -> None:
     with pytest.raises(RuntimeError, match="not installed"):
         start_service(f"unix://{short_dir}/s.sock", podman="no-such-podman-binary")
+
+
+def test_the_start_up_info_read_loads_no_podman_py() -> None:
+    # What lets reconciler run ask for podman info at once, in a thread, while the rest of the
+    # agent (podman-py included) is still being imported (see runtime.podman.earlyinfo).
+    code = (
+        "import sys; import runtime.podman.earlyinfo; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('podman', 'requests') "
+        "or m in ('runtime.podman.client', 'runtime.podman.executor')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
