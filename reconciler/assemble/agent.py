@@ -16,7 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
 from reconciler.agent.agent import Agent, AgentConfig
@@ -31,21 +31,15 @@ from reconciler.web.agent_page import AgentPage
 from reconciler.web.agent_routes import agent_routes
 from reconciler.web.server import Route
 from reconciler.web.sse import Page
-from runtime.podman.discovery import (
-    OwnService,
-    answers,
-    candidates,
-    find_podman,
-    read_info,
-    rediscovery,
-)
-from runtime.podman.discovery import container_logs as podman_logs
+from runtime.podman.earlyinfo import read_info
+
+if TYPE_CHECKING:
+    from runtime.podman.discovery import OwnService
 
 __all__ = [
     "AgentOptions",
     "AssembledAgent",
     "assemble_agent",
-    "container_logs",
     "fleet_session",
     "read_podman_info",
 ]
@@ -195,8 +189,11 @@ async def _podman(
     options: AgentOptions, agent: Agent, info: PodmanInfo | None
 ) -> tuple[Executor, OwnService | None]:
     """The podman runtime: the socket found (or a service of the agent's own started)."""
-    # Imported here, not at the top: podman-py and the runtime take about 0.18 s to import,
-    # which overlaps the podman info read (~0.2 s) that ``reconciler run`` began first.
+    # Imported here, not at the top: podman-py and the runtime take about 0.2 s to import
+    # (``python -X importtime``, best of 5), and ``reconciler run`` imports this module before
+    # it sends the podman info request (``runtime.podman.earlyinfo``, ~0.25 s in podman), so
+    # importing them here makes the two overlap instead of adding up.
+    from runtime.podman.discovery import find_podman, rediscovery
     from runtime.podman.executor import PodmanExecutor
 
     url, service = await asyncio.to_thread(find_podman, options.podman_url, options.state_dir)
@@ -250,15 +247,3 @@ def fleet_session(
         labels=labels,
         **tuning,
     )
-
-
-def container_logs(
-    state_dir: Path, podman_url: str | None, ref: str, *, follow: bool, tail: int | None
-) -> None:
-    """Print the container logs of ``ref`` (a container id or name). Raises ``ConnectionError``
-    when no podman answers and ``LookupError`` when podman has no such container."""
-    urls = [podman_url] if podman_url else candidates(state_dir)
-    url = next((u for u in urls if answers(u)), None)
-    if url is None:
-        raise ConnectionError("no podman API answers; pass --podman-url")
-    podman_logs(url, ref, follow=follow, tail=tail)

@@ -1,17 +1,25 @@
-"""A private ``podman system service``: its own storage, run dir, tmp dir and short socket.
+"""A private ``podman system service`` for tests and benchmarks: its own storage, run dir, tmp
+dir and short socket.
 
-This module owns starting and stopping a podman API service the agent (or a test, or a
-benchmark) does not share with anyone. ``reconciler run`` falls back to starting one under the
-state dir when no socket answers; the e2e tests and ``bench/`` start one per session so they never
-touch the host's containers.
+The e2e tests and ``bench/`` start one per session so they never touch the host's containers.
+Starting and stopping the process is the product's own ``discovery.start_service`` (what
+``reconciler run`` falls back to when no socket answers); this harness adds what only a private
+service needs, and nothing it repeats:
 
-Each service gets ``--root``, ``--runroot`` *and* ``--tmpdir`` under one base directory: without
-its own tmpdir podman shares ``/run/libpod`` (events log, locks) with the host's podman. The
-socket path must stay under 108 bytes (the ``sun_path`` limit), so callers pass a short base
+* ``--root``, ``--runroot`` *and* ``--tmpdir`` under one base directory: without its own tmpdir
+  podman shares ``/run/libpod`` (events log, locks) with the host's podman;
+* the base directory as the service's working directory: conmon, which podman starts per
+  container, writes an "oom" marker file into its working directory when a container is
+  OOM-killed;
+* ``CONTAINERS_CONF`` passed on (how hosts with cgroups in hybrid mode select runc),
+  ``registries_conf`` as the service's ``CONTAINERS_REGISTRIES_CONF`` (a test marks a local
+  registry insecure there, as an operator would in the host's registries.conf), and no
+  ``CONTAINER_HOST``;
+* the podman CLI against the service (``run``), the busybox test image, and a teardown that
+  removes every container and unmounts what podman left.
+
+The socket path must stay under 108 bytes (the ``sun_path`` limit), so callers pass a short base
 directory such as one made by ``tempfile.mkdtemp(prefix="rcp-", dir="/tmp")``.
-``CONTAINERS_CONF`` is passed on, which is how hosts with cgroups in hybrid mode select runc;
-``registries_conf`` becomes the service's ``CONTAINERS_REGISTRIES_CONF`` (a test marks a local
-registry insecure there, as an operator would in the host's registries.conf).
 """
 
 from __future__ import annotations
@@ -19,13 +27,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-SUN_PATH_MAX = 107
+from runtime.podman.discovery import SUN_PATH_MAX, OwnService, start_service
+
 TEST_IMAGE = "localhost/busybox:latest"
 TEST_IMAGE_TARBALL = Path(
     os.environ.get("RECONCILER_TEST_IMAGE", "/var/tmp/reconciler-test-image/busybox-rootfs.tar")
@@ -35,21 +41,6 @@ TEST_IMAGE_CHANGES = ("ENV PATH=/bin", 'CMD ["/bin/sh"]')
 
 class ServiceError(RuntimeError):
     """The service could not be started or did not answer."""
-
-
-def _answers(sock_path: Path) -> bool:
-    """One HTTP ping over the unix socket, without podman-py (usable before imports settle)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2.0)
-    try:
-        s.connect(str(sock_path))
-        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
-        data = s.recv(64)
-        return data.startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class PodmanService:
@@ -71,7 +62,8 @@ class PodmanService:
         if len(str(self.socket_path)) > SUN_PATH_MAX:
             raise ServiceError(f"socket path {self.socket_path} is longer than {SUN_PATH_MAX}")
         self.log_path = self.base_dir / "service.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        """Where ``start_service`` has the service write (beside its socket)."""
+        self._own: OwnService | None = None
 
     @property
     def url(self) -> str:
@@ -94,56 +86,32 @@ class PodmanService:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._own is not None and self._own.running
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start the service and return once it answers on its socket."""
+        """Start the service and return once it answers on its socket. Raises
+        ``ServiceError`` when it does not."""
         if self.running:
             return
         for sub in ("root", "run", "tmp"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self._proc = subprocess.Popen(
-                [self.podman, *self.storage_args, "system", "service", "--time=0", self.url],
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
+            self._own = start_service(
+                self.url,
+                wait=timeout,
+                podman=self.podman,
+                podman_args=self.storage_args,
                 env=self.env,
-                start_new_session=True,
-                # conmon, which podman starts per container, writes an "oom" marker file into
-                # its working directory when a container is OOM-killed: keep that in ours.
                 cwd=self.base_dir,
             )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServiceError(
-                    f"podman system service exited with {self._proc.returncode}: {self.log_tail()}"
-                )
-            if self.socket_path.exists() and _answers(self.socket_path):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise ServiceError(f"podman system service did not answer within {timeout}s")
+        except RuntimeError as err:
+            raise ServiceError(str(err)) from err
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the service (SIGTERM, then SIGKILL). Containers keep running under conmon."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._proc = None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        own, self._own = self._own, None
+        if own is not None:
+            own.stop(timeout)
 
     def run(self, *args: str, check: bool = True, timeout: float = 120.0) -> str:
         """Run a podman CLI command against this service (``podman --url ... ARGS``)."""

@@ -25,6 +25,14 @@ Every failure of a call that reached podman, except outcomes (``errors.QUIET``),
 through ``RuntimeObserver.runtime_error(op)``; calls refused while the runtime is down and failed
 liveness pings are not (``runtime_up`` reports those). A cancelled call lets its thread finish
 before it re-raises ``CancelledError``, so no podman request is left half-observed.
+
+Two calls are made before there is an agent to count them, from a thread that blocks anyway
+(``lanes.direct``): ``ping``, with which discovery asks a candidate socket whether podman
+answers there, and ``logs``, the ``reconciler logs`` command's stream. They have the same
+deadlines, transport and error translation, but no lane and no ``Reachability``. Besides the
+calls here, podman is asked only by the event stream's one reader (``events``: a long-lived
+request on the same transport, which the liveness probe ends) and by the start-up ``podman
+info`` (``earlyinfo``), the one request that bypasses the client, for a measured reason.
 """
 
 from __future__ import annotations
@@ -32,11 +40,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from podman.api import APIClient
+from podman.api import APIClient, stream_frames
 
 from reconciler.core.errors import TemporaryError
 from reconciler.core.executor import RuntimeObserver
@@ -49,7 +57,7 @@ from runtime.podman.errors import (
     translate,
 )
 from runtime.podman.internals import create_body
-from runtime.podman.lanes import NORMAL, URGENT, Lane
+from runtime.podman.lanes import NORMAL, URGENT, Lane, direct
 from runtime.podman.reach import Reachability
 from runtime.podman.transport import AbortReason
 
@@ -61,6 +69,8 @@ __all__ = [
     "PodmanAPI",
     "Reachability",
     "RuntimeUnavailable",
+    "logs",
+    "ping",
 ]
 
 T = TypeVar("T")
@@ -416,3 +426,54 @@ class PodmanAPI:
             raise
         except Exception:
             return False
+
+
+# ---------------------------------------------------------------- outside the agent's loop
+
+
+DEFAULT_DEADLINES = Deadlines()
+
+
+def ping(url: str, *, deadline: float = DEFAULT_DEADLINES.probe) -> bool:
+    """Whether podman answers ``/_ping`` on ``url`` within ``deadline`` seconds. Blocking, in
+    the calling thread; never raises."""
+    try:
+        with direct(url, deadline=deadline) as call:
+            return bool(call.api.get("/_ping").status_code == 200)
+    except Exception:  # no answer, whatever the reason: not podman, or not now
+        return False
+
+
+def logs(
+    url: str, ref: str, *, follow: bool, tail: int | None, deadline: float = DEFAULT_DEADLINES.read
+) -> Iterator[bytes]:
+    """The log of container ``ref`` (a name or an id), frame by frame as podman sends them
+    (stdout and stderr both), the last ``tail`` lines only when ``tail`` is given. Blocking,
+    in the calling thread.
+
+    Whether the container exists is asked first, within ``deadline`` seconds: podman sends a
+    followed log's answer only with its first line, so the log itself cannot show that podman
+    answers. A followed log then streams for as long as the container runs, with no deadline (a
+    quiet container is not a hung podman); a log not followed must be answered within the
+    deadline, and each read of it is bounded by it too. Raises ``NotFound`` when there is no
+    such container and another ``ReconcilerError`` (``RuntimeUnavailable`` included) when
+    podman fails.
+    """
+    params: dict[str, Any] = {"follow": follow, "stdout": True, "stderr": True}
+    if tail is not None:
+        params["tail"] = tail
+    try:
+        with direct(url, deadline=deadline) as call:
+            _check(call.api.get(f"/containers/{ref}/exists"))
+            if follow:
+                call.answered()
+            # (connect, read): a followed log may be quiet for as long as it likes.
+            timeout = (call.socket_timeout, None) if follow else call.socket_timeout
+            resp = _check(
+                call.api.get(f"/containers/{ref}/logs", params=params, stream=True, timeout=timeout)
+            )
+            call.answered()
+            for frame in stream_frames(resp):
+                yield cast(bytes, frame)  # demux is off: every frame is bytes
+    except Exception as exc:
+        raise translate(exc, what=f"reading the logs of {ref}") from exc

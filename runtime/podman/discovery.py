@@ -17,17 +17,16 @@ explicit ``--podman-url`` gets none: it is never replaced.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+
+from runtime.podman.client import ping
+from runtime.podman.earlyinfo import socket_path
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +34,10 @@ ROOTFUL_SOCKET = "/run/podman/podman.sock"
 SUN_PATH_MAX = 107
 
 
-def socket_path(url: str) -> str | None:
-    for prefix in ("unix://", "unix:"):
-        if url.startswith(prefix):
-            return url[len(prefix) :]
-    return None
-
-
 def answers(url: str, timeout: float = 2.0) -> bool:
-    """Whether a podman API on ``url`` (``unix:///path``) answers ``/_ping``."""
-    path = socket_path(url)
-    if path is None:
-        return False
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
-        return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-    finally:
-        s.close()
+    """Whether a podman API on ``url`` answers ``/_ping`` within ``timeout`` seconds. Only a
+    unix socket (``unix:///path``) is asked: discovery never dials another kind of URL."""
+    return socket_path(url) is not None and ping(url, deadline=timeout)
 
 
 def state_dir_socket(state_dir: Path) -> str:
@@ -80,53 +61,76 @@ def candidates(state_dir: Path) -> list[str]:
 
 
 class OwnService:
-    """A ``podman system service`` the agent started itself, stopped on ``stop()``."""
+    """A ``podman system service`` started by ``start_service``, stopped on ``stop()``."""
 
-    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
         self.url = url
         self.proc = proc
+        self.log_path = log_path
+        """Where the service writes its output (beside its socket)."""
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds. Containers
+        keep running under conmon. Idempotent."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
 
 
-def start_service(url: str, *, wait: float = 20.0) -> OwnService:
-    """Start ``podman system service --time=0 URL`` and wait until it answers.
+def start_service(
+    url: str,
+    *,
+    wait: float = 20.0,
+    podman: str = "podman",
+    podman_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> OwnService:
+    """Start ``podman [PODMAN_ARGS] system service --time=0 URL`` and wait until it answers.
 
-    Raises ``RuntimeError`` if podman is not installed or the service does not come up.
+    The service writes its output to ``service.log`` beside its socket. It gets this process's
+    environment unless ``env`` is given, and this process's working directory (where conmon
+    leaves its files too) unless ``cwd`` is. ``podman_args`` go before the command: the agent
+    passes none (the host's storage), the test harness (``reconciler.testing.podman``) its own
+    ``--root``, ``--runroot`` and ``--tmpdir``. Raises ``RuntimeError`` if ``podman`` is not
+    installed or the service does not answer within ``wait`` seconds.
     """
-    podman = shutil.which("podman")
-    if podman is None:
-        raise RuntimeError("podman is not installed (no podman binary on PATH)")
+    binary = shutil.which(podman)
+    if binary is None:
+        raise RuntimeError(f"{podman} is not installed (no {podman} binary on PATH)")
     path = socket_path(url)
-    assert path is not None
+    if path is None:
+        raise ValueError(f"not a unix socket URL: {url}")
     Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     log_path = Path(path).parent / "service.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [podman, "system", "service", "--time=0", url],
+            [binary, *podman_args, "system", "service", "--time=0", url],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            env=dict(os.environ),
+            env=dict(os.environ if env is None else env),
+            cwd=cwd,
             start_new_session=True,
         )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if answers(url, timeout=1.0):
             log.info("started podman service url=%s pid=%d", url, proc.pid)
-            return OwnService(url, proc)
+            return OwnService(url, proc, log_path)
         if proc.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling a process that is starting: it tells no one when it is ready
     with contextlib.suppress(Exception):
         proc.kill()
         proc.wait(timeout=5)
@@ -178,80 +182,3 @@ def find_podman(explicit: str | None, state_dir: Path) -> tuple[str, OwnService 
     except RuntimeError as err:
         log.error("cannot start podman service err=%r", str(err))
         return own, None
-
-
-INFO_TIMEOUT = 30.0
-"""Seconds ``read_info`` may take (the read deadline of every other podman call)."""
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("d", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except BaseException:
-            s.close()
-            raise
-        self.sock = s
-
-
-def read_info(url: str, timeout: float = INFO_TIMEOUT) -> dict[str, Any] | None:
-    """podman's ``info`` from the API on ``url`` (``unix:///path``), or None when it does not
-    answer it (never raises). Blocking, and light on purpose: the standard library alone, so
-    a thread can ask at once while the agent is still starting (``podman info`` takes podman a
-    fifth of a second: it runs the OCI runtime and conmon to learn their versions), before
-    podman-py is even imported."""
-    path = socket_path(url)
-    if path is None:
-        return None
-    conn = _UnixHTTPConnection(path, timeout)
-    try:
-        conn.request("GET", "/v4.0.0/libpod/info")
-        resp = conn.getresponse()
-        if resp.status != 200:
-            return None
-        body = json.loads(resp.read(MAX_INFO_BYTES + 1)[:MAX_INFO_BYTES])
-    except (OSError, ValueError, http.client.HTTPException) as err:
-        log.debug("podman info failed url=%s err=%r", url, err)
-        return None
-    finally:
-        conn.close()
-    return body if isinstance(body, dict) else None
-
-
-MAX_INFO_BYTES = 1 << 20
-"""The most of ``podman info``'s answer read (it is a few KB)."""
-
-
-def container_logs(url: str, ref: str, *, follow: bool, tail: int | None) -> None:
-    """Copy a container's logs to stdout/stderr (``reconciler logs``).
-
-    Raises ``LookupError`` if the container does not exist.
-    """
-    import sys
-
-    import podman
-    import podman.errors
-
-    with podman.PodmanClient(base_url=url) as client:
-        try:
-            container = client.containers.get(ref)
-        except podman.errors.NotFound as err:
-            raise LookupError(f"no container {ref}") from err
-        kwargs: dict[str, object] = {
-            "stream": True,
-            "follow": follow,
-            "stdout": True,
-            "stderr": True,
-        }
-        if tail is not None:
-            kwargs["tail"] = tail
-        for chunk in container.logs(**kwargs):
-            data = chunk if isinstance(chunk, bytes) else str(chunk).encode()
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()

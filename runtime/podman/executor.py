@@ -57,7 +57,8 @@ from reconciler.core.executor import (
 from reconciler.core.model import NodeDescription, Task
 from reconciler.core.pulls import pull_refusal
 from runtime.podman.client import PodmanAPI
-from runtime.podman.controller import PodmanController, Runtime, parse_timestamp_ns
+from runtime.podman.container import parse_timestamp_ns
+from runtime.podman.controller import PodmanController
 from runtime.podman.errors import ImageInUse, ImageMissing, NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream
 from runtime.podman.exits import ExitWatch
@@ -65,6 +66,7 @@ from runtime.podman.listing import Listing
 from runtime.podman.oom import KernelLogOoms, OomKill
 from runtime.podman.probe import Discover, Liveness
 from runtime.podman.reach import Reachability
+from runtime.podman.shared import Runtime
 from runtime.podman.spec import (
     NODE_LABEL,
     ROLLED_BACK_FROM_LABEL,

@@ -25,6 +25,11 @@ Each lane:
 
 A cancelled call lets its thread finish before ``CancelledError`` is re-raised, so no podman
 request is left half-observed; the deadline still bounds that wait.
+
+A few callers are not on the agent's loop and block anyway: socket discovery (at start-up, and
+in a thread of its own while podman is down) and the ``reconciler logs`` command. They call
+through ``direct``: the same abortable transport and the same kind of deadline, kept by a timer
+thread instead of the loop's timer, in the calling thread rather than a lane's.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import contextlib
 import heapq
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import podman
@@ -206,3 +212,47 @@ class Lane:
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    """A call made through ``direct``: its client, and how to say podman has answered."""
+
+    api: APIClient
+    """A client of the call's own; requests made with it belong to the call."""
+    socket_timeout: float
+    """The socket timeout its requests get unless they give one: just past the deadline."""
+    answered: Callable[[], None]
+    """podman has answered: what is left of the call (a followed stream) has no deadline."""
+
+
+@contextlib.contextmanager
+def direct(url: str, *, deadline: float) -> Iterator[Direct]:
+    """One call in the calling thread, outside any lane, for a caller that blocks anyway.
+
+    The block's requests go through a client of their own for ``url``. Unless the block ends
+    (or calls ``answered()``) within ``deadline`` seconds, a timer thread shuts down every socket
+    they opened, and the request under way raises ``transport.Aborted``, as a lane's call would
+    at its deadline. Requests without an explicit timeout get a socket timeout just past the
+    deadline, as in a lane. The client is closed when the block ends.
+    """
+    call = Call(timeout=deadline)
+    client = make_client(url, max_pool_size=1)
+    socket_timeout = deadline + SOCKET_TIMEOUT_SLACK
+    client.api.timeout = socket_timeout
+    timer = threading.Timer(deadline, call.abort, (AbortReason.DEADLINE,))
+    timer.daemon = True
+    try:
+        with running(call):
+            timer.start()
+            try:
+                yield Direct(client.api, socket_timeout, timer.cancel)
+            except Exception as exc:
+                aborted = call.error()
+                if aborted is not None:
+                    raise aborted from exc
+                raise
+    finally:
+        timer.cancel()
+        with contextlib.suppress(Exception):
+            client.close()  # type: ignore[no-untyped-call]

@@ -117,29 +117,52 @@ def create_kwargs(
         "log_config": {"Type": "k8s-file", "Config": {"size": int(spec.log_max_size)}},
         "stop_timeout": max(0, math.ceil(spec.stop_grace_period)),
     }
+    kw.update(_process(spec))
+    kw.update(_resources(spec))
+    kw.update(_ports(spec))
+    kw.update(_mounts(spec))
+    kw["network_mode"] = str(spec.network)
+    kw.update(_privileges(spec))
+    kw.update(_healthcheck(spec))
+    return kw
+
+
+def _process(spec: TaskSpec) -> dict[str, Any]:
+    """What the container runs: command, entrypoint and environment."""
+    kw: dict[str, Any] = {}
     if spec.command is not None:
         kw["command"] = list(spec.command)
     if spec.entrypoint is not None:
         kw["entrypoint"] = list(spec.entrypoint)
     if spec.env:
         kw["environment"] = {k: v for k, v in spec.env}
+    return kw
 
-    # resources
+
+def _resources(spec: TaskSpec) -> dict[str, Any]:
+    """CPU (period and quota: podman ignores ``nano_cpus``) and memory limits."""
+    kw: dict[str, Any] = {}
     cpu = cpu_limits(spec.resources.cpus)
     if cpu is not None:
         kw["cpu_period"], kw["cpu_quota"] = cpu
     if spec.resources.memory is not None:
         kw["mem_limit"] = int(spec.resources.memory)
+    return kw
 
-    # ports: {"80/tcp": host} with several host bindings of one container port as a list
-    if spec.ports:
-        ports: dict[str, list[int | tuple[str, int]]] = {}
-        for p in spec.ports:
-            binding: int | tuple[str, int] = (p.host_ip, p.host_port) if p.host_ip else p.host_port
-            ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(binding)
-        kw["ports"] = {k: (v[0] if len(v) == 1 else v) for k, v in ports.items()}
 
-    # mounts: bind and tmpfs through ``mounts``, named volumes through ``volumes``
+def _ports(spec: TaskSpec) -> dict[str, Any]:
+    """``{"80/tcp": host}``, with several host bindings of one container port as a list."""
+    if not spec.ports:
+        return {}
+    ports: dict[str, list[int | tuple[str, int]]] = {}
+    for p in spec.ports:
+        binding: int | tuple[str, int] = (p.host_ip, p.host_port) if p.host_ip else p.host_port
+        ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(binding)
+    return {"ports": {k: (v[0] if len(v) == 1 else v) for k, v in ports.items()}}
+
+
+def _mounts(spec: TaskSpec) -> dict[str, Any]:
+    """Bind and tmpfs mounts through ``mounts``, named volumes through ``volumes``."""
     mounts: list[dict[str, Any]] = []
     volumes: dict[str, dict[str, str]] = {}
     for m in spec.mounts:
@@ -152,12 +175,17 @@ def create_kwargs(
             if m.read_only:
                 mount["read_only"] = True
             mounts.append(mount)
+    kw: dict[str, Any] = {}
     if mounts:
         kw["mounts"] = mounts
     if volumes:
         kw["volumes"] = volumes
-    kw["network_mode"] = str(spec.network)
+    return kw
 
+
+def _privileges(spec: TaskSpec) -> dict[str, Any]:
+    """Who the process runs as and where, its devices, capabilities and stop signal."""
+    kw: dict[str, Any] = {}
     if spec.user is not None:
         kw["user"] = spec.user
     if spec.workdir is not None:
@@ -174,17 +202,23 @@ def create_kwargs(
     sig = signal_number(spec.stop_signal)
     if sig is not None:
         kw["stop_signal"] = sig
+    return kw
 
+
+def _healthcheck(spec: TaskSpec) -> dict[str, Any]:
+    """The health check, durations in nanoseconds (none when the agent runs no check)."""
     hc = spec.healthcheck
-    if hc is not None and runs_healthcheck(spec):
-        kw["healthcheck"] = {
+    if hc is None or not runs_healthcheck(spec):
+        return {}
+    return {
+        "healthcheck": {
             "Test": list(hc.test),
             "Interval": _ns(hc.interval),
             "Timeout": _ns(hc.timeout),
             "Retries": max(1, hc.retries),
             "StartPeriod": _ns(hc.start_period),
         }
-    return kw
+    }
 
 
 def runs_healthcheck(spec: TaskSpec) -> bool:

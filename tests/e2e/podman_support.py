@@ -1,4 +1,5 @@
-"""Helpers for the podman end-to-end tests: task builders, a lifecycle driver, an observer.
+"""Helpers for the podman end-to-end tests: task builders, a lifecycle driver, an observer, and
+podman's own view of a container (its CLI's inspect).
 
 The driver calls ``reconciler.core.lifecycle.do`` in a loop, the way the task manager will, so the
 tests exercise the controller through the real state machine. Retries happen at once (a
@@ -9,16 +10,19 @@ forever.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from reconciler.core.clock import Clock, SystemClock
 from reconciler.core.errors import TaskNoop, TaskRetry
 from reconciler.core.executor import Controller, RuntimeObserver
 from reconciler.core.lifecycle import do, resolve
 from reconciler.core.model import HealthCheck, Resources, Task, TaskSpec, TaskState, TaskStatus
+from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor
 
 IMAGE = "localhost/busybox:latest"
@@ -121,6 +125,32 @@ def resolved(task: Task, executor: object) -> tuple[Controller, Task]:
     ctlr, status = resolve(task, executor, now=time.time)  # type: ignore[arg-type]
     assert ctlr is not None, status
     return ctlr, replace(task, status=status)
+
+
+async def running_task(ex: PodmanExecutor, node_id: str, **kw: object) -> tuple[Controller, Driven]:
+    """A task made by ``make_task(**kw)`` for ``node_id``, driven on ``ex`` until it runs."""
+    ctlr, task = resolved(make_task(node_id=node_id, **kw), ex)  # type: ignore[arg-type]
+    driven = await drive(task, ctlr, until=TaskState.RUNNING)
+    assert driven.task.status.state == TaskState.RUNNING
+    return ctlr, driven
+
+
+def inspect(svc: PodmanService, name: str) -> dict[str, Any] | None:
+    """podman's own view of container ``name`` (its CLI's inspect), or None if it is gone."""
+    out = svc.run("inspect", "--type", "container", name, check=False)
+    if not out.strip():
+        return None
+    data = json.loads(out)
+    return dict(data[0]) if data else None
+
+
+def state_of(svc: PodmanService, name: str) -> dict[str, Any]:
+    """The ``State`` of container ``name`` as podman's CLI inspects it (it must exist)."""
+    info = inspect(svc, name)
+    assert info is not None, f"container {name} is missing"
+    state = info["State"]
+    assert isinstance(state, dict)
+    return state
 
 
 def new_executor(

@@ -37,8 +37,9 @@ from tests.e2e.podman_support import (
     make_task,
     new_executor,
     resolved,
+    state_of,
+    until,
 )
-from tests.e2e.test_podman_runtime import state_of, until
 
 pytestmark = pytest.mark.e2e
 

@@ -1,9 +1,17 @@
-"""Podman socket discovery for ``reconciler run``: the order PRODUCT.md gives, and the fallback."""
+"""Podman socket discovery for ``reconciler run``: the order PRODUCT.md gives, the fallback
+service it starts (with a stand-in podman), and the start-up ``podman info`` read."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,10 +21,13 @@ from runtime.podman.discovery import (
     candidates,
     find_podman,
     first_answering,
-    read_info,
     rediscovery,
+    start_service,
     state_dir_socket,
 )
+from runtime.podman.earlyinfo import read_info
+
+HANG_GUARD = 30.0
 
 
 def test_candidates_follow_the_contract_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -162,3 +173,102 @@ def test_read_info_is_none_when_podman_does_not_answer_it(tmp_path: Path, respon
 def test_read_info_is_none_without_a_socket(tmp_path: Path):
     assert read_info(f"unix://{tmp_path}/none.sock") is None
     assert read_info("tcp://127.0.0.1:1") is None
+
+
+FAKE_PODMAN = """#!{python}
+# A stand-in for podman: records how it was started, then answers pings on the socket it was
+# given until it is terminated, or says why not and exits.
+import http.server, json, os, socketserver, sys
+url = sys.argv[-1]
+path = url[len("unix://"):]
+if os.environ.get("FAIL"):
+    print(os.environ["FAIL"], file=sys.stderr)
+    sys.exit(1)
+record = {{"argv": sys.argv[1:], "cwd": os.getcwd(), "mark": os.environ.get("MARK")}}
+with open(os.path.join(os.path.dirname(path), "record.json"), "w") as f:
+    json.dump(record, f)
+
+class Ping(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+socketserver.UnixStreamServer(path, Ping).serve_forever()
+"""
+
+
+@pytest.fixture
+def fake_podman(tmp_path: Path) -> str:
+    path = tmp_path / "podman"
+    path.write_text(FAKE_PODMAN.format(python=sys.executable))
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="rcs-", dir="/tmp"))  # a socket path under 108 bytes
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_started_service_gets_the_callers_arguments_environment_and_directory(
+    fake_podman: str, short_dir: Path, tmp_path: Path
+) -> None:
+    url = f"unix://{short_dir}/svc/s.sock"
+    work = tmp_path / "work"
+    work.mkdir()
+    own = start_service(
+        url,
+        wait=HANG_GUARD,
+        podman=fake_podman,
+        podman_args=["--root", "/r"],
+        env={**os.environ, "MARK": "mine"},
+        cwd=work,
+    )
+    try:
+        assert own.running and answers(url)
+        record = json.loads((short_dir / "svc" / "record.json").read_text())
+        assert record == {
+            "argv": ["--root", "/r", "system", "service", "--time=0", url],
+            "cwd": str(work),
+            "mark": "mine",
+        }
+        assert own.log_path == short_dir / "svc" / "service.log"
+    finally:
+        own.stop()
+    assert not own.running
+    assert not answers(url)
+
+
+def test_a_service_that_exits_at_once_fails_with_what_it_said(
+    fake_podman: str, short_dir: Path
+) -> None:
+    with pytest.raises(RuntimeError, match="did not come up: no storage for you"):
+        start_service(
+            f"unix://{short_dir}/s.sock",
+            wait=HANG_GUARD,
+            podman=fake_podman,
+            env={**os.environ, "FAIL": "no storage for you"},
+        )
+
+
+def test_a_service_needs_podman_installed(short_dir: Path) -> None:
+    with pytest.raises(RuntimeError, match="not installed"):
+        start_service(f"unix://{short_dir}/s.sock", podman="no-such-podman-binary")
+
+
+def test_the_start_up_info_read_loads_no_podman_py() -> None:
+    # What lets reconciler run ask for podman info at once, in a thread, while the rest of the
+    # agent (podman-py included) is still being imported (see runtime.podman.earlyinfo).
+    code = (
+        "import sys; import runtime.podman.earlyinfo; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('podman', 'requests') "
+        "or m in ('runtime.podman.client', 'runtime.podman.executor')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

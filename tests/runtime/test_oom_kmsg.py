@@ -15,8 +15,9 @@ from reconciler.core.clock import FakeClock, settle
 from reconciler.core.errors import ExitError
 from reconciler.core.executor import NullObserver
 from reconciler.core.model import Task, TaskSpec
-from runtime.podman.controller import PodmanController, Runtime
+from runtime.podman.controller import PodmanController
 from runtime.podman.oom import KernelLogOoms, OomKill, parse_record
+from runtime.podman.shared import Runtime
 
 CID = "0e9e4e46ab873ba1f55c4bb9a5b33e7726bb3feaa673a9011f0081fc1d5f2273"
 POD = "1f0c7c2a37b0e3d3f0b9d1f3e4c2a6b8d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f"
@@ -158,7 +159,7 @@ def controller_with_main_pid(pid: int) -> PodmanController:
 
 def verdict(ctlr: PodmanController, code: int) -> str:
     with pytest.raises(ExitError) as raised:
-        ctlr._judge(code)
+        ctlr.container.judge(code)
     assert raised.value.exit_code == code  # the exit is still judged by its code
     return str(raised.value)
 

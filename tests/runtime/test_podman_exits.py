@@ -18,7 +18,7 @@ from reconciler.core.clock import FakeClock, settle
 from reconciler.core.errors import ContainerGone, ExitError, TemporaryError
 from reconciler.core.executor import NullObserver
 from reconciler.core.model import Task, TaskSpec
-from runtime.podman.controller import PodmanController, Runtime
+from runtime.podman.controller import PodmanController
 from runtime.podman.errors import NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream
 from runtime.podman.exitrule import EarlyExit, ExitSeen, judge_exit_file
@@ -29,6 +29,7 @@ from runtime.podman.exits import (
     parse_events,
 )
 from runtime.podman.reach import Reachability
+from runtime.podman.shared import Runtime
 
 CID = "0e9e4e46ab873ba1f55c4bb9a5b33e7726bb3feaa673a9011f0081fc1d5f2273"
 OTHER = "1f0c7c2a37b0e3d3f0b9d1f3e4c2a6b8d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f"

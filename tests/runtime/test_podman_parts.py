@@ -12,7 +12,7 @@ from reconciler.core.clock import SystemClock
 from reconciler.core.errors import PermanentError, TemporaryError
 from reconciler.core.executor import NullObserver
 from runtime.podman import PodmanExecutor, cgroups
-from runtime.podman.controller import parse_timestamp_ns
+from runtime.podman.container import parse_timestamp_ns
 from runtime.podman.errors import (
     ImageMissing,
     NameConflict,

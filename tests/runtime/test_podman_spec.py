@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 
 import pytest
 from podman.domain.containers_create import CreateMixin
@@ -77,10 +78,6 @@ def test_labels_carry_task_labels_and_the_reserved_ones_which_win() -> None:
 
 
 def test_the_spec_hash_ignores_resources_and_follows_every_other_field() -> None:
-    from dataclasses import replace
-
-    from reconciler.core.model import Resources
-
     assert spec_hash(replace(FULL, resources=Resources(cpus=2.0))) == spec_hash(FULL)
     assert spec_hash(replace(FULL, image="localhost/other:1")) != spec_hash(FULL)
     assert spec_hash(replace(FULL, env=())) != spec_hash(FULL)
