@@ -15,8 +15,9 @@ from reconciler.core.model import RestartPolicy, TaskSpec, TaskState
 from reconciler.core.session import DesiredInvalid, DesiredTask, DesiredTasks
 from reconciler.local.manager import check_records
 from reconciler.sessions.memory import MemorySession
+from reconciler.store.opening import db_path
 from reconciler.store.recovery import open_store
-from reconciler.store.rocks import RocksStore, db_path
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 
 S = TaskState
