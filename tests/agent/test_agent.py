@@ -171,7 +171,7 @@ async def test_resync_removes_orphans(tmp_path: Path, clock: FakeClock):
     async with running_agent(tmp_path, clock, executor) as r:
         r.session.send(desired("web"))
         await settle()
-        from reconciler.testing.fake import FakeContainer
+        from reconciler.testing.fakehost import FakeContainer
 
         executor.containers["stray"] = FakeContainer(id="cx", task_id="stray", name="x.stray")
         # A new store: the pass after the first desired set only adopts; the next one sweeps.
