@@ -11,9 +11,9 @@ that prepares before it stops, watched by a monitor that can roll it back.
   instance running, says why, and is retried after the restart policy's delay
   (``reconciler.local.restart``). With ``update.order: start-first`` the new instance starts
   while the old one runs, and becomes current once it is running; then the old one is
-  stopped. A replacement waits for the new spec's dependencies *before* it stops anything.
-  When nothing runs to keep running (the old instance ended, or never started), or after a
-  desired shutdown, it is stop-then-start: the old one is stopped, then a new one made.
+  stopped. A replacement waits for the new spec's dependencies *before* it stops a running
+  instance. When nothing runs to keep running (the old instance ended, or never started), or
+  after a desired shutdown, it is stop-then-start: the old one is stopped, then a new one made.
 * **Monitor**: after a replacement, the new instance is watched for ``update.monitor`` (with a
   health check, at least ``startPeriod + interval x retries``, ``monitor_seconds``). If it
   ends ``failed`` or ``rejected`` meanwhile (exit 0 is no failure), ``update.failureAction``
