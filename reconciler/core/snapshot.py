@@ -17,6 +17,7 @@ or broken directory can produce any number of arbitrarily long problem lines.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -49,9 +50,7 @@ class TaskView:
 
     def to_json(self) -> dict[str, Any]:
         """The ``ps -o json`` object: null for absent values, RFC 3339 UTC times."""
-        import datetime as _dt
-
-        ts = _dt.datetime.fromtimestamp(self.updated_at, tz=_dt.UTC)
+        ts = dt.datetime.fromtimestamp(self.updated_at, tz=dt.UTC)
         return {
             "name": self.name,
             "id": self.id,

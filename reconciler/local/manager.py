@@ -9,7 +9,8 @@ semantics online, offline or with a plain directory.
 It is split the way controller-runtime splits a reconciler from its controller:
 
 * ``decide`` (``reconciler.local.decide``) is the pure decision for one name: instances,
-  replacement, restart policy, history. Read it for *what* happens.
+  history, and the order of its rules, each in a module of its own (``updates``,
+  ``restart``, ``dependencies``, ``adoption``). Read it for *what* happens.
 * ``records`` are the immutable values kept per name and how they are stored;
   ``views`` is how operators see them.
 * This module is the small driver: *when* and *with what*. It holds the records and what the
@@ -25,10 +26,9 @@ resumes it and never leaves two instances of a name running. Restart deadlines a
 times in the record; the in-process wait uses the clock's monotonic ``sleep``, bounded by the
 policy's longest delay in case the wall clock jumped.
 
-**Adoption** (after the store was created or rebuilt, ``adopt()``): each task name's newest
-container labelled with this node is recorded as *adopted*, and nothing is decided until a
-desired set has been read (the desired set is unknown until then). See ``decide`` for what
-happens to an adopted name then.
+**Adoption** (after the store was created or rebuilt, ``adopt()``): the runtime's containers
+are recorded for the names they belong to (``reconciler.local.adoption``), and nothing is
+decided until a desired set has been read (the desired set is unknown until then).
 
 Concurrency: ``on_status`` is a synchronous Worker listener. It only records the status and
 marks the name dirty; one background round, under a lock shared with ``set_desired``, decides
@@ -37,7 +37,8 @@ Decisions are level-based on the latest status and the stored record, so replaye
 (``Worker.listen`` replays every stored one) change nothing. A failed round (a full disk, say)
 is retried with backoff, or at once by ``retry_now()``.
 
-This module imports no I/O library; persistence goes through ``reconciler.store.rocks.Store``.
+This module imports no I/O library; persistence goes through the core's ``Store`` protocol
+(``reconciler.core.store``).
 """
 
 from __future__ import annotations
@@ -52,15 +53,16 @@ from typing import Any
 from reconciler.core.backoff import Backoff, Retry
 from reconciler.core.clock import Clock
 from reconciler.core.executor import RuntimeContainer
-from reconciler.core.model import Assignment, Task, TaskState, TaskStatus
+from reconciler.core.model import Assignment, Task, TaskSpec, TaskState, TaskStatus
 from reconciler.core.session import DesiredTask
 from reconciler.core.snapshot import TaskView
 from reconciler.core.store import ADOPT_PENDING, Store
 from reconciler.core.supervisor import describe_error
-from reconciler.local.decide import HISTORY_LIMIT, RESOURCES_REPLACED, Decision, Peer, decide
+from reconciler.local.adoption import adopt
+from reconciler.local.decide import HISTORY_LIMIT, Decision, decide
+from reconciler.local.dependencies import dependents, peers
 from reconciler.local.records import (
     DESIRED_KEY,
-    Adopted,
     Instance,
     NameRecord,
     Seen,
@@ -69,6 +71,7 @@ from reconciler.local.records import (
     load_records,
     record_key,
 )
+from reconciler.local.updates import RESOURCES_REPLACED
 from reconciler.local.views import views, views_from_store
 
 __all__ = [
@@ -161,25 +164,7 @@ class LocalManager:
         """
         async with self._lock:
             self._load_state()
-            newest: dict[str, RuntimeContainer] = {}
-            for c in containers:
-                have = newest.get(c.name)
-                if have is None or (c.created, c.task_id) > (have.created, have.task_id):
-                    newest[c.name] = c
-            adopted: dict[str, NameRecord] = {}
-            for name, c in sorted(newest.items()):
-                if name not in self._records:
-                    a = Adopted(
-                        c.task_id,
-                        c.container_id,
-                        c.spec_hash,
-                        c.running,
-                        c.started,
-                        c.exit_code,
-                        c.created,
-                        c.rolled_back_from,
-                    )
-                    adopted[name] = NameRecord(name, adopted=a)
+            adopted = adopt(containers, self._records)
             meta: list[tuple[str, Any]] = [(record_key(n), r.to_json()) for n, r in adopted.items()]
             self._store.apply_assignment((), (), meta=[*meta, (ADOPT_PENDING, None)])
             self._records.update(adopted)
@@ -381,37 +366,20 @@ class LocalManager:
             new_id=self._new_id,
             history_limit=self._history_limit,
             hold_new=self._paused,
-            peers=self._peers(name),
+            peers=peers(self._spec(name), self._records, self._seen),
         )
         self._due.discard(name)
         for event in decision.events:
             log.info(event)
         self._take(name, old, decision)
 
-    def _peers(self, name: str) -> dict[str, Peer]:
-        """How the names that ``name`` depends on stand."""
+    def _spec(self, name: str) -> TaskSpec | None:
         d = self._desired.get(name)
-        if d is None or not d.spec.depends_on:
-            return {}
-        out: dict[str, Peer] = {}
-        for dep in d.spec.depends_on:
-            rec = self._records.get(dep.task)
-            if rec is None:
-                continue
-            cur = rec.current
-            seen = self._seen.get(cur.id) if cur is not None else None
-            state = seen.status.state if seen is not None and seen.status is not None else None
-            running = cur is not None and not cur.held and state == TaskState.RUNNING
-            completed = rec.completed_once or state == TaskState.COMPLETE
-            out[dep.task] = Peer(running=running, completed_once=completed)
-        return out
+        return d.spec if d is not None else None
 
     def _index_dependents(self) -> None:
         """Who depends on whom, so that a change of one name re-decides its dependents."""
-        self._dependents = {}
-        for name, d in self._desired.items():
-            for dep in d.spec.depends_on:
-                self._dependents.setdefault(dep.task, set()).add(name)
+        self._dependents = dependents(self._desired)
 
     def rollbacks(self) -> dict[str, int]:
         """Rollbacks made so far, per name (stored counters)."""

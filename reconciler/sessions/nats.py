@@ -6,7 +6,8 @@ heartbeat and the status of each named task back. Bucket names, keys and values 
 ``reconciler.fleet``.
 
 **Connection epochs.** The session holds one connection at a time (nats-py's own reconnecting
-is off, see ``reconciler.fleet.connect``). For as long as it lives:
+is off, see ``reconciler.fleet.connect``; the plumbing of one connection is
+``reconciler.sessions.nats_connection``). For as long as it lives:
 
 1. it watches ``reconciler_control/fleet``, ``reconciler_control/node.<node>`` and
    ``reconciler_assignments/<node>.*``, each through a consumer whose create subject carries its
@@ -27,17 +28,12 @@ corrected from the local store. ``report()`` waits while disconnected (the agent
 the latest status per task meanwhile, and counts them as pending) and writes as soon as the next
 epoch is up.
 
-**Status writes** are compare-and-set on the key's revision: the session remembers the revision
-it last wrote or read; if the key has moved on, it reads the stored status and writes only if
-the new one supersedes it (``reconciler.fleet.values.status_supersedes``), so a late retry
-never overwrites a newer state.
+**Status writes** are compare-and-set on the key's revision, so a late retry never overwrites
+a newer state (``reconciler.sessions.nats_status``).
 
 **Heartbeats.** A loop puts the node value into ``reconciler_nodes/<node>`` every heartbeat
-period (the fleet setting ``heartbeatPeriod``, default 5 s; a change applies from the next
-beat), at once after every (re)connect, and when readiness or availability changes.
-``describe`` gives the node description and readiness (the agent's snapshot), ``conditions``
-the node's conditions (a manager places nothing new on a node under pressure); a change of
-either beats at once. Heartbeats stop when the session closes.
+period, after every (re)connect, and when readiness, conditions or availability change
+(``reconciler.sessions.nats_heartbeat``). Heartbeats stop when the session closes.
 
 Credentials never reach a log line: URLs are logged redacted, and nats-py's errors are logged
 as it words them (they carry no secrets).
@@ -46,14 +42,11 @@ as it words them (they carry no secrets).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from reconciler import __version__
@@ -71,49 +64,34 @@ from reconciler.fleet.buckets import (
     ASSIGNMENTS,
     CONTROL,
     FLEET_KEY,
-    NODES,
-    STATUS,
     check_node_id,
-    key_subject,
     node_control_key,
-    status_key,
-    stream_name,
 )
-from reconciler.fleet.connect import Callback, connect_first
 from reconciler.fleet.options import ConfigError, NatsOptions, parse_servers, redact
 from reconciler.fleet.values import (
     Availability,
     BadValue,
     FleetSettings,
-    StoredStatus,
     node_value,
     parse_fleet,
     parse_node_control,
-    parse_status,
-    status_supersedes,
-    status_value,
 )
-from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch
+from reconciler.fleet.watch import BucketMissing, Entry
 from reconciler.sessions.assignments import assignment_change, full_assignment, merge_changes
+from reconciler.sessions.nats_connection import FLEET, NODE, TASKS, Connection
+from reconciler.sessions.nats_heartbeat import Describe, Heartbeats
+from reconciler.sessions.nats_status import StatusWrites
 
-__all__ = ["Describe", "NatsSession"]
+__all__ = ["NatsSession"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-Describe = Callable[[], tuple[NodeDescription | None, bool]]
-"""Gives the node description (None until the runtime described it) and readiness."""
 
 RECONNECT_BACKOFF = Backoff(initial=0.05, cap=1.0)
 COALESCE_GAP = 0.01
 COALESCE_MAX = 0.1
 """Changes to the assignments that follow each other within ``COALESCE_GAP`` seconds (up to
 ``COALESCE_MAX`` in all) reach the agent as one: one stored desired set, one assignment."""
-READY_POLL = 1.0
-"""How often (seconds) the heartbeat loop looks for a readiness change between beats."""
-_CAS_ATTEMPTS = 5
-
-_FLEET, _NODE, _TASKS = "fleet", "node", "tasks"
 
 
 class NatsSession:
@@ -138,8 +116,6 @@ class NatsSession:
             options, name=f"reconciler-agent {node_id}", inbox_prefix=f"_INBOX.{node_id}"
         )
         self._clock = clock
-        self._describe = describe
-        self._conditions = conditions
         self._labels = dict(labels)
         self._version = version
         self._backoff = backoff
@@ -149,14 +125,19 @@ class NatsSession:
         self._online = asyncio.Event()
         self._closing = asyncio.Event()
         self._epoch_over = asyncio.Event()  # set when the current connection ends
-        self._beat_wake = asyncio.Event()
-        self._beat_now = False
+        self._heartbeats = Heartbeats(
+            clock=clock,
+            online=self._online,
+            period=lambda: self._settings.heartbeat_period,
+            beat=self.heartbeat,
+            describe=describe,
+            conditions=conditions,
+        )
         self._settings = FleetSettings()
         self._availability = Availability.ACTIVE
         self._status_kv: KeyValue | None = None
         self._nodes_kv: KeyValue | None = None
-        # per status key: the revision last written or read, and the status it holds
-        self._known: dict[str, tuple[int | None, StoredStatus | None]] = {}
+        self._statuses = StatusWrites(self._node_id)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._end_epoch: Callable[[], None] | None = None
@@ -210,7 +191,7 @@ class NatsSession:
             return
         self._tasks = [
             asyncio.create_task(self._run(), name="nats-session"),
-            asyncio.create_task(self._heartbeats(), name="nats-heartbeat"),
+            asyncio.create_task(self._heartbeats.run(), name="nats-heartbeat"),
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_ended)
@@ -262,7 +243,7 @@ class NatsSession:
         """
         for name, status in statuses.items():
             kv = await self._wait_online(lambda: self._status_kv)
-            await self._while_connected(self._write_status(kv, name, status))
+            await self._while_connected(self._statuses.write(kv, name, status))
 
     async def heartbeat(
         self,
@@ -332,29 +313,17 @@ class NatsSession:
 
     async def _epoch(self, retry: Retry) -> None:
         """One connection's life; returns or raises when it ends. See the module docstring."""
-        events: asyncio.Queue[tuple[str, Entry | BaseException | None]] = asyncio.Queue()
-
-        async def lost() -> None:
-            events.put_nowait(("", None))
-
-        nc = await self._connect(lost)
-        self._epoch_over = asyncio.Event()
-        self._end_epoch = lambda: events.put_nowait(("", None))
+        conn = Connection(self._node_id, idle_heartbeat=self._idle, request_timeout=self._timeout)
+        await conn.connect(self._options, self._servers(), error_cb=self._on_error)
+        self._epoch_over = conn.over
+        self._end_epoch = conn.end
         node = self._node_id
-        watches = {
-            _FLEET: KeyWatch(nc, CONTROL, FLEET_KEY, idle_heartbeat=self._idle),
-            _NODE: KeyWatch(nc, CONTROL, node_control_key(node), idle_heartbeat=self._idle),
-            _TASKS: KeyWatch(nc, ASSIGNMENTS, f"{node}.*", idle_heartbeat=self._idle),
-        }
-        pumps: list[asyncio.Task[None]] = []
         try:
-            initial = {tag: await w.start() for tag, w in watches.items()}
-            js = nc.jetstream(timeout=self._timeout)
-            self._status_kv = _kv(js, STATUS)
-            self._nodes_kv = _kv(js, NODES)
-            self._on_fleet(_value(initial[_FLEET].get(FLEET_KEY)))
-            self._on_control(_value(initial[_NODE].get(node_control_key(node))), emit=False)
-            tasks = {k: e.value for k, e in initial[_TASKS].items() if e.value is not None}
+            initial = await conn.watch()
+            self._status_kv, self._nodes_kv = conn.status_kv, conn.nodes_kv
+            self._on_fleet(_value(initial[FLEET].get(FLEET_KEY)))
+            self._on_control(_value(initial[NODE].get(node_control_key(node))), emit=False)
+            tasks = {k: e.value for k, e in initial[TASKS].items() if e.value is not None}
             self._online.set()
             retry.reset()
             self._outage_logged = False
@@ -364,43 +333,20 @@ class NatsSession:
             self._emit(ConnectionChanged(True))
             self._emit(ManagerMessage(availability=self._availability.value))
             self._emit(full_assignment(ASSIGNMENTS, node, tasks))
-            self._beat_soon()
-            pumps = [asyncio.create_task(_pump(tag, w, events)) for tag, w in watches.items()]
-            while True:
-                tag, item = await events.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                self._dispatch(tag, item)
+            self._heartbeats.soon()
+            conn.pump()
+            while (change := await conn.next()) is not None:
+                self._dispatch(*change)
         finally:
             self._end_epoch = None
             was_online = self._online.is_set()
-            self._epoch_over.set()
             self._online.clear()
             self._status_kv = self._nodes_kv = None
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            for w in watches.values():
-                await w.stop()
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await conn.close()
             if was_online:
                 self._emit(ConnectionChanged(False))
                 self._outage_logged = True
                 log.warning("lost the fleet manager, running offline until it is back")
-
-    async def _connect(self, lost: Callback) -> Client:
-        nc, url = await connect_first(
-            self._options,
-            self._servers(),
-            error_cb=self._on_error,
-            disconnected_cb=lost,
-            closed_cb=lost,
-        )
-        log.info("connected to the fleet url=%s", redact(url))
-        return nc
 
     def _servers(self) -> tuple[str, ...]:
         urls = [*self._settings.managers, *self._options.servers]
@@ -421,14 +367,14 @@ class NatsSession:
     # ------------------------------------------------------------------------ dispatch
 
     def _dispatch(self, tag: str, entry: Entry) -> None:
-        if tag == _FLEET:
+        if tag == FLEET:
             self._on_fleet(entry.value)
-        elif tag == _NODE:
+        elif tag == NODE:
             self._on_control(entry.value)
         else:
             message = assignment_change(ASSIGNMENTS, self._node_id, entry.key, entry.value)
             for name in message.removed:
-                self._known.pop(status_key(self._node_id, name), None)
+                self._statuses.forget(name)
             self._emit(message)
 
     def _on_fleet(self, value: bytes | None) -> None:
@@ -442,7 +388,7 @@ class NatsSession:
         if settings == self._settings:
             return
         if settings.heartbeat_period != self._settings.heartbeat_period:
-            self._beat_wake.set()
+            self._heartbeats.wake()
         self._settings = settings
         log.info(
             "fleet settings heartbeat_period=%gs managers=%s",
@@ -467,7 +413,7 @@ class NatsSession:
         if availability == self._availability:
             return
         self._availability = availability
-        self._beat_soon()
+        self._heartbeats.soon()
         if emit:
             self._emit(ManagerMessage(availability=availability.value))
 
@@ -502,78 +448,8 @@ class NatsSession:
                 raise ConnectionError("the fleet session is closed")
             await _first(self._online, self._closing)
 
-    async def _write_status(self, kv: KeyValue, name: str, status: NamedStatus) -> None:
-        key = status_key(self._node_id, name)
-        value = status_value(status)
-        revision, stored = self._known.get(key, (None, None))
-        for _ in range(_CAS_ATTEMPTS):
-            if not status_supersedes(status, stored):
-                log.debug("status superseded name=%s id=%s", name, status.id)
-                return
-            try:
-                if revision is None:
-                    written = await kv.create(key, value)
-                else:
-                    written = await kv.update(key, value, last=revision)
-            except KeyWrongLastSequenceError:
-                stored, revision = await _read_status(kv, key)
-                continue
-            self._known[key] = (written, _stored(status))
-            return
-        raise ConnectionError(f"status key {STATUS}/{key} kept changing under the agent")
-
-    # ----------------------------------------------------------------------- heartbeats
-
-    def _beat_soon(self) -> None:
-        self._beat_now = True
-        self._beat_wake.set()
-
-    async def _heartbeats(self) -> None:
-        last_beat: float | None = None
-        last_ready: bool | None = None
-        last_conditions: dict[str, bool] | None = None
-        while True:
-            await self._online.wait()
-            self._beat_wake.clear()
-            node, ready = self._describe() if self._describe is not None else (None, False)
-            conditions = dict(self._conditions()) if self._conditions is not None else {}
-            period = self._settings.heartbeat_period
-            due = last_beat is None or self._clock.monotonic() - last_beat >= period
-            changed = ready != last_ready or conditions != last_conditions
-            if self._beat_now or due or changed:
-                self._beat_now = False
-                try:
-                    await self.heartbeat(node, ready=ready, conditions=conditions)
-                    last_ready, last_conditions = ready, conditions
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:
-                    log.debug("heartbeat failed: %s", str(err) or type(err).__name__)
-                last_beat = self._clock.monotonic()
-            assert last_beat is not None
-            wait = last_beat + self._settings.heartbeat_period - self._clock.monotonic()
-            await self._sleep_or_wake(min(max(0.0, wait), READY_POLL))
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        if self._beat_wake.is_set():
-            return
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._beat_wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _kv(js: Any, bucket: str) -> KeyValue:
-    """A bucket handle that needs no stream lookup (nodes may not be allowed one)."""
-    return KeyValue(
-        name=bucket, stream=stream_name(bucket), pre=key_subject(bucket, ""), js=js, direct=True
-    )
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -582,38 +458,8 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _stored(status: NamedStatus) -> StoredStatus:
-    return StoredStatus(id=status.id, state=status.state, updated_at=status.updated_at)
-
-
 def _value(entry: Entry | None) -> bytes | None:
     return entry.value if entry is not None else None
-
-
-async def _pump(
-    tag: str, watch: KeyWatch, events: asyncio.Queue[tuple[str, Entry | BaseException | None]]
-) -> None:
-    try:
-        while True:
-            events.put_nowait((tag, await watch.next()))
-    except asyncio.CancelledError:
-        raise
-    except Exception as err:
-        events.put_nowait((tag, err))
-
-
-async def _read_status(kv: KeyValue, key: str) -> tuple[StoredStatus | None, int | None]:
-    """The stored status (None when absent, deleted or unreadable) and its revision."""
-    try:
-        entry = await kv.get(key)
-    except KeyNotFoundError as err:
-        deleted = getattr(err, "entry", None)
-        return None, (deleted.revision if deleted is not None else None)
-    try:
-        stored = parse_status(entry.value or b"")
-    except BadValue:
-        stored = None
-    return stored, entry.revision
 
 
 async def _first(*events: asyncio.Event) -> None:

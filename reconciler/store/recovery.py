@@ -1,7 +1,7 @@
-"""Opening the agent's store, never re-creating it silently; what to do when it is corrupt.
+"""Opening the agent's store for the agent, and what to do when it is corrupt.
 
-``RocksStore.open`` (``reconciler.store.rocks``) opens a store and refuses a damaged one
-(``StoreCorrupt``);
+``RocksStore.open`` (``reconciler.store.rocks``, by the rules of ``reconciler.store.opening``)
+opens a store, never re-creating it silently, and refuses a damaged one (``StoreCorrupt``);
 this module decides what the agent does then. A corrupt store is moved aside to
 ``tasks.db.corrupt-<UTC timestamp>`` (logged once, kept for a post-mortem) and a new one is
 created, marked ``adopt-pending``: the agent then rebuilds it from the runtime's containers.
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from reconciler.core.errors import StoreCorrupt
 from reconciler.core.store import ADOPT_PENDING, StoreOrigin
-from reconciler.store.rocks import RocksStore, db_path
+from reconciler.store.opening import db_path
+from reconciler.store.rocks import RocksStore
 
 __all__ = ["OpenedStore", "StoreOrigin", "open_store"]
 

@@ -17,8 +17,9 @@ from reconciler.core.model import RestartPolicy, TaskSpec, TaskState
 from reconciler.core.session import DesiredInvalid, DesiredTask, DesiredTasks
 from reconciler.local.manager import check_records
 from reconciler.sessions.memory import MemorySession
+from reconciler.store.opening import db_path
 from reconciler.store.recovery import open_store
-from reconciler.store.rocks import RocksStore, db_path
+from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 
@@ -177,7 +178,7 @@ async def test_resync_removes_orphans(tmp_path: Path, clock: FakeClock):
     async with running_agent(tmp_path, clock, executor) as r:
         r.session.send(desired("web"))
         await settle()
-        from reconciler.testing.fake import FakeContainer
+        from reconciler.testing.fakehost import FakeContainer
 
         executor.containers["stray"] = FakeContainer(id="cx", task_id="stray", name="x.stray")
         # A new store: the pass after the first desired set only adopts; the next one sweeps.

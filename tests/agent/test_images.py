@@ -10,7 +10,7 @@ from reconciler.core.clock import FakeClock, settle
 from reconciler.core.codec import spec_hash
 from reconciler.core.model import TaskSpec
 from reconciler.core.session import DesiredTask, DesiredTasks
-from reconciler.store.rocks import db_path
+from reconciler.store.opening import db_path
 from reconciler.testing.fake import FakeExecutor
 from tests.agent.test_agent import metric, running_agent
 

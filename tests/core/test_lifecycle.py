@@ -11,7 +11,8 @@ from reconciler.core.clock import FakeClock
 from reconciler.core.errors import PermanentError, TaskNoop, TaskRetry, TemporaryError
 from reconciler.core.lifecycle import do, resolve
 from reconciler.core.model import Task, TaskState, TaskStatus
-from reconciler.testing.fake import FakeController, FakeExecutor
+from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.fakecontroller import FakeController
 from tests.conftest import make_task
 
 S = TaskState

@@ -20,14 +20,11 @@ from reconciler.core.model import (
     UpdatePolicy,
 )
 from reconciler.core.session import DesiredTask
-from reconciler.local.decide import (
-    RESET_AFTER,
-    RESOURCES_REPLACED,
-    Peer,
-    decide,
-    restart_delay,
-)
+from reconciler.local.decide import decide
+from reconciler.local.dependencies import Peer
 from reconciler.local.records import ADOPTED, Adopted, Instance, NameRecord, Seen
+from reconciler.local.restart import RESET_AFTER, restart_delay
+from reconciler.local.updates import RESOURCES_REPLACED
 
 S = TaskState
 NOW = 1_000.0

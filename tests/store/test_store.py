@@ -19,8 +19,9 @@ from reconciler.core.errors import (
 )
 from reconciler.core.model import TaskState, TaskStatus
 from reconciler.core.store import ADOPT_PENDING, StoreOrigin
+from reconciler.store.opening import FORMAT_VERSION, db_path
 from reconciler.store.recovery import open_store
-from reconciler.store.rocks import FORMAT_VERSION, RocksStore, db_path
+from reconciler.store.rocks import RocksStore
 from tests.conftest import make_task
 
 S = TaskState
