@@ -4,7 +4,8 @@
 - ``nats``: the fleet manager over NATS JetStream (``assignments`` reads its values, purely;
   ``nats_connection`` is one connection's plumbing, ``nats_status`` the status writes and
   ``nats_heartbeat`` the heartbeat loop).
+- ``memory``: a session in memory, for tests, benchmarks and embedding.
 
-Each module is imported on its own by the composition root, so that running one session never
-loads the other's I/O library.
+The composition layer imports the one it picks, so that running one session never loads the
+other's I/O library.
 """
