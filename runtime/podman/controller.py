@@ -61,7 +61,7 @@ from reconciler.core.errors import (
     TaskStarted,
     TemporaryError,
 )
-from reconciler.core.executor import ContainerStatus, RuntimeObserver
+from reconciler.core.executor import ContainerStatus, DriftKind, RuntimeObserver, RuntimeOp
 from reconciler.core.model import Rollback, Task
 from reconciler.core.pulls import PullResult, prepare_image
 from runtime.podman import cgroups
@@ -499,7 +499,7 @@ class PodmanController:
         """End the wait by exit code: return for 0, raise ``ExitError`` otherwise."""
         self._exit_code = code
         if not self._stopping:
-            self._rt.observer.drift_corrected("container_exited")
+            self._rt.observer.drift_corrected(DriftKind.CONTAINER_EXITED)
         if code == 0:
             return
         if self._killed_outside and not self._stopping:
@@ -525,7 +525,7 @@ class PodmanController:
 
     def _gone(self) -> NoReturn:
         if not self._stopping:
-            self._rt.observer.drift_corrected("container_missing")
+            self._rt.observer.drift_corrected(DriftKind.CONTAINER_MISSING)
         raise ContainerGone()
 
     async def _inspect_or_gone(self) -> dict[str, Any]:
@@ -654,7 +654,7 @@ class PodmanController:
         info = await self._inspect_or_gone()
         applied = cgroups.read_limits(str((info.get("State") or {}).get("CgroupPath") or ""))
         if applied is None:
-            self._rt.observer.runtime_error("update")
+            self._rt.observer.runtime_error(RuntimeOp.UPDATE)
             raise PermanentError("resources could not be verified in place (cgroup not readable)")
         problems = []
         if "memory" in body and not cgroups.memory_matches(applied.memory, mem):
@@ -664,7 +664,7 @@ class PodmanController:
             if applied.cpu_quota != want_quota:
                 problems.append(f"cpu quota is {applied.cpu_quota}, wanted {want_quota}")
         if problems:
-            self._rt.observer.runtime_error("update")
+            self._rt.observer.runtime_error(RuntimeOp.UPDATE)
             raise PermanentError("resources did not change in place: " + "; ".join(problems))
         self._task = task
 

@@ -49,7 +49,7 @@ import podman
 
 from reconciler.core.backoff import Backoff, Retry
 from reconciler.core.clock import Clock
-from reconciler.core.executor import RuntimeObserver, Supervise
+from reconciler.core.executor import RuntimeObserver, RuntimeOp, Supervise
 from runtime.podman.reach import Reachability
 from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
 from runtime.podman.transport import AbortReason, Call, make_client, running
@@ -285,7 +285,7 @@ class EventStream:
             if self._closing.is_set():
                 return
             if err is not None:
-                self._observer.runtime_error("events")
+                self._observer.runtime_error(RuntimeOp.EVENTS)
                 log.warning("podman event stream failed: %s", call.error() or err)
             if was_connected:
                 retry.reset()
