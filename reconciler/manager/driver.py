@@ -51,6 +51,7 @@ from nats.js.kv import KeyValue
 from reconciler import __version__
 from reconciler.core.backoff import Backoff, Retry
 from reconciler.core.clock import Clock
+from reconciler.core.model import TaskState
 from reconciler.core.supervisor import describe_error
 from reconciler.fleet.buckets import (
     ASSIGNMENTS,
@@ -67,15 +68,15 @@ from reconciler.fleet.buckets import (
 )
 from reconciler.fleet.connect import NatsOptions, connect_first, redact
 from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch, WatchLost
+from reconciler.manager.health import node_state
 from reconciler.manager.leader import Elector
-from reconciler.manager.metrics import UNASSIGNED, FleetCounts, ManagerMetrics
+from reconciler.manager.metrics import FleetCounts, ManagerMetrics
 from reconciler.manager.scheduler import Delete, NodeView, Plan, Put, Reason, schedule
 from reconciler.manager.snapshot import (
     FleetSnapshot,
     ManagerState,
     Snapshots,
     build_snapshot,
-    node_state,
 )
 from reconciler.manager.view import FleetView
 
@@ -187,16 +188,18 @@ class FleetManager:
 
     def counts(self) -> FleetCounts:
         """The gauges' values now: leadership, nodes and named tasks per state."""
-        nodes: Counter[str] = Counter()
-        for view in self.nodes.values():
-            nodes[node_state(view)] += 1
-        tasks: Counter[str] = Counter()
+        nodes = Counter(node_state(v.health, v.availability) for v in self.nodes.values())
+        tasks: Counter[TaskState] = Counter()
         statuses = self.view.statuses
         for node, task in self.plan.assigned:
             reported = statuses.get(f"{node}.{task}")
-            tasks[reported.state if reported is not None else "assigned"] += 1
-        tasks[UNASSIGNED] = len(self.plan.unassigned)
-        return FleetCounts(leader=self.leading, nodes=dict(nodes), tasks=dict(tasks))
+            tasks[reported.state if reported is not None else TaskState.ASSIGNED] += 1
+        return FleetCounts(
+            leader=self.leading,
+            nodes=dict(nodes),
+            tasks=dict(tasks),
+            unassigned=len(self.plan.unassigned),
+        )
 
     def _snapshot(self, keep: FleetSnapshot | None) -> FleetSnapshot:
         """The status page's picture now: nodes judged afresh, the latest plan's unassigned;

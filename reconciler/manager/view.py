@@ -16,8 +16,8 @@ What it keeps, per bucket:
   and the last revision of every key, deleted ones too, so that every write can be
   compare-and-set. A delivery older than what is known for its key (the echo of an earlier
   write arriving after a later one) is ignored.
-- ``reconciler_status``: each task's reported state, for ``reconciler_manager_tasks`` and
-  ``manager ps``.
+- ``reconciler_status``: each task's reported state (a ``TaskState``; a value whose state is
+  not one is not read), for ``reconciler_manager_tasks`` and ``manager ps``.
 
 ``apply`` says whether what the scheduler reads changed; a heartbeat that changes nothing but
 its time does not. Values that break the contract are reported in ``problems`` (the driver
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from reconciler.core.model import TaskState
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, FLEET_KEY, NODES, SERVICES, STATUS
 from reconciler.fleet.values import (
     Availability,
@@ -37,10 +38,11 @@ from reconciler.fleet.values import (
     load_json,
     parse_fleet,
     parse_node_control,
+    parse_state,
 )
 from reconciler.fleet.watch import Entry
-from reconciler.manager.health import Heartbeat, NodeHealth, parse_heartbeat
-from reconciler.manager.scheduler import Health, NodeView, Placed
+from reconciler.manager.health import Health, Heartbeat, NodeHealth, parse_heartbeat
+from reconciler.manager.scheduler import NodeView, Placed
 from reconciler.manager.services import Service, read_service
 from reconciler.spec.problems import DesiredStateError
 from reconciler.spec.units import UnitError, parse_size
@@ -54,7 +56,7 @@ _CONTROL_NODE = "node."
 class Reported:
     """A task's reported status, as far as the manager shows it."""
 
-    state: str
+    state: TaskState
     revision: int = 0
     restarts: int = 0
     id: str | None = None
@@ -93,7 +95,11 @@ def _reported(value: bytes, revision: int) -> Reported | None:
         doc = load_json(value)
     except BadValue:
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("state"), str):
+    if not isinstance(doc, dict):
+        return None
+    try:
+        state = parse_state(doc.get("state"))
+    except BadValue:
         return None
     restarts = doc.get("restarts")
 
@@ -102,7 +108,7 @@ def _reported(value: bytes, revision: int) -> Reported | None:
         return v if isinstance(v, str) else None
 
     return Reported(
-        state=doc["state"],
+        state=state,
         revision=revision,
         restarts=restarts if isinstance(restarts, int) and not isinstance(restarts, bool) else 0,
         id=text("id"),

@@ -60,7 +60,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from reconciler.core.codec import task_from_dict, task_to_dict
+from reconciler.core.codec import compact, task_from_dict, task_to_dict
 from reconciler.core.errors import (
     StateDirInUse,
     StoreCorrupt,
@@ -98,12 +98,8 @@ def db_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / "worker" / "tasks.db"
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-"""One compact encoder for every row (``json.dumps`` with options builds one per call)."""
-
-
-def _dumps(value: Any) -> bytes:
-    return _encode(value).encode()
+_dumps = compact
+"""Every row is written by the one compact encoder (``reconciler.core.codec.compact``)."""
 
 
 def _loads(raw: bytes) -> Any:
@@ -124,7 +120,7 @@ def _status_bytes(status: TaskStatus) -> bytes:
     ]
     if status.update_failed:
         row.append(True)
-    return _encode(row).encode()
+    return compact(row)
 
 
 def _status_from(raw: bytes) -> TaskStatus:

@@ -37,12 +37,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import logging
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from reconciler.core.codec import compact
 from reconciler.core.snapshot import Changes, Snapshot
 from reconciler.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.observe.metrics import Metrics
@@ -257,7 +257,7 @@ class _App:
         snap = self._snapshot()
         cached_snap, body = self._tasks_cache
         if cached_snap is not snap:
-            body = _json([t.to_json() for t in snap.tasks])
+            body = compact([t.to_json() for t in snap.tasks])
             self._tasks_cache = (snap, body)
         return 200, _JSON, body
 
@@ -265,7 +265,7 @@ class _App:
         snap = self._snapshot()
         cached_snap, body = self._node_cache
         if cached_snap is not snap:
-            body = _json(node_json(snap))
+            body = compact(node_json(snap))
             self._node_cache = (snap, body)
         return 200, _JSON, body
 
@@ -307,10 +307,6 @@ class Server:
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._ending, return_exceptions=True)
         await self._server.wait_closed()
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _page_headers(page: sse.Page[Any] | None) -> dict[str, str]:

@@ -30,18 +30,18 @@ def named(task_id: str, state: TaskState, ts: float) -> NamedStatus:
 
 
 def test_node_value_carries_the_description_readiness_and_heartbeat_time() -> None:
-    value = json.loads(
-        node_value(
-            node_id="n1",
-            node=NODE,
-            ready=True,
-            availability=Availability.PAUSE,
-            labels={"zone": "a"},
-            version="9.9",
-            now=1_700_000_000.25,
-            conditions={"diskPressure": True, "memoryPressure": False},
-        )
+    raw = node_value(
+        node_id="n1",
+        node=NODE,
+        ready=True,
+        availability=Availability.PAUSE,
+        labels={"zone": "a"},
+        version="9.9",
+        now=1_700_000_000.25,
+        conditions={"diskPressure": True, "memoryPressure": False},
     )
+    value = json.loads(raw)
+    assert raw == json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
     assert value == {
         "nodeId": "n1",
         "hostname": "edge-1",
