@@ -150,3 +150,5 @@ def test_a_stored_status_without_its_fields_is_a_bad_value() -> None:
         parse_status(b'{"id": "a", "state": "lost", "updatedAt": "1970-01-01T00:00:00Z"}')
     with pytest.raises(BadValue):
         parse_status(b'{"id": "a", "state": "running", "updatedAt": "yesterday"}')
+    with pytest.raises(BadValue):  # not a string, nor hashable
+        parse_status(b'{"id": "a", "state": ["running"], "updatedAt": "1970-01-01T00:00:00Z"}')
