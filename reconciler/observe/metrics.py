@@ -86,7 +86,10 @@ class Metrics:
 
         self.registry.register(SnapshotCollector(snapshot))
         self.registry.register(UsageCollector(lambda: self._usage))
+        self._register_events()
 
+    def _register_events(self) -> None:
+        """The event counters and histograms, every fixed label value created at 0."""
         self._drift = self._counter(
             "reconciler_drift_corrections",
             "Corrections of changes made outside the agent, by kind.",
