@@ -15,7 +15,7 @@ of its own, and its initial values replace that bucket's picture. Whatever ends 
 connection lost, a watch that cannot be started again) ends leadership at once; the next epoch
 starts after a backoff.
 
-**Leadership** is ``fleet.leader.Elector``'s. Every manager watches and plans (a standby's
+**Leadership** is ``manager.leader.Elector``'s. Every manager watches and plans (a standby's
 metrics show the fleet too), but only the leader writes, and it checks that it still leads
 before each write. On taking over, the leader reads the assignments afresh, so it plans from
 what the previous leader wrote last, not from a watch that may lag behind it, and gives every

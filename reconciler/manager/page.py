@@ -1,6 +1,6 @@
 """The fleet manager's status page: the HTML served at ``/`` and the events of ``/v1/events``.
 
-``ManagerPage`` is the manager's ``LivePage`` over its ``FleetSnapshot`` (``fleet.snapshot``):
+``ManagerPage`` is the manager's ``LivePage`` over its ``FleetSnapshot`` (``manager.snapshot``):
 the manager (id, leadership, readiness), the nodes as it judges them, the services with their
 desired and running tasks, the unassigned tasks with the reason, and every assigned task with
 its node, state and restarts. The state objects are the rows ``reconciler manager nodes`` and

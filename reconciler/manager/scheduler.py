@@ -1,4 +1,4 @@
-"""The manager's scheduling decision: a pure function, beside its driver (``fleet.manager``).
+"""The manager's scheduling decision: a pure function, beside its driver (``manager.driver``).
 
 ``schedule(services, nodes, placed)`` looks at the services, the nodes as the manager judges
 them (health, availability, labels, capacity, pressure) and the assignments in

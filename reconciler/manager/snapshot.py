@@ -4,7 +4,7 @@
 readiness), the nodes as it judges them, the services with their desired and running tasks,
 every assigned task with its reported status, and the tasks no node could take, each with the
 reason. Nodes and tasks are the very rows ``reconciler manager nodes`` and ``manager ps`` print
-(``fleet.admin``), plus the manager's verdict on each node: the page never shows more than
+(``manager.admin``), plus the manager's verdict on each node: the page never shows more than
 those commands (no spec, no env), only the manager's judgement of it.
 
 ``build_snapshot`` makes one from the manager's view, its latest plan and its node verdicts.

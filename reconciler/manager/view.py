@@ -1,6 +1,6 @@
 """The manager's picture of the fleet, kept from its bucket watches. Pure: no I/O, no clock.
 
-The driver (``fleet.manager``) feeds it what its watches read: ``load`` with the values a watch
+The driver (``manager.driver``) feeds it what its watches read: ``load`` with the values a watch
 starts with (that bucket's whole picture), ``apply`` with each later put or delete, ``wrote``
 with the manager's own acknowledged writes (so that the next plan already counts them, before
 the watch echoes them back). ``now`` is always the manager's monotonic clock.
@@ -10,7 +10,7 @@ What it keeps, per bucket:
 - ``reconciler_services``: the valid services; a key whose value is invalid is *frozen* (its
   problems kept for the log): the scheduler leaves that service's tasks alone rather than read
   a broken value as "no tasks".
-- ``reconciler_nodes``: heartbeats, judged by ``fleet.health.NodeHealth``.
+- ``reconciler_nodes``: heartbeats, judged by ``reconciler.manager.health.NodeHealth``.
 - ``reconciler_control``: each node's availability, and the fleet settings.
 - ``reconciler_assignments``: one ``Placed`` per key, with the resources its value declares,
   and the last revision of every key, deleted ones too, so that every write can be
