@@ -28,14 +28,17 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 
 from reconciler import __version__
+from reconciler.core.executor import DriftKind, RuntimeOp
 from reconciler.core.model import NodeDescription, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
-from reconciler.observe.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
+from reconciler.observe.metrics import Metrics
 from reconciler.web.agent_routes import serve_agent
 
 TASKS = 1000
 HISTORY = 5
 SCRAPES = int(os.environ.get("BENCH_SCRAPES", "500"))
+OPS = tuple(RuntimeOp)
+KINDS = tuple(DriftKind)
 
 
 def build_snapshot(now: float) -> Snapshot:
@@ -137,8 +140,8 @@ async def main_async() -> None:
     source = Source(build_snapshot(time.time()))
     metrics = Metrics(snapshot=source, registry=CollectorRegistry())
     for i in range(200):
-        metrics.runtime_error(RUNTIME_OPS[i % len(RUNTIME_OPS)])
-        metrics.drift_corrected(DRIFT_KINDS[i % len(DRIFT_KINDS)])
+        metrics.runtime_error(OPS[i % len(OPS)])
+        metrics.drift_corrected(KINDS[i % len(KINDS)])
         metrics.observe_task_start(0.05 * (1 + i % 50))
         metrics.observe_reconcile(0.001 * (1 + i % 30))
     server = await serve_agent("127.0.0.1", 0, snapshot=source, metrics=metrics)

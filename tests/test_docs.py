@@ -1,8 +1,8 @@
 """The user reference in ``docs/`` names everything the code defines, so the two cannot drift.
 
 Every list here is derived from the code, never copied: the metric names the agent exports
-(``tests.contract.AGENT_METRICS``, the names registered in ``reconciler/observe/metrics.py`` and a
-real rendering of ``Metrics``), every command and long flag of ``reconciler.cli.options.COMMANDS``,
+(``tests.contract.AGENT_METRICS``, the names registered in ``reconciler/observe/`` and a real
+rendering of ``Metrics``), every command and long flag of ``reconciler.cli.options.COMMANDS``,
 every YAML field of ``reconciler.spec.schema.TASK_SCHEMA`` (nested ones as
 ``restart.maxDelay`` and ``mounts[].readOnly``), the HTTP routes, the ``ps -o json`` and
 ``/v1/node`` keys, and the shipped alert rules and dashboard panels. Adding any of them to the
@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.cli import options as cli_options
 from reconciler.cli.options import COMMANDS, COMMON, CommandSpec, all_flags
+from reconciler.core.executor import DriftKind, PullResult, RuntimeOp
 from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.metrics import Metrics
@@ -45,7 +46,7 @@ OPERATIONS = DOCS / "operations.md"
 ARCHITECTURE = DOCS / "architecture.md"
 REFERENCE = (DESIRED_STATE, CLI, HTTP_AND_METRICS, OPERATIONS, ARCHITECTURE)
 
-#: Where the agent's metrics are registered; its ``"reconciler_..."`` literals are metric names.
+#: Where the agent's metrics are registered; their ``"reconciler_..."`` literals are metric names.
 METRICS_SOURCES = sorted((ROOT / "reconciler" / "observe").glob("*.py"))
 
 
@@ -62,10 +63,12 @@ def code_spans(text: str) -> set[str]:
 
 
 def registered_metric_names() -> set[str]:
-    """Metric names written in reconciler/observe/metrics.py, as registered (counters without
-    _total)."""
-    text = "".join(read(path) for path in METRICS_SOURCES)
-    return set(re.findall(r"[\"'](reconciler_[a-z0-9_]+)[\"']", text))
+    """Metric names written in reconciler/observe/, as registered (counters without _total)."""
+    return {
+        name
+        for path in METRICS_SOURCES
+        for name in re.findall(r"[\"'](reconciler_[a-z0-9_]+)[\"']", read(path))
+    }
 
 
 def documented(name: str, spans: set[str]) -> bool:
@@ -120,7 +123,7 @@ def rendered_families() -> dict[str, set[str]]:
     return families
 
 
-def test_the_metric_scan_finds_what_metrics_py_registers() -> None:
+def test_the_metric_scan_finds_what_the_observe_package_registers() -> None:
     names = registered_metric_names()
     assert {"reconciler_drift_corrections", "reconciler_task_state"} <= names
     rendered = {n.removesuffix("_total") for n in rendered_families()}
@@ -144,10 +147,8 @@ def test_every_metric_label_is_documented_in_the_metrics_row() -> None:
 
 
 def test_every_fixed_label_value_is_documented() -> None:
-    from reconciler.core.executor import DRIFT_KINDS, RUNTIME_OPS
-
     spans = code_spans(read(HTTP_AND_METRICS)) | code_spans(read(DESIRED_STATE))
-    values = {*DRIFT_KINDS, *RUNTIME_OPS, *(s.label for s in TaskState)}
+    values = {*DriftKind, *RuntimeOp, *PullResult, *(s.label for s in TaskState)}
     assert not sorted(values - spans), f"label values not documented: {sorted(values - spans)}"
 
 

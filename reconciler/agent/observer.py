@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 
 from reconciler.core.clock import Clock
+from reconciler.core.executor import DriftKind, PullResult, RuntimeOp
 from reconciler.core.model import NodeDescription
 from reconciler.core.reporter import StatusReporter
 from reconciler.core.session import Session
@@ -182,13 +183,13 @@ class RuntimeEvents:
         self._metrics = metrics
         self._usage = usage
 
-    def runtime_error(self, op: str) -> None:
+    def runtime_error(self, op: RuntimeOp) -> None:
         self._metrics.runtime_error(op)
 
-    def drift_corrected(self, kind: str) -> None:
+    def drift_corrected(self, kind: DriftKind) -> None:
         self._metrics.drift_corrected(kind)
 
-    def image_pulled(self, result: str) -> None:
+    def image_pulled(self, result: PullResult) -> None:
         self._metrics.image_pulled(result)
 
     def oom_killed(self, name: str, task_id: str) -> None:

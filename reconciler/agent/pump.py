@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping
 
 from reconciler.agent.observer import AgentState
 from reconciler.core.errors import StoreError
-from reconciler.core.model import TaskState, TaskStatus
+from reconciler.core.model import Availability, TaskState, TaskStatus
 from reconciler.core.reporter import StatusReporter
 from reconciler.core.session import (
     DesiredInvalid,
@@ -76,7 +76,7 @@ class SessionPump:
             elif isinstance(message, DesiredInvalid):
                 self._invalid(message)
             elif isinstance(message, ManagerMessage):
-                self._manager.pause(message.availability == "pause")
+                self._manager.pause(message.availability is Availability.PAUSE)
                 log.info("node availability availability=%s", message.availability)
             self._state.changed()
 

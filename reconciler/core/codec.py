@@ -1,7 +1,9 @@
 """The JSON forms of the model, and the one compact JSON encoder.
 
 The store, the HTTP API and the fleet's buckets exchange the same JSON-ready dicts of tasks,
-specs, statuses and node descriptions; this module is the one place that writes and reads them.
+specs, statuses and node descriptions; this module is the one place that writes and reads them
+(``node_to_dict``/``node_from_dict`` are the one node codec: ``/v1/node``, the fleet heartbeat
+and the manager's reading of it).
 Durations are float seconds and sizes integer bytes in that form. ``compact`` is the encoder
 every writer of JSON bytes uses (no spaces; keys sorted where a value is hashed or compared).
 """
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 from reconciler.core.model import (
     _DEFAULT_UPDATE,
@@ -207,7 +210,22 @@ def task_from_dict(d: dict[str, Any], status: TaskStatus | None = None) -> Task:
     )
 
 
-def node_to_dict(node: NodeDescription) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- the node
+
+#: The description's fields that only the runtime knows: null until it answered.
+_DESCRIBED: Final = ("hostname", "os", "arch", "cpus", "memoryBytes", "runtime", "runtimeVersion")
+
+
+def node_to_dict(node: NodeDescription | None, *, version: str) -> dict[str, Any]:
+    """A node's description as JSON: the fields ``/v1/node`` and the fleet's heartbeat share.
+
+    Every field is null until the runtime described the node (``node`` None), except
+    ``version``, the agent's, which the caller gives because it is known before (the local API
+    shows the described one, the heartbeat its session's). Keys in the order ``/v1/node``
+    writes them.
+    """
+    if node is None:
+        return {**dict.fromkeys(_DESCRIBED), "version": version}
     return {
         "hostname": node.hostname,
         "os": node.os,
@@ -216,5 +234,44 @@ def node_to_dict(node: NodeDescription) -> dict[str, Any]:
         "memoryBytes": node.memory_bytes,
         "runtime": node.runtime_name,
         "runtimeVersion": node.runtime_version,
-        "version": node.agent_version,
+        "version": version,
     }
+
+
+def node_from_dict(doc: Mapping[str, Any]) -> NodeDescription | None:
+    """The description in ``doc`` (a ``node_to_dict`` form, possibly inside a larger object),
+    or None when it has none yet (every described field null or absent).
+
+    ``doc`` may come from another host: a description is whole or absent, its texts are
+    strings and its sizes whole non-negative numbers; anything else raises ``ValueError``
+    naming the field. ``version`` is optional (``agent_version`` "" without it).
+    """
+    if all(doc.get(key) is None for key in _DESCRIBED):
+        return None
+    version = doc.get("version")
+    return NodeDescription(
+        hostname=_text(doc, "hostname"),
+        os=_text(doc, "os"),
+        arch=_text(doc, "arch"),
+        cpus=_count(doc, "cpus"),
+        memory_bytes=_count(doc, "memoryBytes"),
+        runtime_name=_text(doc, "runtime"),
+        runtime_version=_text(doc, "runtimeVersion"),
+        agent_version=version if isinstance(version, str) else "",
+    )
+
+
+def _text(doc: Mapping[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string in a node's description")
+    return value
+
+
+def _count(doc: Mapping[str, Any], key: str) -> int:
+    value = doc.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key}: expected a whole non-negative number in a node's description")
+    return value

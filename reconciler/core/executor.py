@@ -8,10 +8,16 @@ operation per call and reports the outcome through the error values of ``reconci
 
 All methods are coroutines. A runtime whose client blocks (podman-py) runs it in its own bounded
 thread pool, and a cancelled call lets its thread finish before re-raising ``CancelledError``.
+
+``RuntimeObserver`` is where a runtime reports what the metrics count, in the port's own words:
+``RuntimeOp``, ``DriftKind`` and ``PullResult``. They are string enums, so each value is the
+metric's label value as written, and a runtime cannot name an operation the metrics do not
+export.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -242,39 +248,52 @@ class Executor(Protocol):
         ...
 
 
-RUNTIME_OPS = (
-    "create",
-    "start",
-    "stop",
-    "remove",
-    "inspect",
-    "list",
-    "events",
-    "pull",
-    "update",
-    "healthcheck",
-)
-"""The runtime operations ``RuntimeObserver.runtime_error`` names (the metric's ``op`` label)."""
+class RuntimeOp(enum.StrEnum):
+    """A runtime operation that failed, as ``RuntimeObserver.runtime_error`` names it; the value is
+    the metric's ``op`` label (``reconciler_runtime_errors_total``)."""
 
-DRIFT_KINDS = ("container_missing", "container_exited", "orphan_removed")
-"""The corrections ``RuntimeObserver.drift_corrected`` names (the metric's ``kind`` label)."""
+    CREATE = "create"
+    START = "start"
+    STOP = "stop"
+    REMOVE = "remove"
+    INSPECT = "inspect"
+    LIST = "list"
+    EVENTS = "events"
+    PULL = "pull"
+    UPDATE = "update"
+    HEALTHCHECK = "healthcheck"
 
-PULL_RESULTS = ("pulled", "present", "fallback", "failed", "refused")
-"""The outcomes ``RuntimeObserver.image_pulled`` names (the metric's ``result`` label); what each
-means is ``reconciler.core.pulls.PullResult``'s docstring."""
+
+class DriftKind(enum.StrEnum):
+    """A correction of out-of-band change, as ``RuntimeObserver.drift_corrected`` names it; the
+    value is the metric's ``kind`` label (``reconciler_drift_corrections_total``)."""
+
+    CONTAINER_MISSING = "container_missing"  # the task's container was removed outside the agent
+    CONTAINER_EXITED = "container_exited"  # it exited while the agent did not stop it
+    ORPHAN_REMOVED = "orphan_removed"  # a labelled container of no known task was removed
+
+
+class PullResult(enum.StrEnum):
+    """One pull decision of a prepare (``reconciler.core.pulls``), as
+    ``RuntimeObserver.image_pulled`` names it; the value is the metric's ``result`` label
+    (``reconciler_image_pulls_total``)."""
+
+    PULLED = "pulled"  # pulled from the registry
+    PRESENT = "present"  # the local image, no registry contacted (missing, never, a rollback)
+    FALLBACK = "fallback"  # pull: always, the pull failed or was refused: the local image
+    FAILED = "failed"  # the pull failed and there is no local image
+    REFUSED = "refused"  # no pull while the image store is short of space, no local image
 
 
 class RuntimeObserver(Protocol):
     """Where a runtime reports what the metrics count. ``reconciler.observe.metrics`` implements
     it."""
 
-    def runtime_error(self, op: str) -> None:
-        """A runtime call failed. ``op`` is one of create, start, stop, remove, inspect, list,
-        events, pull, update, healthcheck."""
+    def runtime_error(self, op: RuntimeOp) -> None:
+        """A runtime call failed."""
 
-    def drift_corrected(self, kind: str) -> None:
-        """A correction of out-of-band change: container_missing, container_exited or
-        orphan_removed."""
+    def drift_corrected(self, kind: DriftKind) -> None:
+        """A correction of out-of-band change."""
 
     def runtime_up(self, up: bool) -> None:
         """Whether the runtime answers, reported on every change."""
@@ -284,17 +303,17 @@ class RuntimeObserver(Protocol):
         process or another one), as the kernel reported it. Called once per kill, on the event
         loop."""
 
-    def image_pulled(self, result: str) -> None:
-        """One pull decision of a prepare: pulled, present, fallback, failed or refused."""
+    def image_pulled(self, result: PullResult) -> None:
+        """One pull decision of a prepare."""
 
 
 class NullObserver:
     """An observer that ignores everything, for tests and tools that export no metrics."""
 
-    def runtime_error(self, op: str) -> None:
+    def runtime_error(self, op: RuntimeOp) -> None:
         pass
 
-    def drift_corrected(self, kind: str) -> None:
+    def drift_corrected(self, kind: DriftKind) -> None:
         pass
 
     def runtime_up(self, up: bool) -> None:
@@ -303,5 +322,5 @@ class NullObserver:
     def oom_killed(self, name: str, task_id: str) -> None:
         pass
 
-    def image_pulled(self, result: str) -> None:
+    def image_pulled(self, result: PullResult) -> None:
         pass

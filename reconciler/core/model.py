@@ -313,6 +313,16 @@ class Condition(enum.Enum):
         return head + "".join(word.capitalize() for word in rest)
 
 
+class Availability(enum.StrEnum):
+    """A node's availability, set by the manager: ``pause`` holds new tasks, ``drain`` moves
+    them away (the manager does that; the agent just follows its assignments). The values are
+    the words in ``reconciler_control/node.<node>`` and in ``manager nodes``."""
+
+    ACTIVE = "active"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
 # ------------------------------------------------------------------------------- assignments
 
 

@@ -18,17 +18,18 @@ threshold (``short_of_space``): a pull then would fill the disk that the image G
 free. A refusal with no local image is a temporary error whose message says why.
 
 Every decision is counted once through ``observe`` with a ``PullResult`` (the metric
-``reconciler_image_pulls_total{result}``). A prepare that finds its container already created
-(``TaskPrepared``) made no decision and counts nothing, unless it had pulled.
+``reconciler_image_pulls_total{result}``); the enum belongs to the executor port, whose
+observer reports it, and is re-exported here beside the rule that decides it. A prepare that
+finds its container already created (``TaskPrepared``) made no decision and counts nothing,
+unless it had pulled.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable
 
 from reconciler.core.errors import PermanentError, TemporaryError
-from reconciler.core.executor import DiskSpace
+from reconciler.core.executor import DiskSpace, PullResult
 from reconciler.core.model import PullPolicy
 
 __all__ = [
@@ -38,16 +39,6 @@ __all__ = [
     "pull_refusal",
     "short_of_space",
 ]
-
-
-class PullResult(enum.StrEnum):
-    """One pull decision of a prepare; the values are the metric's ``result`` label."""
-
-    PULLED = "pulled"  # pulled from the registry
-    PRESENT = "present"  # the local image, no registry contacted (missing, never, a rollback)
-    FALLBACK = "fallback"  # pull: always, the pull failed or was refused: the local image
-    FAILED = "failed"  # the pull failed and there is no local image
-    REFUSED = "refused"  # no pull while the image store is short of space, no local image
 
 
 class ImageAbsent(PermanentError):
@@ -80,7 +71,7 @@ async def prepare_image(
     create: Step,
     pull: Step,
     refusal: Callable[[], Awaitable[str | None]],
-    observe: Callable[[str], None],
+    observe: Callable[[PullResult], None],
 ) -> str | None:
     """Create the container from ``image`` under ``policy``; see the module docstring.
 
@@ -145,7 +136,7 @@ async def prepare_image(
     return f"using the local image {image}: {why}"
 
 
-async def _pull(pull: Step, observe: Callable[[str], None]) -> None:
+async def _pull(pull: Step, observe: Callable[[PullResult], None]) -> None:
     try:
         await pull()
     except TemporaryError:

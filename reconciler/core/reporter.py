@@ -8,8 +8,10 @@ changes for one task is delivered as its newest status only.
 Rules:
 * a status older than one already pending or delivered (a lower state) is stale and dropped;
 * a status equal to the last one delivered for that task is never delivered again;
-* a failed delivery is retried with capped exponential backoff on the injected clock, unless a
-  newer status for that task arrived meanwhile, which then goes instead.
+* a failed delivery is retried with capped exponential backoff on the injected clock (a
+  ``Retry``: the wait grows with each pass that failed, and starts again from the shortest
+  after a pass that delivered everything), unless a newer status for that task arrived
+  meanwhile, which then goes instead.
 
 ``pending`` is what ``reconciler_status_reports_pending`` exports.
 """
@@ -22,7 +24,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Collection
 
-from reconciler.core.backoff import Backoff
+from reconciler.core.backoff import Backoff, Retry
 from reconciler.core.clock import Clock
 from reconciler.core.model import TaskStatus
 
@@ -86,7 +88,7 @@ class StatusReporter:
 
     async def run(self) -> None:
         """The delivery loop; runs until cancelled. May be started again after it failed."""
-        attempt = 0
+        retry = Retry(self._backoff, clock=self._clock, rng=self._rng)
         while True:
             if not self._pending:
                 self._wake.clear()
@@ -108,7 +110,6 @@ class StatusReporter:
             if self._on_pending is not None:
                 self._on_pending(len(self._pending))
             if failed:
-                await self._clock.sleep(self._backoff.delay(attempt, self._rng))
-                attempt += 1
+                await retry.wait()
             else:
-                attempt = 0
+                retry.reset()

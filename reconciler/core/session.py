@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from reconciler.core.model import NodeDescription, TaskSpec, TaskState
+from reconciler.core.model import Availability, NodeDescription, TaskSpec, TaskState
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +68,9 @@ class DesiredInvalid:
 
 @dataclass(frozen=True, slots=True)
 class ManagerMessage:
-    """Node-level instructions: availability is ``active``, ``pause`` or ``drain``."""
+    """Node-level instructions: the node's availability."""
 
-    availability: str = "active"
+    availability: Availability = Availability.ACTIVE
 
 
 @dataclass(frozen=True, slots=True)

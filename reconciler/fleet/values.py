@@ -3,8 +3,8 @@
 Writing:
 
 - ``node_value``: the node's heartbeat in ``reconciler_nodes/<node>``: its description (the
-  fields of ``/v1/node``), ``ready``, ``availability``, ``labels``, ``version`` and
-  ``heartbeatAt``.
+  fields of ``/v1/node``, through the one node codec, ``reconciler.core.codec.node_to_dict``),
+  ``ready``, ``availability``, ``labels``, ``version`` and ``heartbeatAt``.
 - ``status_value``: the status of a named task's current instance in
   ``reconciler_status/<node>.<name>``: ``id``, ``state``, ``message``, ``error``, ``exitCode``,
   ``containerId``, ``updatedAt`` and ``restarts``. States are the lowercase names, times are
@@ -15,7 +15,8 @@ Reading, where every value may be hostile (``BadValue`` says what is wrong, neve
 - ``parse_fleet``: ``reconciler_control/fleet``: ``heartbeatPeriod`` (a duration such as ``5s``,
   or seconds as a number) and ``managers`` (NATS URLs).
 - ``parse_node_control``: ``reconciler_control/node.<node>``: ``availability``.
-- ``parse_status``: a stored status, for the compare-and-set rule ``status_supersedes``.
+- ``parse_status``: a stored status, for the compare-and-set rule ``status_supersedes``;
+  ``parse_state`` its ``state``, a ``TaskState`` label, for the manager too.
 
 The status rule: a status never moves backwards for the same instance id; a status of another
 instance replaces the stored one when that one has ended (a new instance follows its
@@ -25,13 +26,13 @@ predecessor's terminal status) or is older.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.core.model import NodeDescription, TaskState
+from reconciler.core.codec import compact, node_to_dict
+from reconciler.core.model import Availability, NodeDescription, TaskState
 from reconciler.core.session import NamedStatus
 from reconciler.spec.units import UnitError, parse_duration
 
@@ -40,7 +41,6 @@ __all__ = [
     "MAX_HEARTBEAT_PERIOD",
     "MAX_VALUE_BYTES",
     "MIN_HEARTBEAT_PERIOD",
-    "Availability",
     "BadValue",
     "FleetSettings",
     "StoredStatus",
@@ -49,6 +49,7 @@ __all__ = [
     "parse_fleet",
     "parse_node_control",
     "parse_rfc3339",
+    "parse_state",
     "parse_status",
     "rfc3339",
     "status_supersedes",
@@ -66,15 +67,6 @@ _STATES = {s.label: s for s in TaskState}
 
 class BadValue(ValueError):
     """A value in a bucket that does not follow the contract; the message says why."""
-
-
-class Availability(enum.Enum):
-    """A node's availability, set by the manager: ``pause`` holds new tasks, ``drain`` moves
-    them away (the manager does that; the agent just follows its assignments)."""
-
-    ACTIVE = "active"
-    PAUSE = "pause"
-    DRAIN = "drain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,13 +170,25 @@ def parse_node_control(data: bytes) -> Availability:
         raise BadValue(f"availability: {raw!r} is not one of {allowed}") from None
 
 
+def parse_state(raw: object) -> TaskState:
+    """A status's ``state``: one of ``TaskState``'s lowercase labels. Raises ``BadValue``."""
+    state = _STATES.get(raw) if isinstance(raw, str) else None
+    if state is None:
+        raise BadValue(f"state: {raw!r} is not a task state")
+    return state
+
+
 def parse_status(data: bytes) -> StoredStatus:
     """Read the fields of a stored status that ``status_supersedes`` compares."""
     doc = _object(data)
     task_id, state, updated = doc.get("id"), doc.get("state"), doc.get("updatedAt")
-    if not isinstance(task_id, str) or state not in _STATES or not isinstance(updated, str):
+    if not isinstance(task_id, str) or not isinstance(updated, str):
         raise BadValue("expected a status with id, state and updatedAt")
-    return StoredStatus(id=task_id, state=_STATES[state], updated_at=parse_rfc3339(updated))
+    try:
+        task_state = parse_state(state)
+    except BadValue:
+        raise BadValue("expected a status with id, state and updatedAt") from None
+    return StoredStatus(id=task_id, state=task_state, updated_at=parse_rfc3339(updated))
 
 
 def status_supersedes(new: NamedStatus, stored: StoredStatus | None) -> bool:
@@ -197,10 +201,6 @@ def status_supersedes(new: NamedStatus, stored: StoredStatus | None) -> bool:
 
 
 # -------------------------------------------------------------------------------- writing
-
-
-def _dump(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
 def node_value(
@@ -217,28 +217,22 @@ def node_value(
     """The heartbeat value; description fields are null until the runtime described them.
     ``conditions`` (``diskPressure``, ``memoryPressure``) tell a manager to place nothing new
     on the node while one holds."""
-    return _dump(
+    return compact(
         {
             "nodeId": node_id,
-            "hostname": node.hostname if node else None,
-            "os": node.os if node else None,
-            "arch": node.arch if node else None,
-            "cpus": node.cpus if node else None,
-            "memoryBytes": node.memory_bytes if node else None,
-            "runtime": node.runtime_name if node else None,
-            "runtimeVersion": node.runtime_version if node else None,
-            "version": version,
+            **node_to_dict(node, version=version),
             "labels": dict(labels),
             "ready": ready,
             "availability": availability.value,
             "heartbeatAt": rfc3339(now),
             "conditions": dict(conditions or {}),
-        }
+        },
+        sort_keys=True,
     )
 
 
 def status_value(status: NamedStatus) -> bytes:
-    return _dump(
+    return compact(
         {
             "id": status.id,
             "state": status.state.label,
@@ -248,5 +242,6 @@ def status_value(status: NamedStatus) -> bytes:
             "containerId": status.container_id,
             "updatedAt": rfc3339(status.updated_at),
             "restarts": status.restarts,
-        }
+        },
+        sort_keys=True,
     )

@@ -23,13 +23,14 @@ with a message an operator can act on.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 
+from reconciler.core.codec import compact
+from reconciler.core.model import Availability, Condition, TaskState
 from reconciler.fleet.buckets import (
     ASSIGNMENTS,
     CONTROL,
@@ -41,9 +42,9 @@ from reconciler.fleet.buckets import (
 )
 from reconciler.fleet.connect import connect_first
 from reconciler.fleet.options import NatsOptions
-from reconciler.fleet.values import Availability
 from reconciler.fleet.watch import BucketMissing, KeyWatch, WatchLost
-from reconciler.manager.scheduler import Health, NodeView, Plan, schedule
+from reconciler.manager.health import Health
+from reconciler.manager.scheduler import UNASSIGNED, NodeView, Plan, schedule
 from reconciler.manager.services import Mode, Service, owner
 from reconciler.manager.view import FleetView
 from reconciler.spec.plan import changed_fields
@@ -242,7 +243,7 @@ async def set_availability(options: NatsOptions, node: str, availability: Availa
     async with _connected(options) as nc:
         view = await _read(nc, (NODES,))
         js = nc.jetstream(timeout=10)
-        value = json.dumps({"availability": availability.value}).encode()
+        value = compact({"availability": availability.value})
         try:
             await js.publish(key_subject(CONTROL, node_control_key(node)), value)
         except Exception as err:
@@ -259,17 +260,24 @@ def _describe(err: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TaskRow:
-    """One row of ``manager ps``: a task on a node (node None: unassigned)."""
+    """One row of ``manager ps``: a task on a node (node None: unassigned). ``task_state`` is
+    the state its agent reported, ``ASSIGNED`` until it reported one, None without a node;
+    ``state`` is the word ``manager ps`` prints for it."""
 
     service: str
     task: str
     node: str | None
-    state: str
+    task_state: TaskState | None
     restarts: int = 0
     id: str | None = None
     message: str | None = None
     error: str | None = None
     updated_at: str | None = None
+
+    @property
+    def state(self) -> str:
+        """The task state's label, or ``unassigned``."""
+        return self.task_state.label if self.task_state is not None else UNASSIGNED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -295,14 +303,14 @@ def ps_rows(view: FleetView) -> list[TaskRow]:
         name = owner(placed.task)[0]
         reported = view.statuses.get(f"{placed.node}.{placed.task}")
         if reported is None:
-            rows.append(TaskRow(name, placed.task, placed.node, "assigned"))
+            rows.append(TaskRow(name, placed.task, placed.node, TaskState.ASSIGNED))
             continue
         rows.append(
             TaskRow(
                 service=name,
                 task=placed.task,
                 node=placed.node,
-                state=reported.state,
+                task_state=reported.state,
                 restarts=reported.restarts,
                 id=reported.id,
                 message=reported.message,
@@ -315,7 +323,7 @@ def ps_rows(view: FleetView) -> list[TaskRow]:
             continue  # one task per eligible node: none is missing by name
         for task in service.task_names():
             if task not in assigned:
-                rows.append(TaskRow(service.name, task, None, "unassigned"))
+                rows.append(TaskRow(service.name, task, None, None))
     rows.sort(key=lambda r: _order(r.task, r.node or ""))
     return rows
 
@@ -326,7 +334,7 @@ class NodeRow:
 
     node: str
     ready: bool | None
-    availability: str
+    availability: Availability
     tasks: int
     heartbeat_at: str | None = None
     hostname: str | None = None
@@ -334,13 +342,13 @@ class NodeRow:
     memory: int | None = None
     labels: tuple[tuple[str, str], ...] = ()
     version: str | None = None
-    pressure: tuple[str, ...] = ()
+    pressure: tuple[Condition, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node,
             "ready": self.ready,
-            "availability": self.availability,
+            "availability": self.availability.value,
             "tasks": self.tasks,
             "heartbeatAt": self.heartbeat_at,
             "hostname": self.hostname,
@@ -348,7 +356,7 @@ class NodeRow:
             "memoryBytes": self.memory,
             "labels": dict(self.labels),
             "version": self.version,
-            "conditions": list(self.pressure),
+            "conditions": [c.key for c in self.pressure],
         }
 
 
@@ -364,7 +372,7 @@ def node_rows(view: FleetView) -> list[NodeRow]:
             NodeRow(
                 node=node,
                 ready=beat.ready if beat is not None else None,
-                availability=view.availability.get(node, Availability.ACTIVE).value,
+                availability=view.availability.get(node, Availability.ACTIVE),
                 tasks=tasks.get(node, 0),
                 heartbeat_at=beat.heartbeat_at if beat else None,
                 hostname=beat.hostname if beat else None,

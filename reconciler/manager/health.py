@@ -19,45 +19,84 @@ judges it down, and takes a node as ready only once it sees a live heartbeat: a 
 reschedules a healthy fleet, and never places tasks on a node that died long ago.
 
 ``parse_heartbeat`` reads what the scheduler needs from a node value (labels, capacity,
-pressure), each value being possibly hostile: ``BadValue`` says what is wrong.
+pressure), each value being possibly hostile: ``BadValue`` says what is wrong. The node's
+description in it is read by the one node codec (``reconciler.core.codec.node_from_dict``):
+whole, or null until the agent's runtime answered.
+
+``Health`` is the verdict; ``NodeState`` (``node_state``) is the word the page and the metrics
+use for a node, its health and its availability together.
 """
 
 from __future__ import annotations
 
 import bisect
+import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from reconciler.core.codec import node_from_dict
+from reconciler.core.model import Availability, Condition, NodeDescription
 from reconciler.fleet.values import BadValue, load_json
-from reconciler.manager.scheduler import Health
 
-__all__ = ["Heartbeat", "NodeHealth", "parse_heartbeat"]
+__all__ = ["Health", "Heartbeat", "NodeHealth", "NodeState", "node_state", "parse_heartbeat"]
 
-_PRESSURE = ("diskPressure", "memoryPressure")
+_PRESSURE: Final = tuple(Condition)
+
+
+class Health(enum.StrEnum):
+    """How the manager judges a node from the heartbeats it saw (see the module docstring)."""
+
+    READY = "ready"
+    NOT_READY = "not-ready"  # heard from within the grace period, but not ready (yet)
+    DOWN = "down"
+
+
+class NodeState(enum.StrEnum):
+    """The manager's word for a node, its health and availability in one: what its status page
+    shows and ``reconciler_manager_nodes{state}`` counts. In the page's order."""
+
+    READY = "ready"
+    NOT_READY = "not-ready"
+    PAUSED = "paused"
+    DRAINING = "draining"
+    DOWN = "down"
+
+
+def node_state(health: Health, availability: Availability) -> NodeState:
+    """Down above all, then draining or paused, then ready or not."""
+    if health is Health.DOWN:
+        return NodeState.DOWN
+    if availability is Availability.DRAIN:
+        return NodeState.DRAINING
+    if availability is Availability.PAUSE:
+        return NodeState.PAUSED
+    return NodeState.READY if health is Health.READY else NodeState.NOT_READY
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """What a node value says, as far as the manager cares."""
+    """What a node value says, as far as the manager cares: ``node`` is its description (None
+    until its runtime answered), read by the one node codec."""
 
     ready: bool
     labels: Mapping[str, str] = field(default_factory=dict)
-    cpus: float | None = None
-    memory: int | None = None
-    pressure: tuple[str, ...] = ()
-    hostname: str | None = None
+    node: NodeDescription | None = None
+    pressure: tuple[Condition, ...] = ()
     version: str | None = None
     heartbeat_at: str | None = None
 
+    @property
+    def cpus(self) -> float | None:
+        return float(self.node.cpus) if self.node is not None else None
 
-def _number(doc: Mapping[str, Any], key: str) -> float | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise BadValue(f"{key}: expected a non-negative number or null")
-    return float(value)
+    @property
+    def memory(self) -> int | None:
+        return self.node.memory_bytes if self.node is not None else None
+
+    @property
+    def hostname(self) -> str | None:
+        return self.node.hostname if self.node is not None else None
 
 
 def _text(doc: Mapping[str, Any], key: str) -> str | None:
@@ -65,13 +104,13 @@ def _text(doc: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _pressure(doc: Mapping[str, Any]) -> tuple[str, ...]:
+def _pressure(doc: Mapping[str, Any]) -> tuple[Condition, ...]:
     """``conditions`` as a map (``{"diskPressure": true}``) or a list of names; absent: none."""
     raw = doc.get("conditions")
     if isinstance(raw, dict):
-        return tuple(c for c in _PRESSURE if raw.get(c) is True)
+        return tuple(c for c in _PRESSURE if raw.get(c.key) is True)
     if isinstance(raw, list):
-        return tuple(c for c in _PRESSURE if c in raw)
+        return tuple(c for c in _PRESSURE if c.key in raw)
     return ()
 
 
@@ -88,14 +127,15 @@ def parse_heartbeat(data: bytes) -> Heartbeat:
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
         raise BadValue("labels: expected a map of strings")
-    memory = _number(doc, "memoryBytes")
+    try:
+        node = node_from_dict(doc)
+    except ValueError as err:
+        raise BadValue(str(err)) from None
     return Heartbeat(
         ready=ready,
         labels=labels,
-        cpus=_number(doc, "cpus"),
-        memory=int(memory) if memory is not None else None,
+        node=node,
         pressure=_pressure(doc),
-        hostname=_text(doc, "hostname"),
         version=_text(doc, "version"),
         heartbeat_at=_text(doc, "heartbeatAt"),
     )

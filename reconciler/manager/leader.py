@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -35,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 from nats.js.errors import KeyWrongLastSequenceError
 
 from reconciler.core.clock import Clock
+from reconciler.core.codec import compact
 from reconciler.fleet.values import load_json
 
 __all__ = ["HOLD", "LEADER_KEY", "Elector", "LeaseStore"]
@@ -76,7 +76,7 @@ class Elector:
         self.lease = lease
         self._clock = clock
         self._on_change = on_change
-        self._value = json.dumps({"id": manager_id}, separators=(",", ":")).encode()
+        self._value = compact({"id": manager_id})
         self._revision: int | None = None
         self._until = 0.0
         self._resigned = False

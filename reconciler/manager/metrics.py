@@ -5,10 +5,11 @@ scrape never waits on NATS; events are counters and a histogram:
 
 - ``reconciler_build_info{version}``, gauge 1;
 - ``reconciler_manager_leader``, gauge 0/1;
-- ``reconciler_manager_nodes{state}``: ``ready``, ``down``, ``paused``, ``draining`` (a node
-  that is neither down nor ready, within its grace period, counts in none);
-- ``reconciler_manager_tasks{state}``: every task state, plus ``unassigned``; a task placed but
-  not reported yet counts as ``assigned``;
+- ``reconciler_manager_nodes{state}``: ``ready``, ``down``, ``paused``, ``draining``
+  (``NodeState``; a node that is neither down nor ready, within its grace period, counts in
+  none);
+- ``reconciler_manager_tasks{state}``: every ``TaskState`` label, plus ``unassigned``; a task
+  placed but not reported yet counts as ``assigned``;
 - ``reconciler_manager_reschedules_total{reason}``: ``node_down``, ``drain``, ``constraint``;
 - ``reconciler_manager_schedule_seconds``, histogram: one pass of the leader that wrote.
 
@@ -27,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from reconciler import __version__
 from reconciler.core.model import TaskState
-from reconciler.manager.scheduler import Reason
+from reconciler.manager.health import NodeState
+from reconciler.manager.scheduler import UNASSIGNED, Reason
 
 __all__ = [
     "NODE_STATES",
@@ -38,8 +40,7 @@ __all__ = [
     "ManagerMetrics",
 ]
 
-NODE_STATES: Final = ("ready", "down", "paused", "draining")
-UNASSIGNED: Final = "unassigned"
+NODE_STATES: Final = (NodeState.READY, NodeState.DOWN, NodeState.PAUSED, NodeState.DRAINING)
 TASK_STATES: Final = (*(s.label for s in TaskState), UNASSIGNED)
 
 #: One scheduling pass: planning a few tasks takes a millisecond, writing 10,000 a few seconds.
@@ -48,11 +49,13 @@ SCHEDULE_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 @dataclass(frozen=True, slots=True)
 class FleetCounts:
-    """What the manager's gauges show: leadership, nodes per state, named tasks per state."""
+    """What the manager's gauges show: leadership, nodes per state, named tasks per state (a
+    task placed but not reported yet counts as ``ASSIGNED``) and those no node could take."""
 
     leader: bool = False
-    nodes: Mapping[str, int] = field(default_factory=dict)
-    tasks: Mapping[str, int] = field(default_factory=dict)
+    nodes: Mapping[NodeState, int] = field(default_factory=dict)
+    tasks: Mapping[TaskState, int] = field(default_factory=dict)
+    unassigned: int = 0
 
 
 class _Collector(Collector):
@@ -79,16 +82,17 @@ class _Collector(Collector):
             "Nodes by state, as this manager judges them.",
             labels=["state"],
         )
-        for state in NODE_STATES:
-            nodes.add_metric([state], float(counts.nodes.get(state, 0)))
+        for node_state in NODE_STATES:
+            nodes.add_metric([node_state.value], float(counts.nodes.get(node_state, 0)))
         yield nodes
         tasks = GaugeMetricFamily(
             "reconciler_manager_tasks",
             "Named tasks by reported state, and those no node could take.",
             labels=["state"],
         )
-        for state in TASK_STATES:
-            tasks.add_metric([state], float(counts.tasks.get(state, 0)))
+        for task_state in TaskState:
+            tasks.add_metric([task_state.label], float(counts.tasks.get(task_state, 0)))
+        tasks.add_metric([UNASSIGNED], float(counts.unassigned))
         yield tasks
 
 

@@ -1,6 +1,6 @@
 """The fleet manager's status page: the HTML served at ``/`` and the events of ``/v1/events``.
 
-``ManagerPage`` is the manager's ``LivePage`` over its ``FleetSnapshot`` (``fleet.snapshot``):
+``ManagerPage`` is the manager's ``LivePage`` over its ``FleetSnapshot`` (``manager.snapshot``):
 the manager (id, leadership, readiness), the nodes as it judges them, the services with their
 desired and running tasks, the unassigned tasks with the reason, and every assigned task with
 its node, state and restarts. The state objects are the rows ``reconciler manager nodes`` and
@@ -32,6 +32,7 @@ from typing import Any, Final
 from reconciler.core.model import TaskState
 from reconciler.fleet.values import BadValue, parse_rfc3339, rfc3339
 from reconciler.manager.admin import TaskRow
+from reconciler.manager.health import NodeState
 from reconciler.manager.snapshot import (
     FleetSnapshot,
     ManagerState,
@@ -79,7 +80,7 @@ SECTIONS: Final = ("nodes", "services", "unassigned", "tasks")
 MAX_TEXT: Final = 400
 
 _RANK: Final = {s.label: int(s) for s in TaskState}
-_NODE_ORDER: Final = ("ready", "not-ready", "paused", "draining", "down")
+_NODE_ORDER: Final = tuple(NodeState)
 
 
 # ------------------------------------------------------------------------------ state
@@ -118,7 +119,7 @@ def node_json(n: NodeStatus) -> dict[str, Any]:
     out["heartbeatAt"] = _when(out["heartbeatAt"])
     out["hostname"] = _cut(out["hostname"])
     out["version"] = _cut(out["version"])
-    out["state"] = n.state
+    out["state"] = n.state.value
     out["running"] = n.running
     return out
 
@@ -383,7 +384,7 @@ def _problems(state: Mapping[str, Any]) -> list[str]:
     out = []
     if not state["manager"]["ready"]:
         out.append("not ready")
-    down = sum(1 for n in state["nodes"] if n["state"] == "down")
+    down = sum(1 for n in state["nodes"] if n["state"] == NodeState.DOWN)
     if down:
         out.append(f"{down} down")
     if state["unassigned"]:

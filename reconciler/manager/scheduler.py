@@ -1,4 +1,4 @@
-"""The manager's scheduling decision: a pure function, beside its driver (``fleet.manager``).
+"""The manager's scheduling decision: a pure function, beside its driver (``manager.driver``).
 
 ``schedule(services, nodes, placed)`` looks at the services, the nodes as the manager judges
 them (health, availability, labels, capacity, pressure) and the assignments in
@@ -41,13 +41,15 @@ import heapq
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
-from reconciler.fleet.values import Availability
+from reconciler.core.model import Availability
+from reconciler.manager.health import Health
 from reconciler.manager.services import Mode, Service, owner
 
 __all__ = [
+    "UNASSIGNED",
     "Delete",
-    "Health",
     "NodeView",
     "Placed",
     "Plan",
@@ -58,13 +60,8 @@ __all__ = [
 
 _EPSILON = 1e-9
 
-
-class Health(enum.StrEnum):
-    """How the manager judges a node from the heartbeats it saw (``fleet.health``)."""
-
-    READY = "ready"
-    NOT_READY = "not-ready"  # heard from within the grace period, but not ready (yet)
-    DOWN = "down"
+UNASSIGNED: Final = "unassigned"
+"""The word for a task that no node holds (``Plan.unassigned``), where a task state would be."""
 
 
 class Reason(enum.StrEnum):

@@ -37,7 +37,6 @@ bucket, where anyone with access could have written anything.
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
+from reconciler.core.codec import compact
 from reconciler.core.session import DesiredTask
 from reconciler.fleet.values import BadValue, load_json
 from reconciler.spec.formats import API_VERSION
@@ -231,10 +231,6 @@ def owner(task: str) -> tuple[str, int | None]:
     return task, None
 
 
-def _dump(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-
-
 def _build(
     data: Mapping[str, Any], *, path: str, field: str, source: SourceMap, limit: int | None
 ) -> tuple[Service | None, list[Problem]]:
@@ -269,8 +265,8 @@ def _build(
         replicas=replicas,
         constraints=constraints,
         task=task,
-        assignment=_dump(assignment),
-        value=_dump(stored),
+        assignment=compact(assignment, sort_keys=True),
+        value=compact(stored, sort_keys=True),
         line=source.line(("name",)),
     )
     return service, []

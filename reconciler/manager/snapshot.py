@@ -4,7 +4,7 @@
 readiness), the nodes as it judges them, the services with their desired and running tasks,
 every assigned task with its reported status, and the tasks no node could take, each with the
 reason. Nodes and tasks are the very rows ``reconciler manager nodes`` and ``manager ps`` print
-(``fleet.admin``), plus the manager's verdict on each node: the page never shows more than
+(``manager.admin``), plus the manager's verdict on each node: the page never shows more than
 those commands (no spec, no env), only the manager's judgement of it.
 
 ``build_snapshot`` makes one from the manager's view, its latest plan and its node verdicts.
@@ -36,10 +36,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from reconciler.core.model import Availability, TaskState
 from reconciler.core.snapshot import Changes
-from reconciler.fleet.values import Availability
 from reconciler.manager.admin import NodeRow, TaskRow, node_rows, ps_rows
-from reconciler.manager.scheduler import Health, NodeView, Plan
+from reconciler.manager.health import Health, NodeState, node_state
+from reconciler.manager.scheduler import NodeView, Plan
 from reconciler.manager.services import Mode, Service, owner
 from reconciler.manager.view import FleetView
 
@@ -52,14 +53,11 @@ __all__ = [
     "Snapshots",
     "UnassignedTask",
     "build_snapshot",
-    "node_state",
     "unassigned_reason",
 ]
 
 #: Heartbeats alone make a new snapshot at most this often (seconds).
 BEAT_REFRESH: Final = 5.0
-
-RUNNING: Final = "running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +76,7 @@ class NodeStatus:
     """One node: the ``manager nodes`` row, the manager's verdict, and its tasks running."""
 
     row: NodeRow
-    state: str  # ready, not-ready, down, draining, paused (``node_state``)
+    state: NodeState  # the manager's verdict with the node's availability
     running: int
 
 
@@ -114,17 +112,6 @@ class FleetSnapshot:
     services: Mapping[str, ServiceStatus]  # by name, in name order
     tasks: Mapping[str, TaskRow]  # by "<node>.<task>", in ``manager ps`` order
     unassigned: Mapping[str, UnassignedTask]  # by task, in ``manager ps`` order
-
-
-def node_state(node: NodeView) -> str:
-    """The manager's word for a node: down, draining, paused, ready or not-ready."""
-    if node.health is Health.DOWN:
-        return "down"
-    if node.availability is Availability.DRAIN:
-        return "draining"
-    if node.availability is Availability.PAUSE:
-        return "paused"
-    return "ready" if node.health is Health.READY else "not-ready"
 
 
 def unassigned_reason(service: Service | None, nodes: Mapping[str, NodeView]) -> str:
@@ -180,7 +167,7 @@ def build_snapshot(
     running_on: Counter[str] = Counter()
     running_of: Counter[str] = Counter()
     for r in tasks.values():
-        if r.state == RUNNING:
+        if r.task_state is TaskState.RUNNING:
             running_on[r.node or ""] += 1
             running_of[r.service] += 1
 
@@ -221,7 +208,9 @@ def build_snapshot(
 def _nodes_only(
     view: FleetView, nodes: Mapping[str, NodeView], manager: ManagerState, keep: FleetSnapshot
 ) -> FleetSnapshot:
-    running_on = Counter(r.node or "" for r in keep.tasks.values() if r.state == RUNNING)
+    running_on = Counter(
+        r.node or "" for r in keep.tasks.values() if r.task_state is TaskState.RUNNING
+    )
     return FleetSnapshot(
         manager=manager,
         nodes=_node_statuses(view, nodes, running_on),
@@ -237,7 +226,11 @@ def _node_statuses(
     statuses: dict[str, NodeStatus] = {}
     for row in node_rows(view):
         judged = nodes.get(row.node)
-        state = node_state(judged) if judged is not None else "not-ready"
+        state = (
+            node_state(judged.health, judged.availability)
+            if judged is not None
+            else NodeState.NOT_READY
+        )
         statuses[row.node] = NodeStatus(row, state, running_on.get(row.node, 0))
     return statuses
 

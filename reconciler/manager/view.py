@@ -1,6 +1,6 @@
 """The manager's picture of the fleet, kept from its bucket watches. Pure: no I/O, no clock.
 
-The driver (``fleet.manager``) feeds it what its watches read: ``load`` with the values a watch
+The driver (``manager.driver``) feeds it what its watches read: ``load`` with the values a watch
 starts with (that bucket's whole picture), ``apply`` with each later put or delete, ``wrote``
 with the manager's own acknowledged writes (so that the next plan already counts them, before
 the watch echoes them back). ``now`` is always the manager's monotonic clock.
@@ -10,14 +10,14 @@ What it keeps, per bucket:
 - ``reconciler_services``: the valid services; a key whose value is invalid is *frozen* (its
   problems kept for the log): the scheduler leaves that service's tasks alone rather than read
   a broken value as "no tasks".
-- ``reconciler_nodes``: heartbeats, judged by ``fleet.health.NodeHealth``.
+- ``reconciler_nodes``: heartbeats, judged by ``reconciler.manager.health.NodeHealth``.
 - ``reconciler_control``: each node's availability, and the fleet settings.
 - ``reconciler_assignments``: one ``Placed`` per key, with the resources its value declares,
   and the last revision of every key, deleted ones too, so that every write can be
   compare-and-set. A delivery older than what is known for its key (the echo of an earlier
   write arriving after a later one) is ignored.
-- ``reconciler_status``: each task's reported state, for ``reconciler_manager_tasks`` and
-  ``manager ps``.
+- ``reconciler_status``: each task's reported state (a ``TaskState``; a value whose state is
+  not one is not read), for ``reconciler_manager_tasks`` and ``manager ps``.
 
 ``apply`` says whether what the scheduler reads changed; a heartbeat that changes nothing but
 its time does not. Values that break the contract are reported in ``problems`` (the driver
@@ -29,18 +29,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from reconciler.core.model import Availability, TaskState
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, FLEET_KEY, NODES, SERVICES, STATUS
 from reconciler.fleet.values import (
-    Availability,
     BadValue,
     FleetSettings,
     load_json,
     parse_fleet,
     parse_node_control,
+    parse_state,
 )
 from reconciler.fleet.watch import Entry
-from reconciler.manager.health import Heartbeat, NodeHealth, parse_heartbeat
-from reconciler.manager.scheduler import Health, NodeView, Placed
+from reconciler.manager.health import Health, Heartbeat, NodeHealth, parse_heartbeat
+from reconciler.manager.scheduler import NodeView, Placed
 from reconciler.manager.services import Service, read_service
 from reconciler.spec.problems import DesiredStateError
 from reconciler.spec.units import UnitError, parse_size
@@ -54,7 +55,7 @@ _CONTROL_NODE = "node."
 class Reported:
     """A task's reported status, as far as the manager shows it."""
 
-    state: str
+    state: TaskState
     revision: int = 0
     restarts: int = 0
     id: str | None = None
@@ -93,7 +94,11 @@ def _reported(value: bytes, revision: int) -> Reported | None:
         doc = load_json(value)
     except BadValue:
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("state"), str):
+    if not isinstance(doc, dict):
+        return None
+    try:
+        state = parse_state(doc.get("state"))
+    except BadValue:
         return None
     restarts = doc.get("restarts")
 
@@ -102,7 +107,7 @@ def _reported(value: bytes, revision: int) -> Reported | None:
         return v if isinstance(v, str) else None
 
     return Reported(
-        state=doc["state"],
+        state=state,
         revision=revision,
         restarts=restarts if isinstance(restarts, int) and not isinstance(restarts, bool) else 0,
         id=text("id"),

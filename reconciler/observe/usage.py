@@ -29,17 +29,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from reconciler.core.clock import Clock
 from reconciler.core.errors import StoreError
 from reconciler.core.executor import Executor, TaskUsage
 from reconciler.core.model import Condition
+from reconciler.core.store import Store
 from reconciler.core.supervisor import describe_error
 from reconciler.observe.hoststats import HostStats, NodeUsage, conditions
-
-if TYPE_CHECKING:
-    from reconciler.core.clock import Clock
-    from reconciler.core.store import Store
 
 log = logging.getLogger(__name__)
 

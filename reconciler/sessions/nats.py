@@ -52,7 +52,7 @@ from nats.js.kv import KeyValue
 from reconciler import __version__
 from reconciler.core.backoff import Backoff, Retry
 from reconciler.core.clock import Clock
-from reconciler.core.model import NodeDescription
+from reconciler.core.model import Availability, NodeDescription
 from reconciler.core.session import (
     ConnectionChanged,
     DesiredTasks,
@@ -69,7 +69,6 @@ from reconciler.fleet.buckets import (
 )
 from reconciler.fleet.options import ConfigError, NatsOptions, parse_servers, redact
 from reconciler.fleet.values import (
-    Availability,
     BadValue,
     FleetSettings,
     node_value,
@@ -331,7 +330,7 @@ class NatsSession:
                 "fleet session up tasks=%d availability=%s", len(tasks), self._availability.value
             )
             self._emit(ConnectionChanged(True))
-            self._emit(ManagerMessage(availability=self._availability.value))
+            self._emit(ManagerMessage(availability=self._availability))
             self._emit(full_assignment(ASSIGNMENTS, node, tasks))
             self._heartbeats.soon()
             conn.pump()
@@ -415,7 +414,7 @@ class NatsSession:
         self._availability = availability
         self._heartbeats.soon()
         if emit:
-            self._emit(ManagerMessage(availability=availability.value))
+            self._emit(ManagerMessage(availability=availability))
 
     # -------------------------------------------------------------------------- status
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from rocksdict import Rdict, ReadOptions
 
+from reconciler.core.codec import compact
 from reconciler.core.model import TaskState, TaskStatus
 
 __all__ = [
@@ -46,12 +47,8 @@ META = b"m/"
 FORMAT_KEY = META + b"format"
 PROBE_KEY = META + b"probe"
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-"""One compact encoder for every row (``json.dumps`` with options builds one per call)."""
-
-
-def dumps(value: Any) -> bytes:
-    return _encode(value).encode()
+dumps = compact
+"""Every row is written by the one compact encoder (``reconciler.core.codec.compact``)."""
 
 
 def loads(raw: bytes) -> Any:
@@ -72,7 +69,7 @@ def status_bytes(status: TaskStatus) -> bytes:
     ]
     if status.update_failed:
         row.append(True)
-    return _encode(row).encode()
+    return compact(row)
 
 
 def status_from(raw: bytes) -> TaskStatus:

@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 from reconciler import __version__
-from reconciler.core.model import NodeDescription
+from reconciler.core.model import Availability, NodeDescription
 from reconciler.fleet.buckets import ASSIGNMENTS, NODES, SERVICES, STATUS
-from reconciler.fleet.values import Availability, node_value
+from reconciler.fleet.values import node_value
 from reconciler.fleet.watch import Entry
 from reconciler.manager.scheduler import Plan, schedule
 from reconciler.manager.snapshot import FleetSnapshot, ManagerState, build_snapshot

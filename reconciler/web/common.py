@@ -22,13 +22,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from importlib import resources
 from typing import Any, Final, Generic, TypeVar
+
+from reconciler.core.codec import compact
 
 __all__ = [
     "DASH",
@@ -46,7 +47,6 @@ __all__ = [
     "fmt_labels",
     "fmt_text",
     "fmt_time",
-    "json_bytes",
     "snapshot_stamp",
     "template",
 ]
@@ -256,10 +256,6 @@ def card(
 # ---------------------------------------------------------------------------- events
 
 
-def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 M = TypeVar("M")
 
 
@@ -278,7 +274,7 @@ class EventBodies(Generic[M]):
     def full(self, model: M, build: Callable[[], dict[str, Any]]) -> bytes:
         cached, body = self._full
         if cached is not model:
-            body = json_bytes(build())
+            body = compact(build())
             self._full = (model, body)
         return self._with_now(body)
 
@@ -286,7 +282,7 @@ class EventBodies(Generic[M]):
         cached_old, cached_new, body = self._delta
         if cached_old is not old or cached_new is not new:
             change = build()
-            body = None if change is None else json_bytes(change)
+            body = None if change is None else compact(change)
             self._delta = (old, new, body)
         return None if body is None else self._with_now(body)
 

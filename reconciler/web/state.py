@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from reconciler import __version__
+from reconciler.core.codec import node_to_dict
 from reconciler.core.snapshot import Snapshot, TaskView
 
 __all__ = [
@@ -56,18 +57,14 @@ def rfc3339(timestamp: float | None) -> str | None:
 
 
 def node_json(snap: Snapshot) -> dict[str, Any]:
-    """The ``/v1/node`` object: null for what the runtime has not described yet."""
+    """The ``/v1/node`` object: null for what the runtime has not described yet (the node
+    codec, ``reconciler.core.codec.node_to_dict``), then the node's id, labels, readiness and
+    conditions."""
     node = snap.node
+    version = node.agent_version if node and node.agent_version else __version__
     return {
         "nodeId": snap.node_id,
-        "hostname": node.hostname if node else None,
-        "os": node.os if node else None,
-        "arch": node.arch if node else None,
-        "cpus": node.cpus if node else None,
-        "memoryBytes": node.memory_bytes if node else None,
-        "runtime": node.runtime_name if node else None,
-        "runtimeVersion": node.runtime_version if node else None,
-        "version": node.agent_version if node and node.agent_version else __version__,
+        **node_to_dict(node, version=version),
         "labels": dict(snap.labels),
         "ready": snap.ready,
         "conditions": {condition.key: holds for condition, holds in snap.conditions},

@@ -47,7 +47,7 @@ from typing import Any, TypeVar, cast
 from podman.api import APIClient, stream_frames
 
 from reconciler.core.errors import TemporaryError
-from reconciler.core.executor import RuntimeObserver
+from reconciler.core.executor import RuntimeObserver, RuntimeOp
 from runtime.podman.errors import (
     QUIET,
     ImageMissing,
@@ -148,7 +148,7 @@ class PodmanAPI:
 
     async def call(
         self,
-        op: str,
+        op: RuntimeOp,
         what: str,
         fn: Work[T],
         *,
@@ -178,10 +178,10 @@ class PodmanAPI:
         self._reach.answered()
         return result
 
-    async def _quick(self, op: str, what: str, fn: Work[T], *, deadline: float) -> T:
+    async def _quick(self, op: RuntimeOp, what: str, fn: Work[T], *, deadline: float) -> T:
         return await self.call(op, what, fn, lane=self.quick, deadline=deadline)
 
-    async def _slow(self, op: str, what: str, fn: Work[T], *, deadline: float) -> T:
+    async def _slow(self, op: RuntimeOp, what: str, fn: Work[T], *, deadline: float) -> T:
         return await self.call(op, what, fn, lane=self.slow, deadline=deadline)
 
     # ------------------------------------------------------------------------ containers
@@ -199,7 +199,7 @@ class PodmanAPI:
             return str(resp.json()["Id"])
 
         return await self._quick(
-            "create", f"creating container {name}", run, deadline=self.deadlines.write
+            RuntimeOp.CREATE, f"creating container {name}", run, deadline=self.deadlines.write
         )
 
     async def start(self, ref: str) -> bool:
@@ -211,7 +211,7 @@ class PodmanAPI:
 
         # Urgent: a created container starts before more creates begin (see ``lanes``).
         return await self.call(
-            "start",
+            RuntimeOp.START,
             f"starting container {ref}",
             run,
             lane=self.quick,
@@ -233,7 +233,7 @@ class PodmanAPI:
             return True
 
         return await self._slow(
-            "stop", f"stopping container {ref}", run, deadline=t + self.deadlines.margin
+            RuntimeOp.STOP, f"stopping container {ref}", run, deadline=t + self.deadlines.margin
         )
 
     async def kill(self, ref: str, *, signal: str = "SIGKILL") -> bool:
@@ -250,7 +250,7 @@ class PodmanAPI:
             return True
 
         return await self._quick(
-            "stop", f"killing container {ref}", run, deadline=self.deadlines.write
+            RuntimeOp.STOP, f"killing container {ref}", run, deadline=self.deadlines.write
         )
 
     async def remove(self, ref: str, *, stop_timeout: float = 0) -> None:
@@ -261,7 +261,7 @@ class PodmanAPI:
             _check(api.delete(f"/containers/{ref}", params={"force": True, "v": True, "t": t}))
 
         await self._slow(
-            "remove", f"removing container {ref}", run, deadline=t + self.deadlines.margin
+            RuntimeOp.REMOVE, f"removing container {ref}", run, deadline=t + self.deadlines.margin
         )
 
     async def inspect(self, ref: str) -> dict[str, Any]:
@@ -269,7 +269,7 @@ class PodmanAPI:
             return dict(_check(api.get(f"/containers/{ref}/json")).json())
 
         return await self._quick(
-            "inspect", f"inspecting container {ref}", run, deadline=self.deadlines.read
+            RuntimeOp.INSPECT, f"inspecting container {ref}", run, deadline=self.deadlines.read
         )
 
     async def list(self, *, labels: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -280,7 +280,9 @@ class PodmanAPI:
             resp = _check(api.get("/containers/json", params={"all": True, "filters": filters}))
             return list(resp.json() or [])
 
-        return await self._quick("list", "listing containers", run, deadline=self.deadlines.read)
+        return await self._quick(
+            RuntimeOp.LIST, "listing containers", run, deadline=self.deadlines.read
+        )
 
     async def update_resources(self, ref: str, resources: Mapping[str, Any]) -> None:
         """POST /libpod/containers/{ref}/update with a LinuxResources body."""
@@ -295,7 +297,9 @@ class PodmanAPI:
                 )
             )
 
-        await self._quick("update", f"updating container {ref}", run, deadline=self.deadlines.write)
+        await self._quick(
+            RuntimeOp.UPDATE, f"updating container {ref}", run, deadline=self.deadlines.write
+        )
 
     async def killed_since(self, container_id: str, since_ns: int) -> bool:
         """Whether podman logged a ``kill`` event for ``container_id`` at or after
@@ -326,7 +330,7 @@ class PodmanAPI:
             return False
 
         return await self._quick(
-            "events",
+            RuntimeOp.EVENTS,
             f"reading the kill events of {container_id}",
             run,
             deadline=self.deadlines.read,
@@ -339,7 +343,7 @@ class PodmanAPI:
             return dict(_check(api.get(f"/containers/{ref}/healthcheck")).json())
 
         return await self._quick(
-            "healthcheck",
+            RuntimeOp.HEALTHCHECK,
             f"health check of {ref}",
             run,
             deadline=check_timeout + self.deadlines.margin,
@@ -375,7 +379,9 @@ class PodmanAPI:
                 image_id = str(item.get("id") or image_id)
             return image_id
 
-        return await self._slow("pull", f"pulling image {image}", run, deadline=self.deadlines.pull)
+        return await self._slow(
+            RuntimeOp.PULL, f"pulling image {image}", run, deadline=self.deadlines.pull
+        )
 
     async def images(self) -> builtins.list[dict[str, Any]]:
         """Every image in the store, as podman lists them (``Id``, ``RepoTags``, ``Size``,
@@ -384,7 +390,9 @@ class PodmanAPI:
         def run(api: APIClient) -> builtins.list[dict[str, Any]]:
             return builtins.list(_check(api.get("/images/json")).json() or [])
 
-        return await self._quick("list", "listing images", run, deadline=self.deadlines.read)
+        return await self._quick(
+            RuntimeOp.LIST, "listing images", run, deadline=self.deadlines.read
+        )
 
     async def remove_image(self, ref: str) -> bool:
         """Remove a name of an image, or an image by ID, never forced. Returns whether the
@@ -398,7 +406,7 @@ class PodmanAPI:
             return bool(isinstance(body, dict) and body.get("Deleted"))
 
         return await self._slow(
-            "remove", f"removing image {ref}", run, deadline=self.deadlines.write
+            RuntimeOp.REMOVE, f"removing image {ref}", run, deadline=self.deadlines.write
         )
 
     # ------------------------------------------------------------------------------ node
@@ -408,7 +416,7 @@ class PodmanAPI:
             return dict(_check(api.get("/info")).json())
 
         return await self._quick(
-            "inspect", "reading podman info", run, deadline=self.deadlines.read
+            RuntimeOp.INSPECT, "reading podman info", run, deadline=self.deadlines.read
         )
 
     async def ping(self) -> bool:

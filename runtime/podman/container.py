@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from reconciler.core.errors import ContainerGone, ExitError, PermanentError
-from reconciler.core.executor import ContainerStatus
+from reconciler.core.executor import ContainerStatus, DriftKind
 from runtime.podman.errors import NotFound
 from runtime.podman.listing import Listed, parent_pid
 from runtime.podman.shared import Runtime
@@ -118,7 +118,7 @@ class Container:
     def gone(self) -> NoReturn:
         """The container is missing: counted as drift unless the agent removed it."""
         if not self.stopping:
-            self.rt.observer.drift_corrected("container_missing")
+            self.rt.observer.drift_corrected(DriftKind.CONTAINER_MISSING)
         raise ContainerGone()
 
     async def check_state(self, *, first_look: bool = False) -> int | None:
@@ -162,7 +162,7 @@ class Container:
         """End the wait by exit code: return for 0, raise ``ExitError`` otherwise."""
         self.exit_code = code
         if not self.stopping:
-            self.rt.observer.drift_corrected("container_exited")
+            self.rt.observer.drift_corrected(DriftKind.CONTAINER_EXITED)
         if code == 0:
             return
         if self.killed_outside and not self.stopping:

@@ -43,7 +43,7 @@ from reconciler.core.errors import (
     TaskStarted,
     TemporaryError,
 )
-from reconciler.core.executor import ContainerStatus
+from reconciler.core.executor import ContainerStatus, RuntimeOp
 from reconciler.core.model import Rollback, Task
 from reconciler.core.pulls import PullResult, prepare_image
 from runtime.podman import cgroups
@@ -284,7 +284,7 @@ class PodmanController:
         info = await self._c.inspect_or_gone()
         applied = cgroups.read_limits(str((info.get("State") or {}).get("CgroupPath") or ""))
         if applied is None:
-            self._rt.observer.runtime_error("update")
+            self._rt.observer.runtime_error(RuntimeOp.UPDATE)
             raise PermanentError("resources could not be verified in place (cgroup not readable)")
         problems = []
         if "memory" in body and not cgroups.memory_matches(applied.memory, mem):
@@ -294,6 +294,6 @@ class PodmanController:
             if applied.cpu_quota != want_quota:
                 problems.append(f"cpu quota is {applied.cpu_quota}, wanted {want_quota}")
         if problems:
-            self._rt.observer.runtime_error("update")
+            self._rt.observer.runtime_error(RuntimeOp.UPDATE)
             raise PermanentError("resources did not change in place: " + "; ".join(problems))
         self._task = task

@@ -48,8 +48,8 @@ from typing import Any
 import podman
 
 from reconciler.core.backoff import Backoff, Retry
-from reconciler.core.clock import Clock
-from reconciler.core.executor import RuntimeObserver, Supervise
+from reconciler.core.clock import Clock, sleep_or_wake
+from reconciler.core.executor import RuntimeObserver, RuntimeOp, Supervise
 from runtime.podman.reach import Reachability
 from runtime.podman.spec import NODE_LABEL, TASK_ID_LABEL
 from runtime.podman.transport import AbortReason, Call, make_client, running
@@ -285,7 +285,7 @@ class EventStream:
             if self._closing.is_set():
                 return
             if err is not None:
-                self._observer.runtime_error("events")
+                self._observer.runtime_error(RuntimeOp.EVENTS)
                 log.warning("podman event stream failed: %s", call.error() or err)
             if was_connected:
                 retry.reset()
@@ -295,16 +295,7 @@ class EventStream:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep on the clock, or until ``wake()``."""
-        if self._wake.is_set():
-            return
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        woken = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (sleeper, woken):
-                f.cancel()
-            await asyncio.gather(sleeper, woken, return_exceptions=True)
+        await sleep_or_wake(self._clock, seconds, self._wake)
 
     def _set_disconnected(self) -> None:
         if not self._connected:

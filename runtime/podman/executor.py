@@ -48,6 +48,7 @@ from reconciler.core.clock import Clock
 from reconciler.core.errors import PermanentError
 from reconciler.core.executor import (
     DiskSpace,
+    DriftKind,
     RuntimeContainer,
     RuntimeImage,
     RuntimeObserver,
@@ -301,7 +302,7 @@ class PodmanExecutor:
                 await self._api.remove(cid, stop_timeout=ORPHAN_STOP_TIMEOUT)
             except NotFound:
                 return None
-            self._observer.drift_corrected("orphan_removed")
+            self._observer.drift_corrected(DriftKind.ORPHAN_REMOVED)
             return task_id
 
         results = await asyncio.gather(

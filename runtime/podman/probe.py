@@ -33,7 +33,7 @@ import logging
 from collections.abc import Callable
 
 from reconciler.core.backoff import Backoff, Retry
-from reconciler.core.clock import Clock
+from reconciler.core.clock import Clock, sleep_or_wake
 from runtime.podman.client import PodmanAPI
 from runtime.podman.reach import Reachability
 
@@ -151,17 +151,7 @@ class Liveness:
         if not wake_on_poke:
             await self._clock.sleep(seconds)
             return False
-        if self._poked.is_set():
-            return True
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        poked = asyncio.ensure_future(self._poked.wait())
-        try:
-            await asyncio.wait({sleeper, poked}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (sleeper, poked):
-                f.cancel()
-            await asyncio.gather(sleeper, poked, return_exceptions=True)
-        return self._poked.is_set()
+        return await sleep_or_wake(self._clock, seconds, self._poked)
 
     # ---------------------------------------------------------------------- rediscovery
 

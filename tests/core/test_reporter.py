@@ -83,6 +83,28 @@ async def test_retries_failed_delivery_with_backoff(clock: FakeClock):
     await r.close()
 
 
+async def test_the_backoff_starts_again_from_the_shortest_after_a_pass_that_delivered(
+    clock: FakeClock,
+):
+    up = Upstream()
+    up.fail_next = 2
+    r = StatusReporter(up, clock=clock, backoff=Backoff(initial=1, jitter=0))
+    r.start()
+    r.update("a", TaskStatus(state=S.RUNNING, timestamp=3))
+    await settle()
+    await clock.advance(1)  # the second try fails too: the next wait is 2 s
+    await clock.advance(2)
+    assert [s.state for _, s in up.got] == [S.RUNNING]
+    up.fail_next = 1
+    r.update("a", TaskStatus(state=S.COMPLETE, timestamp=4))
+    await settle()
+    assert r.pending == 1
+    await clock.advance(1)  # 1 s again, not the 4 s a third failure in a row would wait
+    assert [s.state for _, s in up.got] == [S.RUNNING, S.COMPLETE]
+    assert r.pending == 0
+    await r.close()
+
+
 async def test_hundred_tasks_with_flaky_upstream_deliver_every_final_state_once(clock: FakeClock):
     up = Upstream(fail_rate=0.1)
     r = StatusReporter(up, clock=clock, backoff=Backoff(initial=0.1, cap=1, jitter=0.5))

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from reconciler.core.model import NodeDescription, TaskState
+from reconciler.core.model import Availability, NodeDescription, TaskState
 from reconciler.core.session import NamedStatus
 from reconciler.fleet.values import (
-    Availability,
     BadValue,
     FleetSettings,
     StoredStatus,
@@ -30,18 +29,18 @@ def named(task_id: str, state: TaskState, ts: float) -> NamedStatus:
 
 
 def test_node_value_carries_the_description_readiness_and_heartbeat_time() -> None:
-    value = json.loads(
-        node_value(
-            node_id="n1",
-            node=NODE,
-            ready=True,
-            availability=Availability.PAUSE,
-            labels={"zone": "a"},
-            version="9.9",
-            now=1_700_000_000.25,
-            conditions={"diskPressure": True, "memoryPressure": False},
-        )
+    raw = node_value(
+        node_id="n1",
+        node=NODE,
+        ready=True,
+        availability=Availability.PAUSE,
+        labels={"zone": "a"},
+        version="9.9",
+        now=1_700_000_000.25,
+        conditions={"diskPressure": True, "memoryPressure": False},
     )
+    value = json.loads(raw)
+    assert raw == json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
     assert value == {
         "nodeId": "n1",
         "hostname": "edge-1",
@@ -150,3 +149,5 @@ def test_a_stored_status_without_its_fields_is_a_bad_value() -> None:
         parse_status(b'{"id": "a", "state": "lost", "updatedAt": "1970-01-01T00:00:00Z"}')
     with pytest.raises(BadValue):
         parse_status(b'{"id": "a", "state": "running", "updatedAt": "yesterday"}')
+    with pytest.raises(BadValue):  # not a string, nor hashable
+        parse_status(b'{"id": "a", "state": ["running"], "updatedAt": "1970-01-01T00:00:00Z"}')

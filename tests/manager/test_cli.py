@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from reconciler.cli.main import main
+from reconciler.core.codec import node_to_dict
+from reconciler.core.model import NodeDescription
 from reconciler.fleet.buckets import NODES, STATUS
 from tests.fleet.support import IMAGE, Manager
 from tests.natsserver import NatsServer, free_port, nats_server
@@ -20,6 +22,12 @@ from tests.natsserver import NatsServer, free_port, nats_server
 def server(tmp_path: Path) -> Iterator[NatsServer]:
     with nats_server(tmp_path / "nats") as s:
         yield s
+
+
+def described(hostname: str, cpus: int, memory: int) -> dict[str, Any]:
+    """A node's description as its agent writes it into a heartbeat."""
+    node = NodeDescription(hostname, "linux", "amd64", cpus, memory, "podman", "4.3.1", "0.1.0")
+    return node_to_dict(node, version="0.1.0")
 
 
 def run(*args: str) -> Any:
@@ -106,7 +114,7 @@ def test_dry_run_shows_where_tasks_would_go_and_writes_nothing(
     url = server.url
     run("init", url)
     for node in ("node-a", "node-b"):
-        beat = {"nodeId": node, "ready": True, "labels": {}, "cpus": 2, "memoryBytes": 1 << 30}
+        beat = {"nodeId": node, "ready": True, "labels": {}, **described(node, 2, 1 << 30)}
         run("put", url, NODES, node, beat)
     path = write(tmp_path, {"name": "web", "replicas": 3})
     code, out, _ = cli(capsys, "manager", "apply", "-f", path, "--nats", url, "--dry-run")
@@ -138,8 +146,7 @@ def test_ps_and_nodes_show_assignments_statuses_and_heartbeats(
         "nodeId": "node-a",
         "ready": True,
         "labels": {"site": "north"},
-        "cpus": 2,
-        "memoryBytes": 2 << 30,
+        **described("node-a", 2, 2 << 30),
         "heartbeatAt": "2025-05-01T12:00:00.000Z",
     }
     run("put", url, NODES, "node-a", beat)
@@ -168,6 +175,7 @@ def test_ps_and_nodes_show_assignments_statuses_and_heartbeats(
     assert node["node"] == "node-a" and node["ready"] is True
     assert node["tasks"] == 1 and node["labels"] == {"site": "north"}
     assert node["availability"] == "active" and node["heartbeatAt"] == beat["heartbeatAt"]
+    assert (node["hostname"], node["cpus"], node["memoryBytes"]) == ("node-a", 2, 2 << 30)
 
     code, out, _ = cli(capsys, "manager", "drain", "node-a", "--nats", url)
     assert (code, out) == (0, "node node-a: drain\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from reconciler.fleet.values import Availability
+from reconciler.core.model import Availability, TaskState
 from reconciler.spec.problems import DesiredStateError
 from tests.manager.harness import (
     Fleet,
@@ -107,7 +107,7 @@ async def test_five_replicas_spread_over_three_agents_and_run(
     assert manager.metric("reconciler_manager_leader") == 1.0
     view = await fleet.read()
     assert {k: r.state for k, r in view.statuses.items()} == {
-        f"{node}.{task}": "running" for task, node in where.items()
+        f"{node}.{task}": TaskState.RUNNING for task, node in where.items()
     }
 
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
+from reconciler.core.codec import node_to_dict
+from reconciler.core.model import Availability, Condition, NodeDescription, TaskState
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, SERVICES, STATUS
-from reconciler.fleet.values import Availability, BadValue
+from reconciler.fleet.values import BadValue, node_value
 from reconciler.fleet.watch import Entry
-from reconciler.manager.health import NodeHealth, parse_heartbeat
-from reconciler.manager.scheduler import Health
+from reconciler.manager.health import Health, NodeHealth, parse_heartbeat
 from reconciler.manager.view import FleetView
 
 GRACE = 10.0
@@ -62,20 +63,55 @@ def test_a_reconnect_does_not_count_the_time_away_against_a_node() -> None:
     assert h.health("a", 61.0) is Health.DOWN
 
 
+NODE = NodeDescription("a.lab", "linux", "arm64", 4, 1024, "podman", "4.3.1", "0.1.0")
+
+
 def test_heartbeats_are_read_defensively() -> None:
+    described = node_to_dict(NODE, version="0.1.0")
     got = parse_heartbeat(
-        beat(cpus=4, memoryBytes=1024, labels={"site": "x"}, conditions={"diskPressure": True})
+        beat(**described, labels={"site": "x"}, conditions={"diskPressure": True})
     )
     assert (got.cpus, got.memory, dict(got.labels), got.pressure) == (
         4.0,
         1024,
         {"site": "x"},
-        ("diskPressure",),
+        (Condition.DISK_PRESSURE,),
     )
-    assert parse_heartbeat(beat(conditions=["memoryPressure"])).pressure == ("memoryPressure",)
-    for bad in (b"[]", b'{"ready": "yes"}', beat(cpus="many"), beat(labels={"a": 1}), b"\xff"):
+    assert got.node == NODE and got.hostname == "a.lab" and got.version == "0.1.0"
+    assert parse_heartbeat(beat(conditions=["memoryPressure"])).pressure == (
+        Condition.MEMORY_PRESSURE,
+    )
+    undescribed = parse_heartbeat(beat(version="0.1.0"))  # the runtime has not answered yet
+    assert (undescribed.node, undescribed.cpus, undescribed.version) == (None, None, "0.1.0")
+    for bad in (
+        b"[]",
+        b'{"ready": "yes"}',
+        beat(**{**described, "cpus": "many"}),
+        beat(**{**described, "memoryBytes": -1}),
+        beat(cpus=4),  # a description is whole or null
+        beat(labels={"a": 1}),
+        b"\xff",
+    ):
         with pytest.raises(BadValue):
             parse_heartbeat(bad)
+
+
+def test_the_manager_reads_the_description_an_agent_writes() -> None:
+    value = node_value(
+        node_id="a",
+        node=NODE,
+        ready=True,
+        availability=Availability.ACTIVE,
+        labels={"site": "x"},
+        version="0.2.0",
+        now=0.0,
+        conditions={"diskPressure": False, "memoryPressure": True},
+    )
+    got = parse_heartbeat(value)
+    assert got.node == NodeDescription(
+        "a.lab", "linux", "arm64", 4, 1024, "podman", "4.3.1", "0.2.0"
+    )
+    assert (got.version, got.pressure) == ("0.2.0", (Condition.MEMORY_PRESSURE,))
 
 
 def entry(key: str, value: Any, revision: int) -> Entry:
@@ -98,7 +134,9 @@ def test_the_view_says_when_the_schedulers_inputs_changed() -> None:
     assert not view.apply(CONTROL, entry("node.a", {"availability": "sideways"}, 5), 5.0)
     assert view.problems and view.availability["a"] is Availability.DRAIN
     assert not view.apply(STATUS, entry("a.web-1", {"state": "running"}, 6), 6.0)
-    assert view.statuses["a.web-1"].state == "running"
+    assert view.statuses["a.web-1"].state is TaskState.RUNNING
+    assert not view.apply(STATUS, entry("a.web-2", {"state": "sulking"}, 7), 7.0)
+    assert "a.web-2" not in view.statuses  # not a task state: not read
 
 
 def test_the_view_ignores_an_assignment_older_than_what_it_knows() -> None:

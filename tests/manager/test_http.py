@@ -7,6 +7,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.core.model import TaskState
+from reconciler.manager.health import NodeState
 from reconciler.manager.metrics import NODE_STATES, TASK_STATES, FleetCounts, ManagerMetrics
 from reconciler.manager.scheduler import Reason
 from tests.contract import MANAGER_METRICS
@@ -23,7 +25,12 @@ def families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 
 
 def test_every_manager_series_is_exported_with_every_label_value_from_the_start() -> None:
-    counts = FleetCounts(leader=True, nodes={"ready": 2, "down": 1}, tasks={"running": 5})
+    counts = FleetCounts(
+        leader=True,
+        nodes={NodeState.READY: 2, NodeState.DOWN: 1},
+        tasks={TaskState.RUNNING: 5},
+        unassigned=3,
+    )
     metrics = ManagerMetrics(counts=lambda: counts)
     metrics.rescheduled(Reason.NODE_DOWN, 2)
     metrics.observe_schedule(0.02)
@@ -37,7 +44,7 @@ def test_every_manager_series_is_exported_with_every_label_value_from_the_start(
     }
     tasks = {dict(k)["state"]: v for k, v in got["reconciler_manager_tasks"].items()}
     assert set(tasks) == set(TASK_STATES) and tasks["running"] == 5.0
-    assert tasks["unassigned"] == 0.0
+    assert tasks["unassigned"] == 3.0 and tasks["assigned"] == 0.0
     reschedules = got["reconciler_manager_reschedules_total"]
     assert {dict(k)["reason"]: v for k, v in reschedules.items()} == {
         "node_down": 2.0,

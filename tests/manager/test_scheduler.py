@@ -6,9 +6,10 @@ import json
 from collections import Counter
 from typing import Any
 
+from reconciler.core.model import Availability
 from reconciler.fleet.buckets import SERVICES
-from reconciler.fleet.values import Availability
-from reconciler.manager.scheduler import Health, NodeView, Placed, Plan, Reason, schedule
+from reconciler.manager.health import Health
+from reconciler.manager.scheduler import NodeView, Placed, Plan, Reason, schedule
 from reconciler.manager.services import Service, read_service
 
 IMAGE = "localhost/busybox:latest"

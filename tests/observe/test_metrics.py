@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
-from reconciler.core.executor import RuntimeObserver
+from reconciler.core.executor import DriftKind, PullResult, RuntimeObserver, RuntimeOp
 from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
-from reconciler.observe.metrics import DRIFT_KINDS, RUNTIME_OPS, Metrics
+from reconciler.observe.metrics import Metrics
 from tests.builders import full_usage, node
 from tests.contract import AGENT_METRICS
 
@@ -91,18 +91,25 @@ def test_every_fixed_label_value_is_exported_from_the_start() -> None:
     _, _, reg = make(Snapshot())
     for state in TaskState:
         assert reg.get_sample_value("reconciler_tasks", {"state": state.label}) == 0.0
-    for kind in DRIFT_KINDS:
+    for kind in DriftKind:
         assert reg.get_sample_value("reconciler_drift_corrections_total", {"kind": kind}) == 0.0
-    for op in RUNTIME_OPS:
+    for op in RuntimeOp:
         assert reg.get_sample_value("reconciler_runtime_errors_total", {"op": op}) == 0.0
+    for result in PullResult:
+        assert reg.get_sample_value("reconciler_image_pulls_total", {"result": result}) == 0.0
     assert reg.get_sample_value("reconciler_desired_state_errors_total") == 0.0
     assert reg.get_sample_value("reconciler_task_start_seconds_count") == 0.0
     assert reg.get_sample_value("reconciler_reconcile_duration_seconds_count") == 0.0
 
 
 def test_fixed_label_sets_are_exactly_the_contract() -> None:
-    assert DRIFT_KINDS == ("container_missing", "container_exited", "orphan_removed")
-    assert set(RUNTIME_OPS) == {
+    assert [k.value for k in DriftKind] == [
+        "container_missing",
+        "container_exited",
+        "orphan_removed",
+    ]
+    assert [r.value for r in PullResult] == ["pulled", "present", "fallback", "failed", "refused"]
+    assert {op.value for op in RuntimeOp} == {
         "create",
         "start",
         "stop",
@@ -301,7 +308,7 @@ def test_event_methods_count_on_the_injected_registry() -> None:
     assert reg.get_sample_value("reconciler_runtime_errors_total", {"op": "create"}) == 0.0
     kinds = {
         k: reg.get_sample_value("reconciler_drift_corrections_total", {"kind": k})
-        for k in DRIFT_KINDS
+        for k in DriftKind
     }
     assert kinds == {"container_missing": 0.0, "container_exited": 1.0, "orphan_removed": 1.0}
     assert reg.get_sample_value("reconciler_desired_state_errors_total") == 1.0
@@ -394,8 +401,6 @@ def families(text: str) -> dict[str, tuple[str, str, dict[object, float]]]:
 
 
 def test_render_matches_what_the_registry_collects() -> None:
-    from prometheus_client import generate_latest
-
     views = [
         task("api", "a1", TaskState.STARTING),
         task("api", "a0", TaskState.FAILED, current=False),
