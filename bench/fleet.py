@@ -49,8 +49,9 @@ from nats.aio.client import Client
 
 from bench.session import nats_server
 from bench.support import free_port, percentile
-from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS, init_buckets
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS
 from reconciler.fleet.options import NatsOptions
+from reconciler.fleet.provision import init_buckets
 from reconciler.fleet.watch import KeyWatch
 from reconciler.manager.admin import apply_services, remove_services
 from reconciler.manager.services import parse_service_file

@@ -57,7 +57,8 @@ from nats.js.kv import KeyValue
 from bench.support import AgentProcess, free_port, task_yaml, wait_until, write_desired
 from reconciler.assemble.agent import assemble_agent
 from reconciler.core.clock import SystemClock
-from reconciler.fleet.buckets import ASSIGNMENTS, STATUS, init_buckets
+from reconciler.fleet.buckets import ASSIGNMENTS, STATUS
+from reconciler.fleet.provision import init_buckets
 from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options

@@ -32,9 +32,10 @@ from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, UsageError
 from reconciler.cli.render import table
 from reconciler.cli.values import fleet_options, parse_interval, parse_listen
 from reconciler.core.model import Availability
-from reconciler.fleet.buckets import check_node_id, default_replicas, init_buckets
+from reconciler.fleet.buckets import check_node_id
 from reconciler.fleet.connect import connect_first
 from reconciler.fleet.options import NatsOptions, redact
+from reconciler.fleet.provision import default_replicas, init_buckets
 from reconciler.manager.admin import (
     FleetError,
     NodeRow,

@@ -1,4 +1,4 @@
-"""The fleet's KV buckets: their names and settings, the keys in them, and creating them.
+"""The fleet's KV buckets: their names and settings, and the keys in them.
 
 The bucket names, their keys and their settings are part of the contract that agents, managers
 and operators' tools share:
@@ -17,21 +17,14 @@ node read its own status key through a subject that names the key (and so can be
 by key). A node id is one subject token (letters, digits, ``-`` and ``_``), because keys and
 permission subjects are built from it.
 
-``init_buckets`` creates missing buckets and brings the settings of existing ones back to the
-table above; it is idempotent. Node users have no permission to create buckets: an agent that
-finds none keeps retrying until the manager (or ``reconciler manager init``) has made them.
+Creating them is ``reconciler.fleet.provision``'s job; this module is pure, so that an agent
+can check its node id without loading the NATS client.
 """
 
 from __future__ import annotations
 
-import enum
-import logging
 import re
 from dataclasses import dataclass
-from typing import Any
-
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import NotFoundError
 
 __all__ = [
     "ASSIGNMENTS",
@@ -44,19 +37,14 @@ __all__ = [
     "SERVICES",
     "STATUS",
     "Bucket",
-    "InitResult",
     "assignment_key",
     "buckets",
     "check_node_id",
-    "default_replicas",
-    "init_buckets",
     "key_subject",
     "node_control_key",
     "status_key",
     "stream_name",
 ]
-
-log = logging.getLogger(__name__)
 
 NODES = "reconciler_nodes"
 ASSIGNMENTS = "reconciler_assignments"
@@ -81,12 +69,6 @@ class Bucket:
     name: str
     max_age: float = 0.0
     history: int = 1
-
-
-class InitResult(enum.Enum):
-    CREATED = "created"
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
 
 
 def buckets(*, lease: float = DEFAULT_LEASE) -> tuple[Bucket, ...]:
@@ -132,69 +114,3 @@ def status_key(node_id: str, name: str) -> str:
 
 def node_control_key(node_id: str) -> str:
     return f"node.{node_id}"
-
-
-def default_replicas(nc: Any) -> int:
-    """Replicas for new buckets: the size of the connected server's cluster, at most 3.
-
-    A server lists every client URL of its cluster, itself included, in ``connect_urls`` of
-    its INFO (nats-py keeps it unexposed, in ``_server_info``); a lone server lists none.
-    """
-    info = getattr(nc, "_server_info", None) or {}
-    urls = info.get("connect_urls") or ()
-    return max(1, min(3, len(set(urls))))
-
-
-async def init_buckets(
-    js: Any, *, lease: float = DEFAULT_LEASE, replicas: int = 1
-) -> list[tuple[str, InitResult]]:
-    """Create the contract's buckets, or bring existing ones to its settings. Idempotent.
-
-    ``js`` is a nats-py ``JetStreamContext`` of a user allowed to manage streams. ``replicas``
-    applies to buckets created now; an existing bucket keeps its replica count. Returns each
-    bucket with what was done. Raises nats-py's errors (``nats.errors.TimeoutError``,
-    ``nats.js.errors.APIError``, ...) when JetStream refuses or does not answer.
-    """
-    results: list[tuple[str, InitResult]] = []
-    for bucket in buckets(lease=lease):
-        results.append((bucket.name, await _ensure(js, bucket, replicas)))
-    return results
-
-
-async def _ensure(js: Any, bucket: Bucket, replicas: int) -> InitResult:
-    try:
-        info = await js.stream_info(stream_name(bucket.name))
-    except NotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=bucket.name,
-                history=bucket.history,
-                ttl=bucket.max_age or None,
-                replicas=replicas,
-                storage=StorageType.FILE,
-                direct=True,
-            )
-        )
-        log.debug("bucket created bucket=%s replicas=%d", bucket.name, replicas)
-        return InitResult.CREATED
-    config = info.config
-    wanted = {
-        "max_age": bucket.max_age,
-        "max_msgs_per_subject": bucket.history,
-        "allow_direct": True,
-    }
-    have = {
-        "max_age": float(config.max_age or 0.0),
-        "max_msgs_per_subject": config.max_msgs_per_subject,
-        "allow_direct": bool(config.allow_direct),
-    }
-    if have == wanted:
-        return InitResult.UNCHANGED
-    config.max_age = bucket.max_age
-    if bucket.max_age and (config.duplicate_window or 0) > bucket.max_age:
-        config.duplicate_window = bucket.max_age  # JetStream refuses a window beyond max age
-    config.max_msgs_per_subject = bucket.history
-    config.allow_direct = True
-    await js.update_stream(config)
-    log.debug("bucket settings updated bucket=%s was=%s", bucket.name, have)
-    return InitResult.UPDATED

@@ -65,11 +65,10 @@ from reconciler.fleet.buckets import (
     NODES,
     SERVICES,
     STATUS,
-    default_replicas,
-    init_buckets,
 )
 from reconciler.fleet.connect import connect_first
 from reconciler.fleet.options import NatsOptions, redact
+from reconciler.fleet.provision import default_replicas, init_buckets
 from reconciler.fleet.watch import KeyWatch, WatchLost
 from reconciler.manager.health import node_state
 from reconciler.manager.leader import Elector

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,13 +183,22 @@ def test_ps_watch_redraws_the_table_until_interrupted(tmp_path: Path):
 
 def test_starting_a_command_loads_neither_the_fleet_nor_podman_nor_the_schema_checker() -> None:
     # What a restart of the agent waits for: each command imports only what it runs.
-    import subprocess
-    import sys
-
     code = (
         "import sys; import reconciler.cli.main; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('nats', 'podman', 'jsonschema', 'yaml', 'runtime') or m == 'reconciler.cli.manager'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_run_command_loads_neither_podman_py_nor_nats_before_asking_podman_info() -> None:
+    # ``reconciler run`` asks podman for its info before anything heavy is imported, and a node
+    # on a desired directory never loads the NATS client at all.
+    code = (
+        "import sys; import reconciler.cli.agent; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nats', 'podman', 'requests', "
+        "'watchfiles'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -11,7 +11,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from reconciler.fleet.buckets import buckets, default_replicas, init_buckets, stream_name
+from reconciler.fleet.buckets import buckets, stream_name
+from reconciler.fleet.provision import default_replicas, init_buckets
 from tests.contract import missing
 from tests.natsserver import REPO, NatsServer, free_port, require_nats_server
 

@@ -29,15 +29,9 @@ from reconciler.agent.agent import Agent
 from reconciler.assemble.agent import assemble_agent, fleet_session
 from reconciler.core.clock import SystemClock
 from reconciler.core.model import TaskState
-from reconciler.fleet.buckets import (
-    ASSIGNMENTS,
-    CONTROL,
-    NODES,
-    STATUS,
-    init_buckets,
-    node_control_key,
-)
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS, node_control_key
 from reconciler.fleet.options import NatsOptions
+from reconciler.fleet.provision import init_buckets
 from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options

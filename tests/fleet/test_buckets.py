@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
-from reconciler.fleet.buckets import InitResult, buckets, check_node_id, init_buckets
+from reconciler.fleet.buckets import buckets, check_node_id
+from reconciler.fleet.provision import InitResult, init_buckets
 from tests.fleet.support import Manager
 from tests.natsserver import NatsServer, nats_server
 

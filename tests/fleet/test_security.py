@@ -16,8 +16,8 @@ import pytest
 from nats.aio.client import Client
 
 from reconciler.core.clock import SystemClock
-from reconciler.fleet.buckets import init_buckets
 from reconciler.fleet.options import NatsOptions
+from reconciler.fleet.provision import init_buckets
 from reconciler.fleet.watch import KeyWatch, WatchLost
 from reconciler.sessions.nats import NatsSession
 from tests.fleet.support import Manager, eventually, running_agent, spec

@@ -14,7 +14,8 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from reconciler.core.clock import SystemClock
-from reconciler.fleet.buckets import LEADER, init_buckets
+from reconciler.fleet.buckets import LEADER
+from reconciler.fleet.provision import init_buckets
 from reconciler.manager.leader import HOLD, LEADER_KEY, Elector
 from tests.fleet.support import eventually
 from tests.natsserver import NatsServer, nats_server
