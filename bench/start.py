@@ -83,7 +83,12 @@ async def agent_round(svc: PodmanService) -> float:
     node = f"bench-{uuid.uuid4().hex[:8]}"
     clock = SystemClock()
     ex = PodmanExecutor(
-        url=svc.url, node_id=node, clock=clock, observer=NullObserver(), agent_version="bench"
+        url=svc.url,
+        node_id=node,
+        clock=clock,
+        observer=NullObserver(),
+        agent_version="bench",
+        image_gc_threshold=15.0,
     )
     await ex.start()
     try:

@@ -17,7 +17,8 @@ Each part has one job and a module of its own:
 **Start-up**, in order: the host-reboot check; the runtime's start (its event stream and
 probe, supervised); adoption, when the store was just created or rebuilt; the worker's Init;
 the local manager's first full assignment. Only then do the loops start (``session``,
-``resync``, ``reporter``, and whatever the caller adds). A stop request ends start-up at once.
+``resync``, ``reporter``; the process runner adds ``http`` from the start). A stop request ends
+start-up at once.
 
 **Loops** run under one ``Supervisor``: restarted with backoff after an unexpected error,
 counted in ``reconciler_loop_restarts_total``, named by ``/healthz`` while down.
@@ -31,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from reconciler.agent.imagegc import DEFAULT_THRESHOLD, ImageCollector
+from reconciler.agent.imagegc import ImageCollector
 from reconciler.agent.observer import AgentState, RuntimeEvents
 from reconciler.agent.pump import SessionPump
 from reconciler.agent.resync import Resync
@@ -57,18 +58,19 @@ __all__ = ["Agent", "AgentConfig"]
 
 log = logging.getLogger(__name__)
 
-Loop = Callable[[], Awaitable[None]]
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
+    """The agent's settings, as ``reconciler run``'s flags give them (their defaults are the
+    option data's, ``reconciler.cli.options``; ``reconciler.assemble`` makes this)."""
+
     node_id: str
-    resync_interval: float = 30.0
-    labels: tuple[tuple[str, str], ...] = ()
-    boot_id: str | None = None  # None: read it from the kernel
-    stats_interval: float = 10.0  # usage sampling; 0 turns it off
-    state_dir: str | None = None  # for the node's disk-free figure
-    image_gc_threshold: float = DEFAULT_THRESHOLD  # percent free of the image store; 0: off
+    resync_interval: float
+    labels: tuple[tuple[str, str], ...]
+    boot_id: str | None  # None: read it from the kernel
+    stats_interval: float  # usage sampling; 0 turns it off
+    state_dir: str | None  # for the node's disk-free figure
+    image_gc_threshold: float  # percent free of the image store; 0: off
 
 
 class Agent:
@@ -140,18 +142,11 @@ class Agent:
 
     # ----------------------------------------------------------------------------- run
 
-    async def run(
-        self,
-        executor: Executor,
-        session: Session,
-        stop: asyncio.Event,
-        *,
-        loops: Mapping[str, Loop] | None = None,
-    ) -> None:
+    async def run(self, executor: Executor, session: Session, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set. Then stop cleanly, leaving containers running.
 
-        ``loops`` are further long-running coroutines to supervise by name. Never raises
-        because of the runtime, the store's writes or the session.
+        Never raises because of the runtime, the store's writes or the session. Loops of the
+        caller's (the HTTP server) go on this agent's ``supervisor``.
         """
         self.state.attach(asyncio.get_running_loop())
         self.state.session = session
@@ -164,8 +159,6 @@ class Agent:
                 self.supervisor.start("session", lambda: pump.run(session))
                 self.supervisor.start("resync", resync.run)
                 self.supervisor.start("reporter", self.reporter.run)
-                for name, body in (loops or {}).items():
-                    self.supervisor.start(name, body)
                 await stop.wait()
         finally:
             log.info("stopping; containers keep running")

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from reconciler.core.store import Store
 
 __all__ = [
-    "DEFAULT_THRESHOLD",
     "RECORD_EVERY",
     "ImageCollector",
     "ImageRecord",
@@ -58,9 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_THRESHOLD = 15.0
-"""``--image-gc-threshold``'s default, in percent of the image store's filesystem."""
 
 RECORD_EVERY = 60.0
 """An image in use has its last use written at most this often (seconds)."""
@@ -152,7 +148,7 @@ class ImageCollector:
         *,
         store: Store,
         clock: Clock,
-        threshold_percent: float = DEFAULT_THRESHOLD,
+        threshold_percent: float,
         on_removed: Callable[[int], None] = lambda n: None,
     ) -> None:
         self._store = store

@@ -22,6 +22,7 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.cli.exits import UsageError
+from reconciler.fleet.buckets import DEFAULT_LEASE
 
 __all__ = [
     "COMMANDS",
@@ -206,7 +207,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 default="15s",
             ),
             Flag(
-                "lease", "leadership lease, the leader key's age limit", "DURATION", default="10s"
+                "lease",
+                "leadership lease, the leader key's age limit",
+                "DURATION",
+                default=f"{DEFAULT_LEASE:g}s",  # the buckets' contract: manager init uses it too
             ),
         ),
         fleet=True,

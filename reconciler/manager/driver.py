@@ -60,7 +60,6 @@ from reconciler.core.supervisor import describe_error
 from reconciler.fleet.buckets import (
     ASSIGNMENTS,
     CONTROL,
-    DEFAULT_LEASE,
     LEADER,
     NODES,
     SERVICES,
@@ -84,11 +83,10 @@ from reconciler.manager.view import FleetView
 from reconciler.manager.watches import WATCH_TIMEOUT, BucketWatches, WatchEvent
 from reconciler.manager.writes import PlanWriter, kv
 
-__all__ = ["DEFAULT_GRACE", "FleetManager", "ManagerConfig"]
+__all__ = ["FleetManager", "ManagerConfig"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRACE = 15.0
 RECONNECT_BACKOFF = Backoff(initial=0.1, cap=2.0)
 WATCHED = (SERVICES, NODES, CONTROL, ASSIGNMENTS, STATUS)
 RETRY_AFTER = 1.0
@@ -101,14 +99,15 @@ _LOST = "lost"
 _LEADERSHIP = "leadership"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ManagerConfig:
     """``manager_id`` names this manager in the leader key; ``grace`` (node health) and
-    ``lease`` (leadership) in seconds; ``write_window``: writes in flight at once."""
+    ``lease`` (leadership) in seconds, as ``--node-grace`` and ``--lease`` give them (their
+    defaults are the option data's); ``write_window``: writes in flight at once."""
 
     manager_id: str
-    grace: float = DEFAULT_GRACE
-    lease: float = DEFAULT_LEASE
+    grace: float
+    lease: float
     idle_heartbeat: float = 5.0
     request_timeout: float = 5.0
     write_window: int = 256

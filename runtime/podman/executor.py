@@ -94,7 +94,7 @@ class PodmanExecutor:
         agent_version: str,
         max_workers: int = 8,
         discover: Discover | None = None,
-        image_gc_threshold: float = 15.0,
+        image_gc_threshold: float,
         exit_watch: ExitWatch | None = None,
         node_info: Awaitable[Mapping[str, Any] | None] | None = None,
     ) -> None:

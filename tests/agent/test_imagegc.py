@@ -100,7 +100,7 @@ def test_an_image_with_several_of_the_agents_names_loses_them_all() -> None:
 @pytest.fixture
 def collector(store: RocksStore, clock: FakeClock) -> ImageCollector:
     removed: list[int] = []
-    c = ImageCollector(store=store, clock=clock, on_removed=removed.append)
+    c = ImageCollector(store=store, clock=clock, on_removed=removed.append, threshold_percent=15.0)
     c.removed = removed  # type: ignore[attr-defined]
     return c
 
@@ -204,13 +204,18 @@ async def test_records_survive_a_restart_of_the_agent(
     store = RocksStore.open(state)
     executor.add_image("app:1", size=5 * MB)
     await use(executor, "t1", "app:1")
-    await ImageCollector(store=store, clock=clock).run(executor, needed=())
+    await ImageCollector(store=store, clock=clock, threshold_percent=15.0).run(executor, needed=())
     store.close()
     await remove_container(executor, "t1")
     executor.set_disk(100 * MB, other=95 * MB)
     store = RocksStore.open(state)
     try:
-        assert await ImageCollector(store=store, clock=clock).run(executor, needed=()) == 1
+        assert (
+            await ImageCollector(store=store, clock=clock, threshold_percent=15.0).run(
+                executor, needed=()
+            )
+            == 1
+        )
         assert store.image_records() == {}
     finally:
         store.close()

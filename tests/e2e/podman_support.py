@@ -163,6 +163,7 @@ def new_executor(
         clock=clock or SystemClock(),
         observer=observer,
         agent_version="test",
+        image_gc_threshold=15.0,
     )
 
 

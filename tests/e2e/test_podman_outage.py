@@ -205,6 +205,7 @@ async def test_a_long_stop_holds_no_thread_that_a_ping_or_an_inspect_needs(
         observer=observer,
         agent_version="test",
         max_workers=2,  # so one stop fills the lane for long calls
+        image_gc_threshold=15.0,
     )
     await ex.start()
     try:
@@ -310,6 +311,7 @@ async def test_discovery_finds_a_socket_that_appears_after_start(
         observer=observer,
         agent_version="test",
         discover=lambda: first_answering(candidates, timeout=1.0),
+        image_gc_threshold=15.0,
     )
     await ex.start()
     try:

@@ -124,6 +124,7 @@ async def test_the_first_describe_takes_the_info_read_at_start_up_and_later_ones
         observer=NullObserver(),
         agent_version="t",
         node_info=early(),
+        image_gc_threshold=15.0,
     )
     try:
         node = await ex.describe()
@@ -145,6 +146,7 @@ async def test_describe_asks_podman_when_the_early_info_got_no_answer(tmp_path: 
         observer=NullObserver(),
         agent_version="t",
         node_info=unanswered(),
+        image_gc_threshold=15.0,
     )
     try:
         with pytest.raises(TemporaryError):
