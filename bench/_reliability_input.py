@@ -37,6 +37,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from reconciler.spec.loader import load_directory
+from reconciler.spec.problems import DesiredStateError
 from reconciler.testing.hostile import corpus
 from reconciler.testing.hostile.strategies import Case, documents, judge, texts
 
@@ -96,9 +98,6 @@ def _peak_kib() -> int:
 
 def read_once(directory: Path, warm_up: Path) -> dict[str, float]:
     """In this process: warm up, then time one ``load_directory`` and its peak extra RSS."""
-    from reconciler.spec.loader import load_directory
-    from reconciler.spec.problems import DesiredStateError
-
     load_directory(warm_up)
     # Reset the peak RSS to the current RSS; where that fails, the peak may date from start-up
     # and the extra RSS reads low.

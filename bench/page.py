@@ -178,6 +178,8 @@ def idle_cpu_pct(pid: int, seconds: float) -> float:
 
 def browser(profile: str) -> Any:
     """A headless Chromium (the system's, through chromium-driver) on a fresh ``profile``."""
+    # Imported here: the server child this bench measures (``bench.page serve``) imports this
+    # module too, and selenium would add about 10 MB and 0.06 s to the process being measured.
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service

@@ -36,16 +36,14 @@ import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from reconciler.core.clock import Clock
 from reconciler.core.errors import StoreError
 from reconciler.core.executor import Executor, RuntimeImage
 from reconciler.core.pulls import short_of_space
+from reconciler.core.store import Store
 from reconciler.core.supervisor import describe_error
-
-if TYPE_CHECKING:
-    from reconciler.core.clock import Clock
-    from reconciler.core.store import Store
 
 __all__ = [
     "RECORD_EVERY",
