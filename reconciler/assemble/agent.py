@@ -48,6 +48,10 @@ log = logging.getLogger("reconciler")
 
 PodmanInfo = concurrent.futures.Future[dict[str, Any] | None]
 
+BOOT_ID_ENV = "RECONCILER_TEST_BOOT_ID"
+"""For tests only, and undocumented on purpose: the boot id the agent takes instead of the
+kernel's, so an end-to-end test can make the agent see a host reboot."""
+
 
 @dataclass(frozen=True, slots=True)
 class AgentOptions:
@@ -63,14 +67,6 @@ class AgentOptions:
     labels: tuple[tuple[str, str], ...]
     manager: NatsOptions | None  # fleet mode when set
     image_gc_threshold: float
-
-
-BOOT_ID_ENV = "RECONCILER_TEST_BOOT_ID"
-"""For tests only, and undocumented on purpose: the boot id the agent takes instead of the
-kernel's, so an end-to-end test can make the agent see a host reboot."""
-
-
-# ----------------------------------------------------------------------------- the agent
 
 
 def read_podman_info(url: str) -> PodmanInfo:
