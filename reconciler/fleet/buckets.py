@@ -33,6 +33,8 @@ from typing import Any
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 
+from reconciler.core.cancel import cancellable
+
 __all__ = [
     "ASSIGNMENTS",
     "CONTROL",
@@ -157,7 +159,8 @@ async def init_buckets(
     """
     results: list[tuple[str, InitResult]] = []
     for bucket in buckets(lease=lease):
-        results.append((bucket.name, await _ensure(js, bucket, replicas)))
+        # cancellable: nats-py's requests can swallow a cancellation (reconciler.core.cancel)
+        results.append((bucket.name, await cancellable(_ensure(js, bucket, replicas))))
     return results
 
 
