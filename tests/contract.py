@@ -12,9 +12,15 @@ CI), and every series the code defines must be exported (``tests/observe/test_me
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from reconciler.testing.natsserver import MISSING as NATS_SERVER_MISSING
+from reconciler.testing.natsserver import nats_server_binary
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: The metrics an agent exports (each one named in PRODUCT.md).
 AGENT_METRICS = (
@@ -82,3 +88,11 @@ def missing(message: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {message}")
     pytest.skip(message)
+
+
+def require_nats_server() -> str:
+    """The nats-server binary, for a test that runs it by hand; ``missing`` when it is absent."""
+    binary = nats_server_binary()
+    if binary is None:
+        missing(NATS_SERVER_MISSING)
+    return binary

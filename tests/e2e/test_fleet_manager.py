@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler.testing.podman import PodmanService
+from reconciler.testing.natsserver import NatsServer
 from tests.e2e.agent_support import (
     FOREVER,
     IMAGE,
@@ -30,21 +29,8 @@ from tests.e2e.agent_support import (
     free_port,
 )
 from tests.fleet.support import Manager
-from tests.natsserver import NatsServer, nats_server
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
-
-
-@pytest.fixture
-def server(harness: Harness) -> Iterator[NatsServer]:
-    with nats_server(harness.base / "nats") as s:
-        yield s
 
 
 def heartbeat_every(url: str, period: str) -> None:
@@ -78,10 +64,10 @@ def service_file(path: Path, **env: str) -> str:
 
 
 def test_the_manager_places_a_service_on_podman_rolls_out_a_change_and_drains(
-    harness: Harness, server: NatsServer
+    harness: Harness, nats_server: NatsServer
 ) -> None:
     h = harness
-    url = server.url
+    url = nats_server.url
     init = cli("manager", "init", "--nats", url)
     assert init.returncode == 0, init.stderr
     heartbeat_every(url, "500ms")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.testing.podman import PodmanService
+from reconciler.testing.natsserver import NatsServer
 from tests.e2e.agent_support import (
     FOREVER,
     IMAGE,
@@ -40,23 +40,10 @@ from tests.e2e.agent_support import (
 )
 from tests.e2e.test_status_page import ARTIFACTS, Browser, require_chromium
 from tests.fleet.support import Manager
-from tests.natsserver import NatsServer, nats_server
 
 pytestmark = pytest.mark.e2e
 
 DOCS_IMAGE = REPO / "docs" / "images" / "manager-page.png"
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
-
-
-@pytest.fixture
-def server(harness: Harness) -> Iterator[NatsServer]:
-    with nats_server(harness.base / "nats") as s:
-        yield s
 
 
 @pytest.fixture
@@ -135,10 +122,10 @@ def table(browser: Browser, name: str) -> dict[str, dict[str, str]]:
 
 
 def test_the_manager_page_follows_the_fleet_live_as_a_node_stops(
-    harness: Harness, server: NatsServer, browser: Browser
+    harness: Harness, nats_server: NatsServer, browser: Browser
 ) -> None:
     h = harness
-    url = server.url
+    url = nats_server.url
     init = cli("manager", "init", "--nats", url)
     assert init.returncode == 0, init.stderr
     heartbeat_every(url, "500ms")
@@ -237,11 +224,11 @@ def test_the_manager_page_follows_the_fleet_live_as_a_node_stops(
 
 
 def test_without_javascript_the_manager_page_is_a_static_snapshot(
-    harness: Harness, server: NatsServer
+    harness: Harness, nats_server: NatsServer
 ) -> None:
     require_chromium()
     h = harness
-    url = server.url
+    url = nats_server.url
     assert cli("manager", "init", "--nats", url).returncode == 0
     heartbeat_every(url, "500ms")
     manager = start_manager(h, url)
