@@ -44,7 +44,7 @@ ARCHITECTURE = DOCS / "architecture.md"
 REFERENCE = (DESIRED_STATE, CLI, HTTP_AND_METRICS, OPERATIONS, ARCHITECTURE)
 
 #: Where the agent's metrics are registered; its ``"reconciler_..."`` literals are metric names.
-METRICS_SOURCE = ROOT / "reconciler" / "metrics.py"
+METRICS_SOURCE = ROOT / "reconciler" / "observe" / "metrics.py"
 
 
 def read(path: Path) -> str:
