@@ -7,6 +7,10 @@ its JetStream are ready, so a test never races the server's start. ``stop()`` (S
 ``kill()`` (SIGKILL) end it; ``start()`` again brings it back on the same ports with the same
 store, which is what a restart or an outage looks like to a client.
 
+``monitoring`` reads the server's monitoring endpoints: ``clients()`` names the connected
+clients and ``connections_so_far()`` counts every connection accepted, which is how a test sees
+a client come, go, or keep trying.
+
 ``extra`` config text is appended (accounts and users, say); ``env`` adds environment
 variables, which nats-server's config can reference as ``$NAME``.
 
@@ -26,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from reconciler.testing.polling import Fatal, wait_until
 from reconciler.testing.ports import free_port
@@ -124,6 +129,23 @@ class NatsServer:
             )
         if wait:
             self.wait_healthy()
+
+    def monitoring(self, endpoint: str) -> dict[str, Any]:
+        """A monitoring endpoint's JSON (``varz``, ``connz?limit=1024``, ...). Raises
+        ``OSError`` when the server does not answer."""
+        url = f"http://127.0.0.1:{self.http_port}/{endpoint}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+    def clients(self) -> list[str]:
+        """The names of the clients connected now (an agent's is ``reconciler-agent <node>``)."""
+        conns = self.monitoring("connz?limit=1024").get("connections") or []
+        return [str(c.get("name", "")) for c in conns]
+
+    def connections_so_far(self) -> int:
+        """Client connections the server has accepted since it started."""
+        return int(self.monitoring("varz").get("total_connections", 0))
 
     def healthy(self) -> bool:
         try:

@@ -199,7 +199,7 @@ async def test_statuses_of_one_turn_are_written_once_latest_wins(store, executor
     w.update_task_status("a", TaskStatus(state=S.READY))
     assert got[-2:] == [S.PREPARING, S.READY]  # every change is broadcast
     assert store.get_status("a").state == S.ACCEPTED  # written at the end of this turn
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the thing under test
     assert store.get_status("a").state == S.READY
     await w.close()
 

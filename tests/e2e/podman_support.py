@@ -110,7 +110,7 @@ async def drive(
             driven.task = replace(driven.task, status=retry.status)
             if len(driven.retries) > max_retries:
                 raise AssertionError(f"too many retries: {driven.retries[-3:]}") from None
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield between two steps, not a wait
             continue
         driven.task = replace(driven.task, status=status)
         if status.state.terminal:

@@ -44,6 +44,7 @@ from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.tasks import ended
 
 IMAGE = "localhost/busybox:latest"
+BARRIER_KEY = "test-barrier"
 
 
 def spec(name: str, **fields: Any) -> dict[str, Any]:
@@ -99,6 +100,11 @@ class Manager:
         except KeyNotFoundError:
             return None
         return json.loads(entry.value or b"null"), int(entry.revision or 0)
+
+    async def barrier(self, bucket: str) -> int:
+        """Put a marker key into ``bucket`` and wait for its acknowledgement: every message the
+        stream had queued before it is stored. Returns its revision."""
+        return int(await (await self.kv(bucket)).put(BARRIER_KEY, b"{}"))
 
     async def status(self, node: str, name: str) -> dict[str, Any] | None:
         got = await self._get(STATUS, f"{node}.{name}")

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.fleet.buckets import NODES
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
 from reconciler.testing.ports import free_port
 from tests.fleet.support import Manager, TcpProxy, running_agent, spec
 
 RESTART = {"restart": {"delay": "100ms", "maxDelay": "200ms"}}
+AGENT = "reconciler-agent node-a"  # the agent's connection name
 
 
 @pytest.fixture
@@ -137,7 +139,7 @@ async def test_reconnect_converges_to_assignments_changed_during_the_outage(
         await manager.unassign("node-a", "a")
         await manager.assign("node-a", "b", spec("b", env={"NEW": "1"}))
         await manager.assign("node-a", "c", spec("c"))
-        await asyncio.sleep(0.5)  # the agent stays offline for a while
+        await asyncio.sleep(0.5)  # an outage that lasts: nothing changes meanwhile, under test
         assert set(r.states()) == {"a", "b"} and r.current_id("b") == b_id
         await proxy.start()
         # b's changed spec replaces it: the old instance runs until the new one takes over
@@ -188,10 +190,10 @@ async def test_heartbeats_stop_when_the_agent_stops_and_resume_at_once_when_it_s
     async with running_agent(tmp_path / "state", [nats_server.url]):
         first = await eventually(lambda: manager.node("node-a"), "a heartbeat")
         await eventually(lambda: _revision_above(manager, first[1] + 3), "heartbeats every period")
-    await asyncio.sleep(0.3)  # a put already on the wire when the agent stopped may land
+    await landed(nats_server, manager)  # a put already on the wire when the agent stopped
     stopped = await manager.node("node-a")
     assert stopped is not None
-    await asyncio.sleep(1.0)  # twenty periods
+    await asyncio.sleep(1.0)  # twenty periods pass: no heartbeat in them is what is under test
     after = await manager.node("node-a")
     assert after is not None and after[1] == stopped[1]
 
@@ -201,6 +203,16 @@ async def test_heartbeats_stop_when_the_agent_stops_and_resume_at_once_when_it_s
             lambda: _revision_above(manager, stopped[1]), "a heartbeat right after start"
         )
         assert resumed
+
+
+async def landed(server: NatsServer, manager: Manager) -> None:
+    """Every heartbeat the stopped agent sent is stored: the server has dropped its connection
+    (so it read all the agent wrote), and a put of the manager's, queued behind them in the
+    stream, is acknowledged."""
+    await eventually(
+        lambda: AGENT not in server.clients(), "the server dropping the agent's connection"
+    )
+    await manager.barrier(NODES)
 
 
 async def _revision_above(manager: Manager, revision: int) -> tuple[dict[str, object], int] | None:
@@ -213,7 +225,10 @@ async def test_an_agent_that_finds_no_buckets_keeps_retrying_and_is_not_ready_un
 ) -> None:
     async with running_agent(tmp_path / "state", [nats_server.url]) as r:
         await eventually(lambda: r.agent.snapshot().node is not None, "the runtime described")
-        await asyncio.sleep(0.5)  # several connection attempts
+        tried = nats_server.connections_so_far()
+        await eventually(
+            lambda: nats_server.connections_so_far() >= tried + 2, "two more connection attempts"
+        )
         snap = r.agent.snapshot()
         assert not snap.ready and snap.ready_reason == "desired state has not been read yet"
         assert r.metric("reconciler_session_connected") == 0.0
