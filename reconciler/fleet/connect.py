@@ -32,8 +32,6 @@ import nats
 import yaml
 from nats.aio.client import Client
 
-from reconciler.core.cancel import cancellable
-
 __all__ = [
     "ConfigError",
     "NatsOptions",
@@ -195,10 +193,13 @@ async def connect(
         )
     )
     try:
-        # cancellable: nats-py's connect can swallow a cancellation (reconciler.core.cancel)
-        return await cancellable(opening)
+        # Shielded: nats-py's connect can swallow a cancellation (reconciler.core.cancel), and
+        # one cancelled midway leaves its socket open. Cancelling the caller raises here at
+        # once; the connect finishes on its own (within connect_timeout), and a connection it
+        # opens after its caller was cancelled is closed.
+        return await asyncio.shield(opening)
     except asyncio.CancelledError:
-        opening.add_done_callback(_close_abandoned)  # one that opens anyway is closed
+        opening.add_done_callback(_close_abandoned)
         raise
 
 
@@ -207,7 +208,7 @@ _abandoned: set[asyncio.Task[None]] = set()
 
 def _close_abandoned(opening: asyncio.Future[Client]) -> None:
     if opening.cancelled() or opening.exception() is not None:
-        return
+        return  # nothing opened (nats-py closes what it opened when a connect fails)
     closing = asyncio.ensure_future(opening.result().close())
     _abandoned.add(closing)
     closing.add_done_callback(_abandoned.discard)

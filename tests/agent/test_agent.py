@@ -18,6 +18,7 @@ from reconciler.sessions.memory import MemorySession
 from reconciler.store.recovery import open_store
 from reconciler.store.rocks import RocksStore, db_path
 from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.tasks import ended
 
 S = TaskState
 
@@ -62,7 +63,7 @@ async def running_agent(
         yield Running(agent, session, executor, store)
     finally:
         stop.set()
-        await task
+        await ended(task, "the agent")
         store.close()
 
 
@@ -345,7 +346,7 @@ async def test_a_session_loop_that_fails_is_restarted_counted_and_named_by_healt
         assert states(agent) == {"web": S.RUNNING}
     finally:
         stop.set()
-        await task
+        await ended(task, "the agent")
         opened.store.close()
 
 

@@ -29,6 +29,7 @@ from reconciler.store.recovery import open_store
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.polling import eventually
+from reconciler.testing.tasks import ended
 from reconciler.web import server as http
 
 S = TaskState
@@ -94,7 +95,7 @@ async def running_agent(
         yield Running(agent, session, executor, store, host)
     finally:
         stop.set()
-        await task
+        await ended(task, "the agent")
         store.close()
 
 

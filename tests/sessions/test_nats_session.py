@@ -23,6 +23,7 @@ from reconciler.sessions.nats import NatsSession
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
 from reconciler.testing.ports import free_port
+from reconciler.testing.tasks import ended
 from tests.fleet.support import Manager, TcpProxy, spec
 
 
@@ -48,8 +49,8 @@ class Collected:
         return [m for m in self.messages if isinstance(m, DesiredTasks)]
 
     async def close(self) -> None:
-        await self.session.close()
-        await asyncio.wait_for(self._task, 30)
+        await ended(asyncio.ensure_future(self.session.close()), "the session's close")
+        await ended(self._task, "the consumer of the session's messages")
 
 
 @pytest.fixture
