@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.cli import options as cli_options
 from reconciler.cli.options import COMMANDS, COMMON, CommandSpec, all_flags
+from reconciler.core.executor import DRIFT_KINDS, RUNTIME_OPS
 from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.metrics import Metrics
@@ -141,8 +142,6 @@ def test_every_metric_label_is_documented_in_the_metrics_row() -> None:
 
 
 def test_every_fixed_label_value_is_documented() -> None:
-    from reconciler.core.executor import DRIFT_KINDS, RUNTIME_OPS
-
     spans = code_spans(read(HTTP_AND_METRICS)) | code_spans(read(DESIRED_STATE))
     values = {*DRIFT_KINDS, *RUNTIME_OPS, *(s.label for s in TaskState)}
     assert not sorted(values - spans), f"label values not documented: {sorted(values - spans)}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
@@ -394,8 +394,6 @@ def families(text: str) -> dict[str, tuple[str, str, dict[object, float]]]:
 
 
 def test_render_matches_what_the_registry_collects() -> None:
-    from prometheus_client import generate_latest
-
     views = [
         task("api", "a1", TaskState.STARTING),
         task("api", "a0", TaskState.FAILED, current=False),
