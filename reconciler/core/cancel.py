@@ -14,7 +14,9 @@ Two remedies, one for each side of a cancellation:
 * ``cancellable(call)``, for the task being cancelled: it awaits a library's call in a task of
   its own, so a cancellation of the caller always raises ``CancelledError`` in the caller,
   whatever the call does with it. The call is cancelled too and left to finish on its own.
-  Use it for every NATS call a stoppable loop awaits directly.
+  Use it for every NATS call a stoppable loop awaits directly. (Connecting is the exception: a
+  connect cancelled midway leaves its socket open, so ``reconciler.fleet.connect`` shields it
+  and closes what it opens after its caller is gone.)
 * ``cancel_and_wait(tasks)``, for the one stopping them: it cancels again, every ``every``
   seconds on the clock, each task that has not ended yet, so a cancellation that a library
   swallowed anyway is delivered again at the task's next await.
