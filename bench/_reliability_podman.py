@@ -27,12 +27,12 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from bench.support import AgentProcess, podman_service, task_yaml, write_desired
 from reconciler.testing.faultproxy import FaultProxy, Mode
 from reconciler.testing.podman import PodmanService
+from reconciler.testing.polling import wait_until
 
 IMAGE = "localhost/busybox:latest"
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
@@ -40,20 +40,7 @@ ROUNDS = int(os.environ.get("BENCH_RELIABILITY_ROUNDS", "3"))
 OUTAGE = float(os.environ.get("BENCH_OUTAGE_SECONDS", "15"))
 HANG_GUARD = 120.0
 
-T = TypeVar("T")
-
 _RUNTIME_UP = re.compile(r"^reconciler_runtime_up (\S+)$", re.MULTILINE)
-
-
-def poll(probe: Callable[[], T | None], *, what: str, every: float = 0.02) -> T:
-    """The first truthy value of ``probe()``, polled every ``every`` seconds."""
-    deadline = time.monotonic() + HANG_GUARD
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {HANG_GUARD:.0f}s waiting for {what}")
 
 
 def runtime_up(agent: AgentProcess) -> float | None:
@@ -90,11 +77,11 @@ def one_round(
     outage: float,
 ) -> tuple[float, float]:
     """One outage: (seconds to runtime_up 0, seconds from podman's return to the work running)."""
-    keep = poll(lambda: running_id(agent, "keep"), what="keep running")
-    poll(lambda: runtime_up(agent) == 1.0, what="runtime_up 1")
+    keep = wait_until(lambda: running_id(agent, "keep"), "keep running", within=HANG_GUARD)
+    wait_until(lambda: runtime_up(agent) == 1.0, "runtime_up 1", within=HANG_GUARD)
 
     began = proxy.set_mode(Mode.BLACKHOLE)
-    poll(lambda: runtime_up(agent) == 0.0, what="runtime_up 0")
+    wait_until(lambda: runtime_up(agent) == 0.0, "runtime_up 0", within=HANG_GUARD)
     detect = time.monotonic() - began
 
     svc.run("kill", f"keep.{keep}")  # through podman's own socket: the agent cannot see it
@@ -103,9 +90,10 @@ def one_round(
     time.sleep(max(0.0, began + outage - time.monotonic()))
 
     ended = proxy.set_mode(Mode.PASS)
-    poll(
+    wait_until(
         lambda: running_id(agent, late) and running_id(agent, "keep", other_than=keep),
-        what="the work queued during the outage running",
+        "the work queued during the outage running",
+        within=HANG_GUARD,
     )
     return detect, time.monotonic() - ended
 
@@ -121,7 +109,7 @@ def measure(*, rounds: int = ROUNDS, outage: float = OUTAGE) -> dict[str, float]
         try:
             write_desired(agent.desired, "bench.yaml", task_yaml(tasks))
             agent.start()
-            poll(agent.ready, what="agent ready", every=0.05)
+            wait_until(agent.ready, "agent ready", within=HANG_GUARD, every=0.05)
             for r in range(rounds):
                 d, rec = one_round(agent, proxy, svc, tasks, late=f"late-{r}", outage=outage)
                 detect.append(d)

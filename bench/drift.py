@@ -27,15 +27,8 @@ from pathlib import Path
 
 import podman
 
-from bench.support import (
-    IMAGE,
-    AgentProcess,
-    percentile,
-    podman_service,
-    task_yaml,
-    wait_until,
-    write_desired,
-)
+from bench.support import IMAGE, AgentProcess, percentile, podman_service, task_yaml, write_desired
+from reconciler.testing.polling import wait_until
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "20"))
 
@@ -50,7 +43,7 @@ def wait_for_running(agent: AgentProcess) -> dict[str, object]:
                 return True
         return False
 
-    wait_until(running, timeout=60, what="victim running", every=0.02)
+    wait_until(running, within=60, what="victim running", every=0.02)
     return found
 
 
@@ -58,7 +51,7 @@ def wait_for_failed(agent: AgentProcess, instance: str) -> None:
     def failed() -> bool:
         return any(t["id"] == instance and t["state"] == "failed" for t in agent.tasks())
 
-    wait_until(failed, timeout=60, what="victim failed", every=0.002)
+    wait_until(failed, within=60, what="victim failed", every=0.002)
 
 
 class DiedEvents:

@@ -41,20 +41,23 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client
 
-from bench.session import nats_server
-from bench.support import free_port, percentile
+from bench.support import percentile
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS
 from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.provision import init_buckets
 from reconciler.fleet.watch import KeyWatch
 from reconciler.manager.admin import apply_services, remove_services
 from reconciler.manager.services import parse_service_file
+from reconciler.testing.natsserver import nats_server
+from reconciler.testing.polling import eventually
+from reconciler.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_COUNT = int(os.environ.get("BENCH_FLEET_NODES", "200"))
@@ -249,17 +252,8 @@ def metric(url: str, line_start: str) -> float | None:
     return None
 
 
-async def until(probe: object, what: str, within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        value = probe() if callable(probe) else probe
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+async def until(probe: Callable[[], Any], what: str, within: float = DEADLINE) -> None:
+    await eventually(probe, what, within=within)
 
 
 def service_set(services: list[dict[str, object]]) -> bytes:

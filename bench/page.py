@@ -50,11 +50,13 @@ from prometheus_client import CollectorRegistry
 
 from bench._page_fleet import NODES_N, Fleet, node_id
 from bench.scrape import build_snapshot
-from bench.support import free_port, percentile, wait_until
+from bench.support import percentile
 from reconciler.core.model import TaskState
 from reconciler.core.snapshot import Changes, Snapshot
 from reconciler.manager.page import ManagerPage
 from reconciler.observe.metrics import Metrics
+from reconciler.testing.polling import wait_until
+from reconciler.testing.ports import free_port
 from reconciler.web.agent_routes import serve_agent
 from reconciler.web.server import Route, serve_routes
 
@@ -208,7 +210,7 @@ def load_times(driver: Any, url: str) -> tuple[float, float]:
         lambda: bool(
             driver.execute_script("return performance.getEntriesByName('reconciler:live').length")
         ),
-        timeout=60,
+        within=60,
         what="the page's first event",
     )
     times = driver.execute_script(
@@ -253,7 +255,7 @@ def update_latencies(driver: Any, child: subprocess.Popen[str], kind: str) -> li
         def seen(want: str = want) -> Any:
             return driver.execute_script("return window.__seen[arguments[0]]", want)
 
-        wait_until(lambda: seen() is not None, timeout=30, what=f"the page to show {want!r}")
+        wait_until(lambda: seen() is not None, within=30, what=f"the page to show {want!r}")
         out.append(float(seen()) - swapped * 1000)
         time.sleep(0.2)
     return out
@@ -287,7 +289,7 @@ def measure(kind: str) -> dict[str, float]:
     driver = None
     profile = tempfile.mkdtemp(prefix="rcb-page-", dir="/tmp")
     try:
-        wait_until(lambda: _answers(base), timeout=60, what="the page server")
+        wait_until(lambda: _answers(base), within=60, what="the page server")
         html_bytes = size(base + "/")
         event_bytes = first_event_size(base + "/v1/events")
         time.sleep(2)  # let the closed stream and the start settle

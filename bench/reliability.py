@@ -24,15 +24,8 @@ import time
 from pathlib import Path
 
 from bench.scale import started_at
-from bench.support import (
-    IMAGE,
-    AgentProcess,
-    percentile,
-    podman_service,
-    task_yaml,
-    wait_until,
-    write_desired,
-)
+from bench.support import IMAGE, AgentProcess, percentile, podman_service, task_yaml, write_desired
+from reconciler.testing.polling import wait_until
 
 ROUNDS = int(os.environ.get("BENCH_KILL9_ROUNDS", "100"))
 N = int(os.environ.get("BENCH_TASKS", "10"))
@@ -48,7 +41,7 @@ def all_running(agent: AgentProcess) -> bool:
 def restart_and_time(agent: AgentProcess) -> float:
     t0 = time.monotonic()
     agent.start()
-    wait_until(lambda: all_running(agent), timeout=120, what="ready, every task running")
+    wait_until(lambda: all_running(agent), within=120, what="ready, every task running")
     return time.monotonic() - t0
 
 
@@ -68,7 +61,7 @@ def agent_figures() -> dict[str, float]:
         write_desired(agent.desired, "tasks.yaml", task_yaml(tasks))
         agent.start()
         try:
-            wait_until(lambda: all_running(agent), timeout=300, what=f"{N} tasks running")
+            wait_until(lambda: all_running(agent), within=300, what=f"{N} tasks running")
             before = started_at(svc)
             times: list[float] = []
             for _ in range(ROUNDS):

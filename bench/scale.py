@@ -32,9 +32,9 @@ from bench.support import (
     podman_service,
     rss_mb,
     task_yaml,
-    wait_until,
     write_desired,
 )
+from reconciler.testing.polling import wait_until
 
 N = int(os.environ.get("BENCH_TASKS", "100"))
 IDLE = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
@@ -98,7 +98,7 @@ def recover(svc: object, agent: AgentProcess) -> None:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     agent.kill9()
     agent.start()
-    wait_until(agent.ready, timeout=120, what="ready after the untimed restart")
+    wait_until(agent.ready, within=120, what="ready after the untimed restart")
     time.sleep(2)
     log = agent.work / "agent.log"
     times: list[float] = []
@@ -110,7 +110,7 @@ def recover(svc: object, agent: AgentProcess) -> None:
         agent.start()
         wait_until(
             lambda: agent.ready() and sum(t["state"] == "running" for t in agent.tasks()) == N,
-            timeout=120,
+            within=120,
             what="ready with every task adopted",
         )
         times.append(time.monotonic() - t0)
@@ -159,7 +159,7 @@ def main() -> None:
             t0 = time.monotonic()
             wait_until(
                 lambda: agent.ready() and sum(t["state"] == "running" for t in agent.tasks()) == N,
-                timeout=600,
+                within=600,
                 what=f"{N} tasks running",
                 every=0.2,
             )
@@ -174,7 +174,7 @@ def main() -> None:
             agent.start()
             wait_until(
                 lambda: agent.ready() and sum(t["state"] == "running" for t in agent.tasks()) == N,
-                timeout=120,
+                within=120,
                 what="ready again with usage sampling on",
             )
             measure_idle(agent, "_sampling_on")

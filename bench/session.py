@@ -34,19 +34,16 @@ Run with ``bench/run session``; ``BENCH_SESSION_TASKS`` overrides 30.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,7 +51,7 @@ from typing import Any
 import nats
 from nats.js.kv import KeyValue
 
-from bench.support import AgentProcess, free_port, task_yaml, wait_until, write_desired
+from bench.support import AgentProcess, task_yaml, write_desired
 from reconciler.assemble.agent import assemble_agent
 from reconciler.core.clock import SystemClock
 from reconciler.fleet.buckets import ASSIGNMENTS, STATUS
@@ -63,7 +60,9 @@ from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.natsserver import nats_server
 from reconciler.testing.podman import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
+from reconciler.testing.polling import eventually, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 N = int(os.environ.get("BENCH_SESSION_TASKS", "30"))
@@ -73,64 +72,6 @@ RESTARTS = int(os.environ.get("BENCH_SESSION_RESTARTS", "5"))
 OUTAGE = float(os.environ.get("BENCH_SESSION_OUTAGE", "3"))
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
 FLEET_NODE = "bench-fleet"
-
-
-# --------------------------------------------------------------------------- nats-server
-
-
-class NatsServer:
-    """A local ``nats-server -js`` on free loopback ports, restartable on the same store."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        if not os.access(binary, os.X_OK):
-            raise SystemExit("bench session needs nats-server (scripts/setup installs it)")
-        self.binary = binary
-        self.dir = workdir
-        self.port = free_port()
-        self.http_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.conf = workdir / "server.conf"
-        self.conf.write_text(
-            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http_port}\n"
-            f'jetstream {{ store_dir: "{workdir / "js"}" }}\n'
-        )
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.dir / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.conf)], stdout=log, stderr=log
-            )
-
-    def healthy(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.http_port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                return bool(json.loads(resp.read()).get("status") == "ok")
-        except (OSError, ValueError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-            self.proc = None
-
-
-@contextlib.contextmanager
-def nats_server(workdir: Path) -> Iterator[NatsServer]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    server = NatsServer(workdir)
-    server.start()
-    try:
-        wait_until(server.healthy, timeout=30, what="nats-server healthy")
-        yield server
-    finally:
-        server.stop()
 
 
 async def _init(url: str) -> None:
@@ -198,10 +139,10 @@ def yaml_round(agent: AgentProcess, r: int) -> float:
     names = {t["name"] for t in tasks}
     t0 = time.perf_counter()
     write_desired(agent.desired, "bench.yaml", task_yaml(tasks))
-    wait_until(lambda: _all_running(agent, names), timeout=600, what="yaml tasks", every=0.02)
+    wait_until(lambda: _all_running(agent, names), within=600, what="yaml tasks", every=0.02)
     elapsed = time.perf_counter() - t0
     write_desired(agent.desired, "bench.yaml", task_yaml([]))
-    wait_until(lambda: not agent.tasks(), timeout=600, what="yaml tasks removed", every=0.05)
+    wait_until(lambda: not agent.tasks(), within=600, what="yaml tasks removed", every=0.05)
     return elapsed
 
 
@@ -228,10 +169,10 @@ def nats_round(agent: AgentProcess, url: str, r: int) -> float:
         nc, kv = loop.run_until_complete(connect())
         t0 = time.perf_counter()
         loop.run_until_complete(_put_all(kv, tasks))
-        wait_until(lambda: _all_running(agent, names), timeout=600, what="nats tasks", every=0.02)
+        wait_until(lambda: _all_running(agent, names), within=600, what="nats tasks", every=0.02)
         elapsed = time.perf_counter() - t0
         loop.run_until_complete(_delete_all(kv, tasks))
-        wait_until(lambda: not agent.tasks(), timeout=600, what="nats tasks removed", every=0.05)
+        wait_until(lambda: not agent.tasks(), within=600, what="nats tasks removed", every=0.05)
         loop.run_until_complete(nc.close())
     finally:
         loop.close()
@@ -263,7 +204,7 @@ def bench_start(base: Path) -> dict[str, list[float]]:
             for agent in agents:
                 agent.start()
             for agent in agents:
-                wait_until(agent.ready, timeout=120, what="agent ready", every=0.05)
+                wait_until(agent.ready, within=120, what="agent ready", every=0.05)
             for r in range(ROUNDS):
                 order = ("yaml", "nats") if r % 2 == 0 else ("nats", "yaml")
                 for path in order:
@@ -368,12 +309,9 @@ async def _statuses(kv: KeyValue, want: dict[str, str]) -> bool:
     return True
 
 
-async def _until(probe: Any, what: str, *, within: float = 120.0, every: float = 0.005) -> None:
-    deadline = time.monotonic() + within
-    while not probe():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(every)
+async def _until(probe: Callable[..., Any], what: str, *, every: float = 0.005) -> None:
+    """Polls often: the rounds it ends are timed."""
+    await eventually(probe, what, within=120.0, every=every)
 
 
 def _replaced(current: Callable[[], dict[str, str]], old_ids: set[str]) -> bool:
@@ -429,7 +367,7 @@ async def restart_rounds(base: Path) -> tuple[list[float], list[float]]:
                 await asyncio.sleep(OUTAGE)  # long enough for the reconnect backoff's cap
                 want = current()
                 t0 = time.perf_counter()
-                server.start()
+                server.start(wait=False)
                 await _until(server.healthy, "the server healthy", every=0.01)
                 answered.append(time.perf_counter() - t0)
                 await _until(lambda: pending() == 0, "every status delivered")

@@ -46,13 +46,14 @@ from pathlib import Path
 
 import podman
 
-from bench.support import AgentProcess, TaskStream, task_yaml, wait_until, write_desired
+from bench.support import AgentProcess, TaskStream, task_yaml, write_desired
 from reconciler.core.clock import SystemClock
 from reconciler.core.errors import TaskNoop, TaskRetry
 from reconciler.core.executor import Controller, NullObserver
 from reconciler.core.lifecycle import do, resolve
 from reconciler.core.model import Task, TaskSpec, TaskState, TaskStatus
 from reconciler.testing.podman import TEST_IMAGE, TEST_IMAGE_TARBALL, PodmanService
+from reconciler.testing.polling import wait_until
 from runtime.podman import PodmanExecutor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ def main() -> None:
         agent = AgentProcess(svc, base / "agent")
         write_desired(agent.desired, "bench.yaml", task_yaml([]))
         agent.start()
-        wait_until(agent.ready, timeout=120, what="agent ready", every=0.05)
+        wait_until(agent.ready, within=120, what="agent ready", every=0.05)
         # One untimed round of each timed side first: the agent's and podman's first start
         # (imports on first use, podman's caches) would otherwise land in round 1 alone.
         agent_yaml_round(agent, -1, N)

@@ -12,12 +12,10 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.testing.podman import PodmanService
+from reconciler.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS_CONF = REPO / "deploy" / "containers.conf"
@@ -39,12 +38,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -63,15 +56,6 @@ def podman_service() -> Iterator[PodmanService]:
         yield svc
     finally:
         svc.destroy()
-
-
-def wait_until(pred: Callable[[], bool], *, timeout: float, what: str, every: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def task_yaml(tasks: list[dict[str, Any]]) -> str:

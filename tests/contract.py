@@ -1,22 +1,26 @@
-"""What the tests hold the product to, in one place: PRODUCT.md's metric names, and the rule for
-real components a test needs (podman, Prometheus, promtool).
+"""What the tests hold the product to, in one place: the metric names it exports, and the rule
+for real components a test needs (nats-server, podman, Prometheus, promtool).
 
-``AGENT_METRICS`` and ``MANAGER_METRICS`` are the series the code exports today. The contract
-(PRODUCT.md's "Metrics" table) also lists series for capabilities not built yet, so the rule is
-one-way: every series the code exports must be in the contract (``tests/deploy/test_alerts.py``
-checks
-that against ``../shared/PRODUCT.md`` when the file stands beside the checkout, as it does in
-CI), and every series the code defines must be exported (``tests/observe/test_metrics.py``).
+``AGENT_METRICS`` and ``MANAGER_METRICS`` are the series the code exports. They are checked
+against the registries (``tests/observe/test_metrics.py``, ``tests/manager/test_http.py``) and,
+both ways, against the metric tables of ``docs/http-and-metrics.md``, the reference users read
+(``tests/deploy/test_alerts.py``). The shipped alert rules and dashboard may use these only.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-#: The metrics an agent exports (each one named in PRODUCT.md).
+from reconciler.testing.natsserver import MISSING as NATS_SERVER_MISSING
+from reconciler.testing.natsserver import nats_server_binary
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The metrics an agent exports.
 AGENT_METRICS = (
     "reconciler_build_info",
     "reconciler_node_info",
@@ -60,7 +64,7 @@ AGENT_METRICS = (
     "reconciler_images_removed_total",
 )
 
-#: The metrics a fleet manager exports (each one named in PRODUCT.md, or in ADDED_METRICS).
+#: The metrics a fleet manager exports (and reconciler_build_info, as an agent does).
 MANAGER_METRICS = (
     "reconciler_manager_leader",
     "reconciler_manager_nodes",
@@ -68,10 +72,6 @@ MANAGER_METRICS = (
     "reconciler_manager_reschedules_total",
     "reconciler_manager_schedule_seconds",
 )
-
-#: Series the code adds beyond PRODUCT.md's table, which allows more; each is documented in
-#: docs/http-and-metrics.md.
-ADDED_METRICS = frozenset({"reconciler_manager_schedule_seconds"})
 
 #: Every metric name the code exports.
 CONTRACT_METRICS = frozenset(AGENT_METRICS + MANAGER_METRICS)
@@ -82,3 +82,11 @@ def missing(message: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {message}")
     pytest.skip(message)
+
+
+def require_nats_server() -> str:
+    """The nats-server binary, for a test that runs it by hand; ``missing`` when it is absent."""
+    binary = nats_server_binary()
+    if binary is None:
+        missing(NATS_SERVER_MISSING)
+    return binary

@@ -12,7 +12,8 @@ through; in the manner of an Erlang supervisor or systemd's ``Restart=``, it is:
 * restarted after a capped, jittered backoff (``reconciler.core.backoff``). A loop that ran for
   ``healthy_after`` seconds before it failed starts again from the shortest delay.
 
-Cancellation is the only way a loop ends for good: ``stop()`` cancels every loop and waits.
+Cancellation is the only way a loop ends for good: ``stop()`` cancels every loop and waits,
+cancelling again any that goes on running.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 
 from reconciler.core.backoff import Backoff, Retry
+from reconciler.core.cancel import cancel_and_wait
 from reconciler.core.clock import Clock
 
 __all__ = ["LOOPS", "Supervisor", "describe_error", "health_of"]
@@ -94,12 +96,11 @@ class Supervisor:
         self._tasks[name] = asyncio.create_task(self._supervise(name, body), name=name)
 
     async def stop(self) -> None:
-        """Cancel every loop and wait for them. Idempotent."""
+        """Cancel every loop and wait for them, cancelling again a loop that a library kept
+        from ending (``reconciler.core.cancel``). Idempotent."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, clock=self._clock)
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         retry = Retry(self._backoff, clock=self._clock, rng=self._rng)

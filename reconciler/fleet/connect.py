@@ -57,23 +57,45 @@ async def connect(
         kwargs.update(load_credentials(options.creds))
     if options.tls_ca is not None:
         kwargs["tls"] = tls_context(options.tls_ca)
-    return await nats.connect(
-        servers=[server],
-        name=options.name,
-        inbox_prefix=options.inbox_prefix,
-        allow_reconnect=False,
-        # nats-py retries a server that refuses up to this many more times (at least once)
-        # before it gives up; no wait in between.
-        max_reconnect_attempts=1,
-        reconnect_time_wait=0,
-        connect_timeout=connect_timeout,
-        ping_interval=ping_interval,
-        max_outstanding_pings=3,
-        error_cb=error_cb,
-        disconnected_cb=disconnected_cb,
-        closed_cb=closed_cb,
-        **kwargs,
+    opening = asyncio.ensure_future(
+        nats.connect(
+            servers=[server],
+            name=options.name,
+            inbox_prefix=options.inbox_prefix,
+            allow_reconnect=False,
+            # nats-py retries a server that refuses up to this many more times (at least once)
+            # before it gives up; no wait in between.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            max_outstanding_pings=3,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            closed_cb=closed_cb,
+            **kwargs,
+        )
     )
+    try:
+        # Shielded: nats-py's connect can swallow a cancellation (reconciler.core.cancel), and
+        # one cancelled midway leaves its socket open. Cancelling the caller raises here at
+        # once; the connect finishes on its own (within connect_timeout), and a connection it
+        # opens after its caller was cancelled is closed.
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_abandoned)
+        raise
+
+
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+def _close_abandoned(opening: asyncio.Future[Client]) -> None:
+    if opening.cancelled() or opening.exception() is not None:
+        return  # nothing opened (nats-py closes what it opened when a connect fails)
+    closing = asyncio.ensure_future(opening.result().close())
+    _abandoned.add(closing)
+    closing.add_done_callback(_abandoned.discard)
 
 
 async def connect_first(

@@ -15,6 +15,7 @@ from typing import Any
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 
+from reconciler.core.cancel import cancellable
 from reconciler.fleet.buckets import DEFAULT_LEASE, Bucket, buckets, stream_name
 
 __all__ = ["InitResult", "default_replicas", "init_buckets"]
@@ -51,7 +52,8 @@ async def init_buckets(
     """
     results: list[tuple[str, InitResult]] = []
     for bucket in buckets(lease=lease):
-        results.append((bucket.name, await _ensure(js, bucket, replicas)))
+        # cancellable: nats-py's requests can swallow a cancellation (reconciler.core.cancel)
+        results.append((bucket.name, await cancellable(_ensure(js, bucket, replicas))))
     return results
 
 

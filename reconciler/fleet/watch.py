@@ -34,6 +34,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from reconciler.core.cancel import cancellable
 from reconciler.fleet.buckets import key_subject, stream_name
 
 __all__ = ["BucketMissing", "Entry", "KeyWatch", "WatchLost"]
@@ -121,7 +122,8 @@ class KeyWatch:
         request = json.dumps({"stream_name": self._stream, "config": config}).encode()
         subject = f"$JS.API.CONSUMER.CREATE.{self._stream}.{name}.{self._filter}"
         try:
-            reply = await self._nc.request(subject, request, timeout=self._timeout)
+            # cancellable: nats-py's request can swallow a cancellation (reconciler.core.cancel)
+            reply = await cancellable(self._nc.request(subject, request, timeout=self._timeout))
         except NoRespondersError:
             raise WatchLost("JetStream does not answer (is the server running with -js?)") from None
         except (TimeoutError, NatsTimeout):

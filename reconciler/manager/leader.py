@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 from nats.js.errors import KeyWrongLastSequenceError
 
+from reconciler.core.cancel import cancellable
 from reconciler.core.clock import Clock
 from reconciler.core.codec import compact
 from reconciler.fleet.values import load_json
@@ -206,10 +207,11 @@ class Elector:
 
 
 async def _within(seconds: float, call: Awaitable[T]) -> T:
-    """``call``, or ``TimeoutError`` after ``seconds``. Not ``asyncio.wait_for``, which on
-    Python 3.11 can swallow the cancellation that ends the elector."""
-    async with asyncio.timeout(seconds):
-        return await call
+    """``call``, or ``TimeoutError`` after ``seconds``. Through ``cancellable``: nats-py awaits
+    its replies with Python 3.11's ``asyncio.wait_for``, which swallows the cancellation that
+    ends the elector when a reply arrives with it, and the elector then renewed its lease for
+    ever while the manager's shutdown waited for it to end."""
+    return await cancellable(call, within=seconds)
 
 
 def _holder(value: bytes) -> str | None:

@@ -22,6 +22,7 @@ from reconciler.store.recovery import open_store
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.tasks import ended
 
 S = TaskState
 
@@ -70,7 +71,7 @@ async def running_agent(
         yield Running(assembled.agent, session, executor, store)
     finally:
         stop.set()
-        await task
+        await ended(task, "the agent")
         store.close()
 
 
@@ -358,7 +359,7 @@ async def test_a_session_loop_that_fails_is_restarted_counted_and_named_by_healt
         assert states(agent) == {"web": S.RUNNING}
     finally:
         stop.set()
-        await task
+        await ended(task, "the agent")
         opened.store.close()
 
 

@@ -25,7 +25,7 @@ from reconciler.sessions.memory import MemorySession
 from reconciler.store.recovery import open_store
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
-from tests.fleet.support import eventually
+from reconciler.testing.polling import eventually
 
 
 class FailingSession(MemorySession):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,6 +16,7 @@ from reconciler import __version__
 from reconciler.cli import main
 from reconciler.core.clock import FakeClock, settle
 from reconciler.store.statedir import load_node_id
+from reconciler.testing.fake import FakeExecutor
 from tests.agent.test_agent import desired, running_agent
 from tests.spec.helpers import safe_dir, task_set, write
 
@@ -103,7 +105,6 @@ def test_node_id_is_generated_once_and_kept(tmp_path: Path):
 def make_state(state: Path) -> None:
     async def go() -> None:
         clock = FakeClock()
-        from reconciler.testing.fake import FakeExecutor
 
         tasks = desired("web", "job")
         web = replace(tasks.tasks[0], spec=replace(tasks.tasks[0].spec, env=(("TOKEN", "s3cret"),)))
@@ -160,10 +161,6 @@ def test_inspect_redacts_env_and_exits_one_when_missing(tmp_path: Path, capsys):
 
 
 def test_ps_watch_redraws_the_table_until_interrupted(tmp_path: Path):
-    import signal
-    import subprocess
-    import sys
-
     make_state(tmp_path)
     with subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "ps", "--watch", "--state-dir", str(tmp_path)],
@@ -183,6 +180,7 @@ def test_ps_watch_redraws_the_table_until_interrupted(tmp_path: Path):
 
 def test_starting_a_command_loads_neither_the_fleet_nor_podman_nor_the_schema_checker() -> None:
     # What a restart of the agent waits for: each command imports only what it runs.
+
     code = (
         "import sys; import reconciler.cli.main; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "

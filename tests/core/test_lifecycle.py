@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from reconciler.core.clock import FakeClock
+from reconciler.core.clock import FakeClock, settle
 from reconciler.core.errors import PermanentError, TaskNoop, TaskRetry, TemporaryError
 from reconciler.core.lifecycle import do, resolve
 from reconciler.core.model import Task, TaskState, TaskStatus
@@ -83,7 +83,7 @@ async def test_running_task_waits_and_completes_on_exit_zero(
     await ctlr.start()
     running = at(task, S.RUNNING)
     waiter = asyncio.create_task(do(running, ctlr, now=clock.time))
-    await asyncio.sleep(0)
+    await settle()
     assert not waiter.done()
     executor.exit(task.id, 0)
     status = await waiter
@@ -166,7 +166,7 @@ async def test_cancelled_wait_keeps_running_state(executor: FakeExecutor, clock:
     await ctlr.prepare()
     await ctlr.start()
     op = asyncio.create_task(do(at(task, S.RUNNING), ctlr, now=clock.time))
-    await asyncio.sleep(0)
+    await settle()  # waiting for the exit
     op.cancel()
     with pytest.raises(asyncio.CancelledError):
         await op

@@ -8,8 +8,10 @@ import logging
 import pytest
 
 from reconciler.core.backoff import Backoff
+from reconciler.core.cancel import RECANCEL_EVERY
 from reconciler.core.clock import FakeClock, settle
 from reconciler.core.supervisor import Supervisor, describe_error
+from reconciler.testing.tasks import ended
 
 
 def make(clock: FakeClock, restarts: list[str]) -> Supervisor:
@@ -113,6 +115,27 @@ async def test_stop_cancels_every_loop_and_is_idempotent(clock: FakeClock) -> No
     await sup.stop()
     await sup.stop()
     assert cancelled == ["x", "x"]
+
+
+async def test_stop_ends_a_loop_that_swallowed_its_cancellation(clock: FakeClock) -> None:
+    # as a library may (Python 3.11's asyncio.wait_for, under nats-py): stop cancels again
+    cancellations: list[str] = []
+
+    async def body() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancellations.append("swallowed")
+        await asyncio.Event().wait()
+
+    sup = make(clock, [])
+    sup.start("session", body)
+    await settle()
+    stopping = asyncio.create_task(sup.stop())
+    await settle()
+    assert cancellations == ["swallowed"] and not stopping.done()
+    await clock.advance(RECANCEL_EVERY)
+    await ended(stopping, "the supervisor's stop")
 
 
 def test_describe_error_is_one_bounded_line() -> None:

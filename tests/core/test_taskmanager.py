@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import replace
 
 from reconciler.core.backoff import Backoff
@@ -86,8 +87,6 @@ async def test_temporary_errors_back_off_exponentially_then_succeed(
 
 
 def test_backoff_is_capped_and_jittered():
-    import random
-
     b = Backoff(initial=1, factor=2, cap=30, jitter=0.2)
     rng = random.Random(1)
     delays = [b.delay(n, rng) for n in range(12)]

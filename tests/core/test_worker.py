@@ -6,8 +6,10 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+from reconciler.core.backoff import Backoff
 from reconciler.core.clock import FakeClock, settle
 from reconciler.core.codec import spec_hash
+from reconciler.core.errors import TemporaryError
 from reconciler.core.model import Assignment, TaskState, TaskStatus
 from reconciler.core.worker import Worker
 from reconciler.store.rocks import RocksStore
@@ -199,15 +201,12 @@ async def test_statuses_of_one_turn_are_written_once_latest_wins(store, executor
     w.update_task_status("a", TaskStatus(state=S.READY))
     assert got[-2:] == [S.PREPARING, S.READY]  # every change is broadcast
     assert store.get_status("a").state == S.ACCEPTED  # written at the end of this turn
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the thing under test
     assert store.get_status("a").state == S.READY
     await w.close()
 
 
 async def test_retry_now_retries_every_task_waiting_in_backoff(store, executor, clock):
-    from reconciler.core.backoff import Backoff
-    from reconciler.core.errors import TemporaryError
-
     w = Worker(store, executor, clock=clock, backoff=Backoff(initial=600, cap=600, jitter=0))
     executor.fail("prepare", TemporaryError("podman is not answering"), times=2)
     await w.assign(Assignment.complete([make_task("a"), make_task("b")]))

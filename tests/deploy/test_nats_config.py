@@ -13,8 +13,9 @@ import pytest
 
 from reconciler.fleet.buckets import buckets, stream_name
 from reconciler.fleet.provision import default_replicas, init_buckets
-from tests.contract import missing
-from tests.natsserver import REPO, NatsServer, free_port, require_nats_server
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.ports import free_port
+from tests.contract import REPO, missing, require_nats_server
 
 CLUSTER = REPO / "deploy" / "nats" / "cluster"
 FLEET_CONF = REPO / "deploy" / "nats" / "fleet.conf"
@@ -77,6 +78,7 @@ class ShippedServer(NatsServer):
 
 
 def test_the_shipped_cluster_forms_and_replicates_the_buckets_three_times(tmp_path: Path) -> None:
+    require_nats_server()
     ports = {p.stem: (free_port(), free_port(), free_port()) for p in configs()}
     servers = [ShippedServer(tmp_path, p, ports) for p in configs()]
     try:

@@ -33,11 +33,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -49,63 +47,20 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.testing.podman import PodmanService
+from reconciler.testing.polling import DEADLINE, Fatal, wait_until
+from reconciler.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO / "deploy" / "containers.conf"
 IMAGE = "localhost/busybox:latest"
 # Runs until stopped and exits 0 at once on SIGTERM, so graceful stops are quick.
 FOREVER = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
-DEADLINE = 60.0
 
 T = TypeVar("T")
 
 
 def new_id() -> str:
     return uuid.uuid4().hex[:10]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Fatal(AssertionError):
-    """Raised by a probe to stop waiting at once (the agent died, say)."""
-
-
-def wait_for(
-    probe: Callable[[], T | None],
-    what: str,
-    *,
-    timeout: float = DEADLINE,
-    interval: float = 0.25,
-    context: Callable[[], str] | None = None,
-) -> T:
-    """Call ``probe`` until it returns something truthy, and return that value.
-
-    A probe that raises counts as "not yet" (except :class:`Fatal`); the last exception or
-    value is in the failure message. ``context`` adds diagnostics, such as the agent's log tail.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = probe()
-        except Fatal:
-            raise
-        except Exception as err:  # "not yet"; the last one is reported on timeout
-            value, last = None, err
-        else:
-            last = value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{context()}" if context is not None else ""
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}{extra}"
-            )
-        time.sleep(interval)
 
 
 def podman_time(text: str) -> float:
@@ -256,7 +211,7 @@ class AgentProcess:
                 raise Fatal(f"agent exited with {self.proc.returncode}\n{self.log_tail()}")
             return self.readyz()[0] == 200
 
-        wait_for(ready, "/readyz 200", timeout=timeout, context=self.log_tail)
+        wait_until(ready, "/readyz 200", within=timeout, every=0.25, context=self.log_tail)
 
     def kill9(self) -> None:
         if self.alive():
@@ -349,9 +304,18 @@ class Harness:
     def log_tail(self) -> str:
         return self.agent.log_tail() if self.agents else ""
 
-    def wait_for(self, probe: Callable[[], T | None], what: str, **kw: Any) -> T:
-        kw.setdefault("context", self.diagnostics)
-        return wait_for(probe, what, **kw)
+    def wait_for(
+        self,
+        probe: Callable[[], T | None],
+        what: str,
+        *,
+        timeout: float = DEADLINE,
+        interval: float = 0.25,
+    ) -> T:
+        """``wait_until`` with this harness's diagnostics (the agent's log, ``ps``, podman's
+        containers) in the failure; ``interval`` is longer than the default: probes here run
+        ``reconciler ps`` or ask podman."""
+        return wait_until(probe, what, within=timeout, every=interval, context=self.diagnostics)
 
     def diagnostics(self) -> str:
         parts = [self.log_tail()]

@@ -25,6 +25,7 @@ from reconciler.testing.podman import TEST_IMAGE_TARBALL, PodmanService
 from runtime.podman import PodmanExecutor
 from tests.contract import missing as absent
 from tests.e2e.agent_support import Harness
+from tests.e2e.browser_support import Browser, require_chromium
 from tests.e2e.podman_support import RecordingObserver, new_executor, new_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,6 +97,17 @@ async def podman_executor(
         yield ex
     finally:
         await ex.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A headless Chromium of this test's own (``browser_support.Browser``), quit at the end."""
+    require_chromium()
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.quit()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from reconciler.core.executor import Controller, RuntimeObserver
 from reconciler.core.lifecycle import do, resolve
 from reconciler.core.model import HealthCheck, Resources, Task, TaskSpec, TaskState, TaskStatus
 from reconciler.testing.podman import PodmanService
+from reconciler.testing.polling import eventually
 from runtime.podman import PodmanExecutor
 
 IMAGE = "localhost/busybox:latest"
@@ -113,7 +114,7 @@ async def drive(
             driven.task = replace(driven.task, status=retry.status)
             if len(driven.retries) > max_retries:
                 raise AssertionError(f"too many retries: {driven.retries[-3:]}") from None
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield between two steps, not a wait
             continue
         driven.task = replace(driven.task, status=status)
         if status.state.terminal:
@@ -170,9 +171,4 @@ def new_executor(
 async def until(pred: object, *, limit: float = 60.0, what: str = "condition") -> None:
     """Poll real podman state (in a thread) until ``pred()`` is true."""
     assert callable(pred)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(pred):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    await eventually(lambda: asyncio.to_thread(pred), what, within=limit, every=0.1)

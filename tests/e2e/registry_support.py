@@ -14,7 +14,6 @@ with another ``--change`` (an ``ENV``) is another image with another ID, so a te
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
@@ -26,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from reconciler.testing.podman import TEST_IMAGE_CHANGES, TEST_IMAGE_TARBALL, PodmanService
+from reconciler.testing.polling import Fatal, wait_until
 from tests.contract import missing
 from tests.e2e.agent_support import CONTAINERS_CONF, free_port
 from tests.e2e.conftest import ensure_tarball, require_podman
@@ -66,18 +66,15 @@ class Registry:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited with {self._proc.returncode}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"docker-registry did not answer on {self.host}")
+        proc = self._proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise Fatal(f"docker-registry exited with {proc.returncode}")
+            with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        wait_until(answers, f"docker-registry answering on {self.host}", within=timeout)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -183,7 +183,7 @@ def test_second_agent_on_the_state_dir_exits_1_and_sigterm_leaves_containers(
     assert first.alive() and first.readyz()[0] == 200
 
     assert first.terminate() == 0
-    time.sleep(1.0)  # not a timing assertion: give a wrongly stopped container time to show
+    time.sleep(1.0)  # under test: a second after the stop, a wrongly stopped container shows
     info = h.inspect(v["containerId"])
     assert info["State"]["Running"] is True
     assert info["State"]["StartedAt"] == before

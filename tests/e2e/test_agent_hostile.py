@@ -14,25 +14,17 @@ The agent is a real ``reconciler run`` subprocess against a private podman servi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from reconciler.testing.hostile import ACCEPTED, corpus
-from reconciler.testing.podman import PodmanService
 from tests.e2e.agent_support import Harness, task
 
 pytestmark = pytest.mark.e2e
 
 VALID = "reconciler_desired_state_valid"
 ERRORS = "reconciler_desired_state_errors_total"
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
 
 
 def test_hostile_files_never_touch_the_running_task(harness: Harness) -> None:

@@ -40,14 +40,8 @@ def running_instance(h: Harness, name: str, *, not_id: str | None = None) -> dic
     return h.wait_for(probe, f"a running instance of {name} other than {not_id}")
 
 
-def test_full_lifecycle_through_yaml(harness: Harness) -> None:
-    h = harness
-    keeper = task("keeper")
-    app: dict[str, Any] = task("app", resources={"memory": "32Mi"}, restart={"condition": "any"})
-    h.desired.write("tasks.yaml", [keeper, app])
-    agent = h.start_agent()
-
-    # create: it runs in podman, named <name>.<id>, labelled
+def created(h: Harness) -> dict[str, Any]:
+    """The instance of a new name runs in podman, named <name>.<id>, labelled."""
     first = running_instance(h, "app")
     c1 = h.inspect(first["containerId"])
     assert c1["State"]["Running"] is True
@@ -57,10 +51,15 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
     assert labels["reconciler.task.id"] == first["id"]
     assert labels["reconciler.node"] == h.node_id
     assert c1["HostConfig"]["Memory"] == 32 * MI
+    return first
 
-    # a command change replaces the instance, stop-first
-    app["command"] = OTHER_FOREVER
-    h.desired.write("tasks.yaml", [keeper, app])
+
+def replaced_on_a_command_change(
+    h: Harness, tasks: list[dict[str, Any]], first: dict[str, Any]
+) -> dict[str, Any]:
+    """A command change replaces the instance, stop-first."""
+    tasks[-1]["command"] = OTHER_FOREVER
+    h.desired.write("tasks.yaml", tasks)
     second = running_instance(h, "app", not_id=first["id"])
     running = h.named("app", running=True)
     assert [c["Id"] for c in running] == [second["containerId"]]
@@ -71,14 +70,17 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
     old_container = h.inspect(first["containerId"])
     assert old_container["State"]["Running"] is False  # exited, and kept with the history
     h.assert_stop_first(first["containerId"], second["containerId"])
+    return second
 
-    # a resources change: updated in place if the runtime can and the change is verified,
-    # otherwise replaced, with a message saying so. Either way the current container ends up
-    # with the new limit in the kernel (podman 4.3's inspect keeps showing the limit a
-    # container was created with after a live update, so the cgroup is the judge; a
-    # replacement must show it in inspect too).
-    app["resources"] = {"memory": "48Mi"}
-    h.desired.write("tasks.yaml", [keeper, app])
+
+def resized(h: Harness, tasks: list[dict[str, Any]], second: dict[str, Any]) -> dict[str, Any]:
+    """A resources change: updated in place if the runtime can and the change is verified,
+    otherwise replaced, with a message saying so. Either way the current container ends up
+    with the new limit in the kernel (podman 4.3's inspect keeps showing the limit a container
+    was created with after a live update, so the cgroup is the judge; a replacement must show
+    it in inspect too)."""
+    tasks[-1]["resources"] = {"memory": "48Mi"}
+    h.desired.write("tasks.yaml", tasks)
 
     def memory_applied() -> dict[str, Any] | None:
         v = h.current("app")
@@ -96,10 +98,14 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
         assert third["containerId"] == second["containerId"]  # in place: same container
     running = h.named("app", running=True)
     assert [c["Id"] for c in running] == [third["containerId"]]
+    return third
 
-    # desiredState shutdown: stopped, record and container kept
-    app["desiredState"] = "shutdown"
-    h.desired.write("tasks.yaml", [keeper, app])
+
+def shut_down(h: Harness, tasks: list[dict[str, Any]], third: dict[str, Any]) -> None:
+    """desiredState shutdown: stopped, record and container kept; a spec change meanwhile
+    starts nothing."""
+    tasks[-1]["desiredState"] = "shutdown"
+    h.desired.write("tasks.yaml", tasks)
     stopped = h.wait_state("app", "shutdown")
     assert stopped["id"] == third["id"]
     assert stopped["desiredState"] == "shutdown"
@@ -107,22 +113,43 @@ def test_full_lifecycle_through_yaml(harness: Harness) -> None:
     assert h.named("app", running=True) == []
 
     # a spec change while shut down starts nothing; it takes effect with the next instance
-    app["command"] = FOREVER
-    h.desired.write("tasks.yaml", [keeper, app])
+    tasks[-1]["command"] = FOREVER
+    h.desired.write("tasks.yaml", tasks)
     passes = resync_passes(h)
     h.wait_for(lambda: resync_passes(h) >= passes + 2, "two resync passes")
     still = h.current("app")
     assert still is not None and (still["id"], still["state"]) == (third["id"], "shutdown")
     assert h.named("app", running=True) == []
 
-    # back to running: a new instance, with the command changed while it was shut down
-    app["desiredState"] = "running"
-    h.desired.write("tasks.yaml", [keeper, app])
+
+def running_again(
+    h: Harness, tasks: list[dict[str, Any]], earlier: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Back to running: a new instance, with the command changed while it was shut down."""
+    tasks[-1]["desiredState"] = "running"
+    h.desired.write("tasks.yaml", tasks)
+    third = earlier[-1]
     fourth = running_instance(h, "app", not_id=third["id"])
-    assert fourth["id"] not in {first["id"], second["id"], third["id"]}
+    assert fourth["id"] not in {v["id"] for v in earlier}
     assert [c["Id"] for c in h.named("app", running=True)] == [fourth["containerId"]]
     assert h.inspect(fourth["containerId"])["Config"]["Cmd"] == FOREVER
     assert h.exists(third["containerId"])  # the shut-down instance is kept in the history
+    return fourth
+
+
+def test_full_lifecycle_through_yaml(harness: Harness) -> None:
+    h = harness
+    keeper = task("keeper")
+    app: dict[str, Any] = task("app", resources={"memory": "32Mi"}, restart={"condition": "any"})
+    tasks = [keeper, app]
+    h.desired.write("tasks.yaml", tasks)
+    agent = h.start_agent()
+
+    first = created(h)
+    second = replaced_on_a_command_change(h, tasks, first)
+    third = resized(h, tasks, second)
+    shut_down(h, tasks, third)
+    running_again(h, tasks, [first, second, third])
 
     # removed from the file: every instance and container of the name goes
     h.desired.write("tasks.yaml", [keeper])

@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 
 from reconciler.testing.podman import TEST_IMAGE_CHANGES, TEST_IMAGE_TARBALL, _unmount_under
+from reconciler.testing.polling import wait_until
+from reconciler.testing.ports import free_port
 from runtime.podman.discovery import ROOTFUL_SOCKET, answers
 from tests.contract import missing
-from tests.e2e.agent_support import CONTAINERS_CONF, IMAGE, REPO, free_port, taskset, wait_for
+from tests.e2e.agent_support import CONTAINERS_CONF, IMAGE, REPO, taskset
 from tests.e2e.conftest import ensure_tarball, require_podman
 
 pytestmark = pytest.mark.e2e
@@ -93,8 +95,8 @@ def test_agent_starts_its_own_podman_service_and_stops_it_on_exit(world) -> None
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/tasks", timeout=5) as r:
                 return any(t["state"] == "running" for t in json.loads(r.read()))
 
-        wait_for(running, "the task running on the agent's own podman service",
-                 context=lambda: log.read_text())  # fmt: skip
+        wait_until(running, "the task running on the agent's own podman service",
+                   every=0.25, context=lambda: log.read_text())  # fmt: skip
         own = state / "podman" / "podman.sock"
         assert answers(f"unix://{own}")
         assert "started podman service" in log.read_text()

@@ -13,78 +13,26 @@ Without podman or prometheus this skips on a developer machine and fails under C
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-import yaml
 
 from tests.e2e.agent_support import Harness, task
-from tests.e2e.test_prometheus import (
-    Prom,
-    concrete,
-    dashboard_targets,
-    free_port,
-    has_number,
-    prometheus_binary,
-)
+from tests.prometheus import Prometheus, concrete, dashboard_targets, has_number
 
 pytestmark = [pytest.mark.e2e, pytest.mark.prometheus]
 
 
-@pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[object]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(target: str) -> Prom:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "scrape_configs": [
-                        {"job_name": "reconciler", "static_configs": [{"targets": [target]}]}
-                    ],
-                }
-            )
-        )
-        log = tmp_path / "prometheus.log"
-        with log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        prometheus_binary(),
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={tmp_path / 'data'}",
-                        f"--web.listen-address=127.0.0.1:{port}",
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=tmp_path,
-                )
-            )
-        return Prom(f"http://127.0.0.1:{port}", log)
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def value(prom: Prom, expr: str) -> float:
+def value(prom: Prometheus, expr: str) -> float:
     result = prom.api("query", query=expr)["result"]
     assert len(result) == 1, (expr, result)
     return float(result[0]["value"][1])
 
 
-def test_dashboard_panels_have_data_from_a_real_agent(harness: Harness, prometheus_for) -> None:
+def test_dashboard_panels_have_data_from_a_real_agent(
+    harness: Harness, prometheus: Callable[[str, str], Prometheus]
+) -> None:
     h = harness
     h.desired.write(
         "t.yaml",
@@ -105,13 +53,8 @@ def test_dashboard_panels_have_data_from_a_real_agent(harness: Harness, promethe
         lambda: (h.current("web") or {}).get("id") not in (None, web["id"]) or None,
         "web replaced after the kill",
     )
-    prom = prometheus_for(f"127.0.0.1:{h.port}")
-    h.wait_for(
-        lambda: value(prom, 'sum_over_time(up{job="reconciler"}[1m])') >= 8,
-        "eight scrapes of the agent",
-        timeout=120,
-        interval=0.5,
-    )
+    prom = prometheus("reconciler", f"127.0.0.1:{h.port}")
+    prom.wait_scraped(8)
 
     instance = f"127.0.0.1:{h.port}"
     empty = []

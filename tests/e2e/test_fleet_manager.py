@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler.testing.podman import PodmanService
+from reconciler.testing.natsserver import NatsServer
 from tests.e2e.agent_support import (
     FOREVER,
     IMAGE,
@@ -30,21 +29,8 @@ from tests.e2e.agent_support import (
     free_port,
 )
 from tests.fleet.support import Manager
-from tests.natsserver import NatsServer, nats_server
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
-
-
-@pytest.fixture
-def server(harness: Harness) -> Iterator[NatsServer]:
-    with nats_server(harness.base / "nats") as s:
-        yield s
 
 
 def heartbeat_every(url: str, period: str) -> None:
@@ -77,15 +63,9 @@ def service_file(path: Path, **env: str) -> str:
     return str(path)
 
 
-def test_the_manager_places_a_service_on_podman_rolls_out_a_change_and_drains(
-    harness: Harness, server: NatsServer
-) -> None:
-    h = harness
-    url = server.url
-    init = cli("manager", "init", "--nats", url)
-    assert init.returncode == 0, init.stderr
-    heartbeat_every(url, "500ms")
-
+def start_manager(h: Harness, url: str) -> AgentProcess:
+    """``reconciler manager run`` as an operator starts it (short grace and lease), once it
+    is ready and leads; killed on cleanup like an agent."""
     listen = f"127.0.0.1:{free_port()}"
     manager = AgentProcess(
         [
@@ -106,10 +86,37 @@ def test_the_manager_places_a_service_on_podman_rolls_out_a_change_and_drains(
         log_path=h.base / "manager.log",
         listen=listen,
     )
-    h.agents.append(manager)  # killed on cleanup like an agent
+    h.agents.append(manager)
     manager.wait_ready()
     assert manager.get("/healthz")[0] == 200
     h.wait_for(lambda: manager.metric("reconciler_manager_leader") == 1, "the manager leads")
+    return manager
+
+
+def running_tasks(h: Harness) -> dict[str, dict[str, Any]] | None:
+    """web-1's and web-2's containers, when each runs exactly once in podman."""
+    found = {n: h.named(n, running=True) for n in ("web-1", "web-2")}
+    if any(len(c) != 1 for c in found.values()):
+        return None
+    return {n: c[0] for n, c in found.items()}
+
+
+def manager_ps(url: str) -> list[dict[str, Any]]:
+    out = cli("manager", "ps", "--nats", url, "-o", "json")
+    assert out.returncode == 0, out.stderr
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+def test_the_manager_places_a_service_on_podman_rolls_out_a_change_and_drains(
+    harness: Harness, nats_server: NatsServer
+) -> None:
+    h = harness
+    url = nats_server.url
+    init = cli("manager", "init", "--nats", url)
+    assert init.returncode == 0, init.stderr
+    heartbeat_every(url, "500ms")
+    manager = start_manager(h, url)
 
     h.start_agent("--manager", url, "--node-label", "site=lab")
     h.wait_for(
@@ -118,23 +125,10 @@ def test_the_manager_places_a_service_on_podman_rolls_out_a_change_and_drains(
     )
     applied = cli("manager", "apply", "-f", service_file(h.base / "web.yaml", V="1"), "--nats", url)
     assert (applied.returncode, applied.stdout) == (0, "create service web (2 replicas)\n")
-
-    def running() -> dict[str, dict[str, Any]] | None:
-        found = {n: h.named(n, running=True) for n in ("web-1", "web-2")}
-        if any(len(c) != 1 for c in found.values()):
-            return None
-        return {n: c[0] for n, c in found.items()}
-
-    first = h.wait_for(running, "web-1 and web-2 running in podman")
-
-    def ps() -> list[dict[str, Any]]:
-        out = cli("manager", "ps", "--nats", url, "-o", "json")
-        assert out.returncode == 0, out.stderr
-        rows: list[dict[str, Any]] = json.loads(out.stdout)
-        return rows
-
+    first = h.wait_for(lambda: running_tasks(h), "web-1 and web-2 running in podman")
     rows = h.wait_for(
-        lambda: (r := ps()) and all(x["state"] == "running" for x in r) and r, "ps says running"
+        lambda: (r := manager_ps(url)) and all(x["state"] == "running" for x in r) and r,
+        "ps says running",
     )
     assert [(r["task"], r["node"]) for r in rows] == [("web-1", h.node_id), ("web-2", h.node_id)]
     h.wait_for(
@@ -147,7 +141,7 @@ def test_the_manager_places_a_service_on_podman_rolls_out_a_change_and_drains(
     assert (changed.returncode, changed.stdout) == (0, "update service web (env)\n")
 
     def replaced() -> dict[str, dict[str, Any]] | None:
-        now = running()
+        now = running_tasks(h)
         if now is None or any(now[n]["Id"] == first[n]["Id"] for n in now):
             return None
         return now
@@ -165,5 +159,5 @@ def test_the_manager_places_a_service_on_podman_rolls_out_a_change_and_drains(
         "2 tasks unassigned",
     )
     assert manager.metric("reconciler_manager_reschedules_total", reason="drain") == 2
-    assert {r["state"] for r in ps()} == {"unassigned"}
+    assert {r["state"] for r in manager_ps(url)} == {"unassigned"}
     assert manager.terminate() == 0

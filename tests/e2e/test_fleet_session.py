@@ -13,29 +13,15 @@ back and the queued status is delivered; removing the assignment removes the con
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from reconciler.testing.podman import PodmanService
+from reconciler.testing.natsserver import NatsServer
 from tests.e2e.agent_support import Harness, cli, task
 from tests.fleet.support import Manager
-from tests.natsserver import NatsServer, nats_server
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
-
-
-@pytest.fixture
-def server(harness: Harness) -> Iterator[NatsServer]:
-    with nats_server(harness.base / "nats") as s:
-        yield s
 
 
 def manage(url: str, action: str, *args: Any) -> Any:
@@ -52,28 +38,28 @@ def manage(url: str, action: str, *args: Any) -> Any:
 
 
 def test_fleet_assignment_runs_on_podman_and_statuses_survive_a_nats_outage(
-    harness: Harness, server: NatsServer
+    harness: Harness, nats_server: NatsServer
 ) -> None:
     h = harness
     node = h.node_id
-    init = cli("manager", "init", "--nats", server.url)
+    init = cli("manager", "init", "--nats", nats_server.url)
     assert init.returncode == 0, init.stderr
     assert "created reconciler_assignments" in init.stdout
-    manage(server.url, "assign", node, "web", task("web", restart={"delay": "500ms"}))
+    manage(nats_server.url, "assign", node, "web", task("web", restart={"delay": "500ms"}))
 
-    agent = h.start_agent("--manager", server.url, "--node-label", "site=lab")
+    agent = h.start_agent("--manager", nats_server.url, "--node-label", "site=lab")
     web = h.wait_state("web", "running")
     assert len(h.named("web", running=True)) == 1
 
     def status(name: str, **want: Any) -> dict[str, Any] | None:
-        got = manage(server.url, "status", node, name)
+        got = manage(nats_server.url, "status", node, name)
         return got if got and all(got.get(k) == v for k, v in want.items()) else None
 
     stored = h.wait_for(lambda: status("web", id=web["id"], state="running"), "web's status")
     assert stored["containerId"] == web["containerId"]
 
     def ready_beat() -> dict[str, Any] | None:
-        got = manage(server.url, "node", node)
+        got = manage(nats_server.url, "node", node)
         return got[0] if got and got[0]["ready"] else None
 
     beat = h.wait_for(ready_beat, "a heartbeat saying ready")
@@ -81,7 +67,7 @@ def test_fleet_assignment_runs_on_podman_and_statuses_survive_a_nats_outage(
     assert beat["runtime"] == "podman"
 
     # NATS goes away: the task keeps running, and the agent still corrects drift
-    server.stop()
+    nats_server.stop()
     h.wait_for(lambda: agent.metric("reconciler_session_connected") == 0, "offline")
     h.podman("kill", web["containerId"])
     replaced = h.wait_for(
@@ -92,13 +78,13 @@ def test_fleet_assignment_runs_on_podman_and_statuses_survive_a_nats_outage(
     assert agent.readyz()[0] == 200
 
     # NATS is back: the queued status is delivered
-    server.start()
+    nats_server.start()
     h.wait_for(lambda: status("web", id=replaced["id"], state="running"), "the queued status")
     h.wait_for(lambda: agent.metric("reconciler_status_reports_pending") == 0, "none pending")
     assert agent.metric("reconciler_session_connected") == 1
 
     # the manager removes the task: its container goes
-    manage(server.url, "unassign", node, "web")
+    manage(nats_server.url, "unassign", node, "web")
     h.wait_for(lambda: not h.named("web"), "web's containers removed")
     assert agent.terminate() == 0
 

@@ -3,7 +3,7 @@
 Everything runs as an operator runs it: a real nats-server, ``reconciler manager init``, a
 ``reconciler manager run`` subprocess with ``--listen``, two agent subprocesses (two node ids on
 one private podman service) and ``reconciler manager apply``. The browser is the system's
-Chromium (the same driver as the agent page's test, ``test_status_page.Browser``). The page
+Chromium (``tests/e2e/browser_support.Browser``, as for the agent page). The page
 must show the service's replicas and its tasks on both nodes, then, without a reload, a stopped
 node as down and its task moved to the other node, with the task no node may take listed as
 unassigned with the reason. Its only requests go to the manager (DevTools Network events), and
@@ -22,12 +22,11 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from reconciler.testing.podman import PodmanService
+from reconciler.testing.natsserver import NatsServer
 from tests.e2e.agent_support import (
     FOREVER,
     IMAGE,
@@ -38,35 +37,12 @@ from tests.e2e.agent_support import (
     free_port,
     new_id,
 )
-from tests.e2e.test_status_page import ARTIFACTS, Browser, require_chromium
+from tests.e2e.browser_support import ARTIFACTS, Browser, require_chromium
 from tests.fleet.support import Manager
-from tests.natsserver import NatsServer, nats_server
 
 pytestmark = pytest.mark.e2e
 
 DOCS_IMAGE = REPO / "docs" / "images" / "manager-page.png"
-
-
-@pytest.fixture
-def harness(podman_service: PodmanService) -> Iterator[Harness]:
-    with Harness(podman_service) as h:
-        yield h
-
-
-@pytest.fixture
-def server(harness: Harness) -> Iterator[NatsServer]:
-    with nats_server(harness.base / "nats") as s:
-        yield s
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    require_chromium()
-    b = Browser()
-    try:
-        yield b
-    finally:
-        b.quit()
 
 
 def heartbeat_every(url: str, period: str) -> None:
@@ -134,11 +110,76 @@ def table(browser: Browser, name: str) -> dict[str, dict[str, str]]:
     return found
 
 
+def placed_on_both_nodes(
+    h: Harness, browser: Browser, node_a: str, node_b: str
+) -> dict[str, dict[str, str]]:
+    """The page shows the service's replicas, and its tasks running on both nodes: the task
+    rows, by key."""
+
+    def spread() -> dict[str, dict[str, str]] | None:
+        tasks = table(browser, "tasks")
+        running = {k: r for k, r in tasks.items() if r["state"] == "running"}
+        nodes = {r["Node"] for r in running.values()}
+        return running if len(running) == 2 and nodes == {node_a, node_b} else None
+
+    placed: dict[str, dict[str, str]] = h.wait_for(
+        spread, "web-1 and web-2 running, one on each node"
+    )
+    assert sorted(r["name"] for r in placed.values()) == ["web-1", "web-2"]
+    web = h.wait_for(
+        lambda: (r := table(browser, "services").get("web")) and "2 of 2" in r["Running"] and r,
+        "web's 2 of 2 replicas running",
+    )
+    assert web["Desired"] == "2" and web["Mode"] == "replicated"
+    edge = table(browser, "unassigned")["edge-1"]
+    assert edge["Reason"] == "no node matches its placement constraints"
+    assert table(browser, "nodes")[node_a]["Labels"] == "site=lab"
+    assert "never-on-the-page" not in browser.js("return document.documentElement.outerHTML")
+    return placed
+
+
+def moved_off_a_stopped_node(
+    h: Harness, browser: Browser, moved: str, node_a: str, node_b: str
+) -> None:
+    """Node b, stopped, is shown down, and its task moves to node a, without a reload."""
+    h.wait_for(lambda: table(browser, "nodes")[node_b]["state"] == "down", "node b shown down")
+    h.wait_for(
+        lambda: (r := table(browser, "tasks").get(f"{node_a}.{moved}")) and r["state"] == "running",
+        f"{moved} running on the other node",
+    )
+    assert f"{node_b}.{moved}" not in table(browser, "tasks")
+    assert h.wait_for(
+        lambda: "1 down" in browser.js("return document.title") or None,
+        "the title names the down node",
+    )
+
+
+def asked_only_the_manager(browser: Browser, base: str) -> None:
+    """The page was never reloaded and asked nothing of anyone but the manager."""
+    assert browser.js("return window.__sameDocument === true"), "the page was reloaded"
+    urls = browser.requested_urls()
+    assert f"{base}/" in urls and f"{base}/v1/events" in urls, urls
+    foreign = [u for u in urls if not u.startswith(f"{base}/")]
+    assert foreign == [], f"the page asked someone other than the manager: {foreign}"
+    assert f"{base}/favicon.ico" not in urls  # the icon is inline
+    assert browser.console_errors() == []
+
+
+def fits_a_phone(h: Harness, browser: Browser) -> None:
+    """On a phone: no sideways scrolling; every row is a card."""
+    browser.driver.set_window_size(390, 844)
+    h.wait_for(lambda: browser.js("return window.innerWidth <= 420"), "a phone-sized window")
+    width = browser.js("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"the page is wider than the phone: {width}"
+    browser.screenshot(ARTIFACTS / "manager-page-phone.png")
+    assert browser.console_errors() == []
+
+
 def test_the_manager_page_follows_the_fleet_live_as_a_node_stops(
-    harness: Harness, server: NatsServer, browser: Browser
+    harness: Harness, nats_server: NatsServer, browser: Browser
 ) -> None:
     h = harness
-    url = server.url
+    url = nats_server.url
     init = cli("manager", "init", "--nats", url)
     assert init.returncode == 0, init.stderr
     heartbeat_every(url, "500ms")
@@ -171,65 +212,21 @@ def test_the_manager_page_follows_the_fleet_live_as_a_node_stops(
             ),
             "both nodes ready on the page",
         )
-
         applied = cli("manager", "apply", "-f", service_file(h.base / "web.yaml"), "--nats", url)
         assert applied.returncode == 0, applied.stderr
+        placed = placed_on_both_nodes(h, browser, node_a, node_b)
 
-        # the service's replicas, and its tasks on both nodes
-        def spread() -> dict[str, dict[str, str]] | None:
-            tasks = table(browser, "tasks")
-            running = {k: r for k, r in tasks.items() if r["state"] == "running"}
-            nodes = {r["Node"] for r in running.values()}
-            return running if len(running) == 2 and nodes == {node_a, node_b} else None
-
-        placed = h.wait_for(spread, "web-1 and web-2 running, one on each node")
-        assert sorted(r["name"] for r in placed.values()) == ["web-1", "web-2"]
-        web = h.wait_for(
-            lambda: (r := table(browser, "services").get("web")) and "2 of 2" in r["Running"] and r,
-            "web's 2 of 2 replicas running",
-        )
-        assert web["Desired"] == "2" and web["Mode"] == "replicated"
-        edge = table(browser, "unassigned")["edge-1"]
-        assert edge["Reason"] == "no node matches its placement constraints"
-        assert table(browser, "nodes")[node_a]["Labels"] == "site=lab"
-        assert "never-on-the-page" not in browser.js("return document.documentElement.outerHTML")
-
-        # a node stopped: shown down, and its task moves to the other node, without a reload
         moved = next(r["name"] for r in placed.values() if r["Node"] == node_b)
         assert agent_b.terminate() == 0
-        h.wait_for(lambda: table(browser, "nodes")[node_b]["state"] == "down", "node b shown down")
-        h.wait_for(
-            lambda: (
-                (r := table(browser, "tasks").get(f"{node_a}.{moved}")) and r["state"] == "running"
-            ),
-            f"{moved} running on the other node",
-        )
-        assert f"{node_b}.{moved}" not in table(browser, "tasks")
-        assert h.wait_for(
-            lambda: "1 down" in browser.js("return document.title") or None,
-            "the title names the down node",
-        )
+        moved_off_a_stopped_node(h, browser, moved, node_a, node_b)
 
-        assert browser.js("return window.__sameDocument === true"), "the page was reloaded"
-        urls = browser.requested_urls()
-        assert f"{base}/" in urls and f"{base}/v1/events" in urls, urls
-        foreign = [u for u in urls if not u.startswith(f"{base}/")]
-        assert foreign == [], f"the page asked someone other than the manager: {foreign}"
-        assert f"{base}/favicon.ico" not in urls  # the icon is inline
-        assert browser.console_errors() == []
+        asked_only_the_manager(browser, base)
         shot = ARTIFACTS / "manager-page.png"
         browser.screenshot(shot)
         if os.environ.get("UPDATE_DOCS_IMAGES") == "1":
             DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, DOCS_IMAGE)
-
-        # on a phone: no sideways scrolling; every row is a card
-        browser.driver.set_window_size(390, 844)
-        h.wait_for(lambda: browser.js("return window.innerWidth <= 420"), "a phone-sized window")
-        width = browser.js("return [document.documentElement.scrollWidth, window.innerWidth]")
-        assert width[0] <= width[1], f"the page is wider than the phone: {width}"
-        browser.screenshot(ARTIFACTS / "manager-page-phone.png")
-        assert browser.console_errors() == []
+        fits_a_phone(h, browser)
         assert manager.terminate() == 0
     finally:
         with contextlib.suppress(Exception):  # node b's containers, left by its agent
@@ -237,11 +234,11 @@ def test_the_manager_page_follows_the_fleet_live_as_a_node_stops(
 
 
 def test_without_javascript_the_manager_page_is_a_static_snapshot(
-    harness: Harness, server: NatsServer
+    harness: Harness, nats_server: NatsServer
 ) -> None:
     require_chromium()
     h = harness
-    url = server.url
+    url = nats_server.url
     assert cli("manager", "init", "--nats", url).returncode == 0
     heartbeat_every(url, "500ms")
     manager = start_manager(h, url)

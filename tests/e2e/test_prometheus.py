@@ -16,20 +16,9 @@ Without the binary this skips on a developer machine and fails under CI (``CI`` 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import re
-import shutil
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -45,15 +34,19 @@ from reconciler.observe.usage import Usage
 from reconciler.web.agent_routes import serve_agent as serve
 from tests.builders import node
 from tests.contract import missing
+from tests.prometheus import (
+    ALERTS,
+    Prometheus,
+    PrometheusMissing,
+    concrete,
+    dashboard_targets,
+    has_number,
+    running_prometheus,
+)
 
 # One Prometheus and one agent serve every test of this module (startup is the slow part), on
 # one event loop for the module.
 pytestmark = [pytest.mark.prometheus, pytest.mark.asyncio(loop_scope="module")]
-
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "grafana" / "dashboards" / "reconciler.json"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-STARTUP_DEADLINE = 90.0  # seconds for Prometheus to start and collect a few scrapes
 
 
 # ------------------------------------------------------------------------- the agent side
@@ -170,49 +163,7 @@ async def busy_agent(source: Source, metrics: Metrics) -> None:
             restarts = dict(source.snap.restarts)
             restarts["api"] += 1
             source.snap = replace(source.snap, restarts=tuple(sorted(restarts.items())))
-        await asyncio.sleep(0.2)
-
-
-# ------------------------------------------------------------------------- Prometheus
-
-
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        missing("the prometheus server binary is not installed (Debian package: prometheus)")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Prom:
-    url: str
-    log: Path
-
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as r:
-                body = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            with e:
-                raise AssertionError(f"{params}: {e.code} {e.read().decode()}") from None
-        assert body["status"] == "success", body
-        return body["data"]
-
-    async def aapi(self, path: str, **params: str) -> Any:
-        return await asyncio.to_thread(self.api, path, **params)
-
-
-@pytest.fixture(scope="module")
-def prometheus_bin() -> str:
-    return prometheus_binary()
+        await asyncio.sleep(0.2)  # the pace of a busy host's events: what is simulated
 
 
 @dataclass
@@ -239,113 +190,23 @@ async def agent() -> AsyncIterator[Agent]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(
-    prometheus_bin: str, agent: Agent, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Prom]:
-    tmp_path = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "scrape_configs": [
-                    {
-                        "job_name": "reconciler",
-                        "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                prometheus_bin,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+def prometheus(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """One Prometheus for the module, scraping the agent (the conftest's starts one a test)."""
+    workdir = tmp_path_factory.mktemp("prometheus")
     try:
-        yield Prom(f"http://127.0.0.1:{port}", log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def wait_for_scrapes(prom: Prom, count: int) -> None:
-    """Wait until Prometheus has ``count`` successful scrapes of the agent."""
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            data = await prom.aapi(
-                "query", query='sum_over_time(up{job="reconciler"}[1m]) >= ' + str(count)
-            )
-            if data["result"]:
-                return
-            last = data
-        except OSError as e:  # not listening yet
-            last = e
-        await asyncio.sleep(0.5)
-    pytest.fail(
-        f"Prometheus did not scrape the agent {count} times: {last}\n{prom.log.read_text()}"
-    )
+        with running_prometheus(workdir, "reconciler", [f"127.0.0.1:{agent.port}"]) as prom:
+            yield prom
+    except PrometheusMissing as err:
+        missing(str(err))
 
 
 # ------------------------------------------------------------------------- the checks
 
 
-def concrete(expr: str, instance: str) -> str:
-    """Replace the dashboard's Grafana variables with concrete values."""
-    values = {
-        # as Grafana does: regex-escaped, then escaped again inside the PromQL string
-        "node": re.escape(instance).replace("\\", "\\\\"),
-        "manager": re.escape(instance).replace("\\", "\\\\"),
-        "task": ".*",
-        "__rate_interval": "1m",
-        "__interval": "15s",
-        "__range": "5m",
-    }
-    out = re.sub(r"\$\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], expr)
-    out = re.sub(r"\$(\w+)", lambda m: values[m.group(1)], out)
-    assert "$" not in out, out
-    return out
-
-
-def dashboard_targets(*, fleet: bool = False) -> list[tuple[str, dict[str, Any]]]:
-    """The agents' panels, or with ``fleet`` the managers' (tests/fleet checks those)."""
-    dash = json.loads(DASHBOARD.read_text())
-    out = []
-    for panel in dash["panels"]:
-        for p in [panel, *panel.get("panels", [])]:
-            for target in p.get("targets", []):
-                if ("$manager" in target["expr"]) == fleet:
-                    out.append((p["title"], target))
-    return out
-
-
-def has_number(result: list[dict[str, Any]]) -> bool:
-    for series in result:
-        points = series.get("values") or [series["value"]]
-        if any(math.isfinite(float(v)) for _, v in points):
-            return True
-    return False
-
-
 async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
-    agent: Agent, prometheus: Prom
+    agent: Agent, prometheus: Prometheus
 ) -> None:
-    await wait_for_scrapes(prometheus, 8)
+    await prometheus.scraped(8)
     instance = f"127.0.0.1:{agent.port}"
     targets = dashboard_targets()
     assert targets
@@ -365,9 +226,9 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
 
 
 async def test_prometheus_sees_the_snapshot_and_the_event_metrics(
-    agent: Agent, prometheus: Prom
+    agent: Agent, prometheus: Prometheus
 ) -> None:
-    await wait_for_scrapes(prometheus, 3)
+    await prometheus.scraped(3)
 
     async def value(expr: str) -> float:
         result = (await prometheus.aapi("query", query=expr))["result"]
@@ -386,8 +247,8 @@ async def test_prometheus_sees_the_snapshot_and_the_event_metrics(
     assert await value("reconciler_task_start_seconds_count") > 0
 
 
-async def test_every_alert_expression_evaluates(agent: Agent, prometheus: Prom) -> None:
-    await wait_for_scrapes(prometheus, 2)
+async def test_every_alert_expression_evaluates(agent: Agent, prometheus: Prometheus) -> None:
+    await prometheus.scraped(2)
     rules = yaml.safe_load(ALERTS.read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:

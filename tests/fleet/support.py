@@ -6,7 +6,9 @@
   (``reconciler/testing/fake.py``) and the real clock, with a ``NatsSession`` to the given URLs.
 - ``TcpProxy``: a loopback TCP proxy between the agent and a server, which a test can cut and
   restore; the agent loses NATS while the manager keeps writing.
-- ``eventually``: polling with a generous deadline; tests assert outcomes, never timings.
+
+Waits are ``reconciler.testing.polling``'s, and stopping an agent is bounded
+(``reconciler.testing.tasks``): an agent that does not end fails the test, naming where it waits.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,33 +37,10 @@ from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.tasks import ended
 
-DEADLINE = 60.0
 IMAGE = "localhost/busybox:latest"
-
-
-async def eventually(
-    probe: Callable[[], Any], what: str, *, within: float = DEADLINE, every: float = 0.02
-) -> Any:
-    """Call ``probe`` (sync or async) until it returns something truthy; return that."""
-    until = time.monotonic() + within
-    last: object = None
-    while True:
-        try:
-            value = probe()
-            if asyncio.iscoroutine(value):
-                value = await value
-        except Exception as err:  # "not yet"; the last one is reported on timeout
-            value, last = None, err
-        else:
-            last = value
-        if value:
-            return value
-        if time.monotonic() > until:
-            raise AssertionError(
-                f"timed out after {within:.0f}s waiting for {what}; last: {last!r}"
-            )
-        await asyncio.sleep(every)
+BARRIER_KEY = "test-barrier"
 
 
 def spec(name: str, **fields: Any) -> dict[str, Any]:
@@ -118,6 +96,11 @@ class Manager:
         except KeyNotFoundError:
             return None
         return json.loads(entry.value or b"null"), int(entry.revision or 0)
+
+    async def barrier(self, bucket: str) -> int:
+        """Put a marker key into ``bucket`` and wait for its acknowledgement: every message the
+        stream had queued before it is stored. Returns its revision."""
+        return int(await (await self.kv(bucket)).put(BARRIER_KEY, b"{}"))
 
     async def status(self, node: str, name: str) -> dict[str, Any] | None:
         got = await self._get(STATUS, f"{node}.{name}")
@@ -190,7 +173,7 @@ async def running_agent(
         yield Running(agent, session, ex, store)
     finally:
         stop.set()
-        await asyncio.wait_for(task, DEADLINE)
+        await ended(task, f"the agent {node_id}")
         store.close()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,19 +11,13 @@ import pytest
 from reconciler.cli import main
 from reconciler.fleet.buckets import buckets, check_node_id
 from reconciler.fleet.provision import InitResult, init_buckets
+from reconciler.testing.natsserver import NatsServer
 from tests.fleet.support import Manager
-from tests.natsserver import NatsServer, nats_server
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-async def manager(server: NatsServer) -> AsyncIterator[Manager]:
-    m = await Manager.connect(server.url)
+async def manager(nats_server: NatsServer) -> AsyncIterator[Manager]:
+    m = await Manager.connect(nats_server.url)
     yield m
     await m.close()
 
@@ -58,11 +52,11 @@ async def test_init_is_idempotent_and_restores_changed_settings(manager: Manager
 
 
 def test_manager_init_command_creates_buckets_and_says_what_it_did(
-    server: NatsServer, capsys: pytest.CaptureFixture[str]
+    nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["manager", "init", "--nats", server.url]) == 0
+    assert main(["manager", "init", "--nats", nats_server.url]) == 0
     assert capsys.readouterr().out.splitlines() == [f"created {b.name}" for b in buckets()]
-    assert main(["manager", "init", "--nats", f"nats://127.0.0.1:1,{server.url}"]) == 0
+    assert main(["manager", "init", "--nats", f"nats://127.0.0.1:1,{nats_server.url}"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"unchanged {b.name}" for b in buckets()]
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -20,30 +20,30 @@ from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.provision import init_buckets
 from reconciler.fleet.watch import KeyWatch, WatchLost
 from reconciler.sessions.nats import NatsSession
-from tests.fleet.support import Manager, eventually, running_agent, spec
-from tests.natsserver import REPO, NatsServer, require_nats_server
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.polling import eventually
+from tests.contract import REPO, require_nats_server
+from tests.fleet.support import Manager, running_agent, spec
 
 FLEET_CONF = REPO / "deploy" / "nats" / "fleet.conf"
 PASSWORDS = {"manager": "m-secret", "node-a": "a-secret", "node-b": "b-secret"}
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    env = {
+# every test's server runs the shipped permissions, with the passwords above
+pytestmark = pytest.mark.nats_config(
+    extra="include fleet.conf",
+    env={
         "RECONCILER_MANAGER_PASSWORD": PASSWORDS["manager"],
         "RECONCILER_NODE_A_PASSWORD": PASSWORDS["node-a"],
         "RECONCILER_NODE_B_PASSWORD": PASSWORDS["node-b"],
-    }
-    s = NatsServer(tmp_path, extra="include fleet.conf", env=env)
-    shutil.copy(FLEET_CONF, s.dir / "fleet.conf")
-    s.start()
-    yield s
-    s.kill()
+    },
+    files={"fleet.conf": FLEET_CONF},
+)
 
 
 @pytest.fixture
-async def manager(server: NatsServer) -> AsyncIterator[Manager]:
-    m = await Manager.connect(server.url, user="manager", password=PASSWORDS["manager"])
+async def manager(nats_server: NatsServer) -> AsyncIterator[Manager]:
+    m = await Manager.connect(nats_server.url, user="manager", password=PASSWORDS["manager"])
     await m.init()
     await m.assign("node-a", "web", spec("web"))
     await m.assign("node-b", "secret", spec("secret", env={"TOKEN": "b-only"}))
@@ -58,12 +58,12 @@ class NodeClient:
         self.errors: list[str] = []
         self.nc: Client | None = None
 
-    async def connect(self, server: NatsServer, user: str) -> Client:
+    async def connect(self, nats_server: NatsServer, user: str) -> Client:
         async def on_error(err: Exception) -> None:
             self.errors.append(str(err))
 
         self.nc = await nats.connect(
-            server.url,
+            nats_server.url,
             user=user,
             password=PASSWORDS[user],
             inbox_prefix=f"_INBOX.{user}",
@@ -76,9 +76,9 @@ class NodeClient:
 
 
 @pytest.fixture
-async def node_a(server: NatsServer, manager: Manager) -> AsyncIterator[NodeClient]:
+async def node_a(nats_server: NatsServer, manager: Manager) -> AsyncIterator[NodeClient]:
     client = NodeClient()
-    await client.connect(server, "node-a")
+    await client.connect(nats_server, "node-a")
     yield client
     assert client.nc is not None
     await client.nc.close()
@@ -92,10 +92,10 @@ def creds(tmp_path: Path, user: str) -> Path:
 
 
 async def test_a_node_with_its_own_credentials_runs_its_assignments(
-    tmp_path: Path, server: NatsServer, manager: Manager
+    tmp_path: Path, nats_server: NatsServer, manager: Manager
 ) -> None:
     async with running_agent(
-        tmp_path / "state", [server.url], creds=creds(tmp_path, "node-a")
+        tmp_path / "state", [nats_server.url], creds=creds(tmp_path, "node-a")
     ) as r:
         await eventually(lambda: r.running("web"), "web running")
         await eventually(lambda: manager.status("node-a", "web"), "web's status written")
@@ -158,9 +158,9 @@ async def test_node_a_cannot_listen_on_node_b_inbox(node_a: NodeClient) -> None:
     await eventually(lambda: node_a.refused("_inbox.node-b.>"), "the subscription refused")
 
 
-async def test_a_node_cannot_create_buckets(server: NatsServer) -> None:
+async def test_a_node_cannot_create_buckets(nats_server: NatsServer) -> None:
     client = NodeClient()
-    nc = await client.connect(server, "node-a")
+    nc = await client.connect(nats_server, "node-a")
     try:
         with pytest.raises(nats.errors.TimeoutError):
             await init_buckets(nc.jetstream(timeout=1))
@@ -170,12 +170,12 @@ async def test_a_node_cannot_create_buckets(server: NatsServer) -> None:
 
 
 async def test_node_a_credentials_under_node_b_id_never_get_node_b_tasks(
-    tmp_path: Path, server: NatsServer, manager: Manager, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, nats_server: NatsServer, manager: Manager, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     session = NatsSession(
         node_id="node-b",
-        options=NatsOptions(servers=(server.url,), creds=creds(tmp_path, "node-a")),
+        options=NatsOptions(servers=(nats_server.url,), creds=creds(tmp_path, "node-a")),
         clock=SystemClock(),
         request_timeout=1.0,
     )

@@ -23,7 +23,7 @@ from reconciler.core.model import (
     UpdatePolicy,
 )
 from reconciler.testing.fake import FakeExecutor
-from tests.local.test_manager import Agent
+from tests.local.support import Agent
 
 S = TaskState
 CHECK = HealthCheck(

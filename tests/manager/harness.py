@@ -9,7 +9,10 @@
   ``reconciler manager apply`` does, and writing availability as ``manager drain`` does.
 
 Timings are short (a grace period and lease of about a second, heartbeats every 200 ms), so
-failures and failovers happen within a test; every wait is ``eventually``'s generous deadline.
+failures and failovers happen within a test; every wait is ``eventually``'s generous deadline
+(``reconciler.testing.polling``). Stopping is bounded too: a manager cancelled once, or an agent
+asked to stop, that does not end fails the test and names where it waits
+(``reconciler.testing.tasks``), rather than hanging it.
 """
 
 from __future__ import annotations
@@ -37,14 +40,14 @@ from reconciler.manager.view import FleetView
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
-from tests.fleet.support import DEADLINE, IMAGE, eventually
+from reconciler.testing.tasks import ended, stopped
+from tests.fleet.support import IMAGE
 
 __all__ = [
     "IMAGE",
     "Fleet",
     "FleetAgent",
     "ManagerProcess",
-    "eventually",
     "service_set",
     "spread",
 ]
@@ -120,7 +123,7 @@ class FleetAgent:
         task, self._task = self._task, None
         if task is not None:
             self._stop.set()
-            await asyncio.wait_for(task, DEADLINE)
+            await ended(task, f"the agent {self.node_id}")
 
     def close(self) -> None:
         self.store.close()
@@ -180,8 +183,7 @@ class ManagerProcess:
         """End it as a crash would: the leader key is left to age out."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stopped(task, f"the manager {self.manager.config.manager_id}")
 
     async def stop(self) -> None:
         await self.manager.resign()

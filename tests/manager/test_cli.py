@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,9 @@ from reconciler.cli.main import main
 from reconciler.core.codec import node_to_dict
 from reconciler.core.model import NodeDescription
 from reconciler.fleet.buckets import NODES, STATUS
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.ports import free_port
 from tests.fleet.support import IMAGE, Manager
-from tests.natsserver import NatsServer, free_port, nats_server
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path / "nats") as s:
-        yield s
 
 
 def described(hostname: str, cpus: int, memory: int) -> dict[str, Any]:
@@ -66,9 +60,9 @@ def write(tmp: Path, *services: dict[str, Any]) -> str:
 
 
 def test_apply_upserts_says_what_changed_and_prune_removes_the_rest(
-    tmp_path: Path, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = server.url
+    url = nats_server.url
     run("init", url)
     both = write(tmp_path, {"name": "web", "replicas": 2}, {"name": "logship", "mode": "global"})
     assert cli(capsys, "manager", "apply", "-f", both, "--nats", url) == (
@@ -89,9 +83,9 @@ def test_apply_upserts_says_what_changed_and_prune_removes_the_rest(
 
 
 def test_a_malformed_file_exits_2_naming_file_line_and_field_and_writes_nothing(
-    tmp_path: Path, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = server.url
+    url = nats_server.url
     run("init", url)
     path = tmp_path / "bad.yaml"
     path.write_text(
@@ -109,9 +103,9 @@ def test_a_malformed_file_exits_2_naming_file_line_and_field_and_writes_nothing(
 
 
 def test_dry_run_shows_where_tasks_would_go_and_writes_nothing(
-    tmp_path: Path, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = server.url
+    url = nats_server.url
     run("init", url)
     for node in ("node-a", "node-b"):
         beat = {"nodeId": node, "ready": True, "labels": {}, **described(node, 2, 1 << 30)}
@@ -129,9 +123,9 @@ def test_dry_run_shows_where_tasks_would_go_and_writes_nothing(
 
 
 def test_ps_and_nodes_show_assignments_statuses_and_heartbeats(
-    tmp_path: Path, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = server.url
+    url = nats_server.url
     run("init", url)
     cli(
         capsys,
@@ -188,9 +182,9 @@ def test_ps_and_nodes_show_assignments_statuses_and_heartbeats(
 
 
 def test_rm_removes_services_and_names_those_that_do_not_exist(
-    tmp_path: Path, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = server.url
+    url = nats_server.url
     run("init", url)
     cli(capsys, "manager", "apply", "-f", write(tmp_path, {"name": "web"}), "--nats", url)
     code, _, err = cli(capsys, "manager", "rm", "web", "nope", "--nats", url)
@@ -201,15 +195,15 @@ def test_rm_removes_services_and_names_those_that_do_not_exist(
 
 
 def test_fleet_commands_say_why_they_cannot_reach_the_fleet(
-    tmp_path: Path, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = cli(capsys, "manager", "ps", "--nats", f"nats://127.0.0.1:{free_port()}")
     assert code == 1 and "no NATS server answers" in err
-    code, _, err = cli(capsys, "manager", "nodes", "--nats", server.url)  # no buckets yet
+    code, _, err = cli(capsys, "manager", "nodes", "--nats", nats_server.url)  # no buckets yet
     assert code == 1 and "reconciler manager init" in err
-    code, _, err = cli(capsys, "manager", "drain", "bad.node", "--nats", server.url)
+    code, _, err = cli(capsys, "manager", "drain", "bad.node", "--nats", nats_server.url)
     assert code == 2 and "NODE" in err
-    code, _, err = cli(capsys, "manager", "run", "--nats", server.url, "--node-grace", "0s")
+    code, _, err = cli(capsys, "manager", "run", "--nats", nats_server.url, "--node-grace", "0s")
     assert code == 2 and "--node-grace" in err
     code, _, err = cli(capsys, "manager", "ps")
     assert code == 2 and "--nats" in err

@@ -3,59 +3,63 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import nats
 
-from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, eventually, service_set, spread
-from tests.natsserver import nats_cluster
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.polling import eventually
+from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, service_set, spread
 
 
-async def test_the_fleet_carries_on_when_a_cluster_server_dies(tmp_path: Path) -> None:
-    with nats_cluster(tmp_path / "nats") as servers:
-        urls = [s.url for s in servers]
-        nc = await nats.connect(urls)
-        fleet = Fleet(urls)
-        await fleet.init(nc, replicas=3)
-        await nc.close()
-        # a grace period long enough for agents to find a server whose streams have leaders
-        manager = ManagerProcess(urls, "manager-1", grace=60.0)
-        manager.start()
-        agents = [FleetAgent(tmp_path / f"node-{c}", urls, f"node-{c}") for c in "abc"]
-        try:
-            for agent in agents:
-                await agent.start()
-            await eventually(
-                lambda: manager.metric("reconciler_manager_nodes", state="ready") == 3.0,
-                "3 nodes ready",
-            )
-            await fleet.apply(service_set({"name": "web", "replicas": 3}))
-            tasks = {"web-1", "web-2", "web-3"}
-            where = await eventually(lambda: fleet.settled(tasks, agents), "3 tasks running")
+async def test_the_fleet_carries_on_when_a_cluster_server_dies(
+    tmp_path: Path, nats_cluster: Sequence[NatsServer]
+) -> None:
+    servers = nats_cluster
+    urls = [s.url for s in servers]
+    nc = await nats.connect(urls)
+    fleet = Fleet(urls)
+    await fleet.init(nc, replicas=3)
+    await nc.close()
+    # a grace period long enough for agents to find a server whose streams have leaders
+    manager = ManagerProcess(urls, "manager-1", grace=60.0)
+    manager.start()
+    agents = [FleetAgent(tmp_path / f"node-{c}", urls, f"node-{c}") for c in "abc"]
+    try:
+        for agent in agents:
+            await agent.start()
+        await eventually(
+            lambda: manager.metric("reconciler_manager_nodes", state="ready") == 3.0,
+            "3 nodes ready",
+        )
+        await fleet.apply(service_set({"name": "web", "replicas": 3}))
+        tasks = {"web-1", "web-2", "web-3"}
+        where = await eventually(lambda: fleet.settled(tasks, agents), "3 tasks running")
 
-            # everyone connects to the first server that answers: the first one
-            await asyncio.to_thread(servers[0].kill)
-            fleet = Fleet(urls[1:])
-            await eventually(lambda: manager.leading, "the manager leads again", within=90)
-            await eventually(
-                lambda: manager.metric("reconciler_manager_nodes", state="ready") == 3.0,
-                "the manager sees 3 nodes ready again",
-                within=90,
-            )
-            await eventually(
-                lambda: fleet.apply(service_set({"name": "web", "replicas": 6})),
-                "the scale-up written",
-                within=90,
-            )
-            more = {f"web-{i}" for i in range(1, 7)}
-            grown = await eventually(
-                lambda: fleet.settled(more, agents), "6 tasks, one copy each", within=90
-            )
-            assert {t: grown[t] for t in tasks} == where
-            assert spread(grown) == [2, 2, 2]
-            assert manager.metric("reconciler_manager_tasks", state="unassigned") == 0.0
-        finally:
-            await manager.stop()
-            for agent in agents:
-                await agent.stop()
-                agent.close()
+        # everyone connects to the first server that answers: the first one
+        await asyncio.to_thread(servers[0].kill)
+        fleet = Fleet(urls[1:])
+        await eventually(lambda: manager.leading, "the manager leads again", within=90)
+        await eventually(
+            lambda: manager.metric("reconciler_manager_nodes", state="ready") == 3.0,
+            "the manager sees 3 nodes ready again",
+            within=90,
+        )
+        await eventually(
+            lambda: fleet.apply(service_set({"name": "web", "replicas": 6})),
+            "the scale-up written",
+            within=90,
+        )
+        more = {f"web-{i}" for i in range(1, 7)}
+        grown = await eventually(
+            lambda: fleet.settled(more, agents), "6 tasks, one copy each", within=90
+        )
+        assert {t: grown[t] for t in tasks} == where
+        assert spread(grown) == [2, 2, 2]
+        assert manager.metric("reconciler_manager_tasks", state="unassigned") == 0.0
+    finally:
+        await manager.stop()
+        for agent in agents:
+            await agent.stop()
+            agent.close()

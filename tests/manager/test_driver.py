@@ -7,7 +7,7 @@ manager's metrics. Never timings: every wait is a generous deadline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -15,27 +15,15 @@ import pytest
 
 from reconciler.core.model import Availability, TaskState
 from reconciler.spec.problems import DesiredStateError
-from tests.manager.harness import (
-    Fleet,
-    FleetAgent,
-    ManagerProcess,
-    eventually,
-    service_set,
-    spread,
-)
-from tests.natsserver import NatsServer, nats_server
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.polling import eventually
+from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, service_set, spread
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path / "nats") as s:
-        yield s
-
-
-@pytest.fixture
-async def fleet(server: NatsServer) -> AsyncIterator[Fleet]:
-    nc = await nats.connect(server.url)
-    f = Fleet([server.url])
+async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
+    nc = await nats.connect(nats_server.url)
+    f = Fleet([nats_server.url])
     await f.init(nc)
     await nc.close()
     yield f
@@ -62,15 +50,15 @@ class Agents:
 
 
 @pytest.fixture
-async def agents(tmp_path: Path, server: NatsServer) -> AsyncIterator[Agents]:
-    a = Agents(tmp_path / "agents", [server.url])
+async def agents(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Agents]:
+    a = Agents(tmp_path / "agents", [nats_server.url])
     yield a
     await a.close()
 
 
 @pytest.fixture
-async def manager(server: NatsServer, fleet: Fleet) -> AsyncIterator[ManagerProcess]:
-    m = ManagerProcess([server.url], "manager-1")
+async def manager(nats_server: NatsServer, fleet: Fleet) -> AsyncIterator[ManagerProcess]:
+    m = ManagerProcess([nats_server.url], "manager-1")
     m.start()
     await eventually(lambda: m.leading, "the manager leads")
     yield m
@@ -243,12 +231,12 @@ async def test_a_malformed_service_rejects_the_whole_file(
 
 
 async def test_the_standby_takes_over_when_the_leader_dies_without_duplicates(
-    server: NatsServer, fleet: Fleet, agents: Agents
+    nats_server: NatsServer, fleet: Fleet, agents: Agents
 ) -> None:
-    first = ManagerProcess([server.url], "manager-1")
+    first = ManagerProcess([nats_server.url], "manager-1")
     first.start()
     await eventually(lambda: first.leading, "the first manager leads")
-    second = ManagerProcess([server.url], "manager-2")
+    second = ManagerProcess([nats_server.url], "manager-2")
     second.start()
     try:
         nodes = [await agents.start(f"node-{c}") for c in "abc"]
@@ -274,15 +262,15 @@ async def test_the_standby_takes_over_when_the_leader_dies_without_duplicates(
 
 
 async def test_a_new_leader_judges_no_node_down_before_a_full_grace_period(
-    server: NatsServer, fleet: Fleet, agents: Agents
+    nats_server: NatsServer, fleet: Fleet, agents: Agents
 ) -> None:
     # a lease longer than the grace: the standby sees node-b silent for longer than the grace
     # before it takes over, and must still give it a full grace period of its own
     config = {"grace": 4.0, "lease": 8.0}
-    first = ManagerProcess([server.url], "manager-1", **config)
+    first = ManagerProcess([nats_server.url], "manager-1", **config)
     first.start()
     await eventually(lambda: first.leading, "the first manager leads")
-    second = ManagerProcess([server.url], "manager-2", **config)
+    second = ManagerProcess([nats_server.url], "manager-2", **config)
     second.start()
     try:
         a, b = await agents.start("node-a"), await agents.start("node-b")

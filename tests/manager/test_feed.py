@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from reconciler.core.clock import settle
 from reconciler.manager.page import CONTENT_SECURITY_POLICY, ManagerPage
 from reconciler.manager.snapshot import FleetSnapshot, Snapshots
 from reconciler.testing.fleetworld import GRACE, World, two_nodes
@@ -88,5 +89,5 @@ async def test_without_a_watcher_changes_build_nothing(served: tuple[Manager, in
     builds = m.builds
     for _ in range(50):
         m.change(two_nodes())
-    await asyncio.sleep(0)
+    await settle()
     assert m.builds == builds

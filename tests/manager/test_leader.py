@@ -1,11 +1,11 @@
-"""Leader election on ``reconciler_leader/leader``: real nats-server, and a store that hangs."""
+"""Leader election on ``reconciler_leader/leader``: real nats-server, and fake lease stores (one
+that hangs, one that answers as nats-py does, through ``asyncio.wait_for``) on a fake clock."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -13,25 +13,20 @@ import pytest
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from reconciler.core.clock import SystemClock
+from reconciler.core.clock import FakeClock, SystemClock, settle
 from reconciler.fleet.buckets import LEADER
 from reconciler.fleet.provision import init_buckets
 from reconciler.manager.leader import HOLD, LEADER_KEY, Elector
-from tests.fleet.support import eventually
-from tests.natsserver import NatsServer, nats_server
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.polling import eventually
+from reconciler.testing.tasks import ended, stopped
 
 LEASE = 1.0
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-async def kv(server: NatsServer) -> AsyncIterator[KeyValue]:
-    nc: Client = await nats.connect(server.url)
+async def kv(nats_server: NatsServer) -> AsyncIterator[KeyValue]:
+    nc: Client = await nats.connect(nats_server.url)
     js = nc.jetstream(timeout=5)
     await init_buckets(js, lease=LEASE)
     yield await js.key_value(LEADER)
@@ -49,8 +44,11 @@ class Campaign:
         self.task = asyncio.create_task(self.elector.run(kv))
 
     async def crash(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        await stopped(self.task, f"the elector of {self.elector.manager_id}")
+
+
+async def revision_after(kv: KeyValue, began: int, writes: int) -> bool:
+    return ((await kv.get(LEADER_KEY)).revision or 0) >= began + writes
 
 
 async def holder(kv: KeyValue) -> str | None:
@@ -66,8 +64,14 @@ async def test_one_of_two_managers_leads_and_the_other_takes_over_when_it_dies(
 ) -> None:
     first = Campaign("m1", kv)
     await eventually(lambda: first.elector.leading, "m1 leads")
+    began = (await kv.get(LEADER_KEY)).revision or 0
     second = Campaign("m2", kv)
-    await asyncio.sleep(LEASE)  # m1 keeps refreshing: m2 cannot take the key meanwhile
+    # m1 refreshes every third of a lease: four refreshes span more than a lease, and m2 has
+    # tried to take the key meanwhile (it names m1 as the holder), in vain
+    await eventually(
+        lambda: revision_after(kv, began, 4), "m1 refreshing the key for a whole lease"
+    )
+    await eventually(lambda: second.elector.holder == "m1", "m2 campaigning")
     assert first.elector.leading and not second.elector.leading
     assert await holder(kv) == "m1" and second.elector.holder == "m1"
 
@@ -134,26 +138,74 @@ class Hanging:
         return True
 
 
-async def test_a_leader_that_cannot_refresh_stops_acting_when_its_hold_runs_out() -> None:
+async def test_a_leader_that_cannot_refresh_stops_acting_when_its_hold_runs_out(
+    clock: FakeClock,
+) -> None:
     store = Hanging()
     changes: list[bool] = []
-    clock = SystemClock()
     elector = Elector(manager_id="m1", lease=0.5, clock=clock, on_change=changes.append)
     task = asyncio.create_task(elector.run(store))
-    await eventually(lambda: elector.leading, "it leads")
-    began = clock.monotonic()
-    await eventually(lambda: not elector.leading, "it stops leading")
-    assert clock.monotonic() - began <= HOLD * 0.5 + 0.05
+    await eventually(lambda: elector.leading, "it leads")  # granted at 0 on the fake clock
+    hold = HOLD * 0.5
+    await clock.advance(hold * 0.9)
+    assert elector.leading and store.updates >= 1  # its refreshes hang, its hold runs on
+    await clock.advance(hold * 0.1)
+    assert clock.monotonic() >= hold and not elector.leading  # and not a moment longer
     await eventually(lambda: changes == [True, False], "it says so")
-    assert store.updates >= 1
+    await stopped(task, "the elector")
+
+
+class AnsweredLikeNatsPy:
+    """A lease store whose answers the test delivers, awaited through ``asyncio.wait_for`` as
+    nats-py awaits every reply (Python 3.11's drops a cancellation that comes with the reply)."""
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Future[int] | None = None
+
+    async def _answer(self) -> int:
+        self.pending = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(self.pending, 60)
+
+    async def create(self, key: str, value: bytes) -> int:
+        return await self._answer()
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        return await self._answer()
+
+    async def get(self, key: str) -> Any:
+        raise AssertionError("not called")
+
+    async def delete(self, key: str, last: int | None = None) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("answered", ["campaign", "refresh"])
+async def test_an_elector_cancelled_as_the_lease_store_answers_ends(
+    clock: FakeClock, answered: str
+) -> None:
+    # the hang of a manager's shutdown: its elector went on renewing the lease for ever
+    store = AnsweredLikeNatsPy()
+    # a long lease: its calls' deadlines (a third of it, in real time) never pass in a test
+    elector = Elector(manager_id="m1", lease=60.0, clock=clock)
+    task = asyncio.create_task(elector.run(store))
+    await settle()
+    if answered == "refresh":
+        assert store.pending is not None
+        store.pending.set_result(1)  # the key is granted
+        await settle()
+        await clock.advance(elector.renew_every)  # and it refreshes it
+        assert elector.leading
+    assert store.pending is not None and not store.pending.done()
+    store.pending.set_result(2)  # the answer and the cancellation in the same turn
     task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await ended(task, f"the elector cancelled during its {answered}")
+    assert task.cancelled()
 
 
 async def test_managers_may_shorten_the_lease_of_an_existing_leader_bucket(
-    server: NatsServer,
+    nats_server: NatsServer,
 ) -> None:
-    nc: Client = await nats.connect(server.url)
+    nc: Client = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream(timeout=5)
         await init_buckets(js, lease=10.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,9 @@ from reconciler.store.recovery import open_store
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.polling import eventually
+from reconciler.testing.tasks import ended
+from reconciler.web import server as http
 from reconciler.web.state import node_json
 
 S = TaskState
@@ -98,18 +101,8 @@ async def running_agent(
         yield Running(agent, session, executor, store, host)
     finally:
         stop.set()
-        await task
+        await ended(task, "the agent")
         store.close()
-
-
-async def until(done: Callable[[], bool]) -> None:
-    """Wait for work done in a thread (the host read); a hang guard, not a timing check."""
-    for _ in range(500):
-        await settle()
-        if done():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never happened")
 
 
 def metric(agent: Agent, metric_name: str, **labels: str) -> float | None:
@@ -134,7 +127,10 @@ async def test_usage_is_sampled_every_interval_for_current_instances(
         executor.set_usage(web, cpu_seconds=1.5, memory_working_set_bytes=1000, pids=3)
         first = executor.calls[("*", "usage")]
         await clock.advance(10.0)
-        await until(lambda: metric(r.agent, "reconciler_task_pids", name="web", id=web) == 3)
+        await eventually(
+            lambda: metric(r.agent, "reconciler_task_pids", name="web", id=web) == 3,
+            "the sample in the metrics",
+        )
         assert executor.calls[("*", "usage")] == first + 1
         labels = {"name": "web", "id": web}
         assert metric(r.agent, "reconciler_task_cpu_seconds_total", **labels) == 1.5
@@ -143,7 +139,7 @@ async def test_usage_is_sampled_every_interval_for_current_instances(
         assert r.host.reads[-1] == {"state": str(tmp_path)}
         executor.image_store = "/var/lib/containers/storage"
         await clock.advance(10.0)
-        await until(lambda: "images" in r.host.reads[-1])
+        await eventually(lambda: "images" in r.host.reads[-1], "the image store read")
 
 
 async def test_a_sample_never_rebuilds_the_snapshot(tmp_path: Path, clock: FakeClock) -> None:
@@ -152,12 +148,14 @@ async def test_a_sample_never_rebuilds_the_snapshot(tmp_path: Path, clock: FakeC
         r.session.send(desired("web"))
         await settle()
         await clock.advance(10.0)
-        await until(lambda: bool(r.host.reads) and bool(r.agent.snapshot().conditions))
+        await eventually(
+            lambda: bool(r.host.reads) and bool(r.agent.snapshot().conditions), "a first sample"
+        )
         before = r.agent.snapshot()
         reads = len(r.host.reads)
         executor.set_usage(current_id(r.agent, "web"), cpu_seconds=9.0)
         await clock.advance(10.0)
-        await until(lambda: len(r.host.reads) > reads)
+        await eventually(lambda: len(r.host.reads) > reads, "the next sample")
         assert r.agent.snapshot() is before
 
 
@@ -238,8 +236,8 @@ async def test_conditions_follow_the_node_and_never_make_it_unready(
     async with running_agent(tmp_path, clock, executor) as r:
         r.session.send(desired("web"))
         await settle()
-        await until(lambda: bool(r.agent.snapshot().conditions))
-        assert node_json(r.agent.snapshot())["conditions"] == {
+        await eventually(lambda: bool(r.agent.snapshot().conditions), "the conditions")
+        assert http.node_json(r.agent.snapshot())["conditions"] == {
             "diskPressure": False,
             "memoryPressure": False,
         }
@@ -249,7 +247,10 @@ async def test_conditions_follow_the_node_and_never_make_it_unready(
             disks=(DiskFree("state", 1, 1000),),
         )
         await clock.advance(10.0)
-        await until(lambda: dict(r.agent.snapshot().conditions)[Condition.MEMORY_PRESSURE])
+        await eventually(
+            lambda: dict(r.agent.snapshot().conditions)[Condition.MEMORY_PRESSURE],
+            "memory pressure",
+        )
         snap = r.agent.snapshot()
         assert node_json(snap)["conditions"] == {
             "diskPressure": True,

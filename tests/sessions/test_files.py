@@ -11,14 +11,20 @@ import os
 import shutil
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import watchfiles
+from watchfiles import Change
+from watchfiles._rust_notify import WatchfilesRustInternalError
 
+import reconciler.sessions.files as files
 from reconciler.core.session import DesiredInvalid, DesiredTasks, Session, SessionMessage
 from reconciler.sessions.files import FileSession, read_desired
 from tests.builders import node
 from tests.spec.helpers import safe_dir, task_set, write
 
+FileChange = tuple[Change, str]
 TIMEOUT = 20.0
 
 
@@ -180,13 +186,30 @@ async def test_directory_swapped_by_rename_is_followed(tmp_path: Path) -> None:
         assert names(await next_message(messages)) == ["job", "web"]
 
 
-async def test_close_ends_the_stream(tmp_path: Path) -> None:
+@pytest.fixture
+def watch_started(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once a session waits on its directory watch (the real ``awatch``, observed)."""
+    started = asyncio.Event()
+
+    def observed_awatch(*args: Any, **kwargs: Any) -> AsyncGenerator[set[FileChange], None]:
+        async def watch() -> AsyncGenerator[set[FileChange], None]:
+            started.set()
+            async for batch in watchfiles.awatch(*args, **kwargs):
+                yield batch
+
+        return watch()
+
+    monkeypatch.setattr(files, "awatch", observed_awatch)
+    return started
+
+
+async def test_close_ends_the_stream(tmp_path: Path, watch_started: asyncio.Event) -> None:
     d = safe_dir(tmp_path / "d")
     session = FileSession(d)
     messages = session.messages()
     await next_message(messages)
     waiter = asyncio.create_task(anext(messages, None))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(watch_started.wait(), TIMEOUT)  # the consumer waits on the watch
     await session.close()
     await session.close()  # idempotent
     assert await asyncio.wait_for(waiter, TIMEOUT) is None
@@ -224,13 +247,15 @@ def test_read_desired_sorts_tasks_by_name(tmp_path: Path) -> None:
     assert names(read_desired(d)) == ["alpha", "zeta"]
 
 
-async def test_cancelling_the_consumer_stops_the_watch(tmp_path: Path) -> None:
+async def test_cancelling_the_consumer_stops_the_watch(
+    tmp_path: Path, watch_started: asyncio.Event
+) -> None:
     d = safe_dir(tmp_path / "d")
     session = FileSession(d, poll_interval=0.2)
     messages = session.messages()
     await next_message(messages)
     waiter = asyncio.create_task(anext(messages))
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(watch_started.wait(), TIMEOUT)  # the consumer waits on the watch
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiter, TIMEOUT)
@@ -241,18 +266,13 @@ async def test_cancelling_the_consumer_stops_the_watch(tmp_path: Path) -> None:
 async def test_a_refused_watch_falls_back_to_polling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from watchfiles import awatch as real_awatch
-    from watchfiles._rust_notify import WatchfilesRustInternalError
-
-    import reconciler.sessions.files as files
-
     polling: list[object] = []
 
     def fake_awatch(*args: object, **kwargs: object) -> object:
         polling.append(kwargs.get("force_polling"))
         if not kwargs.get("force_polling"):
             raise WatchfilesRustInternalError("inotify watch limit reached")
-        return real_awatch(*args, **kwargs)  # type: ignore[arg-type]
+        return watchfiles.awatch(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(files, "awatch", fake_awatch)
     d = safe_dir(tmp_path / "d")
@@ -297,8 +317,6 @@ async def test_hostile_files_are_invalid_messages_and_the_stream_goes_on(tmp_pat
 def test_read_desired_turns_an_unforeseen_exception_into_an_invalid_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import reconciler.sessions.files as files
-
     def broken(path: object) -> object:
         raise RecursionError("x" * 100_000)
 
@@ -313,8 +331,6 @@ def test_read_desired_turns_an_unforeseen_exception_into_an_invalid_message(
 async def test_the_stream_survives_a_reader_that_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import reconciler.sessions.files as files
-
     real = files.read_desired
     calls: list[Path] = []
 
@@ -344,7 +360,7 @@ async def test_a_file_written_in_two_parts_with_a_pause_ends_as_the_full_set(
         text = task_set("- name: web\n  image: localhost/busybox:latest\n- name: job\n  image: x")
         half = len(text) // 2
         write(d / "set.yaml", text[:half])
-        await asyncio.sleep(0.2)  # longer than the quiet step: the half may be read
+        await asyncio.sleep(0.2)  # the writer's pause, longer than the quiet step: under test
         write(d / "set.yaml", text)
         msg = await next_message(messages)
         while not isinstance(msg, DesiredTasks) or not msg.tasks:

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.fleet.support import Manager, TcpProxy, eventually, running_agent, spec
-from tests.natsserver import NatsServer, free_port, nats_server
+from reconciler.fleet.buckets import NODES
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.polling import eventually
+from reconciler.testing.ports import free_port
+from tests.fleet.support import Manager, TcpProxy, running_agent, spec
 
 RESTART = {"restart": {"delay": "100ms", "maxDelay": "200ms"}}
+AGENT = "reconciler-agent node-a"  # the agent's connection name
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-async def manager(server: NatsServer) -> AsyncIterator[Manager]:
-    m = await Manager.connect(server.url)
+async def manager(nats_server: NatsServer) -> AsyncIterator[Manager]:
+    m = await Manager.connect(nats_server.url)
     await m.init()
     yield m
     await m.close()
@@ -36,10 +34,10 @@ async def status_of(manager: Manager, name: str, **want: object) -> dict[str, ob
 
 
 async def test_agent_runs_its_assignments_reports_status_and_heartbeats(
-    tmp_path: Path, manager: Manager, server: NatsServer
+    tmp_path: Path, manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web"))
-    async with running_agent(tmp_path / "state", [server.url]) as r:
+    async with running_agent(tmp_path / "state", [nats_server.url]) as r:
         await eventually(lambda: r.running("web"), "web running")
         web_id = r.current_id("web")
         stored = await eventually(
@@ -60,11 +58,11 @@ async def _ready_beat(manager: Manager) -> dict[str, object] | None:
 
 
 async def test_a_malformed_value_keeps_the_last_good_spec_of_that_key_only(
-    tmp_path: Path, manager: Manager, server: NatsServer
+    tmp_path: Path, manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web", env={"V": "1"}))
     await manager.assign("node-a", "db", spec("db"))
-    async with running_agent(tmp_path / "state", [server.url]) as r:
+    async with running_agent(tmp_path / "state", [nats_server.url]) as r:
         await eventually(lambda: r.running("web", "db"), "web and db running")
         web_id = r.current_id("web")
         errors = r.metric("reconciler_desired_state_errors_total") or 0.0
@@ -92,16 +90,16 @@ async def test_a_malformed_value_keeps_the_last_good_spec_of_that_key_only(
 
 
 async def test_nats_restart_tasks_keep_running_and_queued_statuses_are_delivered_after(
-    tmp_path: Path, manager: Manager, server: NatsServer
+    tmp_path: Path, manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web", **RESTART))
     await manager.assign("node-a", "job", spec("job"))
-    async with running_agent(tmp_path / "state", [server.url]) as r:
+    async with running_agent(tmp_path / "state", [nats_server.url]) as r:
         await eventually(lambda: r.running("web", "job"), "tasks running")
         web_id, job_id = r.current_id("web"), r.current_id("job")
         await eventually(lambda: status_of(manager, "web", id=web_id, state="running"), "status")
 
-        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(nats_server.stop)
         await eventually(lambda: r.metric("reconciler_session_connected") == 0.0, "offline")
         assert web_id is not None and job_id is not None
         r.executor.exit(web_id, 1)  # the restart policy still works offline
@@ -113,7 +111,7 @@ async def test_nats_restart_tasks_keep_running_and_queued_statuses_are_delivered
         assert r.executor.containers[job_id].state == "running"
         assert (r.metric("reconciler_status_reports_pending") or 0.0) >= 1.0
 
-        await asyncio.to_thread(server.start)
+        await asyncio.to_thread(nats_server.start)
         stored = await eventually(
             lambda: status_of(manager, "web", id=new_web, state="running"),
             "the queued status delivered",
@@ -127,9 +125,9 @@ async def test_nats_restart_tasks_keep_running_and_queued_statuses_are_delivered
 
 
 async def test_reconnect_converges_to_assignments_changed_during_the_outage(
-    tmp_path: Path, manager: Manager, server: NatsServer
+    tmp_path: Path, manager: Manager, nats_server: NatsServer
 ) -> None:
-    proxy = TcpProxy(server.port, free_port())
+    proxy = TcpProxy(nats_server.port, free_port())
     await proxy.start()
     await manager.assign("node-a", "a", spec("a"))
     await manager.assign("node-a", "b", spec("b"))
@@ -141,7 +139,7 @@ async def test_reconnect_converges_to_assignments_changed_during_the_outage(
         await manager.unassign("node-a", "a")
         await manager.assign("node-a", "b", spec("b", env={"NEW": "1"}))
         await manager.assign("node-a", "c", spec("c"))
-        await asyncio.sleep(0.5)  # the agent stays offline for a while
+        await asyncio.sleep(0.5)  # an outage that lasts: nothing changes meanwhile, under test
         assert set(r.states()) == {"a", "b"} and r.current_id("b") == b_id
         await proxy.start()
         # b's changed spec replaces it: the old instance runs until the new one takes over
@@ -156,10 +154,10 @@ async def test_reconnect_converges_to_assignments_changed_during_the_outage(
 
 
 async def test_pause_holds_new_tasks_while_existing_ones_keep_running_and_restarting(
-    tmp_path: Path, manager: Manager, server: NatsServer
+    tmp_path: Path, manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web", **RESTART))
-    async with running_agent(tmp_path / "state", [server.url]) as r:
+    async with running_agent(tmp_path / "state", [nats_server.url]) as r:
         await eventually(lambda: r.running("web"), "web running")
         await manager.availability("node-a", "pause")
         await eventually(lambda: _availability(manager, "pause"), "the pause seen")
@@ -186,25 +184,35 @@ async def _availability(manager: Manager, value: str) -> bool:
 
 
 async def test_heartbeats_stop_when_the_agent_stops_and_resume_at_once_when_it_starts(
-    tmp_path: Path, manager: Manager, server: NatsServer
+    tmp_path: Path, manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.fleet(heartbeatPeriod="50ms")
-    async with running_agent(tmp_path / "state", [server.url]):
+    async with running_agent(tmp_path / "state", [nats_server.url]):
         first = await eventually(lambda: manager.node("node-a"), "a heartbeat")
         await eventually(lambda: _revision_above(manager, first[1] + 3), "heartbeats every period")
-    await asyncio.sleep(0.3)  # a put already on the wire when the agent stopped may land
+    await landed(nats_server, manager)  # a put already on the wire when the agent stopped
     stopped = await manager.node("node-a")
     assert stopped is not None
-    await asyncio.sleep(1.0)  # twenty periods
+    await asyncio.sleep(1.0)  # twenty periods pass: no heartbeat in them is what is under test
     after = await manager.node("node-a")
     assert after is not None and after[1] == stopped[1]
 
     await manager.fleet(heartbeatPeriod="1h")
-    async with running_agent(tmp_path / "state", [server.url]):
+    async with running_agent(tmp_path / "state", [nats_server.url]):
         resumed = await eventually(
             lambda: _revision_above(manager, stopped[1]), "a heartbeat right after start"
         )
         assert resumed
+
+
+async def landed(server: NatsServer, manager: Manager) -> None:
+    """Every heartbeat the stopped agent sent is stored: the server has dropped its connection
+    (so it read all the agent wrote), and a put of the manager's, queued behind them in the
+    stream, is acknowledged."""
+    await eventually(
+        lambda: AGENT not in server.clients(), "the server dropping the agent's connection"
+    )
+    await manager.barrier(NODES)
 
 
 async def _revision_above(manager: Manager, revision: int) -> tuple[dict[str, object], int] | None:
@@ -213,15 +221,18 @@ async def _revision_above(manager: Manager, revision: int) -> tuple[dict[str, ob
 
 
 async def test_an_agent_that_finds_no_buckets_keeps_retrying_and_is_not_ready_until_it_read_them(
-    tmp_path: Path, server: NatsServer
+    tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    async with running_agent(tmp_path / "state", [server.url]) as r:
+    async with running_agent(tmp_path / "state", [nats_server.url]) as r:
         await eventually(lambda: r.agent.snapshot().node is not None, "the runtime described")
-        await asyncio.sleep(0.5)  # several connection attempts
+        tried = nats_server.connections_so_far()
+        await eventually(
+            lambda: nats_server.connections_so_far() >= tried + 2, "two more connection attempts"
+        )
         snap = r.agent.snapshot()
         assert not snap.ready and snap.ready_reason == "desired state has not been read yet"
         assert r.metric("reconciler_session_connected") == 0.0
-        m = await Manager.connect(server.url)
+        m = await Manager.connect(nats_server.url)
         try:
             await m.init()
             await m.assign("node-a", "web", spec("web"))
@@ -232,20 +243,20 @@ async def test_an_agent_that_finds_no_buckets_keeps_retrying_and_is_not_ready_un
 
 
 async def test_an_agent_started_while_nats_is_down_runs_its_stored_tasks_until_it_is_back(
-    tmp_path: Path, manager: Manager, server: NatsServer
+    tmp_path: Path, manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web"))
-    async with running_agent(tmp_path / "state", [server.url]) as r:
+    async with running_agent(tmp_path / "state", [nats_server.url]) as r:
         await eventually(lambda: r.running("web"), "web running")
         web_id = r.current_id("web")
         executor = r.executor
-    await asyncio.to_thread(server.stop)
-    async with running_agent(tmp_path / "state", [server.url], executor=executor) as r:
+    await asyncio.to_thread(nats_server.stop)
+    async with running_agent(tmp_path / "state", [nats_server.url], executor=executor) as r:
         await eventually(lambda: r.agent.snapshot().node is not None, "the runtime described")
         assert r.current_id("web") == web_id and r.running("web")
         assert executor.calls[(web_id, "start")] == 1  # adopted, never started again
         assert r.agent.snapshot().ready_reason == "desired state has not been read yet"
-        await asyncio.to_thread(server.start)
+        await asyncio.to_thread(nats_server.start)
         await manager.unassign("node-a", "web")
         await manager.assign("node-a", "db", spec("db"))
         await eventually(lambda: set(r.states()) == {"db"} and r.running("db"), "converged")

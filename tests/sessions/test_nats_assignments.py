@@ -94,10 +94,6 @@ def test_full_assignments_and_rejections_never_merge() -> None:
 
 
 def test_a_full_assignment_rejects_tasks_with_unknown_or_cyclic_dependencies() -> None:
-    import json
-
-    from reconciler.sessions.assignments import full_assignment
-
     def value(name: str, *deps: str) -> bytes:
         task = {"image": "localhost/busybox:latest", "dependsOn": [{"task": d} for d in deps]}
         return json.dumps(task).encode()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,19 +20,16 @@ from reconciler.core.session import (
 )
 from reconciler.fleet.options import NatsOptions
 from reconciler.sessions.nats import NatsSession
-from tests.fleet.support import Manager, TcpProxy, eventually, spec
-from tests.natsserver import NatsServer, free_port, nats_server
+from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.polling import eventually
+from reconciler.testing.ports import free_port
+from reconciler.testing.tasks import ended
+from tests.fleet.support import Manager, TcpProxy, spec
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    with nats_server(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
-async def manager(server: NatsServer) -> AsyncIterator[Manager]:
-    m = await Manager.connect(server.url)
+async def manager(nats_server: NatsServer) -> AsyncIterator[Manager]:
+    m = await Manager.connect(nats_server.url)
     await m.init()
     yield m
     await m.close()
@@ -53,15 +49,15 @@ class Collected:
         return [m for m in self.messages if isinstance(m, DesiredTasks)]
 
     async def close(self) -> None:
-        await self.session.close()
-        await asyncio.wait_for(self._task, 30)
+        await ended(asyncio.ensure_future(self.session.close()), "the session's close")
+        await ended(self._task, "the consumer of the session's messages")
 
 
 @pytest.fixture
-async def collected(server: NatsServer) -> AsyncIterator[Collected]:
+async def collected(nats_server: NatsServer) -> AsyncIterator[Collected]:
     session = NatsSession(
         node_id="node-a",
-        options=NatsOptions(servers=(server.url,)),
+        options=NatsOptions(servers=(nats_server.url,)),
         clock=SystemClock(),
         idle_heartbeat=1.0,
     )
@@ -87,13 +83,13 @@ def status(task_id: str, state: TaskState, ts: float, **kw: object) -> NamedStat
 
 
 async def test_connect_delivers_availability_then_one_full_assignment_of_this_node_only(
-    manager: Manager, server: NatsServer
+    manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web"))
     await manager.assign("node-a", "db", spec("db", env={"MODE": "edge"}))
     await manager.assign("node-b", "other", spec("other"))
     session = NatsSession(
-        node_id="node-a", options=NatsOptions(servers=(server.url,)), clock=SystemClock()
+        node_id="node-a", options=NatsOptions(servers=(nats_server.url,)), clock=SystemClock()
     )
     c = Collected(session)
     try:
@@ -133,14 +129,14 @@ async def test_later_puts_and_deletes_are_incremental(
 
 
 async def test_a_malformed_value_rejects_its_key_alone(
-    manager: Manager, server: NatsServer
+    manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web"))
     await manager.assign("node-a", "bad", b"{not json")
     await manager.assign("node-a", "typo", spec("typo", imagee="x"))
     await manager.assign("node-a", "other", spec("someone-else"))
     session = NatsSession(
-        node_id="node-a", options=NatsOptions(servers=(server.url,)), clock=SystemClock()
+        node_id="node-a", options=NatsOptions(servers=(nats_server.url,)), clock=SystemClock()
     )
     c = Collected(session)
     try:
@@ -242,10 +238,10 @@ async def test_status_write_rereads_a_key_changed_behind_its_back(
 
 
 async def test_managers_from_the_fleet_settings_are_used_on_the_next_reconnect(
-    manager: Manager, server: NatsServer
+    manager: Manager, nats_server: NatsServer
 ) -> None:
-    configured = TcpProxy(server.port, free_port())
-    published = TcpProxy(server.port, free_port())
+    configured = TcpProxy(nats_server.port, free_port())
+    published = TcpProxy(nats_server.port, free_port())
     await configured.start()
     await published.start()
     session = NatsSession(
@@ -266,11 +262,11 @@ async def test_managers_from_the_fleet_settings_are_used_on_the_next_reconnect(
 
 
 async def test_a_new_iteration_after_the_consumer_failed_starts_with_a_full_assignment(
-    manager: Manager, server: NatsServer
+    manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.assign("node-a", "web", spec("web"))
     session = NatsSession(
-        node_id="node-a", options=NatsOptions(servers=(server.url,)), clock=SystemClock()
+        node_id="node-a", options=NatsOptions(servers=(nats_server.url,)), clock=SystemClock()
     )
     try:
         first: list[SessionMessage] = []
@@ -298,13 +294,13 @@ async def test_a_new_iteration_after_the_consumer_failed_starts_with_a_full_assi
 
 
 async def test_heartbeats_carry_the_node_conditions_and_beat_again_when_they_change(
-    manager: Manager, server: NatsServer
+    manager: Manager, nats_server: NatsServer
 ) -> None:
     await manager.fleet(heartbeatPeriod="1h")  # only changes make the later beats
     pressure = {"diskPressure": False, "memoryPressure": False}
     session = NatsSession(
         node_id="node-a",
-        options=NatsOptions(servers=(server.url,)),
+        options=NatsOptions(servers=(nats_server.url,)),
         clock=SystemClock(),
         describe=lambda: (None, True),
         conditions=lambda: dict(pressure),

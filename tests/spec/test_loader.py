@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.model import TaskState
-from reconciler.spec.loader import DesiredSet, is_desired_file_name, load_directory, load_paths
+from reconciler.spec.loader import (
+    MAX_FILE_BYTES,
+    DesiredSet,
+    is_desired_file_name,
+    load_directory,
+    load_paths,
+)
 from reconciler.spec.problems import DesiredStateError
 from tests.contract import missing
 from tests.spec.helpers import HEADER, safe_dir, task_set, write
@@ -289,8 +295,6 @@ def test_a_fifo_named_explicitly_is_refused_without_hanging(tmp_path: Path) -> N
 
 
 def test_oversized_file_is_refused(tmp_path: Path) -> None:
-    from reconciler.spec.loader import MAX_FILE_BYTES
-
     d = safe_dir(tmp_path / "d")
     write(d / "big.yaml", "#" * (MAX_FILE_BYTES + 1))
     assert error_lines(d) == [f"{d / 'big.yaml'}:0: file: is larger than {MAX_FILE_BYTES} bytes"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from reconciler.core.model import (
     Device,
@@ -23,7 +24,8 @@ from reconciler.core.model import (
 )
 from reconciler.spec.loader import load_paths
 from reconciler.spec.problems import DesiredStateError, Problem
-from reconciler.spec.schema import parse_task
+from reconciler.spec.schema import DOCUMENT_SCHEMA, TASK_SCHEMA, parse_task
+from reconciler.spec.yamlsource import format_field
 from tests.spec.helpers import HEADER, write
 
 TASK_HEAD = "  - name: web\n    image: localhost/busybox:latest\n"
@@ -297,10 +299,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     ]
 
 
-def test_product_example_parses_to_the_canonical_spec(tmp_path: Path) -> None:
-    text = (
-        HEADER
-        + """\
+EXAMPLE = """\
   - name: web
     image: localhost/busybox:latest
     command: ["httpd", "-f", "-p", "8080"]
@@ -337,47 +336,53 @@ def test_product_example_parses_to_the_canonical_spec(tmp_path: Path) -> None:
       retries: 3
       startPeriod: 1s
 """
-    )
-    desired = load_paths([write(tmp_path / "web.yaml", text)])
+"""A task using every field, as the reference shows one."""
+
+EXAMPLE_SPEC = TaskSpec(
+    name="web",
+    image="localhost/busybox:latest",
+    command=("httpd", "-f", "-p", "8080"),
+    entrypoint=("/bin/sh", "-c"),
+    env=(
+        ("DEBUG", "yes"),
+        ("EMPTY", ""),
+        ("MODE", "edge"),
+        ("PORT", "8080"),
+        ("VERSION", "1.10"),
+    ),
+    labels=(("tier", "web"),),
+    resources=Resources(cpus=0.5, memory=64 * 1024 * 1024),
+    ports=(
+        PortMapping(8080, 80, "tcp", ""),
+        PortMapping(9000, 9000, "udp", "127.0.0.1"),
+        PortMapping(9001, 9001, "tcp", "::1"),
+    ),
+    mounts=(
+        Mount("bind", "/data", "/srv/web", True),
+        Mount("volume", "/var/lib/web", "webdata", False),
+        Mount("tmpfs", "/tmp", "", False),
+    ),
+    network="bridge",
+    user="1000:1000",
+    workdir="/srv",
+    devices=(Device("/dev/ttyUSB0", "/dev/ttyUSB0"), Device("/dev/ttyS1", "/dev/modem")),
+    cap_add=("NET_ADMIN",),
+    cap_drop=("ALL",),
+    stop_signal="SIGTERM",
+    stop_grace_period=10.0,
+    pull="missing",
+    log_max_size=10 * 1024 * 1024,
+    restart=RestartPolicy("on-failure", 0.5, 300.0, 3, 5400.0),
+    healthcheck=HealthCheck(("CMD-SHELL", "wget -q -O- localhost:8080"), 30.0, 3.0, 3, 1.0),
+)
+"""``EXAMPLE`` in canonical form: units, durations and defaults resolved."""
+
+
+def test_product_example_parses_to_the_canonical_spec(tmp_path: Path) -> None:
+    desired = load_paths([write(tmp_path / "web.yaml", HEADER + EXAMPLE)])
     task = desired.tasks["web"]
     assert task.desired_state == TaskState.RUNNING
-    assert task.spec == TaskSpec(
-        name="web",
-        image="localhost/busybox:latest",
-        command=("httpd", "-f", "-p", "8080"),
-        entrypoint=("/bin/sh", "-c"),
-        env=(
-            ("DEBUG", "yes"),
-            ("EMPTY", ""),
-            ("MODE", "edge"),
-            ("PORT", "8080"),
-            ("VERSION", "1.10"),
-        ),
-        labels=(("tier", "web"),),
-        resources=Resources(cpus=0.5, memory=64 * 1024 * 1024),
-        ports=(
-            PortMapping(8080, 80, "tcp", ""),
-            PortMapping(9000, 9000, "udp", "127.0.0.1"),
-            PortMapping(9001, 9001, "tcp", "::1"),
-        ),
-        mounts=(
-            Mount("bind", "/data", "/srv/web", True),
-            Mount("volume", "/var/lib/web", "webdata", False),
-            Mount("tmpfs", "/tmp", "", False),
-        ),
-        network="bridge",
-        user="1000:1000",
-        workdir="/srv",
-        devices=(Device("/dev/ttyUSB0", "/dev/ttyUSB0"), Device("/dev/ttyS1", "/dev/modem")),
-        cap_add=("NET_ADMIN",),
-        cap_drop=("ALL",),
-        stop_signal="SIGTERM",
-        stop_grace_period=10.0,
-        pull="missing",
-        log_max_size=10 * 1024 * 1024,
-        restart=RestartPolicy("on-failure", 0.5, 300.0, 3, 5400.0),
-        healthcheck=HealthCheck(("CMD-SHELL", "wget -q -O- localhost:8080"), 30.0, 3.0, 3, 1.0),
-    )
+    assert task.spec == EXAMPLE_SPEC
     assert desired.origin == {"web": (str(tmp_path / "web.yaml"), 4)}
 
 
@@ -441,10 +446,6 @@ def test_parse_task_raises_with_every_problem_in_the_same_format() -> None:
 
 
 def test_published_schemas_are_valid_json_schemas() -> None:
-    from jsonschema import Draft202012Validator
-
-    from reconciler.spec.schema import DOCUMENT_SCHEMA, TASK_SCHEMA
-
     Draft202012Validator.check_schema(TASK_SCHEMA)
     Draft202012Validator.check_schema(DOCUMENT_SCHEMA)
 
@@ -457,8 +458,6 @@ def test_duplicate_key_in_a_task_is_an_error_at_the_second_key(tmp_path: Path) -
 
 
 def test_keys_that_are_not_identifiers_are_quoted_in_field_paths() -> None:
-    from reconciler.spec.yamlsource import format_field
-
     assert format_field(("tasks", 0, "labels", "app.example/tier")) == (
         'tasks[0].labels["app.example/tier"]'
     )

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.core.model import TaskState
 from reconciler.core.snapshot import Changes, Snapshot
 from reconciler.observe.metrics import Metrics
+from reconciler.testing.polling import eventually
 from reconciler.web import server as rhttp
 from reconciler.web import sse
 from reconciler.web.agent_routes import serve_agent
@@ -33,8 +34,10 @@ class Source:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
         self.changes = Changes()
+        self.reads = 0  # how often the server read the snapshot
 
     def __call__(self) -> Snapshot:
+        self.reads += 1
         return self.snap
 
     def swap(self, snap: Snapshot) -> None:
@@ -184,8 +187,10 @@ async def test_a_removed_name_is_sent_as_removed(agent: Agent) -> None:
 async def test_a_new_snapshot_with_nothing_new_sends_nothing(agent: Agent) -> None:
     s = await agent.open()
     await s.event()
+    reads = agent.source.reads
     agent.source.swap(snapshot())  # equal content: the agent rebuilds after every resync pass
-    await asyncio.sleep(sse.MIN_INTERVAL * 2)
+    # the stream read it (and found nothing to send) before the next, real change
+    await eventually(lambda: agent.source.reads > reads, "the stream reading the equal snapshot")
     agent.source.swap(snapshot(reports_pending=3))
     delta = await s.event()  # the first event after the no-op swap is the real change
     assert set(delta) == {"now", "agent"}
@@ -252,12 +257,13 @@ async def test_a_client_that_hangs_up_frees_its_stream_slot(
     first = await agent.open()
     await first.event()
     await first.close()
-    async with asyncio.timeout(HANG):
-        while True:  # the server notices the hangup on its own, without a write
-            s = await agent.open()
-            if s.status == 200:
-                break
-            await asyncio.sleep(0.01)
+
+    async def admitted() -> Stream | None:
+        s = await agent.open()
+        return s if s.status == 200 else None
+
+    # the server notices the hangup on its own, without a write
+    s = await eventually(admitted, "a new stream admitted in the freed slot", within=HANG)
     assert (await s.event())["full"] is True
 
 
@@ -277,13 +283,18 @@ async def test_a_client_that_does_not_read_is_dropped(
     monkeypatch.setattr(rhttp, "MAX_STREAMS", 1)
     s = await agent.open(rcvbuf=4096)
     await s.event()
-    # deltas of a few MB each, far beyond the socket buffers, which the client never reads
-    swaps = 12
-    for n in range(swaps):
-        tasks = tuple(view(f"t{i:05d}", f"{i:010x}", message=f"{n}" * 300) for i in range(4000))
+    # deltas of a few MB each, far beyond the socket buffers, which the client never reads,
+    # until the server drops it: its slot is free again (MAX_STREAMS is 1)
+    swaps = 0
+
+    async def dropped() -> bool:
+        nonlocal swaps
+        swaps += 1
+        tasks = tuple(view(f"t{i:05d}", f"{i:010x}", message=f"{swaps}" * 300) for i in range(4000))
         agent.source.swap(replace(agent.source.snap, tasks=tasks))
-        await asyncio.sleep(0.2)
-    assert (await agent.open()).status == 200  # its slot is free again (MAX_STREAMS is 1)
+        return (await agent.open()).status == 200
+
+    await eventually(dropped, "the client that does not read dropped", every=0.2)
     try:
         received = await s.eof()  # the server cut it off: the end comes without a shutdown
     except ConnectionResetError:

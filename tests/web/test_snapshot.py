@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from reconciler.core.clock import settle
 from reconciler.core.snapshot import MAX_ERROR_CHARS, MAX_ERROR_LINES, Changes, bounded_errors
 
 
@@ -39,7 +40,7 @@ async def test_a_waiter_wakes_when_the_version_is_bumped() -> None:
     changes = Changes()
     seen = changes.version
     waiter = asyncio.create_task(changes.wait(seen))
-    await asyncio.sleep(0)
+    await settle()
     assert not waiter.done()
     changes.bump()
     async with asyncio.timeout(10):

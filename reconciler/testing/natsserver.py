@@ -1,4 +1,4 @@
-"""Real ``nats-server -js`` processes for the fleet tests: one server, or a cluster of three.
+"""Real ``nats-server -js`` processes for the fleet tests and benchmarks: one, or a cluster.
 
 Each server listens on free loopback ports (client, cluster route, monitoring), keeps its
 JetStream store in a directory of its own, and logs to a file whose tail goes into failure
@@ -7,11 +7,15 @@ its JetStream are ready, so a test never races the server's start. ``stop()`` (S
 ``kill()`` (SIGKILL) end it; ``start()`` again brings it back on the same ports with the same
 store, which is what a restart or an outage looks like to a client.
 
+``monitoring`` reads the server's monitoring endpoints: ``clients()`` names the connected
+clients and ``connections_so_far()`` counts every connection accepted, which is how a test sees
+a client come, go, or keep trying.
+
 ``extra`` config text is appended (accounts and users, say); ``env`` adds environment
 variables, which nats-server's config can reference as ``$NAME``.
 
-When nats-server is not installed, ``require_nats_server()`` fails under CI and skips
-elsewhere (``tests.contract.missing``).
+When nats-server is not installed, ``NatsServer`` raises ``NatsServerMissing``; the tests'
+fixtures turn that into a failure under CI and a skip elsewhere (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -21,18 +25,30 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from tests.contract import missing
+from reconciler.testing.polling import Fatal, wait_until
+from reconciler.testing.ports import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = [
+    "NatsServer",
+    "NatsServerMissing",
+    "nats_cluster",
+    "nats_server",
+    "nats_server_binary",
+]
+
 START_DEADLINE = 60.0
+MISSING = "nats-server is not installed (apt-get install nats-server; scripts/setup)"
+
+
+class NatsServerMissing(RuntimeError):
+    """The nats-server binary is not installed."""
 
 
 def nats_server_binary() -> str | None:
@@ -43,20 +59,6 @@ def nats_server_binary() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def require_nats_server() -> str:
-    """The nats-server binary; fails under CI and skips elsewhere when it is missing."""
-    binary = nats_server_binary()
-    if binary is None:
-        missing("the fleet tests need nats-server (apt-get install nats-server; scripts/setup)")
-    return binary
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NatsServer:
@@ -70,7 +72,10 @@ class NatsServer:
         extra: str = "",
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.binary = require_nats_server()
+        binary = nats_server_binary()
+        if binary is None:
+            raise NatsServerMissing(MISSING)
+        self.binary = binary
         self.name = name
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +130,23 @@ class NatsServer:
         if wait:
             self.wait_healthy()
 
+    def monitoring(self, endpoint: str) -> dict[str, Any]:
+        """A monitoring endpoint's JSON (``varz``, ``connz?limit=1024``, ...). Raises
+        ``OSError`` when the server does not answer."""
+        url = f"http://127.0.0.1:{self.http_port}/{endpoint}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+    def clients(self) -> list[str]:
+        """The names of the clients connected now (an agent's is ``reconciler-agent <node>``)."""
+        conns = self.monitoring("connz?limit=1024").get("connections") or []
+        return [str(c.get("name", "")) for c in conns]
+
+    def connections_so_far(self) -> int:
+        """Client connections the server has accepted since it started."""
+        return int(self.monitoring("varz").get("total_connections", 0))
+
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(
@@ -134,14 +156,16 @@ class NatsServer:
         except (OSError, ValueError, urllib.error.URLError):
             return False
 
-    def wait_healthy(self, timeout: float = START_DEADLINE) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
+    def wait_healthy(self, within: float = START_DEADLINE) -> None:
+        """Return once ``/healthz`` says the server and its JetStream are ready. Raises
+        ``AssertionError`` with the log's tail when it exits or is not ready in time."""
+
+        def probe() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server {self.name} exited\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server {self.name} not healthy\n{self.log_tail()}")
-            time.sleep(0.05)
+                raise Fatal(f"nats-server {self.name} exited\n{self.log_tail()}")
+            return self.healthy()
+
+        wait_until(probe, f"nats-server {self.name} healthy", within=within, context=self.log_tail)
 
     def stop(self) -> None:
         """SIGTERM and wait. Idempotent."""
