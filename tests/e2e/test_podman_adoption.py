@@ -161,7 +161,7 @@ from tests.e2e.podman_support import drive, make_task, resolved
 
 async def main(url, node):
     ex = PodmanExecutor(url=url, node_id=node, clock=SystemClock(), observer=NullObserver(),
-                        agent_version="t")
+                        agent_version="t", image_gc_threshold=15.0)
     await ex.start()
     tasks = [make_task(name=f"k{i}", node_id=node) for i in range(10)]
     pairs = [resolved(t, ex) for t in tasks]

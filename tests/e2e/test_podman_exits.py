@@ -46,6 +46,7 @@ def executor(url: str, node_id: str, observer: RecordingObserver, **kw: object) 
         clock=SystemClock(),
         observer=observer,
         agent_version="test",
+        image_gc_threshold=15.0,
         **kw,  # type: ignore[arg-type]
     )
 

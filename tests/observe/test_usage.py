@@ -32,7 +32,6 @@ from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.polling import eventually
 from reconciler.testing.tasks import ended
-from reconciler.web import server as http
 from reconciler.web.state import node_json
 
 S = TaskState
@@ -237,7 +236,7 @@ async def test_conditions_follow_the_node_and_never_make_it_unready(
         r.session.send(desired("web"))
         await settle()
         await eventually(lambda: bool(r.agent.snapshot().conditions), "the conditions")
-        assert http.node_json(r.agent.snapshot())["conditions"] == {
+        assert node_json(r.agent.snapshot())["conditions"] == {
             "diskPressure": False,
             "memoryPressure": False,
         }
