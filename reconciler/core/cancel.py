@@ -19,7 +19,9 @@ Two remedies, one for each side of a cancellation:
   and closes what it opens after its caller is gone.)
 * ``cancel_and_wait(tasks)``, for the one stopping them: it cancels again, every ``every``
   seconds on the clock, each task that has not ended yet, so a cancellation that a library
-  swallowed anyway is delivered again at the task's next await.
+  swallowed anyway is delivered again at the task's next await. A task that is ending on
+  purpose, a podman call letting its thread finish first (``runtime/podman/lanes.py``), ignores
+  the extra cancellations until it has.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ async def cancel_and_wait(
             tick.cancel()
             await asyncio.gather(ended, tick, return_exceptions=True)
         pending = {t for t in pending if not t.done()}
-        for task in pending:
-            log.warning("task %s did not end when cancelled; cancelling it again", task.get_name())
+        for task in pending:  # a podman call finishing its thread, or a lost cancellation
+            log.info(
+                "task %s still running after its cancellation; cancelling it again", task.get_name()
+            )
     for task in every_task:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: the caller asked only for the end

@@ -7,10 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import nats
+import pytest
 
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
 from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, service_set, spread
+
+# a failover's waits may each take up to 90 s on a loaded machine: they fail first, with their
+# own message, before the per-test timeout does
+pytestmark = pytest.mark.timeout(600)
 
 
 async def test_the_fleet_carries_on_when_a_cluster_server_dies(

@@ -7,7 +7,8 @@ ran on, and ``close()`` waited for it for ever (``reconciler.core.cancel``). Her
 against a real nats-server under load: a flood of assignment changes for their node and a short
 heartbeat period, so they are always reading, writing or reconnecting. Each round closes one at
 another moment (connecting, up, in the middle of a burst), and each close must end within a
-generous deadline whose expiry names where the session waits. No timing is asserted.
+generous deadline whose expiry names where the session waits; whole agents (fake runtime) are
+stopped the same way. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from reconciler.core.clock import SystemClock
 from reconciler.core.session import DesiredTasks, SessionMessage
@@ -24,7 +26,7 @@ from reconciler.sessions.nats import NatsSession
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
 from reconciler.testing.tasks import ended
-from tests.fleet.support import Manager, spec
+from tests.fleet.support import Manager, running_agent, spec
 
 ROUNDS = 12
 TASKS = 20
@@ -104,3 +106,23 @@ async def test_sessions_closed_at_any_moment_under_load_always_end(
                 await ended(asyncio.ensure_future(session.close()), f"round {i}'s close")
                 await ended(consumer.task, f"round {i}'s messages")
             assert not session.connected
+
+
+async def test_agents_stopped_at_any_moment_under_load_always_end(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    # the whole agent (fake runtime): its stop closes the session after its supervised loops
+    rng = random.Random(21)
+    async with busy_manager(nats_server):
+        for i in range(ROUNDS // 2):
+            async with running_agent(tmp_path / f"state-{i}", [nats_server.url]) as r:
+                if i % 3 >= 1:
+                    await eventually(
+                        lambda r=r: r.metric("reconciler_session_connected") == 1.0,
+                        "the agent connected",
+                    )
+                if i % 3 == 2:
+                    await eventually(lambda r=r: bool(r.states()), "the agent running tasks")
+                for _ in range(rng.randrange(50)):
+                    await asyncio.sleep(0)  # a few turns of the loop: another moment each round
+            # leaving running_agent stopped it, within a deadline that names where it waits
