@@ -22,6 +22,7 @@ from reconciler.store.recovery import open_store
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
+from reconciler.testing.fakehost import FakeContainer
 from reconciler.testing.tasks import ended
 
 S = TaskState
@@ -179,7 +180,6 @@ async def test_resync_removes_orphans(tmp_path: Path, clock: FakeClock):
     async with running_agent(tmp_path, clock, executor) as r:
         r.session.send(desired("web"))
         await settle()
-        from reconciler.testing.fakehost import FakeContainer
 
         executor.containers["stray"] = FakeContainer(id="cx", task_id="stray", name="x.stray")
         # A new store: the pass after the first desired set only adopts; the next one sweeps.

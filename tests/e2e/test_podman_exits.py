@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -21,22 +20,18 @@ from reconciler.core.model import TaskState
 from reconciler.testing.podman import PodmanService
 from runtime.podman import PodmanExecutor
 from runtime.podman.exits import ExitWatch
-from tests.e2e.podman_support import Driven, RecordingObserver, drive, make_task, resolved
+from tests.e2e.podman_support import (
+    Driven,
+    RecordingObserver,
+    drive,
+    make_task,
+    resolved,
+    until,
+)
 
 pytestmark = pytest.mark.e2e
 
 STUBBORN = ("sh", "-c", "trap '' TERM; while :; do sleep 0.2; done")
-
-
-async def until(pred: object, *, limit: float = 60.0, what: str = "condition") -> None:
-    """Poll (in a thread) until ``pred()`` is true; a hang guard, not a timing check."""
-    assert callable(pred)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(pred):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def executor(url: str, node_id: str, observer: RecordingObserver, **kw: object) -> PodmanExecutor:

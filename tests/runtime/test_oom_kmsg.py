@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from reconciler.core.clock import FakeClock, settle
+from reconciler.core.clock import FakeClock
 from reconciler.core.errors import ExitError
 from reconciler.core.executor import NullObserver
 from reconciler.core.model import Task, TaskSpec
+from reconciler.testing.polling import eventually
 from runtime.podman.controller import PodmanController
 from runtime.podman.oom import KernelLogOoms, OomKill, parse_record
 from runtime.podman.shared import Runtime
@@ -87,9 +86,9 @@ async def test_the_reader_reports_every_kill_in_the_stream(tmp_path: Path) -> No
         assert reader.start()
         os.write(writer, f"{V1_KILL}\n SUBSYSTEM=memory\n{V1_KILLED}\n".encode())
         os.write(writer, V1_KILL.replace("pid=532", "pid=533").encode()[:40])
-        await wait_for(lambda: len(kills) == 1)
+        await eventually(lambda: len(kills) == 1, "len(kills) == 1")
         os.write(writer, V1_KILL.replace("pid=532", "pid=533").encode()[40:] + b"\n")
-        await wait_for(lambda: len(kills) == 2)
+        await eventually(lambda: len(kills) == 2, "len(kills) == 2")
     finally:
         reader.close()
         os.close(writer)
@@ -112,7 +111,7 @@ async def test_a_failing_handler_does_not_stop_the_reader(tmp_path: Path) -> Non
     try:
         assert reader.start()
         os.write(writer, f"{V1_KILL}\n{V1_KILL.replace('pid=532', 'pid=7')}\n".encode())
-        await wait_for(lambda: len(seen) == 2)
+        await eventually(lambda: len(seen) == 2, "len(seen) == 2")
         assert reader.reading
     finally:
         reader.close()
@@ -128,16 +127,6 @@ async def test_an_unreadable_kernel_log_is_said_once_and_counts_nothing(
     assert "OOM kills are not counted" in caplog.text
     assert not reader.reading
     reader.close()  # harmless
-
-
-async def wait_for(done: Callable[[], bool], rounds: int = 500) -> None:
-    """Until ``done()`` (a hang guard of a few seconds, not a timing check)."""
-    for _ in range(rounds):
-        if done():
-            return
-        await asyncio.sleep(0.01)
-    await settle()
-    assert done(), "the reader did not get there"
 
 
 # ------------------------------------------------------------------ the controller's verdict

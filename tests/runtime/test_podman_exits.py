@@ -18,6 +18,7 @@ from reconciler.core.clock import FakeClock, settle
 from reconciler.core.errors import ContainerGone, ExitError, TemporaryError
 from reconciler.core.executor import NullObserver
 from reconciler.core.model import Task, TaskSpec
+from reconciler.testing.polling import eventually
 from runtime.podman.controller import PodmanController
 from runtime.podman.errors import NotFound
 from runtime.podman.events import ContainerEvent, EventKind, EventStream
@@ -143,21 +144,6 @@ def write_exit_file(directory: Path, cid: str, code: int = 137) -> None:
     os.replace(tmp, directory / cid)
 
 
-async def until(done: Callable[[], bool]) -> None:
-    """Wait for the loop (or the kernel) to get there; a hang guard, not a timing check."""
-    for _ in range(1000):
-        await settle()
-        if done():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never happened")
-
-
-async def until_set(event: asyncio.Event) -> None:
-    async with asyncio.timeout(10):  # a hang guard, not a timing assertion
-        await event.wait()
-
-
 async def test_an_exit_file_renamed_into_the_directory_tells_its_subscriber_only(
     watch: ExitWatch, exits_dir: Path
 ) -> None:
@@ -169,10 +155,10 @@ async def test_an_exit_file_renamed_into_the_directory_tells_its_subscriber_only
         assert watching and watching_other
         assert watch.directories == [str(exits_dir)]  # one watch for both containers
         write_exit_file(exits_dir, CID)
-        await until_set(mine)
+        await eventually(mine.is_set, "mine set")
         assert not other.is_set()
         write_exit_file(exits_dir, OTHER)
-        await until_set(other)
+        await eventually(other.is_set, "other set")
     assert watch.files_seen == 2
 
 
@@ -180,7 +166,7 @@ async def test_an_exit_file_written_in_place_counts_too(watch: ExitWatch, exits_
     told = asyncio.Event()
     with watch.subscribe(CID, CONMON, told.set):
         (exits_dir / CID).write_text("0")
-        await until_set(told)
+        await eventually(told.is_set, "told set")
 
 
 async def test_an_exit_file_already_there_is_told_at_once(
@@ -189,7 +175,7 @@ async def test_an_exit_file_already_there_is_told_at_once(
     write_exit_file(exits_dir, CID)
     told = asyncio.Event()
     with watch.subscribe(CID, CONMON, told.set):
-        await until_set(told)
+        await eventually(told.is_set, "told set")
 
 
 async def test_a_subscriber_is_told_once_and_never_after_its_block(
@@ -201,12 +187,14 @@ async def test_a_subscriber_is_told_once_and_never_after_its_block(
     with watch.subscribe(CID, CONMON, lambda: calls.append("mine")):
         write_exit_file(exits_dir, OTHER)
         write_exit_file(exits_dir, CID)
-        await until(lambda: bool(calls))
+        await eventually(lambda: bool(calls), "bool(calls)")
         write_exit_file(exits_dir, CID, code=1)  # written again: still one call
         third = asyncio.Event()
         with watch.subscribe(CID + "x", CONMON, third.set):
             write_exit_file(exits_dir, CID + "x")
-            await until_set(third)  # a later file has landed, so the rewrite has too
+            await eventually(
+                third.is_set, "third set"
+            )  # a later file has landed, so the rewrite has too
     assert calls == ["mine"]
 
 
@@ -247,13 +235,13 @@ async def test_a_directory_that_goes_away_is_watched_again_when_it_is_back(
     with watch.subscribe(CID, CONMON, lambda: None):
         assert watch.directories == [str(exits_dir)]
         os.rmdir(exits_dir)
-        await until(lambda: not watch.directories)
+        await eventually(lambda: not watch.directories, "not watch.directories")
     os.mkdir(exits_dir)
     told = asyncio.Event()
     with watch.subscribe(CID, CONMON, told.set) as watching:
         assert watching
         write_exit_file(exits_dir, CID)
-        await until_set(told)
+        await eventually(told.is_set, "told set")
 
 
 async def test_a_closed_watch_watches_nothing(watch: ExitWatch) -> None:
@@ -352,7 +340,7 @@ class Waiting:
 
     async def start(self) -> None:
         self.wait = asyncio.create_task(self.ctlr.wait())
-        await until(lambda: CID in self.exits.subscribers)
+        await eventually(lambda: CID in self.exits.subscribers, "CID in self.exits.subscribers")
 
     async def result(self) -> None:
         assert self.wait is not None
@@ -381,7 +369,7 @@ async def test_an_exit_file_without_a_kill_waits_for_the_removal_podman_reports(
     w = Waiting(api, FakeExitWatch())
     await w.start()
     w.exits.exit_file()
-    await until(lambda: api.kill_reads > 0)
+    await eventually(lambda: api.kill_reads > 0, "api.kill_reads > 0")
     assert w.wait is not None and not w.wait.done()  # not judged as exit 137
     w.post(EventKind.REMOVE)
     with pytest.raises(ContainerGone):
@@ -403,7 +391,7 @@ async def test_an_inspect_that_fails_leaves_the_exit_to_the_events() -> None:
     w = Waiting(api, FakeExitWatch())
     await w.start()
     w.exits.exit_file()
-    await until(lambda: api.inspects == 2)
+    await eventually(lambda: api.inspects == 2, "api.inspects == 2")
     await settle()
     assert w.wait is not None and not w.wait.done()
     w.post(EventKind.KILL)  # the stream's kill: inspected again, and judged by its code
@@ -433,7 +421,7 @@ async def test_without_a_watched_exit_dir_the_wait_is_judged_from_events_alone()
     api = FakeAPI(RUNNING, STOPPED_137)
     w = Waiting(api, FakeExitWatch(watching=False))
     w.wait = asyncio.create_task(w.ctlr.wait())
-    await until(lambda: api.inspects == 1)
+    await eventually(lambda: api.inspects == 1, "api.inspects == 1")
     w.post(EventKind.KILL)
     with pytest.raises(ExitError) as raised:
         await w.result()

@@ -15,14 +15,14 @@ import shutil
 import socketserver
 import tempfile
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from reconciler.core.clock import FakeClock, SystemClock, settle
+from reconciler.testing.polling import eventually
 from runtime.podman.client import Deadlines, PodmanAPI
 from runtime.podman.errors import RuntimeUnavailable, translate
 from runtime.podman.probe import PROBE_INTERVAL, Liveness
@@ -147,14 +147,6 @@ async def world(fake: FakePodman) -> AsyncIterator[World]:
         yield World(api, reach, observer)
     finally:
         await api.close()
-
-
-async def eventually(pred: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + HANG_GUARD
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------ deadlines
