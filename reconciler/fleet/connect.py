@@ -11,8 +11,15 @@ connect the same way:
   credentials file (a user JWT and its nkey seed, as ``nsc`` writes them; nats-py needs the
   ``nkeys`` package for those), or a YAML map with ``user`` and ``password`` (or ``token``)
   for servers whose users are in the server's config, as ``deploy/nats/`` ships them.
-- **TLS.** ``tls_ca`` names the CA bundle that signs the servers' certificates; with it every
-  connection is TLS and verifies the server.
+- **TLS, never plaintext where it is asked for.** A server must speak TLS when its URL is
+  ``tls://`` or a CA is given (``tls_ca``, the bundle that signs the servers' certificates);
+  its certificate is then verified, hostname included, against that CA, or the system's CAs
+  where none is given. nats-py upgrades to TLS only when the server's first message (INFO)
+  says ``tls_required``, and would otherwise send CONNECT, credentials and all, in clear. So
+  every connection goes through ``_Client``, whose hook refuses such a server as soon as its
+  INFO is read: the socket is closed, nothing was written to it, the refusal is logged (a
+  warning per attempt) and raised as ``PlaintextRefused``. (A TLS handshake before INFO would
+  need nats-server 2.10.4; Debian 12 ships 2.9.)
 
 Nothing here logs a secret: URLs are logged through ``redact`` (user info dropped) and errors
 about a credentials file name the file and the field, never its content.
@@ -21,18 +28,69 @@ about a credentials file name the file and the field, never its content.
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import nats
+from nats import errors
 from nats.aio.client import Client
 
-from reconciler.fleet.options import ConfigError, NatsOptions, load_credentials, redact, tls_context
+from reconciler.fleet.options import (
+    ConfigError,
+    NatsOptions,
+    load_credentials,
+    redact,
+    requires_tls,
+    tls_context,
+)
 
-__all__ = ["connect", "connect_first"]
+__all__ = ["PlaintextRefused", "connect", "connect_first"]
+
+log = logging.getLogger(__name__)
 
 Callback = Callable[[], Awaitable[None]]
 ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class PlaintextRefused(errors.Error, ConnectionError):
+    """A server that must speak TLS did not ask for it; nothing was sent to it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"NATS server {redact(url)} refused before CONNECT: it does not require TLS, and "
+            "TLS is required (a tls:// URL or a CA given); nothing was sent to it"
+        )
+
+
+class _Client(Client):
+    """nats-py's client, refusing before CONNECT a server that offers no TLS where TLS is
+    required.
+
+    The hook is nats-py's private ``_process_info``, which 2.16 calls with
+    ``initial_connection=True`` in ``_process_connect_init`` once it has read the server's
+    INFO, before its TLS upgrade and before it writes CONNECT. pyproject.toml pins nats-py to
+    the versions this was checked against, and tests/fleet/test_tls.py fails (a fake server
+    sees CONNECT) if the hook stops being called.
+    """
+
+    def __init__(self, url: str, *, tls: bool) -> None:
+        super().__init__()
+        self._guard_url = url
+        self._guard_tls = tls
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and self._guard_tls and info.get("tls_required") is not True:
+            refused = PlaintextRefused(self._guard_url)
+            log.warning("%s", refused)
+            raise refused
+        await super()._process_info(info, initial_connection=initial_connection)
+
+    def _discard(self) -> None:
+        """Close the socket of a connect that failed (nats-py leaves it open)."""
+        transport = self._transport
+        if transport:
+            transport.close()  # type: ignore[no-untyped-call]
 
 
 async def connect(
@@ -55,10 +113,12 @@ async def connect(
     kwargs: dict[str, Any] = {}
     if options.creds is not None:
         kwargs.update(load_credentials(options.creds))
-    if options.tls_ca is not None:
-        kwargs["tls"] = tls_context(options.tls_ca)
+    tls = requires_tls(options, server)
+    if tls:
+        kwargs["tls"] = _tls_context(options)
     opening = asyncio.ensure_future(
-        nats.connect(
+        _open(
+            _Client(server, tls=tls),
             servers=[server],
             name=options.name,
             inbox_prefix=options.inbox_prefix,
@@ -87,12 +147,28 @@ async def connect(
         raise
 
 
+def _tls_context(options: NatsOptions) -> ssl.SSLContext:
+    """The CA's context, or the system's CAs; either checks the server's hostname."""
+    if options.tls_ca is not None:
+        return tls_context(options.tls_ca)
+    return ssl.create_default_context()
+
+
+async def _open(client: _Client, **kwargs: Any) -> Client:
+    try:
+        await client.connect(**kwargs)
+    except BaseException:
+        client._discard()
+        raise
+    return client
+
+
 _abandoned: set[asyncio.Task[None]] = set()
 
 
 def _close_abandoned(opening: asyncio.Future[Client]) -> None:
     if opening.cancelled() or opening.exception() is not None:
-        return  # nothing opened (nats-py closes what it opened when a connect fails)
+        return  # nothing opened (``_open`` closes what a failed connect opened)
     closing = asyncio.ensure_future(opening.result().close())
     _abandoned.add(closing)
     closing.add_done_callback(_abandoned.discard)

@@ -8,7 +8,10 @@ NATS client: an agent on a desired directory never imports nats-py.
 - **Credentials** (a file, re-read at every connect so it can be rotated), either a NATS
   credentials file (a user JWT and its nkey seed, as ``nsc`` writes them), or a YAML map with
   ``user`` and ``password`` (or ``token``) for servers whose users are in the server's config.
-- **TLS.** ``tls_ca`` names the CA bundle that signs the servers' certificates.
+- **TLS.** ``tls_ca`` names the CA bundle that signs the servers' certificates. A server must
+  speak TLS when its URL is ``tls://`` or a CA is given (``requires_tls``); a connection
+  configured so (``uses_tls``) takes no ``nats://`` URL the fleet publishes
+  (``published_servers``). The refusal itself is ``reconciler.fleet.connect``'s.
 
 Nothing here logs a secret: URLs are logged through ``redact`` (user info dropped) and errors
 about a credentials file name the file and the field, never its content.
@@ -17,6 +20,7 @@ about a credentials file name the file and the field, never its content.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +34,11 @@ __all__ = [
     "checked_options",
     "load_credentials",
     "parse_servers",
+    "published_servers",
     "redact",
+    "requires_tls",
     "tls_context",
+    "uses_tls",
 ]
 
 _JWT_MARKER = "-----BEGIN NATS USER JWT-----"
@@ -87,6 +94,27 @@ def parse_servers(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if not servers:
         raise ConfigError("no NATS server URL given")
     return tuple(servers)
+
+
+def requires_tls(options: NatsOptions, url: str) -> bool:
+    """True when ``url`` must speak TLS: it is ``tls://``, or a CA is given."""
+    return options.tls_ca is not None or urlsplit(url).scheme == "tls"
+
+
+def uses_tls(options: NatsOptions) -> bool:
+    """True when these settings ask for TLS: a CA is given, or any server URL is ``tls://``."""
+    return any(requires_tls(options, url) for url in options.servers)
+
+
+def published_servers(
+    options: NatsOptions, published: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The URLs the fleet published (its ``managers`` setting) that these settings may use,
+    and those they ignore: with TLS asked for, a ``nats://`` URL would be a downgrade."""
+    if not uses_tls(options):
+        return tuple(published), ()
+    kept = tuple(u for u in published if urlsplit(u).scheme == "tls")
+    return kept, tuple(u for u in published if u not in kept)
 
 
 def redact(url: str) -> str:

@@ -21,7 +21,9 @@ is off, see ``reconciler.fleet.connect``; the plumbing of one connection is
 Whatever ends an epoch (the connection lost, a watch that can no longer be trusted, buckets
 not created yet) closes the connection; after a backoff capped at one second, the next epoch
 tries the servers in order: the fleet setting ``managers`` first (when the manager published
-one; it is used from the next reconnect on), then the ``--manager`` URLs.
+one; it is used from the next reconnect on), then the ``--manager`` URLs. An agent configured
+with TLS (a CA, or a ``tls://`` URL) ignores the published ``nats://`` URLs, which would be a
+downgrade (``reconciler.fleet.options.published_servers``), and says so once per value.
 
 **Offline.** Nothing in the agent waits for the session: tasks keep running, restarting and being
 corrected from the local store. ``report()`` waits while disconnected (the agent's reporter keeps
@@ -67,7 +69,13 @@ from reconciler.fleet.buckets import (
     check_node_id,
     node_control_key,
 )
-from reconciler.fleet.options import ConfigError, NatsOptions, parse_servers, redact
+from reconciler.fleet.options import (
+    ConfigError,
+    NatsOptions,
+    parse_servers,
+    published_servers,
+    redact,
+)
 from reconciler.fleet.values import (
     BadValue,
     FleetSettings,
@@ -348,8 +356,8 @@ class NatsSession:
                 log.warning("lost the fleet manager, running offline until it is back")
 
     def _servers(self) -> tuple[str, ...]:
-        urls = [*self._settings.managers, *self._options.servers]
-        return tuple(dict.fromkeys(urls))
+        published, _ = published_servers(self._options, self._settings.managers)
+        return tuple(dict.fromkeys([*published, *self._options.servers]))
 
     async def _on_error(self, err: Exception) -> None:
         text = str(err) or type(err).__name__
@@ -388,12 +396,21 @@ class NatsSession:
             return
         if settings.heartbeat_period != self._settings.heartbeat_period:
             self._heartbeats.wake()
+        managers_changed = settings.managers != self._settings.managers
         self._settings = settings
         log.info(
             "fleet settings heartbeat_period=%gs managers=%s",
             settings.heartbeat_period,
             ",".join(redact(m) for m in settings.managers) or "-",
         )
+        _, ignored = published_servers(self._options, settings.managers)
+        if ignored and managers_changed:
+            log.warning(
+                "%s/%s: ignoring managers %s: plain nats:// where this agent uses TLS",
+                CONTROL,
+                FLEET_KEY,
+                ",".join(redact(m) for m in ignored),
+            )
 
     def _on_control(self, value: bytes | None, *, emit: bool = True) -> None:
         """Take a new availability; ``emit``: tell the agent when it changed."""

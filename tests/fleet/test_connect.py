@@ -1,4 +1,4 @@
-"""Connection settings: server URLs, credentials files and redaction."""
+"""Connection settings: server URLs, credentials files, redaction, and when TLS is required."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.fleet.options import ConfigError, load_credentials, parse_servers, redact
+from reconciler.fleet.options import (
+    ConfigError,
+    NatsOptions,
+    load_credentials,
+    parse_servers,
+    published_servers,
+    redact,
+    requires_tls,
+    uses_tls,
+)
+
+CA = Path("/etc/reconciler/ca.pem")
 
 
 def test_servers_are_a_comma_separated_list_of_nats_or_tls_urls() -> None:
@@ -56,3 +67,49 @@ def test_unusable_credentials_name_the_file_never_the_secret(tmp_path: Path, con
 def test_a_missing_credentials_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="No such file"):
         load_credentials(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    ("url", "ca", "required"),
+    [
+        ("tls://a:4222", None, True),
+        ("tls://a:4222", CA, True),
+        ("nats://a:4222", CA, True),
+        ("nats://a:4222", None, False),
+    ],
+)
+def test_tls_is_required_for_a_tls_url_or_wherever_a_ca_is_given(
+    url: str, ca: Path | None, required: bool
+) -> None:
+    assert requires_tls(NatsOptions(servers=(url,), tls_ca=ca), url) is required
+    assert uses_tls(NatsOptions(servers=(url,), tls_ca=ca)) is required
+
+
+def test_one_tls_url_among_the_servers_means_the_settings_use_tls() -> None:
+    options = NatsOptions(servers=("nats://a:4222", "tls://b:4222"))
+    assert uses_tls(options)
+    assert not requires_tls(options, "nats://a:4222")
+
+
+PUBLISHED = ("nats://m1:4222", "tls://m2:4222", "nats://m3:4222")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        NatsOptions(servers=("tls://a:4222",)),
+        NatsOptions(servers=("nats://a:4222",), tls_ca=CA),
+        NatsOptions(servers=("nats://a:4222", "tls://b:4222")),
+    ],
+)
+def test_settings_with_tls_ignore_published_plain_urls(options: NatsOptions) -> None:
+    assert published_servers(options, PUBLISHED) == (
+        ("tls://m2:4222",),
+        ("nats://m1:4222", "nats://m3:4222"),
+    )
+
+
+def test_plain_settings_take_every_published_url() -> None:
+    options = NatsOptions(servers=("nats://a:4222",))
+    assert published_servers(options, PUBLISHED) == (PUBLISHED, ())
+    assert published_servers(options, ()) == ((), ())
