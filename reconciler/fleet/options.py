@@ -83,6 +83,9 @@ def parse_servers(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
         if not url:
             continue
         parts = urlsplit(url)
+        # The scheme is written back in lower case: nats-py matches it as written, and a
+        # ``TLS://`` it does not know would reach it otherwise.
+        url = parts._replace(scheme=parts.scheme).geturl()
         if parts.scheme not in ("nats", "tls") or not parts.hostname:
             raise ConfigError(f"expected nats://HOST:PORT or tls://HOST:PORT, got {redact(url)!r}")
         try:

@@ -27,6 +27,11 @@ def test_servers_are_a_comma_separated_list_of_nats_or_tls_urls() -> None:
     )
 
 
+def test_a_scheme_in_capitals_is_written_back_in_lower_case() -> None:
+    # nats-py matches the scheme as written: a TLS:// it does not know must not reach it
+    assert parse_servers("TLS://a:4222,Nats://b:4223") == ("tls://a:4222", "nats://b:4223")
+
+
 @pytest.mark.parametrize("text", ["", "http://a:4222", "a:4222", "nats://", "nats://a:99999"])
 def test_bad_server_urls_are_refused(text: str) -> None:
     with pytest.raises(ConfigError):
