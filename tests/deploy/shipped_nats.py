@@ -101,6 +101,13 @@ class ShippedCluster:
     def __getitem__(self, name: str) -> NatsServer:
         return self.servers[name]
 
+    def use_env(self, env: Mapping[str, str]) -> None:
+        """Add ``env`` to every server's environment (route URLs written for the cluster ports
+        the servers got, say), over what is there."""
+        self.env.update(env)
+        for server in self.servers.values():
+            server.env.update(env)
+
     def start(self) -> None:
         """Start every server, without waiting for any."""
         for server in self.servers.values():
