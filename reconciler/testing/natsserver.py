@@ -12,7 +12,13 @@ clients and ``connections_so_far()`` counts every connection accepted, which is 
 a client come, go, or keep trying.
 
 ``extra`` config text is appended (accounts and users, say); ``env`` adds environment
-variables, which nats-server's config can reference as ``$NAME``.
+variables, which nats-server's config can reference as ``$NAME``. ``config_text`` replaces the
+generated config altogether: the server runs that text verbatim (a shipped config, say, whose
+host, ports and paths ``substitute`` rewrote; files it includes go into ``dir``). Such a server
+may require TLS of its clients: ``tls_url`` is its ``tls://`` URL.
+
+``route_ids()`` are the server ids its routes lead to (``/routez``) and ``server_id()`` its own
+(``/varz``): how a test sees which servers formed a cluster and which did not get in.
 
 When nats-server is not installed, ``NatsServer`` raises ``NatsServerMissing``; the tests'
 fixtures turn that into a failure under CI and a skip elsewhere (``tests/conftest.py``).
@@ -41,6 +47,7 @@ __all__ = [
     "nats_cluster",
     "nats_server",
     "nats_server_binary",
+    "substitute",
 ]
 
 START_DEADLINE = 60.0
@@ -49,6 +56,17 @@ MISSING = "nats-server is not installed (apt-get install nats-server; scripts/se
 
 class NatsServerMissing(RuntimeError):
     """The nats-server binary is not installed."""
+
+
+def substitute(text: str, replacements: Mapping[str, str]) -> str:
+    """``text`` with every occurrence of each key replaced by its value, in order. Raises
+    ``ValueError`` naming a key that does not occur: a rewrite of a shipped config must fail
+    loudly when the config changes under it, not run something else."""
+    for old, new in replacements.items():
+        if old not in text:
+            raise ValueError(f"not found in the config, nothing to rewrite: {old!r}")
+        text = text.replace(old, new)
+    return text
 
 
 def nats_server_binary() -> str | None:
@@ -71,6 +89,7 @@ class NatsServer:
         name: str = "n1",
         extra: str = "",
         env: Mapping[str, str] | None = None,
+        config_text: str | None = None,
     ) -> None:
         binary = nats_server_binary()
         if binary is None:
@@ -85,11 +104,16 @@ class NatsServer:
         self.routes: list[int] = []
         self.extra = extra
         self.env = dict(env or {})
+        self.config_text = config_text
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"tls://127.0.0.1:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -100,6 +124,8 @@ class NatsServer:
         return self.dir / "server.log"
 
     def config(self) -> str:
+        if self.config_text is not None:
+            return self.config_text
         lines = [
             f"server_name: {self.name}",
             f"listen: 127.0.0.1:{self.port}",
@@ -146,6 +172,15 @@ class NatsServer:
     def connections_so_far(self) -> int:
         """Client connections the server has accepted since it started."""
         return int(self.monitoring("varz").get("total_connections", 0))
+
+    def server_id(self) -> str:
+        """This server's id, as other servers' ``/routez`` name it."""
+        return str(self.monitoring("varz")["server_id"])
+
+    def route_ids(self) -> set[str]:
+        """The ids of the servers this one has a route to now."""
+        routes = self.monitoring("routez").get("routes") or []
+        return {str(r.get("remote_id", "")) for r in routes}
 
     def healthy(self) -> bool:
         try:

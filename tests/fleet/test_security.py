@@ -20,8 +20,9 @@ from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.provision import init_buckets
 from reconciler.fleet.watch import KeyWatch, WatchLost
 from reconciler.sessions.nats import NatsSession
-from reconciler.testing.natsserver import NatsServer
+from reconciler.testing.natsserver import NatsServer, substitute
 from reconciler.testing.polling import eventually
+from reconciler.testing.tlscerts import TestCA
 from tests.contract import REPO, require_nats_server
 from tests.fleet.support import Manager, running_agent, spec
 
@@ -201,8 +202,15 @@ async def test_node_a_credentials_under_node_b_id_never_get_node_b_tasks(
 
 def test_the_shipped_server_config_parses(tmp_path: Path) -> None:
     binary = require_nats_server()
-    for name in ("nats-server.conf", "fleet.conf"):
-        shutil.copy(REPO / "deploy" / "nats" / name, tmp_path / name)
+    shutil.copy(REPO / "deploy" / "nats" / "fleet.conf", tmp_path / "fleet.conf")
+    # TLS is on: the config's certificate files, made for the test
+    cert = TestCA(tmp_path / "pki").issue("fleet-1")
+    text = (REPO / "deploy" / "nats" / "nats-server.conf").read_text()
+    text = substitute(
+        text,
+        {"/etc/nats/tls/server.pem": str(cert.cert), "/etc/nats/tls/server-key.pem": str(cert.key)},
+    )
+    (tmp_path / "nats-server.conf").write_text(text)
     env = {
         "RECONCILER_MANAGER_PASSWORD": "m",
         "RECONCILER_NODE_A_PASSWORD": "a",
