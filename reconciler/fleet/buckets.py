@@ -38,6 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from reconciler.spec.units import format_size
+
 __all__ = [
     "ASSIGNMENTS",
     "CONTROL",
@@ -186,12 +188,13 @@ def _check(name: str, size: int, value: int) -> None:
         raise ValueError(f"{name}: a quota must be more than 0 bytes")
     if value > MAX_VALUE_CEILING:
         raise ValueError(
-            f"{name}: a value limit of {value} bytes is over {MAX_VALUE_CEILING}, the largest "
-            "value agents and managers read"
+            f"{name}: a value limit of {format_size(value)} is over "
+            f"{format_size(MAX_VALUE_CEILING)}, the largest value agents and managers read"
         )
     if value > size:
         raise ValueError(
-            f"{name}: its value limit ({value} bytes) is more than it may hold ({size} bytes)"
+            f"{name}: its value limit ({format_size(value)}) is more than it may hold "
+            f"({format_size(size)})"
         )
 
 

@@ -45,8 +45,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
@@ -103,11 +103,15 @@ _LEADERSHIP = "leadership"
 class ManagerConfig:
     """``manager_id`` names this manager in the leader key; ``grace`` (node health) and
     ``lease`` (leadership) in seconds, as ``--node-grace`` and ``--lease`` give them (their
-    defaults are the option data's); ``write_window``: writes in flight at once."""
+    defaults are the option data's); ``max_bytes`` and ``max_value_size``: the buckets' quotas
+    where they differ from the contract's (``--bucket-max-bytes``, ``--bucket-max-value``);
+    ``write_window``: writes in flight at once."""
 
     manager_id: str
     grace: float
     lease: float
+    max_bytes: Mapping[str, int] = field(default_factory=dict)
+    max_value_size: Mapping[str, int] = field(default_factory=dict)
     idle_heartbeat: float = 5.0
     request_timeout: float = 5.0
     write_window: int = 256
@@ -243,7 +247,13 @@ class FleetManager:
         elector: asyncio.Task[None] | None = None
         try:
             js = nc.jetstream(timeout=self.config.request_timeout)
-            await init_buckets(js, lease=self.config.lease, replicas=default_replicas(nc))
+            await init_buckets(
+                js,
+                lease=self.config.lease,
+                replicas=default_replicas(nc),
+                max_bytes=self.config.max_bytes,
+                max_value_size=self.config.max_value_size,
+            )
             now = self._clock.monotonic()
             for bucket in WATCHED:
                 await self._load(watches, bucket, restart=False)

@@ -3,6 +3,7 @@ settings and quotas, on creation and on existing buckets."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 from collections.abc import AsyncIterator
@@ -13,6 +14,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError
 
 from reconciler.cli import main
+from reconciler.cli.manager import run_options
+from reconciler.cli.options import apply_config, apply_defaults, build_parser
 from reconciler.fleet.buckets import (
     MAX_BYTES,
     MAX_VALUE_CEILING,
@@ -199,7 +202,74 @@ def test_quota_overrides_name_a_bucket_by_name_or_short_form_and_are_checked() -
         buckets(max_bytes={"statuses": 1 << 20})
     with pytest.raises(ValueError, match="reconciler_status: its value limit"):
         buckets(max_bytes={"status": 8 * KI})  # below its 16 KiB value limit
-    with pytest.raises(ValueError, match="over 1048576"):
+    with pytest.raises(ValueError, match="2Mi is over 1Mi"):
         buckets(max_value_size={"assignments": 2 << 20})
     with pytest.raises(ValueError, match="more than 0 bytes"):
         buckets(max_bytes={"nodes": 0})
+
+
+# ------------------------------------------------------------------------------- flags
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    args = build_parser().parse_args(list(argv))
+    apply_config(args, args.spec)
+    apply_defaults(args, args.spec)
+    return args
+
+
+def test_manager_init_takes_a_buckets_quotas_from_its_flags(
+    nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--bucket-max-bytes", "status=256Ki", "--bucket-max-value", "reconciler_status=4Ki"]
+    assert main(["manager", "init", "--nats", nats_server.url, *flags]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"created {b.name}" for b in buckets()]
+
+    async def status_quotas() -> tuple[int | None, int | None]:
+        m = await Manager.connect(nats_server.url)
+        try:
+            return await quotas(m, STATUS)
+        finally:
+            await m.close()
+
+    assert asyncio.run(status_quotas()) == (256 * KI, 4 * KI)
+    assert main(["manager", "init", "--nats", nats_server.url]) == 0  # back to the defaults
+    assert "updated reconciler_status" in capsys.readouterr().out.splitlines()
+    assert asyncio.run(status_quotas()) == (MAX_BYTES[STATUS], MAX_VALUE_SIZE[STATUS])
+
+
+def test_manager_run_takes_the_quota_flags_and_its_config_file_too(tmp_path: Path) -> None:
+    base = ("manager", "run", "--nats", "nats://127.0.0.1:4222")
+    assert run_options(parsed(*base)).max_bytes == {}
+    opts = run_options(
+        parsed(*base, "--bucket-max-bytes", "status=1Gi", "--bucket-max-bytes", "nodes=1.5Mi")
+    )
+    assert opts.max_bytes == {STATUS: 1 << 30, "reconciler_nodes": 3 << 19}
+    assert opts.max_value_size == {}
+    config = tmp_path / "manager.yaml"
+    config.write_text("bucket-max-value: [leader=512]\nbucket-max-bytes: services=1G\n")
+    opts = run_options(parsed(*base, "--config", str(config)))
+    assert opts.max_value_size == {"reconciler_leader": 512}
+    assert opts.max_bytes == {"reconciler_services": 10**9}
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--bucket-max-bytes", "status"], "--bucket-max-bytes: expected BUCKET=SIZE"),
+        (["--bucket-max-bytes", "=1Mi"], "--bucket-max-bytes: expected BUCKET=SIZE"),
+        (["--bucket-max-value", "status="], "--bucket-max-value: expected BUCKET=SIZE"),
+        (["--bucket-max-bytes", "stat=1Mi"], "--bucket-max-bytes stat=1Mi: no bucket 'stat'"),
+        (["--bucket-max-bytes", "status=64MB"], "--bucket-max-bytes status=64MB: invalid size"),
+        (["--bucket-max-value", "status=-1"], "--bucket-max-value status=-1: invalid size"),
+        (["--bucket-max-bytes", "status=0"], "reconciler_status: a quota must be more than 0"),
+        (["--bucket-max-bytes", "leader=512"], "reconciler_leader: its value limit (1Ki)"),
+        (["--bucket-max-value", "services=2Mi"], "reconciler_services: a value limit of 2Mi"),
+    ],
+)
+def test_a_bad_quota_exits_2_naming_the_flag_before_connecting(
+    flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("init", "run"):
+        assert main(["manager", command, "--nats", "nats://127.0.0.1:1", *flags]) == 2
+        assert says in capsys.readouterr().err
