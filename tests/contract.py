@@ -69,6 +69,7 @@ MANAGER_METRICS = (
     "reconciler_manager_leader",
     "reconciler_manager_nodes",
     "reconciler_manager_tasks",
+    "reconciler_manager_node_keys",
     "reconciler_manager_reschedules_total",
     "reconciler_manager_schedule_seconds",
 )

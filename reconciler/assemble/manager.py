@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +30,16 @@ __all__ = ["AssembledManager", "ManagerOptions", "assemble_manager"]
 
 @dataclass(frozen=True, slots=True)
 class ManagerOptions:
-    """Everything ``reconciler manager run`` was asked to do, checked."""
+    """Everything ``reconciler manager run`` was asked to do, checked. ``max_bytes`` and
+    ``max_value_size``: the buckets' quotas that differ from the contract's defaults, by
+    bucket name."""
 
     nats: NatsOptions
     listen: tuple[str, int]
     grace: float
     lease: float
+    max_bytes: Mapping[str, int] = field(default_factory=dict)
+    max_value_size: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +100,8 @@ def assemble_manager(
             manager_id=manager_id or new_manager_id(),
             grace=options.grace,
             lease=options.lease,
+            max_bytes=options.max_bytes,
+            max_value_size=options.max_value_size,
             **tuning,
         ),
         clock=clock,

@@ -1,7 +1,8 @@
 """The fleet commands: ``reconciler manager ...`` over NATS JetStream.
 
 - ``manager init`` creates the fleet's buckets with their settings (idempotent) and prints one
-  line per bucket saying what it did.
+  line per bucket saying what it did; ``--bucket-max-bytes`` and ``--bucket-max-value``
+  (``BUCKET=SIZE``, repeatable, also on ``manager run``) change a bucket's quotas.
 - ``manager run`` runs a manager (``reconciler.manager.driver``) with its HTTP endpoints
   (``/metrics``, ``/healthz``, ``/readyz``) until SIGTERM or SIGINT; a leader resigns on the
   way out, so a standby takes over at once.
@@ -32,7 +33,7 @@ from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, UsageError
 from reconciler.cli.render import table
 from reconciler.cli.values import fleet_options, parse_interval, parse_listen
 from reconciler.core.model import Availability
-from reconciler.fleet.buckets import check_node_id
+from reconciler.fleet.buckets import bucket_name, buckets, check_node_id
 from reconciler.fleet.connect import connect_first
 from reconciler.fleet.options import NatsOptions, redact
 from reconciler.fleet.provision import default_replicas, init_buckets
@@ -50,8 +51,10 @@ from reconciler.manager.admin import (
 from reconciler.manager.services import parse_service_file
 from reconciler.spec.loader import read_file
 from reconciler.spec.problems import DesiredStateError
+from reconciler.spec.units import UnitError, parse_size
 
 __all__ = [
+    "bucket_quotas",
     "manager_apply",
     "manager_availability",
     "manager_init",
@@ -91,22 +94,55 @@ async def _checked(call: Awaitable[T]) -> T:
     return await call
 
 
+def bucket_quotas(args: argparse.Namespace) -> tuple[dict[str, int], dict[str, int]]:
+    """``--bucket-max-bytes`` and ``--bucket-max-value`` as (max bytes, max value size) by
+    bucket name, checked together with the defaults they leave. Raises ``UsageError``."""
+    max_bytes = _sizes(args.bucket_max_bytes, "--bucket-max-bytes")
+    max_value = _sizes(args.bucket_max_value, "--bucket-max-value")
+    try:
+        buckets(max_bytes=max_bytes, max_value_size=max_value)
+    except ValueError as err:
+        raise UsageError(f"--bucket-max-bytes, --bucket-max-value: {err}") from err
+    return max_bytes, max_value
+
+
+def _sizes(items: Sequence[str], flag: str) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for item in items:
+        name, sep, size = item.partition("=")
+        if not sep or not name.strip() or not size.strip():
+            raise UsageError(f"{flag}: expected BUCKET=SIZE (such as status=64Mi), got {item!r}")
+        try:
+            sizes[bucket_name(name.strip())] = parse_size(size.strip())
+        except (UnitError, ValueError) as err:
+            raise UsageError(f"{flag} {item}: {err}") from err
+    return sizes
+
+
 # ------------------------------------------------------------------------------ init
 
 
 def manager_init(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Create or check every bucket. Returns (bucket, what was done). Raises ``Failure``."""
-    return asyncio.run(_init(nats_options(args)))
+    max_bytes, max_value = bucket_quotas(args)
+    return asyncio.run(_init(nats_options(args), max_bytes, max_value))
 
 
-async def _init(options: NatsOptions) -> list[tuple[str, str]]:
+async def _init(
+    options: NatsOptions, max_bytes: dict[str, int], max_value: dict[str, int]
+) -> list[tuple[str, str]]:
 
     try:
         nc, _ = await connect_first(options, options.servers)
     except ConnectionError as err:
         raise Failure(str(err)) from err
     try:
-        results = await init_buckets(nc.jetstream(), replicas=default_replicas(nc))
+        results = await init_buckets(
+            nc.jetstream(),
+            replicas=default_replicas(nc),
+            max_bytes=max_bytes,
+            max_value_size=max_value,
+        )
     except Exception as err:
         raise Failure(f"creating the buckets failed: {str(err) or type(err).__name__}") from err
     finally:
@@ -127,11 +163,14 @@ def _duration(text: str, flag: str) -> float:
 def run_options(args: argparse.Namespace) -> ManagerOptions:
     """Check every ``manager run`` flag (their defaults already applied). Raises
     ``UsageError``."""
+    max_bytes, max_value = bucket_quotas(args)
     return ManagerOptions(
         nats=nats_options(args),
         listen=parse_listen(args.listen),
         grace=_duration(args.node_grace, "--node-grace"),
         lease=_duration(args.lease, "--lease"),
+        max_bytes=max_bytes,
+        max_value_size=max_value,
     )
 
 

@@ -117,6 +117,22 @@ NATS = Flag("nats", "NATS server(s): nats://HOST:PORT[,...]", "URL")
 NATS_CREDS = Flag("creds", "NATS credentials of a manager user", "FILE")
 NATS_TLS_CA = Flag("tls-ca", "CA bundle that signs the NATS servers' certificates", "FILE")
 OUTPUT = Flag("output", "output format", short="-o", choices=("table", "json"), default="table")
+BUCKET_QUOTAS = (
+    # no default here: each bucket's own is the contract's (reconciler.fleet.buckets, fleet.md)
+    Flag(
+        "bucket-max-bytes",
+        "what a bucket may hold (BUCKET: status or reconciler_status, ...), repeatable "
+        "(default: each bucket's own, docs/fleet.md#quotas)",
+        "BUCKET=SIZE",
+        Kind.REPEAT,
+    ),
+    Flag(
+        "bucket-max-value",
+        "the largest value a bucket takes, repeatable (default: each bucket's own)",
+        "BUCKET=SIZE",
+        Kind.REPEAT,
+    ),
+)
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -189,7 +205,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
         ("manager", "init"),
         "create the fleet's buckets (idempotent)",
-        (NATS, NATS_CREDS, NATS_TLS_CA),
+        (NATS, NATS_CREDS, NATS_TLS_CA, *BUCKET_QUOTAS),
         fleet=True,
     ),
     CommandSpec(
@@ -212,6 +228,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 "DURATION",
                 default=f"{DEFAULT_LEASE:g}s",  # the buckets' contract: manager init uses it too
             ),
+            *BUCKET_QUOTAS,
         ),
         fleet=True,
     ),

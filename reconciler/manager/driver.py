@@ -30,8 +30,10 @@ the plan. Bursts of changes are applied together, then planned once.
 
 **Writes** are compare-and-set on each key's revision, up to ``write_window`` in flight
 (``reconciler.manager.writes``). A write that finds the key changed means the picture lags:
-the assignments are read afresh and planned again. Status keys whose assignment is gone are
-deleted once they have stayed so for a grace period.
+the assignments are read afresh and planned again. Status keys that match no assignment are
+deleted once they have stayed so, unchanged, for a grace period: the driver feeds every status
+and assignment its watches see to ``PlanWriter.keys``, which also counts each node's status
+keys (``reconciler_manager_node_keys``), and the leader sleeps until the oldest is due.
 
 **The status page** reads ``snapshots`` (``reconciler.manager.snapshot``): the driver only
 tells it when something the page shows changed (or only heartbeats did); the snapshot is built
@@ -45,8 +47,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
@@ -103,11 +105,15 @@ _LEADERSHIP = "leadership"
 class ManagerConfig:
     """``manager_id`` names this manager in the leader key; ``grace`` (node health) and
     ``lease`` (leadership) in seconds, as ``--node-grace`` and ``--lease`` give them (their
-    defaults are the option data's); ``write_window``: writes in flight at once."""
+    defaults are the option data's); ``max_bytes`` and ``max_value_size``: the buckets' quotas
+    where they differ from the contract's (``--bucket-max-bytes``, ``--bucket-max-value``);
+    ``write_window``: writes in flight at once."""
 
     manager_id: str
     grace: float
     lease: float
+    max_bytes: Mapping[str, int] = field(default_factory=dict)
+    max_value_size: Mapping[str, int] = field(default_factory=dict)
     idle_heartbeat: float = 5.0
     request_timeout: float = 5.0
     write_window: int = 256
@@ -157,6 +163,7 @@ class FleetManager:
             view=self.view,
             leading=lambda: self.leading,
             metrics=lambda: self.metrics,
+            monotonic=clock.monotonic,
             window=config.write_window,
             grace=config.grace,
         )
@@ -174,7 +181,8 @@ class FleetManager:
         return False, self._why
 
     def counts(self) -> FleetCounts:
-        """The gauges' values now: leadership, nodes and named tasks per state."""
+        """The gauges' values now: leadership, nodes and named tasks per state, and each
+        node's status keys (counted as the watch delivers them)."""
         nodes = Counter(node_state(v.health, v.availability) for v in self.nodes.values())
         tasks: Counter[TaskState] = Counter()
         statuses = self.view.statuses
@@ -186,6 +194,7 @@ class FleetManager:
             nodes=dict(nodes),
             tasks=dict(tasks),
             unassigned=len(self.plan.unassigned),
+            node_keys=dict(self.writer.keys.per_node),
         )
 
     def _snapshot(self, keep: FleetSnapshot | None) -> FleetSnapshot:
@@ -243,7 +252,13 @@ class FleetManager:
         elector: asyncio.Task[None] | None = None
         try:
             js = nc.jetstream(timeout=self.config.request_timeout)
-            await init_buckets(js, lease=self.config.lease, replicas=default_replicas(nc))
+            await init_buckets(
+                js,
+                lease=self.config.lease,
+                replicas=default_replicas(nc),
+                max_bytes=self.config.max_bytes,
+                max_value_size=self.config.max_value_size,
+            )
             now = self._clock.monotonic()
             for bucket in WATCHED:
                 await self._load(watches, bucket, restart=False)
@@ -285,7 +300,9 @@ class FleetManager:
         """(Re)start the watch of ``bucket`` (``restart``: after it was lost, so after its
         backoff) and load its initial values as that bucket's whole picture."""
         initial = await (watches.restart(bucket) if restart else watches.start(bucket))
-        self.view.load(bucket, initial, self._clock.monotonic())
+        now = self._clock.monotonic()
+        self.view.load(bucket, initial, now)
+        self.writer.keys.load(bucket, initial, self.view.assignments, now)
         self._log_problems()
 
     async def _loop(self, js: Any, watches: BucketWatches) -> None:
@@ -302,6 +319,8 @@ class FleetManager:
             if dirty:
                 dirty = not await self._reconcile(js)
                 self.snapshots.changed()
+            if self._writing(self._clock.monotonic()):
+                await self.writer.collect_statuses(js, self._clock.monotonic())
             event = await self._next_event()
             batch = [] if event is None else [event]
             while not self._events.empty():
@@ -322,6 +341,7 @@ class FleetManager:
                     dirty = True
                 elif ev.entry is not None and watches.current(ev):
                     dirty = self.view.apply(ev.tag, ev.entry, now) or dirty
+                    self.writer.keys.seen(ev.tag, ev.entry, self.view.assignments, now)
             if dirty or any(ev.tag != NODES for ev in batch):
                 self.snapshots.changed()
             elif batch:
@@ -332,10 +352,15 @@ class FleetManager:
                 dirty = dirty or retry or self._verdicts_changed(now)
 
     async def _next_event(self) -> WatchEvent | None:
-        """The next event, or None when a node's health may change or a retry is due first
-        (``_due``: when; events arriving all the time do not put it off)."""
+        """The next event, or None when a node's health may change, a retry or (leading) a
+        status key's deletion is due first (``_due``: when; events arriving all the time do
+        not put it off)."""
         now = self._clock.monotonic()
-        due = [t for t in (self.view.health.next_change(now), self._retry_at) if t is not None]
+        due = [
+            t
+            for t in (self.view.health.next_change(now), self._retry_at, self._collect_at())
+            if t is not None
+        ]
         self._due = min(due) if due else None
         if self._due is None:
             return await self._events.get()
@@ -346,6 +371,16 @@ class FleetManager:
                 return await self._events.get()
         except TimeoutError:
             return None
+
+    def _writing(self, now: float) -> bool:
+        """Whether the manager may write now: it leads, has read afresh since it took over,
+        and every live node has had time to show itself."""
+        return self.leading and not (self._took_over or self._reread) and now >= self._warm_until
+
+    def _collect_at(self) -> float | None:
+        """When the leader deletes the next status key without an assignment, if it leads."""
+        due = self.writer.statuses_due() if self.leading else None
+        return None if due is None else max(due, self._warm_until)
 
     def _verdicts_changed(self, now: float) -> bool:
         """Whether a node's health differs from what the last plan was made with."""
@@ -399,10 +434,6 @@ class FleetManager:
             ok = outcome.landed
             if outcome.conflicts:
                 self._reread = True  # read the assignments afresh before the next plan
-        finished, first = await self.writer.collect_statuses(js, now)
-        if first is not None:  # status keys to delete then
-            self._retry_at = first if self._retry_at is None else min(self._retry_at, first)
-        ok = finished and ok
         if self.metrics is not None and not plan.empty:
             self.metrics.observe_schedule(time.perf_counter() - began)
         if not ok:

@@ -10,6 +10,9 @@ scrape never waits on NATS; events are counters and a histogram:
   none);
 - ``reconciler_manager_tasks{state}``: every ``TaskState`` label, plus ``unassigned``; a task
   placed but not reported yet counts as ``assigned``;
+- ``reconciler_manager_node_keys{node}``: the status keys each node holds, as the manager's
+  watch of ``reconciler_status`` shows them (counted as they come, ``manager.writes.StatusKeys``);
+  a node that holds none has no series;
 - ``reconciler_manager_reschedules_total{reason}``: ``node_down``, ``drain``, ``constraint``;
 - ``reconciler_manager_schedule_seconds``, histogram: one pass of the leader that wrote.
 
@@ -50,12 +53,14 @@ SCHEDULE_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 @dataclass(frozen=True, slots=True)
 class FleetCounts:
     """What the manager's gauges show: leadership, nodes per state, named tasks per state (a
-    task placed but not reported yet counts as ``ASSIGNED``) and those no node could take."""
+    task placed but not reported yet counts as ``ASSIGNED``), those no node could take, and
+    the status keys of each node that holds any."""
 
     leader: bool = False
     nodes: Mapping[NodeState, int] = field(default_factory=dict)
     tasks: Mapping[TaskState, int] = field(default_factory=dict)
     unassigned: int = 0
+    node_keys: Mapping[str, int] = field(default_factory=dict)
 
 
 class _Collector(Collector):
@@ -94,6 +99,14 @@ class _Collector(Collector):
             tasks.add_metric([task_state.label], float(counts.tasks.get(task_state, 0)))
         tasks.add_metric([UNASSIGNED], float(counts.unassigned))
         yield tasks
+        keys = GaugeMetricFamily(
+            "reconciler_manager_node_keys",
+            "On a manager: status keys each node holds.",
+            labels=["node"],
+        )
+        for node, count in counts.node_keys.items():
+            keys.add_metric([node], float(count))
+        yield keys
 
 
 class ManagerMetrics:

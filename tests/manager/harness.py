@@ -8,6 +8,9 @@
 - ``Fleet``: the fleet's buckets as a test reads them, applying ServiceSet text as
   ``reconciler manager apply`` does, and writing availability as ``manager drain`` does.
 
+Each takes ``creds`` (a credentials file) for a server that wants users, and a manager takes
+the buckets' quotas as ``reconciler manager run`` does (``max_bytes``, ``max_value_size``).
+
 Timings are short (a grace period and lease of about a second, heartbeats every 200 ms), so
 failures and failovers happen within a test; every wait is ``eventually``'s generous deadline
 (``reconciler.testing.polling``). Stopping is bounded too: a manager cancelled once, or an agent
@@ -21,6 +24,7 @@ import asyncio
 import json
 import textwrap
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +78,11 @@ class FleetAgent:
         *,
         labels: dict[str, str] | None = None,
         cpus: int = 8,
+        creds: Path | None = None,
     ) -> None:
         self.node_id = node_id
         self.servers = servers
+        self.creds = creds
         self.labels = tuple((labels or {}).items())
         self.clock = SystemClock()
         self.executor = FakeExecutor(
@@ -109,7 +115,7 @@ class FleetAgent:
             runtime=lambda _: self.executor,
             session=lambda agent: fleet_session(
                 agent,
-                NatsOptions(servers=tuple(self.servers)),
+                NatsOptions(servers=tuple(self.servers), creds=self.creds),
                 labels=self.labels,
                 idle_heartbeat=1.0,
             ),
@@ -153,14 +159,25 @@ class FleetAgent:
 class ManagerProcess:
     """A ``FleetManager`` running in this loop; see the module docstring."""
 
-    def __init__(self, servers: list[str], manager_id: str, **config: Any) -> None:
+    def __init__(
+        self,
+        servers: list[str],
+        manager_id: str,
+        *,
+        creds: Path | None = None,
+        max_bytes: Mapping[str, int] | None = None,
+        max_value_size: Mapping[str, int] | None = None,
+        **config: Any,
+    ) -> None:
         config.setdefault("idle_heartbeat", 1.0)
         assembled = assemble_manager(
             ManagerOptions(
-                nats=NatsOptions(servers=tuple(servers)),
+                nats=NatsOptions(servers=tuple(servers), creds=creds),
                 listen=("127.0.0.1", 0),
                 grace=config.pop("grace", GRACE),
                 lease=config.pop("lease", LEASE),
+                max_bytes=dict(max_bytes or {}),
+                max_value_size=dict(max_value_size or {}),
             ),
             manager_id=manager_id,
             **config,
@@ -193,13 +210,15 @@ class ManagerProcess:
 class Fleet:
     """A test's handle on the fleet: the buckets through the commands' own functions."""
 
-    def __init__(self, servers: list[str]) -> None:
+    def __init__(self, servers: list[str], *, creds: Path | None = None) -> None:
         self.servers = servers
-        self.options = NatsOptions(servers=tuple(servers))
+        self.options = NatsOptions(servers=tuple(servers), creds=creds)
 
-    async def init(self, nc: Client, *, replicas: int = 1) -> None:
+    async def init(self, nc: Client, *, replicas: int = 1, **quotas: Mapping[str, int]) -> None:
+        """The buckets, as ``manager init`` makes them (``quotas``: ``max_bytes``,
+        ``max_value_size``), with the fleet's short heartbeat period."""
         js = nc.jetstream(timeout=10)
-        await init_buckets(js, replicas=replicas, lease=LEASE)
+        await init_buckets(js, replicas=replicas, lease=LEASE, **quotas)
         kv = await js.key_value(CONTROL)
         await kv.put(FLEET_KEY, json.dumps({"heartbeatPeriod": HEARTBEAT}).encode())
 

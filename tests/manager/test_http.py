@@ -30,6 +30,7 @@ def test_every_manager_series_is_exported_with_every_label_value_from_the_start(
         nodes={NodeState.READY: 2, NodeState.DOWN: 1},
         tasks={TaskState.RUNNING: 5},
         unassigned=3,
+        node_keys={"node-a": 4, "node-b": 1},
     )
     metrics = ManagerMetrics(counts=lambda: counts)
     metrics.rescheduled(Reason.NODE_DOWN, 2)
@@ -50,6 +51,10 @@ def test_every_manager_series_is_exported_with_every_label_value_from_the_start(
         "node_down": 2.0,
         "drain": 0.0,
         "constraint": 0.0,
+    }
+    assert got["reconciler_manager_node_keys"] == {
+        (("node", "node-a"),): 4.0,
+        (("node", "node-b"),): 1.0,
     }
     assert got["reconciler_manager_schedule_seconds_count"] == {(): 1.0}
     assert not [n for n in got if n.endswith("_created")]
