@@ -231,13 +231,25 @@ def node_value(
     )
 
 
+STATUS_TEXT_MAX = 1000
+"""The most characters of a status's ``message`` and of its ``error`` written to NATS: even
+escaped to ASCII (six bytes a character at worst), a status stays under the status bucket's
+value limit (``reconciler.fleet.buckets``), so a long podman error never blocks the key."""
+
+
+def _bounded(text: str | None) -> str | None:
+    if text is None or len(text) <= STATUS_TEXT_MAX:
+        return text
+    return text[: STATUS_TEXT_MAX - 3] + "..."
+
+
 def status_value(status: NamedStatus) -> bytes:
     return compact(
         {
             "id": status.id,
             "state": status.state.label,
-            "message": status.message or None,
-            "error": status.err,
+            "message": _bounded(status.message) or None,
+            "error": _bounded(status.err),
             "exitCode": status.exit_code,
             "containerId": status.container_id,
             "updatedAt": rfc3339(status.updated_at),

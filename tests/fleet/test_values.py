@@ -8,7 +8,9 @@ import pytest
 
 from reconciler.core.model import Availability, NodeDescription, TaskState
 from reconciler.core.session import NamedStatus
+from reconciler.fleet.buckets import MAX_VALUE_SIZE, STATUS
 from reconciler.fleet.values import (
+    STATUS_TEXT_MAX,
     BadValue,
     FleetSettings,
     StoredStatus,
@@ -88,6 +90,17 @@ def test_status_value_round_trips_through_parse_status() -> None:
         "restarts": 2,
     }
     assert parse_status(status_value(status)) == StoredStatus("abc", S.FAILED, 1000.5)
+
+
+def test_a_status_with_the_longest_texts_fits_the_status_buckets_value_limit() -> None:
+    # podman's errors can run long; a status refused for its size would be retried for ever
+    long = "\u00e9" * 50_000
+    status = NamedStatus("web", "abc", S.FAILED, long, long, 3, "c" * 64, 1000.5, 2)
+    value = status_value(status)
+    assert len(value) <= MAX_VALUE_SIZE[STATUS]
+    doc = json.loads(value)
+    assert doc["message"].startswith("\u00e9" * 100) and doc["message"].endswith("...")
+    assert len(doc["error"]) == STATUS_TEXT_MAX
 
 
 @pytest.mark.parametrize(
