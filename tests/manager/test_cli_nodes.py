@@ -1,0 +1,242 @@
+"""``reconciler manager node add|rm|ls|users-file``: the identities from the command line, end to
+end (a real nats-server running the shipped account with the users file the commands write), and
+how the manager forgets a removed node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.core.model import Availability
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS, node_control_key
+from reconciler.fleet.identity import Role, users_in_file
+from reconciler.fleet.watch import Entry
+from reconciler.manager.health import Health
+from reconciler.manager.view import FleetView
+from reconciler.testing.natsserver import NatsServer, NatsServerMissing
+from reconciler.testing.polling import wait_until
+from tests.contract import missing
+from tests.fleet.identities import FLEET_CONF
+from tests.fleet.support import Manager
+
+USERS_FILE = "fleet-users.conf"
+
+
+def entry(key: str, value: dict[str, Any] | None, revision: int) -> Entry:
+    return Entry(key, None if value is None else json.dumps(value).encode(), revision)
+
+
+def test_the_manager_forgets_a_node_whose_key_and_assignments_are_deleted() -> None:
+    view = FleetView(grace=10.0)
+    view.health.watching(0.0)
+    view.apply(NODES, entry("gone", {"ready": True}, 1), 1.0)
+    view.apply(NODES, entry("stays", {"ready": True}, 2), 1.0)
+    view.apply(ASSIGNMENTS, entry("gone.web-1", {"image": "x"}, 3), 1.0)
+    view.apply(ASSIGNMENTS, entry("gone.web-2", {"image": "x"}, 4), 1.0)
+    assert view.apply(NODES, entry("gone", None, 5), 2.0)
+    # it holds assignments: judged as a node that stopped beating, so that they move
+    assert view.node_views(20.0)["gone"].health is Health.DOWN
+    assert view.apply(ASSIGNMENTS, entry("gone.web-1", None, 6), 20.0)
+    assert "gone" in view.node_views(20.0)
+    assert view.apply(ASSIGNMENTS, entry("gone.web-2", None, 7), 20.0)
+    assert set(view.node_views(20.0)) == {"stays"}  # not shown down for ever
+    # a node that beats again is a node again
+    view.apply(NODES, entry("gone", {"ready": True}, 8), 21.0)
+    assert view.node_views(21.0)["gone"].health is Health.READY
+
+
+def test_a_node_without_a_key_is_still_forgotten_when_the_assignments_are_read_afresh() -> None:
+    view = FleetView(grace=10.0)
+    view.apply(ASSIGNMENTS, entry("gone.web-1", {"image": "x"}, 1), 0.0)
+    view.apply(NODES, entry("gone", {"ready": True}, 2), 0.0)
+    view.apply(NODES, entry("gone", None, 3), 0.0)
+    assert "gone" in view.node_views(0.0)
+    view.load(ASSIGNMENTS, {}, 1.0)
+    assert view.node_views(1.0) == {}
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def cli(cwd: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    """``reconciler ARGS`` as a subprocess in ``cwd``; its exit code must be ``code``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+class Server:
+    """A nats-server of the fleet whose users file is the one the commands in ``cwd`` write."""
+
+    def __init__(self, workdir: Path, cwd: Path) -> None:
+        try:
+            self.nats = NatsServer(workdir, extra="include fleet.conf")
+        except NatsServerMissing as err:
+            missing(str(err))
+        self.cwd = cwd
+        (self.nats.dir / "fleet.conf").write_text(FLEET_CONF.read_text())
+        self.install()
+
+    def install(self) -> None:
+        (self.nats.dir / USERS_FILE).write_text((self.cwd / USERS_FILE).read_text())
+
+    def reload(self) -> None:
+        """Install the users file the commands wrote last, and reload the server with it."""
+        self.install()
+        assert self.nats.proc is not None
+        before = self.nats.log_path.read_text().count("Reloaded server configuration")
+        self.nats.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: self.nats.log_path.read_text().count("Reloaded server configuration") > before,
+            "the server reloaded",
+            context=self.nats.log_tail,
+        )
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Any:
+    cwd = tmp_path / "admin"
+    cwd.mkdir()
+    cli(cwd, "manager", "node", "add", "boss", "--role", "manager", "--bootstrap")
+    server = Server(tmp_path / "nats", cwd)
+    server.nats.start()
+    try:
+        yield server
+    finally:
+        server.nats.kill()
+
+
+def test_bootstrap_writes_a_private_manager_and_a_users_file_holding_it_alone(
+    tmp_path: Path,
+) -> None:
+    out = cli(tmp_path, "manager", "node", "add", "boss", "--role", "manager", "--bootstrap")
+    assert "added manager boss: credentials in boss.creds (mode 0600)" in out.stdout
+    assert "install -m 0640 -g nats fleet-users.conf /etc/nats/fleet-users.conf" in out.stdout
+    assert mode(tmp_path / "boss.creds") == 0o600
+    assert mode(tmp_path / USERS_FILE) == 0o640
+    text = (tmp_path / USERS_FILE).read_text()
+    assert "generated by `reconciler manager node add boss --role manager`" in text
+    assert [(i.name, i.role) for i in users_in_file(text)] == [("boss", Role.MANAGER)]
+    # neither file is overwritten without --force
+    again = cli(
+        tmp_path, "manager", "node", "add", "boss", "--role", "manager", "--bootstrap", code=1
+    )
+    assert f"{USERS_FILE} exists" in again.stderr
+    refused = cli(tmp_path, "manager", "node", "add", "boss", "--bootstrap", code=2)
+    assert "--role manager" in refused.stderr
+
+
+def test_add_seeds_the_list_then_rm_revokes_and_ls_lists_names_and_roles(
+    fleet: Server,
+) -> None:
+    cwd, url = fleet.cwd, fleet.nats.url
+    boss = ("--nats", url, "--creds", "boss.creds")
+    out = cli(cwd, "manager", "init", *boss)
+    assert "created reconciler_control" in out.stdout
+    out = cli(cwd, "manager", "node", "add", "node-a", *boss)
+    assert "started it with boss (manager)" in out.stderr  # the bootstrap manager kept
+    assert "added node node-a: credentials in node-a.creds (mode 0600)" in out.stdout
+    assert mode(cwd / "node-a.creds") == 0o600
+    cli(cwd, "manager", "node", "add", "alice", "--role", "operator", "--out", "op.creds", *boss)
+    assert mode(cwd / "op.creds") == 0o600
+    listed = json.loads(cli(cwd, "manager", "node", "ls", "-o", "json", *boss).stdout)
+    assert listed == [
+        {"name": "alice", "role": "operator"},
+        {"name": "boss", "role": "manager"},
+        {"name": "node-a", "role": "node"},
+    ]
+    table = cli(cwd, "manager", "node", "ls", *boss).stdout
+    assert "$2a$" not in table and "alice   operator" in table
+    text = (cwd / USERS_FILE).read_text()
+    assert [i.name for i in users_in_file(text)] == ["alice", "boss", "node-a"]
+
+    again = cli(cwd, "manager", "node", "add", "node-a", "--out", "x.creds", *boss, code=1)
+    assert "pass --rotate" in again.stderr and not (cwd / "x.creds").exists()
+    kept = cli(cwd, "manager", "node", "add", "node-a", "--rotate", *boss, code=1)
+    assert "node-a.creds exists: pass --force" in kept.stderr
+    old = (cwd / "node-a.creds").read_text()
+    cli(cwd, "manager", "node", "add", "node-a", "--rotate", "--force", *boss)
+    assert (cwd / "node-a.creds").read_text() != old and mode(cwd / "node-a.creds") == 0o600
+
+    out = cli(cwd, "manager", "node", "rm", "node-a", *boss)
+    assert out.stdout.startswith("removed node node-a\n")
+    assert [i.name for i in users_in_file((cwd / USERS_FILE).read_text())] == ["alice", "boss"]
+    gone = cli(cwd, "manager", "node", "rm", "node-a", *boss, code=1)
+    assert "no identity named node-a" in gone.stderr
+    last = cli(cwd, "manager", "node", "rm", "boss", *boss, code=1)
+    assert "boss is the last manager" in last.stderr
+
+
+def test_rm_forgets_the_nodes_keys(fleet: Server) -> None:
+    cwd, url = fleet.cwd, fleet.nats.url
+    boss = ("--nats", url, "--creds", "boss.creds")
+    cli(cwd, "manager", "init", *boss)
+    cli(cwd, "manager", "node", "add", "node-a", *boss)
+    cli(cwd, "manager", "node", "add", "node-b", *boss)
+    fleet.reload()
+
+    async def put_keys() -> None:
+        m = await Manager.connect(url, user="boss", password=_password(cwd / "boss.creds"))
+        try:
+            for node in ("node-a", "node-b"):
+                await m.assign(node, "web-1", {"name": "web-1", "image": "x"})
+                await (await m.kv(NODES)).put(node, b'{"ready": true}')
+                await (await m.kv(STATUS)).put(f"{node}.web-1", b'{"state": "running"}')
+                await m.availability(node, Availability.DRAIN.value)
+        finally:
+            await m.close()
+
+    async def keys(bucket: str) -> list[str]:
+        m = await Manager.connect(url, user="boss", password=_password(cwd / "boss.creds"))
+        try:
+            return sorted(await (await m.kv(bucket)).keys())
+        except Exception:
+            return []
+        finally:
+            await m.close()
+
+    asyncio.run(put_keys())
+    out = cli(cwd, "manager", "node", "rm", "node-b", *boss)
+    assert "forgot node node-b's keys: reconciler_nodes 1, reconciler_control 1" in out.stdout
+    assert asyncio.run(keys(NODES)) == ["node-a"]
+    assert asyncio.run(keys(ASSIGNMENTS)) == ["node-a.web-1"]
+    assert asyncio.run(keys(STATUS)) == ["node-a.web-1"]
+    assert node_control_key("node-b") not in asyncio.run(keys(CONTROL))
+    assert node_control_key("node-a") in asyncio.run(keys(CONTROL))
+
+
+def _password(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("password: "):
+            return str(json.loads(line.removeprefix("password: ")))
+    raise AssertionError(f"no password in {path}")
+
+
+def test_the_credentials_are_never_readable_by_others_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        cli(tmp_path, "manager", "node", "add", "boss", "--role", "manager", "--bootstrap")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "boss.creds") == 0o600
+    assert mode(tmp_path / USERS_FILE) == 0o640
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
