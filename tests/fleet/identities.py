@@ -9,18 +9,29 @@
   ``fleet-users.conf`` in ``directory``, as a server of the fleet holds them.
 - ``creds(directory, user)``: that user's credentials file, mode 0600.
 - ``fleet_server(workdir)``: a running nats-server with the shipped account and those users.
+- ``Peer``: a raw connection as one user that records, subject by subject, what the server
+  refused it, and checks that a batch of requests is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from reconciler.fleet.identity import Identity, Role, render_users_file
+import nats
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from reconciler.fleet.buckets import key_subject, stream_name
+from reconciler.fleet.identity import Identity, Role, inbox_prefix, render_users_file
 from reconciler.testing.natsserver import NatsServer, NatsServerMissing
+from reconciler.testing.polling import eventually
 from tests.contract import REPO, missing
 
 FLEET_CONF = REPO / "deploy" / "nats" / "fleet.conf"
@@ -77,3 +88,64 @@ def fleet_server(workdir: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.kill()
+
+
+class Peer:
+    """A raw connection as ``user``, recording the subjects the server refused it."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.refusals: set[str] = set()
+        self.errors: list[str] = []
+        self._nc: Client | None = None
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None
+        return self._nc
+
+    async def connect(self, url: str) -> Client:
+        async def on_error(err: Exception) -> None:
+            text = str(err)
+            self.errors.append(text)
+            if "permissions violation" in text.lower():
+                self.refusals.update(s.lower() for s in re.findall(r'"([^"]+)"', text))
+
+        self._nc = await nats.connect(
+            url,
+            user=self.user,
+            password=PASSWORDS[self.user],
+            inbox_prefix=inbox_prefix(self.user),
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        return self._nc
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    def refused(self, subject: str) -> bool:
+        return subject.lower() in self.refusals
+
+    def refused_watch(self, bucket: str, keys: str) -> bool:
+        """Whether a watch of ``keys`` in ``bucket`` (a filtered consumer create) was refused."""
+        head = f"$js.api.consumer.create.{stream_name(bucket)}.".lower()
+        tail = f".{key_subject(bucket, keys)}".lower()
+        return any(r.startswith(head) and r.endswith(tail) for r in self.refusals)
+
+    async def refuses(self, requests: Iterable[tuple[str, bytes]]) -> None:
+        """Send every request at once; each must be refused (none answered)."""
+        batch = list(requests)
+
+        async def send(subject: str, body: bytes) -> str | None:
+            try:
+                await self.nc.request(subject, body, timeout=1)
+            except (NatsTimeout, NoRespondersError):
+                return None
+            return subject
+
+        answered = [s for s in await asyncio.gather(*(send(*r) for r in batch)) if s]
+        assert not answered, f"{self.user} was answered on {answered}"
+        for subject, _ in batch:
+            await eventually(lambda s=subject: self.refused(s), f"{subject} refused")
