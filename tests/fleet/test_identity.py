@@ -169,7 +169,7 @@ def test_adding_refuses_an_existing_name_unless_rotating_with_the_same_role() ->
         "node-a",
         "node-b",
     ]
-    with pytest.raises(IdentityError, match="already an identity .node.: pass --rotate"):
+    with pytest.raises(IdentityError, match=r"already an identity \(node\): pass --rotate"):
         added(people, ident("node-a"), rotate=False)
     fresh = Identity("node-a", Role.NODE, "$2a$04$" + "b" * 53)
     assert added(people, fresh, rotate=True)[1] == fresh
