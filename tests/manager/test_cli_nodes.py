@@ -11,22 +11,28 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 from reconciler.core.model import Availability
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS, node_control_key
-from reconciler.fleet.identity import Role, users_in_file
+from reconciler.fleet.identity import Identity, Role, added, users_in_file
+from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.watch import Entry
+from reconciler.manager.admin import connected
 from reconciler.manager.health import Health
+from reconciler.manager.identities import add_identity, change_users, forget_node
 from reconciler.manager.view import FleetView
 from reconciler.testing.natsserver import NatsServer, NatsServerMissing
-from reconciler.testing.polling import wait_until
+from reconciler.testing.polling import eventually, wait_until
 from tests.contract import missing
 from tests.fleet.identities import FLEET_CONF
 from tests.fleet.support import Manager
+from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, service_set
 
 USERS_FILE = "fleet-users.conf"
 
@@ -240,3 +246,80 @@ def test_the_credentials_are_never_readable_by_others_whatever_the_umask(tmp_pat
     assert mode(tmp_path / "boss.creds") == 0o600
     assert mode(tmp_path / USERS_FILE) == 0o640
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------ on a live fleet
+
+
+async def test_a_forgotten_nodes_tasks_move_and_it_is_not_shown_down(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    fleet = Fleet([nats_server.url])
+    nc = await nats.connect(nats_server.url)
+    await fleet.init(nc)
+    await nc.close()
+    manager = ManagerProcess([nats_server.url], "manager-1")
+    manager.start()
+    nodes = [FleetAgent(tmp_path / n, [nats_server.url], n) for n in ("node-a", "node-b")]
+    try:
+        for node in nodes:
+            await node.start()
+        await eventually(
+            lambda: manager.metric("reconciler_manager_nodes", state="ready") == 2.0, "2 ready"
+        )
+        await fleet.apply(service_set({"name": "web", "replicas": 2}))
+        where = await eventually(lambda: fleet.settled({"web-1", "web-2"}, nodes), "web runs")
+        assert sorted(where.values()) == ["node-a", "node-b"]
+        await nodes[1].stop()  # its agent is stopped first, as docs/fleet.md says
+        async with connected(fleet.options) as link:
+            forgotten = await forget_node(link, "node-b")
+        assert forgotten.keys[NODES] == 1 and forgotten.keys[ASSIGNMENTS] == 1
+        moved = await eventually(
+            lambda: fleet.settled({"web-1", "web-2"}, nodes[:1]), "its task moved"
+        )
+        assert set(moved.values()) == {"node-a"}
+        await eventually(
+            lambda: "node-b" not in manager.manager.view.node_views(0.0), "node-b forgotten"
+        )
+        assert manager.metric("reconciler_manager_nodes", state="down") in (None, 0.0)
+        view = await fleet.read()
+        assert "node-b" not in set(view.health.nodes())
+    finally:
+        await manager.stop()
+        for node in nodes:
+            await node.stop()
+            node.close()
+
+
+async def test_two_hosts_adding_at_once_lose_no_add(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    await Fleet([nats_server.url]).init(nc)
+    await nc.close()
+    options = NatsOptions(servers=(nats_server.url,))
+    boss = Identity.issue("boss", Role.MANAGER, "pw")
+    other = Identity.issue("node-y", Role.NODE, "pw")
+
+    def seed() -> tuple[Identity, ...]:
+        return (boss,)
+
+    def elsewhere() -> None:
+        """Another manager host adds node-y, between this one's read and its write."""
+        asyncio.run(add_identity(options, other, rotate=False, users_file=None))
+
+    calls: list[tuple[str, ...]] = []
+    mine = Identity.issue("node-x", Role.NODE, "pw")
+
+    def change(current: tuple[Identity, ...]) -> tuple[Identity, ...]:
+        calls.append(tuple(i.name for i in current))
+        if len(calls) == 1:
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            thread.join()
+        return added(current, mine, rotate=False)
+
+    async with connected(options) as link:
+        started = await change_users(link, lambda current: current, seed)
+        assert started.seeded == (boss,)
+        users = await change_users(link, change, seed)
+    assert calls == [("boss",), ("boss", "node-y")]  # read again after the conflict
+    assert [i.name for i in users.identities] == ["boss", "node-x", "node-y"]
