@@ -9,6 +9,9 @@
   ``fleet-users.conf`` in ``directory``, as a server of the fleet holds them.
 - ``creds(directory, user)``: that user's credentials file, mode 0600.
 - ``fleet_server(workdir)``: a running nats-server with the shipped account and those users.
+- ``logs_in(url, user, password)``: whether the server takes those credentials, found out
+  without leaving a socket behind (nats-py leaves a refused connection's socket open when it
+  may not reconnect, so this one may: it tries twice).
 - ``Peer``: a raw connection as one user that records, subject by subject, what the server
   refused it, and checks that a batch of requests is refused.
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
+from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from reconciler.fleet.buckets import key_subject, stream_name
@@ -88,6 +91,29 @@ def fleet_server(workdir: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.kill()
+
+
+async def logs_in(url: str, user: str, password: str) -> bool:
+    """Whether the server takes ``user`` and ``password``; a refusal must say why."""
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err))
+
+    try:
+        nc = await nats.connect(
+            url,
+            user=user,
+            password=password,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            error_cb=on_error,
+        )
+    except NoServersError:
+        assert any("authorization violation" in e.lower() for e in errors), errors
+        return False
+    await nc.close()
+    return True
 
 
 class Peer:

@@ -15,22 +15,28 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import nats
 import pytest
 
 from reconciler.core.model import Availability
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS, node_control_key
 from reconciler.fleet.identity import Identity, Role, added, users_in_file
-from reconciler.fleet.options import NatsOptions
+from reconciler.fleet.options import NatsOptions, checked_options
 from reconciler.fleet.watch import Entry
 from reconciler.manager.admin import connected
 from reconciler.manager.health import Health
-from reconciler.manager.identities import add_identity, change_users, forget_node
+from reconciler.manager.identities import (
+    add_identity,
+    change_users,
+    forget_node,
+    read_identities,
+)
 from reconciler.manager.view import FleetView
 from reconciler.testing.natsserver import NatsServer, NatsServerMissing
 from reconciler.testing.polling import eventually, wait_until
 from tests.contract import missing
-from tests.fleet.identities import FLEET_CONF
+from tests.fleet.identities import FLEET_CONF, logs_in
 from tests.fleet.support import Manager
 from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, service_set
 
@@ -183,9 +189,21 @@ def test_add_seeds_the_list_then_rm_revokes_and_ls_lists_names_and_roles(
     cli(cwd, "manager", "node", "add", "node-a", "--rotate", "--force", *boss)
     assert (cwd / "node-a.creds").read_text() != old and mode(cwd / "node-a.creds") == 0o600
 
+    fleet.reload()
+    assert asyncio.run(connects(url, cwd / "node-a.creds"))
+    elsewhere = cwd.parent / "other-host"
+    elsewhere.mkdir()
+    (elsewhere / "boss.creds").write_text((cwd / "boss.creds").read_text())
+    cli(elsewhere, "manager", "node", "users-file", "--users-file", "u.conf", *boss)
+    assert users_in_file((elsewhere / "u.conf").read_text()) == users_in_file(
+        (cwd / USERS_FILE).read_text()
+    )
+
     out = cli(cwd, "manager", "node", "rm", "node-a", *boss)
     assert out.stdout.startswith("removed node node-a\n")
     assert [i.name for i in users_in_file((cwd / USERS_FILE).read_text())] == ["alice", "boss"]
+    fleet.reload()
+    assert not asyncio.run(connects(url, cwd / "node-a.creds"))
     gone = cli(cwd, "manager", "node", "rm", "node-a", *boss, code=1)
     assert "no identity named node-a" in gone.stderr
     last = cli(cwd, "manager", "node", "rm", "boss", *boss, code=1)
@@ -198,7 +216,6 @@ def test_rm_forgets_the_nodes_keys(fleet: Server) -> None:
     cli(cwd, "manager", "init", *boss)
     cli(cwd, "manager", "node", "add", "node-a", *boss)
     cli(cwd, "manager", "node", "add", "node-b", *boss)
-    fleet.reload()
 
     async def put_keys() -> None:
         m = await Manager.connect(url, user="boss", password=_password(cwd / "boss.creds"))
@@ -228,6 +245,11 @@ def test_rm_forgets_the_nodes_keys(fleet: Server) -> None:
     assert asyncio.run(keys(STATUS)) == ["node-a.web-1"]
     assert node_control_key("node-b") not in asyncio.run(keys(CONTROL))
     assert node_control_key("node-a") in asyncio.run(keys(CONTROL))
+
+
+async def connects(url: str, creds: Path) -> bool:
+    """Whether the server takes these credentials."""
+    return await logs_in(url, "node-a", _password(creds))
 
 
 def _password(path: Path) -> str:
@@ -323,3 +345,23 @@ async def test_two_hosts_adding_at_once_lose_no_add(nats_server: NatsServer) -> 
         users = await change_users(link, change, seed)
     assert calls == [("boss",), ("boss", "node-y")]  # read again after the conflict
     assert [i.name for i in users.identities] == ["boss", "node-x", "node-y"]
+
+
+async def test_a_list_absent_from_nats_starts_with_the_connecting_manager(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    await Fleet([nats_server.url]).init(nc)
+    await nc.close()
+    creds = tmp_path / "first.creds"
+    creds.write_text('user: "first"\npassword: "its-password"\n')
+    options = checked_options(nats_server.url, creds=str(creds))
+    users = await read_identities(options, users_file=tmp_path / "no-such-file.conf")
+    assert users.seeded == users.identities and [i.name for i in users.identities] == ["first"]
+    (first,) = users.identities
+    assert first.role is Role.MANAGER
+    assert bcrypt.checkpw(b"its-password", first.hash.encode())
+    again = await read_identities(options, users_file=None)
+    assert again.identities == users.identities and again.seeded == ()  # stored, not seeded
+    anonymous = NatsOptions(servers=(nats_server.url,))
+    assert (await read_identities(anonymous, users_file=None)).identities == users.identities
