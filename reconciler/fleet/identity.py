@@ -165,13 +165,13 @@ def direct_get_subject(bucket: str, key: str) -> str:
 READS: Final[Mapping[str, tuple[str, ...]]] = {
     SERVICES: (">",),
     NODES: (">",),
-    CONTROL: (FLEET_KEY, node_control_key("*")),
+    CONTROL: (node_control_key("*"),),
     ASSIGNMENTS: (">",),
     STATUS: (">",),
 }
 """The keys operators and viewers may watch, per bucket: what ``manager ps``, ``nodes`` and
-``apply --dry-run`` read (``reconciler.manager.admin`` watches exactly these), and of the
-control bucket only the fleet settings and the nodes' availability, never ``users``."""
+``apply --dry-run`` read (``reconciler.manager.admin`` watches exactly these, one watch each);
+of the control bucket only the nodes' availability, never ``users``."""
 
 _OPERATOR_WRITES: Final = (
     key_subject(SERVICES, ">"),

@@ -17,9 +17,9 @@ nodes`` shows what each node last said and when (by its own clock); the manager'
 in its metrics and log.
 
 Each command reads only the keys an operator's or a viewer's credentials may watch
-(``reconciler.fleet.identity.READS``: of the control bucket, the fleet settings and the nodes'
-availability, never the users list), so that ``ps``, ``nodes`` and ``apply --dry-run`` run
-with any role's credentials.
+(``reconciler.fleet.identity.READS``: of the control bucket, only the nodes' availability,
+never the users list), so that ``ps``, ``nodes`` and ``apply --dry-run`` run with an operator's
+or a viewer's credentials.
 
 Errors: ``FleetError`` (no server answers, the buckets do not exist yet, NATS refused a read or
 a write), with a message an operator can act on. NATS answers a request that a user's
