@@ -330,6 +330,9 @@ def node_add(args: argparse.Namespace) -> list[str]:
             )
     if (out.exists() or out.is_symlink()) and not args.force:
         raise Failure(f"{out} exists: pass --force to replace it, or --out FILE")
+    for directory in {out.absolute().parent, users_file.absolute().parent}:
+        if not directory.is_dir():
+            raise Failure(f"{directory} is not a directory: nothing could be written there")
     password = new_password()
     identity = Identity.issue(name, role, password)
     command = f"reconciler manager node add {name} --role {role.value}"
