@@ -6,6 +6,11 @@ where none exists; a corrupt one is moved aside and rebuilt); (3) the HTTP liste
 podman, which is never fatal: the agent retries and ``/readyz`` says why. Flags are all checked
 before anything is touched: a bad one exits 2. The agent is put together and run by
 ``reconciler.assemble``, as the tests and benchmarks put theirs together.
+
+In fleet mode a node connects as itself: credentials (``--manager-creds``) that name a user
+other than the node id (``--node-id``, or the one generated and kept in the state dir) exit 2
+before anything connects, naming the file, the user and the node id, since NATS would refuse
+every key of that node id to them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from reconciler import __version__
 from reconciler.assemble.agent import AgentOptions, assemble_agent, read_podman_info
@@ -28,6 +34,7 @@ from reconciler.cli.values import (
     parse_percent,
 )
 from reconciler.fleet.buckets import check_node_id
+from reconciler.fleet.options import ConfigError, load_credentials
 from reconciler.local.records import check_records
 from reconciler.store.recovery import open_store
 from reconciler.store.statedir import StateDirLock, load_node_id, prepare_state_dir
@@ -44,11 +51,28 @@ def _checked_node_id(node_id: str, what: str) -> None:
         raise UsageError(f"{what}: {err}") from err
 
 
+def check_identity(creds: Path | None, node_id: str) -> None:
+    """Raise ``UsageError`` when the credentials name a user other than ``node_id``."""
+    if creds is None:
+        return
+    try:
+        user = load_credentials(creds).get("user")
+    except ConfigError as err:
+        raise UsageError(f"--manager-creds: {err}") from err
+    if isinstance(user, str) and user != node_id:
+        raise UsageError(
+            f"--manager-creds {creds} are the credentials of user {user!r}, but this node's id "
+            f"is {node_id!r}: a node connects as itself (run it with --node-id {user}, or issue "
+            f"its own with `reconciler manager node add {node_id}`)"
+        )
+
+
 def agent_options(args: argparse.Namespace) -> AgentOptions:
     """Check every ``run`` flag (their defaults already applied). Raises ``UsageError``."""
     manager = fleet_options(args.manager, args.manager_creds, args.manager_tls_ca, "--manager")
     if manager is not None and args.node_id:
         _checked_node_id(args.node_id, "--node-id")
+        check_identity(manager.creds, args.node_id)
     return AgentOptions(
         state_dir=state_dir(args),
         desired=desired_dir(args),
@@ -77,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             node_id = load_node_id(opts.state_dir, opts.node_id)
             if opts.manager is not None:
                 _checked_node_id(node_id, f"node id {node_id!r}")
+                check_identity(opts.manager.creds, node_id)
             log.info(
                 "starting version=%s node_id=%s state_dir=%s store=%s",
                 __version__,

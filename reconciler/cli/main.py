@@ -51,6 +51,10 @@ def _render_ps(views: Any, args: Any) -> str:
     return tasks_json(views) if args.output == "json" else task_table(views)
 
 
+def _lines(lines: Any, _: Any) -> str:
+    return "\n".join(lines)
+
+
 HANDLERS: dict[tuple[str, ...], Handler] = {
     ("run",): Handler(_lazy("agent", "run")),
     ("validate",): Handler(_lazy("tasks", "validate"), lambda n, _: f"ok: {n} task(s)"),
@@ -71,6 +75,12 @@ HANDLERS: dict[tuple[str, ...], Handler] = {
     ("manager", "nodes"): Handler(
         _lazy("manager", "manager_nodes"), _lazy("manager", "render_nodes")
     ),
+    ("manager", "node", "add"): Handler(_lazy("manager", "node_add"), _lines),
+    ("manager", "node", "rm"): Handler(_lazy("manager", "node_rm"), _lines),
+    ("manager", "node", "ls"): Handler(
+        _lazy("manager", "node_ls"), _lazy("manager", "render_identities")
+    ),
+    ("manager", "node", "users-file"): Handler(_lazy("manager", "node_users_file"), _lines),
     ("manager", "drain"): Handler(
         _lazy("manager", "manager_availability"), _lazy("manager", "render_availability")
     ),

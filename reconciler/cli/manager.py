@@ -12,6 +12,11 @@
   would go. ``manager rm SERVICE...`` removes services.
 - ``manager ps``, ``manager nodes``: tables, or ``-o json``.
 - ``manager drain|pause|activate NODE`` write the node's availability.
+- ``manager node add|rm|ls|users-file``: the fleet's identities (``reconciler.fleet.identity``,
+  ``reconciler.manager.identities``). ``add`` issues an identity's credentials file (mode
+  0600), ``rm`` revokes one and forgets the node's keys, and both regenerate the users file
+  that every NATS server of the fleet includes, then say how to install it. ``add --role
+  manager NAME --bootstrap`` makes the first manager without NATS.
 
 Each command returns data; the renderers here turn it into text.
 """
@@ -24,17 +29,27 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from reconciler import __version__
 from reconciler.assemble.manager import ManagerOptions, assemble_manager
 from reconciler.assemble.process import CannotListen, run_process
 from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, UsageError
+from reconciler.cli.options import CREDS_OUT
 from reconciler.cli.render import table
 from reconciler.cli.values import fleet_options, parse_interval, parse_listen
 from reconciler.core.model import Availability
 from reconciler.fleet.buckets import bucket_name, buckets, check_node_id
 from reconciler.fleet.connect import connect_first
+from reconciler.fleet.identity import (
+    Identity,
+    IdentityError,
+    Role,
+    check_name,
+    new_password,
+    render_users_file,
+)
 from reconciler.fleet.options import NatsOptions, redact
 from reconciler.fleet.provision import default_replicas, init_buckets
 from reconciler.manager.admin import (
@@ -47,6 +62,18 @@ from reconciler.manager.admin import (
     read_fleet,
     remove_services,
     set_availability,
+)
+from reconciler.manager.credfiles import (
+    CREDS_MODE,
+    USERS_FILE_MODE,
+    credentials_text,
+    write_atomically,
+)
+from reconciler.manager.identities import (
+    Users,
+    add_identity,
+    read_identities,
+    remove_identity,
 )
 from reconciler.manager.services import parse_service_file
 from reconciler.spec.loader import read_file
@@ -63,7 +90,12 @@ __all__ = [
     "manager_rm",
     "manager_run",
     "nats_options",
+    "node_add",
+    "node_ls",
+    "node_rm",
+    "node_users_file",
     "render_availability",
+    "render_identities",
     "render_nodes",
     "render_ps",
 ]
@@ -305,3 +337,126 @@ def render_availability(result: dict[str, Any], args: Any) -> str:
     if not result["known"]:
         line += " (no heartbeat from this node yet; it applies when the node joins)"
     return line
+
+
+# ---------------------------------------------------------------------------- identities
+
+
+def _name(text: str) -> str:
+    try:
+        return check_name(text)
+    except IdentityError as err:
+        raise UsageError(f"NAME: {err}") from err
+
+
+def node_add(args: argparse.Namespace) -> list[str]:
+    """Issue an identity's credentials, add it to the list (none, with ``--bootstrap``) and
+    regenerate the users file. Returns the lines to print. Raises ``UsageError`` or
+    ``Failure``."""
+    name, role = _name(args.name), Role(args.role)
+    out = Path(args.out or CREDS_OUT.format(name=name))
+    users_file = Path(args.users_file)
+    if args.bootstrap:
+        if role is not Role.MANAGER or args.nats or args.rotate:
+            raise UsageError(
+                "--bootstrap makes the fleet's first manager without NATS: give it --role "
+                "manager, and neither --nats nor --rotate"
+            )
+        if users_file.exists() and not args.force:
+            raise Failure(
+                f"{users_file} exists: --bootstrap would replace it with a users file holding "
+                f"{name} alone (pass --force to)"
+            )
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise Failure(f"{out} exists: pass --force to replace it, or --out FILE")
+    for directory in {out.absolute().parent, users_file.absolute().parent}:
+        if not directory.is_dir():
+            raise Failure(f"{directory} is not a directory: nothing could be written there")
+    password = new_password()
+    identity = Identity.issue(name, role, password)
+    command = f"reconciler manager node add {name} --role {role.value}"
+    if args.bootstrap:
+        users = Users((identity,))
+    else:
+        options = nats_options(args)
+        users = _fleet(add_identity(options, identity, rotate=args.rotate, users_file=users_file))
+    _seeded(users)
+    text = credentials_text(identity, password, command=command)
+    try:
+        write_atomically(out, text.encode(), mode=CREDS_MODE, replace=args.force)
+    except OSError as err:
+        lost = "" if args.bootstrap else f"; issue others with `{command} --rotate`"
+        raise Failure(
+            f"writing {out}: {err.strerror or err}: {name}'s password is lost{lost}"
+        ) from err
+    done = "new credentials for" if args.rotate else "added"
+    lines = [f"{done} {role.value} {name}: credentials in {out} (mode 0600)"]
+    lines += _write_users_file(users_file, users, command)
+    if args.bootstrap:
+        lines.append(
+            f"then, with the servers running: reconciler manager init --nats URL --creds {out}"
+        )
+    return lines
+
+
+def node_rm(args: argparse.Namespace) -> list[str]:
+    """Remove an identity, forget the node's keys, regenerate the users file. Returns the
+    lines to print. Raises ``UsageError`` or ``Failure``."""
+    name = _name(args.name)
+    users_file = Path(args.users_file)
+    options = nats_options(args)
+    users, gone, forgotten = _fleet(remove_identity(options, name, users_file=users_file))
+    _seeded(users)
+    lines = [f"removed {gone.role.value} {name}" if gone else f"{name} was not an identity"]
+    if forgotten.total:
+        counts = ", ".join(f"{bucket} {n}" for bucket, n in forgotten.keys.items() if n)
+        lines.append(f"forgot node {name}'s keys: {counts}")
+    return lines + _write_users_file(users_file, users, f"reconciler manager node rm {name}")
+
+
+def node_ls(args: argparse.Namespace) -> Users:
+    """The identities in NATS."""
+    return _fleet(read_identities(nats_options(args), users_file=None))
+
+
+def node_users_file(args: argparse.Namespace) -> list[str]:
+    """Regenerate the users file from the list in NATS."""
+    users_file = Path(args.users_file)
+    users = _fleet(read_identities(nats_options(args), users_file=users_file))
+    _seeded(users)
+    return _write_users_file(users_file, users, "reconciler manager node users-file")
+
+
+def render_identities(users: Users, args: Any) -> str:
+    rows = [(i.name, i.role.value) for i in users.identities]
+    if args.output == "json":
+        return json.dumps([{"name": n, "role": r} for n, r in rows], indent=2)
+    return table(("NAME", "ROLE"), rows)
+
+
+def _seeded(users: Users) -> None:
+    if users.seeded:
+        shown = ", ".join(f"{i.name} ({i.role.value})" for i in users.seeded)
+        log.info("NATS held no users list: started it with %s", shown)
+
+
+def _count(n: int) -> str:
+    return f"{n} identity" if n == 1 else f"{n} identities"
+
+
+def _write_users_file(path: Path, users: Users, command: str) -> list[str]:
+    """Write the users file; the lines saying so and how to install it. Raises ``Failure``."""
+    text = render_users_file(users.identities, command=command)
+    try:
+        write_atomically(path, text.encode(), mode=USERS_FILE_MODE, replace=True)
+    except OSError as err:
+        raise Failure(
+            f"writing {path}: {err.strerror or err}; the list in NATS is changed: write the "
+            "file again with `reconciler manager node users-file --users-file FILE`"
+        ) from err
+    return [
+        f"users file {path}: {_count(len(users.identities))}",
+        "next, on every NATS server of the fleet, install it beside fleet.conf and reload:",
+        f"  install -m 0640 -g nats {path} /etc/nats/fleet-users.conf",
+        "  systemctl reload nats-server     # or: nats-server --signal reload=PID",
+    ]

@@ -23,9 +23,11 @@ from typing import Any
 from reconciler import __version__
 from reconciler.cli.exits import UsageError
 from reconciler.fleet.buckets import DEFAULT_LEASE
+from reconciler.fleet.identity import Role
 
 __all__ = [
     "COMMANDS",
+    "CREDS_OUT",
     "CommandSpec",
     "Flag",
     "Kind",
@@ -133,6 +135,16 @@ BUCKET_QUOTAS = (
         Kind.REPEAT,
     ),
 )
+USERS_FILE = Flag(
+    "users-file",
+    "the users file to regenerate (every server of the fleet includes it)",
+    "FILE",
+    default="fleet-users.conf",  # the name deploy/nats/fleet.conf includes
+)
+CREDS_OUT = "{name}.creds"
+"""Where ``manager node add NAME`` writes the credentials without ``--out``."""
+FLEET_CONNECTION = (NATS, NATS_CREDS, NATS_TLS_CA)
+NAME = Positional("name", "NAME", "the identity's name (a node's is its node id)")
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -266,6 +278,52 @@ COMMANDS: tuple[CommandSpec, ...] = (
         ("manager", "nodes"),
         "list the fleet's nodes",
         (NATS, NATS_CREDS, NATS_TLS_CA, OUTPUT),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "node", "add"),
+        "issue an identity's credentials and regenerate the users file",
+        (
+            Flag(
+                "role",
+                "what it may do",
+                choices=tuple(
+                    r.value for r in (Role.NODE, Role.OPERATOR, Role.VIEWER, Role.MANAGER)
+                ),
+                default=Role.NODE.value,
+            ),
+            Flag("out", f"its credentials file (default {CREDS_OUT.format(name='NAME')})", "FILE"),
+            USERS_FILE,
+            Flag("rotate", "issue new credentials for an existing identity", kind=Kind.SWITCH),
+            Flag("force", "replace an existing credentials file", kind=Kind.SWITCH),
+            Flag(
+                "bootstrap",
+                "make the fleet's first manager without NATS: its credentials and a users file "
+                "holding it alone",
+                kind=Kind.SWITCH,
+            ),
+            *FLEET_CONNECTION,
+        ),
+        (NAME,),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "node", "rm"),
+        "revoke an identity, regenerate the users file, and forget the node's keys",
+        (USERS_FILE, *FLEET_CONNECTION),
+        (NAME,),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "node", "ls"),
+        "list the identities: names and roles",
+        (*FLEET_CONNECTION, OUTPUT),
+        fleet=True,
+    ),
+    CommandSpec(
+        ("manager", "node", "users-file"),
+        "regenerate the users file from the list in NATS",
+        (USERS_FILE, *FLEET_CONNECTION),
         fleet=True,
     ),
     *(

@@ -12,6 +12,9 @@ NATS client: an agent on a desired directory never imports nats-py.
   speak TLS when its URL is ``tls://`` or a CA is given (``requires_tls``); a connection
   configured so (``uses_tls``) takes no ``nats://`` URL the fleet publishes
   (``published_servers``). The refusal itself is ``reconciler.fleet.connect``'s.
+- **Inbox.** Credentials that name a user give the connection the inbox prefix
+  ``_INBOX.<user>`` (``reconciler.fleet.identity.inbox_prefix``): the only inbox that user's
+  permissions let it receive replies on.
 
 Nothing here logs a secret: URLs are logged through ``redact`` (user info dropped) and errors
 about a credentials file name the file and the field, never its content.
@@ -19,14 +22,17 @@ about a credentials file name the file and the field, never its content.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+from reconciler.fleet.identity import IdentityError, check_name, inbox_prefix
 
 __all__ = [
     "ConfigError",
@@ -61,14 +67,19 @@ class NatsOptions:
 def checked_options(
     servers: str, *, creds: str | None = None, tls_ca: str | None = None
 ) -> NatsOptions:
-    """Options from command-line text, each part checked now. Raises ``ConfigError``."""
+    """Options from command-line text, each part checked now; the inbox prefix is the
+    credentials' user's, when they name one. Raises ``ConfigError``."""
     options = NatsOptions(
         servers=parse_servers(servers),
         creds=Path(creds) if creds else None,
         tls_ca=Path(tls_ca) if tls_ca else None,
     )
     if options.creds is not None:
-        load_credentials(options.creds)
+        user = load_credentials(options.creds).get("user")
+        # a user that no identity can be named (not one subject token) keeps the default
+        with contextlib.suppress(IdentityError):
+            if isinstance(user, str):
+                options = replace(options, inbox_prefix=inbox_prefix(check_name(user)))
     if options.tls_ca is not None:
         tls_context(options.tls_ca)
     return options

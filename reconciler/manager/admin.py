@@ -16,16 +16,25 @@ heartbeats it saw: a dry run takes every node that says ``ready`` as ready, and 
 nodes`` shows what each node last said and when (by its own clock); the manager's verdicts are
 in its metrics and log.
 
-Errors: ``FleetError`` (no server answers, the buckets do not exist yet, NATS refused a write),
-with a message an operator can act on.
+Each command reads only the keys an operator's or a viewer's credentials may watch
+(``reconciler.fleet.identity.READS``: of the control bucket, only the nodes' availability,
+never the users list), so that ``ps``, ``nodes`` and ``apply --dry-run`` run with an operator's
+or a viewer's credentials.
+
+Errors: ``FleetError`` (no server answers, the buckets do not exist yet, NATS refused a read or
+a write), with a message an operator can act on. NATS answers a request that a user's
+permissions forbid with nothing but an asynchronous error, so each command's connection
+(``Link``) watches for those and fails the call at once, naming the subject refused, instead
+of waiting out the request's timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 
@@ -37,27 +46,31 @@ from reconciler.fleet.buckets import (
     NODES,
     SERVICES,
     STATUS,
-    key_subject,
     node_control_key,
 )
 from reconciler.fleet.connect import connect_first
+from reconciler.fleet.identity import READS
 from reconciler.fleet.options import NatsOptions
-from reconciler.fleet.watch import BucketMissing, KeyWatch, WatchLost
+from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch
 from reconciler.manager.health import Health
 from reconciler.manager.scheduler import UNASSIGNED, NodeView, Plan, schedule
 from reconciler.manager.services import Mode, Service, owner
 from reconciler.manager.view import FleetView
+from reconciler.manager.writes import Conflict, publish
 from reconciler.spec.plan import changed_fields
 
 __all__ = [
     "FleetError",
+    "Link",
     "NodeRow",
     "TaskRow",
     "apply_services",
+    "connected",
     "node_rows",
     "placement_lines",
     "ps_rows",
     "read_fleet",
+    "read_keys",
     "remove_services",
     "service_lines",
     "set_availability",
@@ -70,39 +83,105 @@ class FleetError(Exception):
     """The command could not reach the fleet or write to it; the message says why."""
 
 
+T = TypeVar("T")
+_REFUSED = "permissions violation"
+
+
+class Link:
+    """One command's connection, and the refusals NATS reported on it (see the module
+    docstring)."""
+
+    def __init__(self) -> None:
+        self._nc: Client | None = None
+        self._refused = asyncio.Event()
+        self.refusal = ""
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "not connected"
+        return self._nc
+
+    def jetstream(self) -> Any:
+        return self.nc.jetstream(timeout=10)
+
+    async def on_error(self, err: Exception) -> None:
+        text = str(err)
+        if _REFUSED in text.lower() and not self._refused.is_set():
+            self.refusal = text.removeprefix("nats: ")
+            self._refused.set()
+
+    async def guarded(self, call: Awaitable[T], what: str) -> T:
+        """``call``'s result, or ``FleetError`` saying ``what`` failed: at once when NATS
+        reports a refusal meanwhile. ``Conflict`` (a compare-and-set write that found the key
+        changed) passes through."""
+        task = asyncio.ensure_future(call)
+        refused = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_retrieve)
+        if self._refused.is_set():
+            raise FleetError(
+                f"{what}: NATS refused it: {self.refusal} (do these credentials have a role "
+                "that may?)"
+            )
+        try:
+            return task.result()
+        except (FleetError, Conflict):
+            raise
+        except BucketMissing as err:
+            raise FleetError(f"{err}: run `reconciler manager init` first") from err
+        except Exception as err:
+            raise FleetError(f"{what}: {_describe(err)}") from err
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 @contextlib.asynccontextmanager
-async def _connected(options: NatsOptions) -> AsyncIterator[Client]:
+async def connected(options: NatsOptions) -> AsyncIterator[Link]:
+    """One command's connection, closed on exit. Raises ``FleetError``."""
+    link = Link()
     try:
-        nc, _ = await connect_first(options, options.servers)
+        link._nc, _ = await connect_first(options, options.servers, error_cb=link.on_error)
     except ConnectionError as err:
         raise FleetError(str(err)) from err
     try:
-        yield nc
+        yield link
     finally:
         with contextlib.suppress(Exception):
-            await nc.close()
+            await link.nc.close()
 
 
-async def _read(nc: Client, buckets: Sequence[str] = _READ) -> FleetView:
+async def read_keys(link: Link, bucket: str, keys: str) -> dict[str, Entry]:
+    """The present values of ``keys`` (a key or a pattern) in ``bucket``, read through one
+    filtered watch. Raises ``FleetError``."""
+    watch = KeyWatch(link.nc, bucket, keys)
+    try:
+        return await link.guarded(watch.start(), f"reading {bucket}/{keys}")
+    finally:
+        await watch.stop()
+
+
+async def _read(link: Link, buckets: Sequence[str] = _READ) -> FleetView:
     view = FleetView(grace=1.0)
     for bucket in buckets:
-        watch = KeyWatch(nc, bucket, ">")
-        try:
-            entries = await watch.start()
-        except BucketMissing as err:
-            raise FleetError(f"{err}: run `reconciler manager init` first") from err
-        except WatchLost as err:
-            raise FleetError(str(err)) from err
-        finally:
-            await watch.stop()
+        entries: dict[str, Entry] = {}
+        for keys in READS[bucket]:
+            entries.update(await read_keys(link, bucket, keys))
         view.load(bucket, entries, 0.0)
     return view
 
 
 async def read_fleet(options: NatsOptions) -> FleetView:
     """Every bucket the commands show, read once. Raises ``FleetError``."""
-    async with _connected(options) as nc:
-        return await _read(nc)
+    async with connected(options) as link:
+        return await _read(link)
 
 
 def judged_nodes(view: FleetView) -> dict[str, NodeView]:
@@ -193,8 +272,8 @@ async def apply_services(
     """Upsert ``services`` (and with ``prune`` delete the others). Returns the service lines
     and, with ``dry_run``, the placement lines (nothing is written then). Raises
     ``FleetError``."""
-    async with _connected(options) as nc:
-        view = await _read(nc, _READ if dry_run else (SERVICES,))
+    async with connected(options) as link:
+        view = await _read(link, _READ if dry_run else (SERVICES,))
         old = dict(view.services)
         lines = service_lines(old, services, prune=prune)
         if dry_run:
@@ -203,52 +282,44 @@ async def apply_services(
             frozen = {k for k in view.invalid if k not in wanted}
             plan = schedule(wanted, judged_nodes(view), view.placed(), frozen=frozen)
             return lines, placement_lines(plan)
-        js = nc.jetstream(timeout=10)
         names = {s.name for s in services}
-        try:
-            for service in services:
-                if old.get(service.name) is None or old[service.name].value != service.value:
-                    await js.publish(key_subject(SERVICES, service.name), service.value)
-            if prune:
-                for name in sorted((set(old) | set(view.invalid)) - names):
-                    await js.publish(
-                        key_subject(SERVICES, name), b"", headers={"KV-Operation": "DEL"}
-                    )
-        except Exception as err:
-            raise FleetError(f"writing {SERVICES} failed: {_describe(err)}") from err
+        for service in services:
+            if old.get(service.name) is None or old[service.name].value != service.value:
+                await _write(link, SERVICES, service.name, service.value)
+        if prune:
+            for name in sorted((set(old) | set(view.invalid)) - names):
+                await _write(link, SERVICES, name, None)
         return lines, []
 
 
 async def remove_services(options: NatsOptions, names: Sequence[str]) -> list[str]:
     """Delete the named services. Raises ``FleetError`` naming those that do not exist (and
     then removes none)."""
-    async with _connected(options) as nc:
-        view = await _read(nc, (SERVICES,))
+    async with connected(options) as link:
+        view = await _read(link, (SERVICES,))
         known = set(view.services) | set(view.invalid)
         unknown = [n for n in names if n not in known]
         if unknown:
             raise FleetError(f"no such service: {', '.join(unknown)}")
-        js = nc.jetstream(timeout=10)
-        try:
-            for name in dict.fromkeys(names):
-                await js.publish(key_subject(SERVICES, name), b"", headers={"KV-Operation": "DEL"})
-        except Exception as err:
-            raise FleetError(f"writing {SERVICES} failed: {_describe(err)}") from err
+        for name in dict.fromkeys(names):
+            await _write(link, SERVICES, name, None)
     return [f"remove service {n}" for n in dict.fromkeys(names)]
 
 
 async def set_availability(options: NatsOptions, node: str, availability: Availability) -> bool:
     """Write the node's availability; True when the node has a heartbeat in the fleet.
     Raises ``FleetError``."""
-    async with _connected(options) as nc:
-        view = await _read(nc, (NODES,))
-        js = nc.jetstream(timeout=10)
+    async with connected(options) as link:
+        view = await _read(link, (NODES,))
         value = compact({"availability": availability.value})
-        try:
-            await js.publish(key_subject(CONTROL, node_control_key(node)), value)
-        except Exception as err:
-            raise FleetError(f"writing {CONTROL} failed: {_describe(err)}") from err
+        await _write(link, CONTROL, node_control_key(node), value)
         return view.health.beat(node) is not None
+
+
+async def _write(link: Link, bucket: str, key: str, value: bytes | None) -> None:
+    """Put ``value`` into ``bucket/key`` (None: delete it). Raises ``FleetError``."""
+    what = f"writing {bucket}/{key}"
+    await link.guarded(publish(link.jetstream(), bucket, key, value, last=None), what)
 
 
 def _describe(err: BaseException) -> str:

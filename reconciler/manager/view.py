@@ -10,7 +10,10 @@ What it keeps, per bucket:
 - ``reconciler_services``: the valid services; a key whose value is invalid is *frozen* (its
   problems kept for the log): the scheduler leaves that service's tasks alone rather than read
   a broken value as "no tasks".
-- ``reconciler_nodes``: heartbeats, judged by ``reconciler.manager.health.NodeHealth``.
+- ``reconciler_nodes``: heartbeats, judged by ``reconciler.manager.health.NodeHealth``. A node
+  whose key is deleted (``reconciler manager node rm``) is judged, while it still holds
+  assignments, as one that stopped beating (so that they move), and forgotten with its last
+  assignment, rather than shown down until the manager restarts.
 - ``reconciler_control``: each node's availability, and the fleet settings.
 - ``reconciler_assignments``: one ``Placed`` per key, with the resources its value declares,
   and the last revision of every key, deleted ones too, so that every write can be
@@ -26,6 +29,7 @@ logs and clears them) and never raise.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -137,6 +141,8 @@ class FleetView:
         self.revisions: dict[str, int] = {}
         self.statuses: dict[str, Reported] = {}
         self.problems: list[str] = []
+        self._gone: set[str] = set()  # nodes whose key was deleted, kept for their assignments
+        self._placed_on: Counter[str] = Counter()  # assignments per node
         self._expected: dict[str, bytes | None] = {}  # the manager's writes in flight
         self._resources: dict[bytes, tuple[float | None, int | None]] = {}
 
@@ -173,13 +179,14 @@ class FleetView:
             self.invalid.clear()
         elif bucket == NODES:
             self.health.watching(now)
+            self._gone.clear()
             for node in list(self.health.nodes()):
                 if node not in entries:
                     self.health.forget(node)
             for key, entry in entries.items():
                 self.health.initial(key, self._beat(key, entry.value))
-            for key in self.assignments:
-                self.health.known(key.partition(".")[0])
+            for node in self._placed_on:
+                self.health.known(node)
             return
         elif bucket == CONTROL:
             self.availability.clear()
@@ -187,10 +194,14 @@ class FleetView:
         elif bucket == ASSIGNMENTS:
             self.assignments.clear()
             self.revisions.clear()
+            self._placed_on.clear()
         elif bucket == STATUS:
             self.statuses.clear()
         for entry in entries.values():
             self.apply(bucket, entry, now)
+        if bucket == ASSIGNMENTS:
+            for node in list(self._gone):
+                self._forget_if_gone(node)
 
     def apply(self, bucket: str, entry: Entry, now: float) -> bool:
         """One put or delete (``entry.value`` None). True when the scheduler's inputs changed."""
@@ -246,8 +257,16 @@ class FleetView:
             return False  # agents never read such a key; nothing to schedule
         node, task = parts
         if entry.value is None:
-            return self.assignments.pop(key, None) is not None
+            if self.assignments.pop(key, None) is None:
+                return False
+            self._placed_on[node] -= 1
+            if self._placed_on[node] <= 0:
+                del self._placed_on[node]
+                self._forget_if_gone(node)
+            return True
         old = self.assignments.get(key)
+        if old is None:
+            self._placed_on[node] += 1
         if old is not None and old.value == entry.value and old.revision == entry.revision:
             return False
         resources = self._resources.get(entry.value)
@@ -275,15 +294,23 @@ class FleetView:
             self.problems.append(f"{NODES}/{node}: {err}")
             return None
 
+    def _forget_if_gone(self, node: str) -> None:
+        """Forget ``node`` if its key was deleted and it holds no assignment any more."""
+        if node in self._gone and node not in self._placed_on:
+            self._gone.discard(node)
+            self.health.forget(node)
+
     def _node(self, entry: Entry, now: float) -> bool:
         node = entry.key
         before = (self.health.health(node, now), _shape(self.health.beat(node)))
         if entry.value is None:
             self.health.forget(node)
-            if any(p.node == node for p in self.assignments.values()):
+            if node in self._placed_on:
+                self._gone.add(node)
                 self.health.known(node)
-        else:
-            self.health.seen(node, self._beat(node, entry.value), now)
+            return True  # forgotten, or judged from now on as one that stopped beating
+        self._gone.discard(node)
+        self.health.seen(node, self._beat(node, entry.value), now)
         after = (self.health.health(node, now), _shape(self.health.beat(node)))
         return before != after
 

@@ -1,45 +1,41 @@
-"""The shipped NATS permissions (deploy/nats/fleet.conf): a node reaches its own keys only."""
+"""The shipped NATS permissions: deploy/nats/fleet.conf with a users file generated from the one
+template (reconciler.fleet.identity): a node reaches its own keys only, for every subject kind
+the code uses, and the template allows what the code does."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import os
-import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.client import Client
 
 from reconciler.core.clock import SystemClock
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, FLEET_KEY, STATUS, node_control_key
+from reconciler.fleet.identity import USERS_KEY
 from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.provision import init_buckets
 from reconciler.fleet.watch import KeyWatch, WatchLost
+from reconciler.manager.writes import kv
 from reconciler.sessions.nats import NatsSession
 from reconciler.testing.natsserver import NatsServer, substitute
 from reconciler.testing.polling import eventually
 from reconciler.testing.tlscerts import TestCA
 from tests.contract import REPO, require_nats_server
+from tests.fleet.identities import PASSWORDS, Peer, fleet_server, install
+from tests.fleet.identities import creds as creds_file
 from tests.fleet.support import Manager, running_agent, spec
 
-FLEET_CONF = REPO / "deploy" / "nats" / "fleet.conf"
-PASSWORDS = {"manager": "m-secret", "node-a": "a-secret", "node-b": "b-secret"}
 
-
-# every test's server runs the shipped permissions, with the passwords above
-pytestmark = pytest.mark.nats_config(
-    extra="include fleet.conf",
-    env={
-        "RECONCILER_MANAGER_PASSWORD": PASSWORDS["manager"],
-        "RECONCILER_NODE_A_PASSWORD": PASSWORDS["node-a"],
-        "RECONCILER_NODE_B_PASSWORD": PASSWORDS["node-b"],
-    },
-    files={"fleet.conf": FLEET_CONF},
-)
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """Every test's server runs the shipped account with the generated users."""
+    with fleet_server(tmp_path / "nats") as server:
+        yield server
 
 
 @pytest.fixture
@@ -48,48 +44,21 @@ async def manager(nats_server: NatsServer) -> AsyncIterator[Manager]:
     await m.init()
     await m.assign("node-a", "web", spec("web"))
     await m.assign("node-b", "secret", spec("secret", env={"TOKEN": "b-only"}))
+    await (await m.kv(CONTROL)).put(USERS_KEY, b"[]")
     yield m
     await m.close()
 
 
-class NodeClient:
-    """A raw connection with a node's credentials, recording what the server refused."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.nc: Client | None = None
-
-    async def connect(self, nats_server: NatsServer, user: str) -> Client:
-        async def on_error(err: Exception) -> None:
-            self.errors.append(str(err))
-
-        self.nc = await nats.connect(
-            nats_server.url,
-            user=user,
-            password=PASSWORDS[user],
-            inbox_prefix=f"_INBOX.{user}",
-            error_cb=on_error,
-        )
-        return self.nc
-
-    def refused(self, subject: str) -> bool:
-        return any("permissions violation" in e and subject.lower() in e for e in self.errors)
-
-
 @pytest.fixture
-async def node_a(nats_server: NatsServer, manager: Manager) -> AsyncIterator[NodeClient]:
-    client = NodeClient()
-    await client.connect(nats_server, "node-a")
-    yield client
-    assert client.nc is not None
-    await client.nc.close()
+async def node_a(nats_server: NatsServer, manager: Manager) -> AsyncIterator[Peer]:
+    peer = Peer("node-a")
+    await peer.connect(nats_server.url)
+    yield peer
+    await peer.close()
 
 
 def creds(tmp_path: Path, user: str) -> Path:
-    path = tmp_path / f"{user}.creds"
-    path.write_text(f"user: {user}\npassword: {PASSWORDS[user]}\n")
-    path.chmod(0o600)
-    return path
+    return creds_file(tmp_path, user)
 
 
 async def test_a_node_with_its_own_credentials_runs_its_assignments(
@@ -105,67 +74,93 @@ async def test_a_node_with_its_own_credentials_runs_its_assignments(
         assert set(r.states()) == {"web"}
 
 
-async def test_node_a_cannot_watch_node_b_assignments(node_a: NodeClient) -> None:
-    assert node_a.nc is not None
-    own = KeyWatch(node_a.nc, "reconciler_assignments", "node-a.*", timeout=2)
-    assert set(await own.start()) == {"node-a.web"}
-    await own.stop()
-    other = KeyWatch(node_a.nc, "reconciler_assignments", "node-b.*", timeout=2)
-    with pytest.raises(WatchLost):
-        await other.start()
-    await other.stop()
-    await eventually(
-        lambda: node_a.refused("$kv.reconciler_assignments.node-b.*"), "the refusal reported"
+async def test_node_a_watches_its_own_keys_and_no_other(node_a: Peer) -> None:
+    own = [(ASSIGNMENTS, "node-a.*"), (CONTROL, node_control_key("node-a")), (CONTROL, FLEET_KEY)]
+    for bucket, keys in own:
+        watch = KeyWatch(node_a.nc, bucket, keys, timeout=2)
+        await watch.start()
+        await watch.stop()
+    others = [
+        (ASSIGNMENTS, "node-b.*"),
+        (ASSIGNMENTS, ">"),
+        (CONTROL, node_control_key("node-b")),
+        (CONTROL, USERS_KEY),
+        (CONTROL, ">"),
+        (STATUS, "node-a.*"),
+    ]
+    for bucket, keys in others:
+        watch = KeyWatch(node_a.nc, bucket, keys, timeout=1)
+        with pytest.raises(WatchLost):
+            await watch.start()
+        await watch.stop()
+        await eventually(lambda b=bucket, k=keys: node_a.refused_watch(b, k), f"{bucket}/{keys}")
+    assert node_a.errors and all("permissions violation" in e.lower() for e in node_a.errors)
+
+
+async def test_node_a_cannot_reach_any_key_through_the_api_subjects_that_read_any(
+    node_a: Peer,
+) -> None:
+    bare = {
+        "stream_name": "KV_reconciler_assignments",
+        "config": {"deliver_subject": node_a.nc.new_inbox(), "ack_policy": "none"},
+    }
+    await node_a.refuses(
+        [
+            ("$JS.API.CONSUMER.CREATE.KV_reconciler_assignments", json.dumps(bare).encode()),
+            ("$JS.API.CONSUMER.DURABLE.CREATE.KV_reconciler_assignments.d", b"{}"),
+            ("$JS.API.DIRECT.GET.KV_reconciler_status", b'{"seq": 1}'),
+            ("$JS.API.DIRECT.GET.KV_reconciler_control.$KV.reconciler_control.users", b""),
+            ("$JS.API.STREAM.MSG.GET.KV_reconciler_status", b'{"seq": 1}'),
+            ("$JS.API.STREAM.INFO.KV_reconciler_status", b""),
+            ("$JS.API.STREAM.DELETE.KV_reconciler_status", b""),
+            ("$JS.API.CONSUMER.LIST.KV_reconciler_status", b""),
+        ]
     )
 
 
-async def test_node_a_cannot_watch_through_the_bare_create_subject(node_a: NodeClient) -> None:
-    assert node_a.nc is not None
-    inbox = node_a.nc.new_inbox()
-    body = {
-        "stream_name": "KV_reconciler_assignments",
-        "config": {"deliver_subject": inbox, "ack_policy": "none"},
-    }
-    subject = "$JS.API.CONSUMER.CREATE.KV_reconciler_assignments"
-    with pytest.raises(nats.errors.TimeoutError):
-        await node_a.nc.request(subject, json.dumps(body).encode(), timeout=1)
-    await eventually(lambda: node_a.refused(subject.lower()), "the refusal reported")
-
-
-async def test_node_a_cannot_write_node_b_keys_or_read_its_status(
-    node_a: NodeClient, manager: Manager
+async def test_node_a_writes_and_reads_back_its_own_keys_only(
+    node_a: Peer, manager: Manager
 ) -> None:
-    assert node_a.nc is not None
     js = node_a.nc.jetstream(timeout=1)
-    for subject in ("$KV.reconciler_status.node-b.secret", "$KV.reconciler_nodes.node-b"):
-        with pytest.raises(nats.errors.TimeoutError):
-            await js.publish(subject, b'{"state":"running"}')
-        await eventually(lambda s=subject: node_a.refused(s.lower()), f"{subject} refused")
-    assert await manager.status("node-b", "secret") is None
-    assert await manager.node("node-b") is None
-    # its own keys are writable
     await js.publish("$KV.reconciler_nodes.node-a", b"{}")
     assert await manager.node("node-a") is not None
-    read = "$JS.API.DIRECT.GET.KV_reconciler_status.$KV.reconciler_status.node-b.secret"
-    with pytest.raises(nats.errors.TimeoutError):
-        await node_a.nc.request(read, b"", timeout=1)
-    await eventually(lambda: node_a.refused(read.lower()), "the read refused")
+    status = kv(js, STATUS)  # nats-py's direct get by subject, as the agent's CAS reads
+    revision = await status.put("node-a.web", b'{"state": "running"}')
+    assert (await status.get("node-a.web")).revision == revision
+    await node_a.refuses(
+        [
+            ("$KV.reconciler_status.node-b.secret", b'{"state":"running"}'),
+            ("$KV.reconciler_nodes.node-b", b"{}"),
+            ("$KV.reconciler_assignments.node-a.web", b"{}"),
+            ("$KV.reconciler_assignments.node-b.secret", b"{}"),
+            ("$KV.reconciler_services.web", b"{}"),
+            ("$KV.reconciler_leader.leader", b"node-a"),
+            ("$KV.reconciler_control.node.node-a", b'{"availability":"active"}'),
+            ("$KV.reconciler_control.fleet", b"{}"),
+            ("$KV.reconciler_control.users", b"[]"),
+            ("$JS.API.DIRECT.GET.KV_reconciler_status.$KV.reconciler_status.node-b.secret", b""),
+        ]
+    )
+    assert await manager.status("node-b", "secret") is None
+    assert await manager.node("node-b") is None
 
 
-async def test_node_a_cannot_listen_on_node_b_inbox(node_a: NodeClient) -> None:
-    assert node_a.nc is not None
+async def test_node_a_cannot_listen_on_node_b_inbox(node_a: Peer) -> None:
     await node_a.nc.subscribe("_INBOX.node-b.>")
     await node_a.nc.flush()
-    await eventually(lambda: node_a.refused("_inbox.node-b.>"), "the subscription refused")
+    await eventually(lambda: node_a.refused("_INBOX.node-b.>"), "the subscription refused")
 
 
 async def test_a_node_cannot_create_buckets(nats_server: NatsServer) -> None:
-    client = NodeClient()
-    nc = await client.connect(nats_server, "node-a")
+    peer = Peer("node-a")
+    nc = await peer.connect(nats_server.url)
     try:
         with pytest.raises(nats.errors.TimeoutError):
             await init_buckets(nc.jetstream(timeout=1))
-        await eventually(lambda: client.refused("$js.api.stream"), "the refusal reported")
+        await eventually(
+            lambda: any(r.startswith("$js.api.stream") for r in peer.refusals),
+            "the refusal reported",
+        )
     finally:
         await nc.close()
 
@@ -200,9 +195,9 @@ async def test_node_a_credentials_under_node_b_id_never_get_node_b_tasks(
         await task
 
 
-def test_the_shipped_server_config_parses(tmp_path: Path) -> None:
+def test_the_shipped_server_config_parses_with_a_generated_users_file(tmp_path: Path) -> None:
     binary = require_nats_server()
-    shutil.copy(REPO / "deploy" / "nats" / "fleet.conf", tmp_path / "fleet.conf")
+    install(tmp_path)
     # TLS is on: the config's certificate files, made for the test
     cert = TestCA(tmp_path / "pki").issue("fleet-1")
     text = (REPO / "deploy" / "nats" / "nats-server.conf").read_text()
@@ -211,16 +206,10 @@ def test_the_shipped_server_config_parses(tmp_path: Path) -> None:
         {"/etc/nats/tls/server.pem": str(cert.cert), "/etc/nats/tls/server-key.pem": str(cert.key)},
     )
     (tmp_path / "nats-server.conf").write_text(text)
-    env = {
-        "RECONCILER_MANAGER_PASSWORD": "m",
-        "RECONCILER_NODE_A_PASSWORD": "a",
-        "RECONCILER_NODE_B_PASSWORD": "b",
-    }
     check = subprocess.run(
         [binary, "-t", "-c", str(tmp_path / "nats-server.conf")],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
         timeout=30,
     )
     assert check.returncode == 0, check.stdout + check.stderr
