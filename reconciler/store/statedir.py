@@ -26,13 +26,21 @@ import errno
 import fcntl
 import os
 import pwd
+import stat
 import uuid
 from pathlib import Path
 
 from reconciler.core.errors import StateDirInUse, StoreError
 from reconciler.spec.apply import write_atomically
 
-__all__ = ["StateDirLock", "StateDirRefused", "load_node_id", "prepare_state_dir", "user_name"]
+__all__ = [
+    "StateDirLock",
+    "StateDirRefused",
+    "check_state_dir",
+    "load_node_id",
+    "prepare_state_dir",
+    "user_name",
+]
 
 STATE_DIR_MODE = 0o700
 NODE_ID_MODE = 0o600
@@ -62,16 +70,44 @@ def prepare_state_dir(state_dir: Path) -> None:
         raise StateDirRefused(f"state dir {state_dir} cannot be created: {err}") from err
     fd = _open_directory(state_dir)
     try:
-        owner, me = os.fstat(fd).st_uid, os.geteuid()
-        if owner != me:
-            raise StateDirRefused(
-                f"state dir {state_dir} is owned by {user_name(owner)}, not by the agent's user "
-                f"{user_name(me)}: refusing it (give it to {user_name(me)}, or use another "
-                "--state-dir)"
-            )
+        _check_owner(fd, state_dir, "the agent's user")
         os.fchmod(fd, STATE_DIR_MODE)
     finally:
         os.close(fd)
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """For the commands that only read the store (``ps``, ``inspect``): the state dir, if it
+    exists, must be a directory, not a link, owned by this user and not writable by group or
+    others. Opening even a read-only store writes into it (rocksdict rewrites its
+    ``rocksdict-config.json``), so root must not do that in a directory another user controls.
+    Nothing is created or changed. Raises ``StateDirRefused``."""
+    if not os.path.lexists(state_dir):
+        return  # opening the store says there is none
+    fd = _open_directory(state_dir)
+    try:
+        mode = _check_owner(fd, state_dir, "this user")
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise StateDirRefused(
+                f"state dir {state_dir} is writable by group or others (mode {mode:04o}): "
+                f"refusing it (chmod 0700 {state_dir})"
+            )
+    finally:
+        os.close(fd)
+
+
+def _check_owner(fd: int, state_dir: Path, whose: str) -> int:
+    """Raise ``StateDirRefused`` unless the effective user owns the open directory; its
+    permission bits otherwise."""
+    st = os.fstat(fd)
+    owner, me = st.st_uid, os.geteuid()
+    if owner != me:
+        raise StateDirRefused(
+            f"state dir {state_dir} is owned by {user_name(owner)}, not by {whose} "
+            f"{user_name(me)}: refusing it (run as {user_name(owner)}, give the directory to "
+            f"{user_name(me)}, or use another --state-dir)"
+        )
+    return stat.S_IMODE(st.st_mode)
 
 
 def _open_directory(state_dir: Path) -> int:
