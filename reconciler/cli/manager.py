@@ -63,12 +63,7 @@ from reconciler.manager.admin import (
     remove_services,
     set_availability,
 )
-from reconciler.manager.credfiles import (
-    CREDS_MODE,
-    USERS_FILE_MODE,
-    credentials_text,
-    write_atomically,
-)
+from reconciler.manager.credfiles import CREDS_MODE, USERS_FILE_MODE, credentials_text
 from reconciler.manager.identities import (
     Users,
     add_identity,
@@ -76,6 +71,7 @@ from reconciler.manager.identities import (
     remove_identity,
 )
 from reconciler.manager.services import parse_service_file
+from reconciler.spec.apply import write_atomically
 from reconciler.spec.loader import read_file
 from reconciler.spec.problems import DesiredStateError
 from reconciler.spec.units import UnitError, parse_size

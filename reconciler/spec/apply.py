@@ -140,7 +140,11 @@ def _make_directory(directory: str) -> None:
 
 
 def write_atomically(
-    target: str | os.PathLike[str], data: bytes, *, mode: int | None = None
+    target: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int | None = None,
+    replace: bool = True,
 ) -> None:
     """Replace ``target`` with ``data``: temp dotfile in the same directory, fsync, rename.
 
@@ -149,7 +153,9 @@ def write_atomically(
     ``O_CREAT | O_EXCL | O_NOFOLLOW``, and the rename replaces a link at ``target`` rather than
     writing through it. The file gets ``mode`` if given, set exactly (``fchmod``); otherwise a
     new file gets 0600 and a replaced regular file keeps its mode, less group and other write.
-    Raises ``OSError``; on failure the temp file is removed and the target is unchanged.
+    Without ``replace``, an existing ``target`` raises ``FileExistsError`` and is left alone
+    (the temp file is linked into place, which refuses an existing name atomically). Raises
+    ``OSError``; on failure the temp file is removed and the target is unchanged.
     """
     target = os.fspath(target)
     directory = os.path.dirname(target) or "."
@@ -163,7 +169,11 @@ def write_atomically(
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
