@@ -46,12 +46,16 @@ class Limits:
 
     #: Ordinary connections served at once (event streams not counted: see ``max_streams``).
     max_connections: int = 64
-    #: Connections one client address may hold at once, streams included: one neighbour can
-    #: take an eighth of the ordinary slots and half the stream slots, never all of them.
+    #: Ordinary connections one client address may hold at once, streams included: one
+    #: neighbour can take an eighth of the ordinary slots and half the stream slots, never all.
     per_client: int = 8
-    #: Connections kept for ``PROBE_PATHS`` once the ordinary ones are all taken; any other
-    #: path asked on one of these gets 503. Few: a probe is answered at once.
+    #: Connections kept for ``PROBE_PATHS``, for a client over its share or when the ordinary
+    #: ones are all taken; any other path asked on one of these gets 503. Few: a probe is
+    #: answered at once, and a socket that sends nothing leaves after ``first_line_timeout``.
     reserved: int = 8
+    #: Reserved connections one client address may hold: a neighbour needs several addresses
+    #: to take them all.
+    reserved_per_client: int = 2
     #: Event streams open at once; more get a 503.
     max_streams: int = 16
     #: Seconds a client has to send its request line: a socket that sends nothing is closed.
@@ -74,40 +78,47 @@ class Admission(enum.Enum):
 
 
 class Slots:
-    """Open connections per client address and per pool (the driver frees what it took)."""
+    """Open connections per pool, and per client address in each (the driver gives back what
+    it took). A client over its ordinary share, or arriving when the ordinary pool is full, gets
+    a reserved slot while its reserved share lasts: the probes of a client that holds many
+    connections (every client of an SSH tunnel is 127.0.0.1) still answer."""
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
-        self._per_client: dict[str, int] = {}
+        self._held: dict[tuple[str, Admission], int] = {}
         self._used = {Admission.ORDINARY: 0, Admission.RESERVED: 0}
 
     def take(self, client: str) -> Admission:
         """A slot for a new connection from ``client``, or ``REFUSED``."""
-        held = self._per_client.get(client, 0)
-        if held >= self._limits.per_client:
-            return Admission.REFUSED
-        if self._used[Admission.ORDINARY] < self._limits.max_connections:
+        limits = self._limits
+        if (
+            self._used[Admission.ORDINARY] < limits.max_connections
+            and self._held.get((client, Admission.ORDINARY), 0) < limits.per_client
+        ):
             pool = Admission.ORDINARY
-        elif self._used[Admission.RESERVED] < self._limits.reserved:
+        elif (
+            self._used[Admission.RESERVED] < limits.reserved
+            and self._held.get((client, Admission.RESERVED), 0) < limits.reserved_per_client
+        ):
             pool = Admission.RESERVED
         else:
             return Admission.REFUSED
-        self._per_client[client] = held + 1
+        self._held[client, pool] = self._held.get((client, pool), 0) + 1
         self._used[pool] += 1
         return pool
 
-    def move_to_stream(self, pool: Admission) -> None:
-        """A connection became an event stream: it leaves its pool (streams are capped apart)
-        but still counts against its client."""
-        self._used[pool] -= 1
+    def move_to_stream(self) -> None:
+        """An ordinary connection became an event stream: it leaves the pool (streams are
+        capped apart) but still counts against its client's share."""
+        self._used[Admission.ORDINARY] -= 1
 
-    def give(self, client: str, pool: Admission | None) -> None:
-        """Free what ``take`` gave (``pool`` None: the pool was already left)."""
-        if pool is not None:
+    def give(self, client: str, pool: Admission, *, streamed: bool = False) -> None:
+        """Give back what ``take`` gave (``streamed``: the pool was already left)."""
+        if not streamed:
             self._used[pool] -= 1
-        held = self._per_client.pop(client, 0) - 1
+        held = self._held.pop((client, pool), 0) - 1
         if held > 0:
-            self._per_client[client] = held
+            self._held[client, pool] = held
 
 
 def normal_host(name: str) -> str:

@@ -157,7 +157,8 @@ class _App:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        pool: Admission | None = self._slots.take(client)
+        pool = self._slots.take(client)
+        streamed = False
         if pool is Admission.REFUSED:
             writer.transport.abort()  # nothing read, nothing to answer: the client is over its cap
             return
@@ -169,9 +170,8 @@ class _App:
                 body = b"busy: only /metrics, /healthz and /readyz answer now\n"
                 await _write_response(writer, 503, _TEXT, body, {"Retry-After": "5"})
             elif self._is_stream(request):
-                assert pool is not None
-                self._slots.move_to_stream(pool)  # counted against max_streams instead
-                pool = None
+                self._slots.move_to_stream()  # counted against max_streams instead
+                streamed = True
                 await self._stream(reader, writer)
             else:
                 await self._answer(request, writer)
@@ -182,7 +182,7 @@ class _App:
         except Exception:
             log.exception("event=http_error")
         finally:
-            self._slots.give(client, pool)
+            self._slots.give(client, pool, streamed=streamed)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

@@ -52,26 +52,39 @@ class Agent:
     port: int
     clients: list[Stream] = field(default_factory=list)
 
-    async def open(self, *, rcvbuf: int | None = None) -> Stream:
-        stream = await Stream.open(self.port, rcvbuf=rcvbuf)
+    async def open(self, *, rcvbuf: int | None = None, host: str = "127.0.0.1") -> Stream:
+        stream = await Stream.open(self.port, rcvbuf=rcvbuf, host=host)
         self.clients.append(stream)
         return stream
 
 
 async def serve(
-    source: Source, *, changes: Changes | None, limits: rhttp.Limits = rhttp.DEFAULT_LIMITS
+    source: Source,
+    *,
+    changes: Changes | None,
+    limits: rhttp.Limits = rhttp.DEFAULT_LIMITS,
+    hosts: frozenset[str] = frozenset(),
 ) -> rhttp.Server:
     metrics = Metrics(snapshot=source, registry=CollectorRegistry())
     return await serve_agent(
-        "127.0.0.1", 0, snapshot=source, metrics=metrics, changes=changes, limits=limits
+        "127.0.0.1",
+        0,
+        snapshot=source,
+        metrics=metrics,
+        changes=changes,
+        limits=limits,
+        hosts=hosts,
     )
 
 
 @contextlib.asynccontextmanager
-async def running(limits: rhttp.Limits = rhttp.DEFAULT_LIMITS) -> AsyncIterator[Agent]:
-    """An agent's server on 127.0.0.1 with ``limits``; its clients closed at the end."""
+async def running(
+    limits: rhttp.Limits = rhttp.DEFAULT_LIMITS, *, hosts: frozenset[str] = frozenset()
+) -> AsyncIterator[Agent]:
+    """An agent's server on 127.0.0.1 with ``limits`` and ``hosts``; its clients closed at
+    the end."""
     source = Source(snapshot())
-    server = await serve(source, changes=source.changes, limits=limits)
+    server = await serve(source, changes=source.changes, limits=limits, hosts=hosts)
     a = Agent(source, server, server.sockets[0].getsockname()[1])
     try:
         yield a
@@ -99,7 +112,7 @@ class Stream:
         self.headers: dict[str, str] = {}
 
     @classmethod
-    async def open(cls, port: int, *, rcvbuf: int | None = None) -> Stream:
+    async def open(cls, port: int, *, rcvbuf: int | None = None, host: str = "127.0.0.1") -> Stream:
         sock = socket.socket()
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -107,7 +120,8 @@ class Stream:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(
-            b"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+            b"GET /v1/events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n"
+            % host.encode()
         )
         await writer.drain()
         stream = cls(reader, writer)
