@@ -369,6 +369,8 @@ async def _read_request(reader: asyncio.StreamReader, first_line_timeout: float)
         name, sep, value = header.partition(":")
         if not sep or not name or name != name.strip():
             raise _BadRequest(400, "malformed header line")
+        if name.lower() == "host" and "host" in headers:
+            raise _BadRequest(400, "more than one Host header")  # RFC 9112 3.2
         headers[name.lower()] = value.strip()
     path = target.split("?", 1)[0]
     return _Request(method, path, headers)

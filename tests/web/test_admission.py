@@ -106,6 +106,13 @@ async def test_a_foreign_host_gets_421_on_state_routes_and_answers_on_probes(
         assert [await status(agent.port, p, host) for p in PROBE_PATHS] == [200] * 3
 
 
+async def test_a_second_host_header_is_a_bad_request(agent: Agent) -> None:
+    answer = await request(
+        agent.port, b"GET /v1/node HTTP/1.1\r\nHost: evil.example\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
 async def test_ip_literals_and_localhost_reach_every_route(agent: Agent) -> None:
     for host in (f"127.0.0.1:{agent.port}", f"[::1]:{agent.port}", "localhost"):
         routes = ("/", "/v1/tasks", "/v1/node", *PROBE_PATHS)
