@@ -1,6 +1,7 @@
 """The JSON values in the fleet's buckets: what an agent writes, and what it reads. Pure.
 
-Writing:
+Writing (every text made printable by ``reconciler.core.text.printable``, so that what an agent
+writes passes the parser below):
 
 - ``node_value``: the node's heartbeat in ``reconciler_nodes/<node>``: its description (the
   fields of ``/v1/node``, through the one node codec, ``reconciler.core.codec.node_to_dict``),
@@ -43,6 +44,7 @@ from typing import Any, NoReturn
 from reconciler.core.codec import compact, node_to_dict
 from reconciler.core.model import Availability, NodeDescription, TaskState
 from reconciler.core.session import NamedStatus
+from reconciler.core.text import printable
 from reconciler.spec.limits import (
     MAX_BYTES,
     MAX_DEPTH,
@@ -322,11 +324,15 @@ def node_value(
     """The heartbeat value; description fields are null until the runtime described them.
     ``conditions`` (``diskPressure``, ``memoryPressure``) tell a manager to place nothing new
     on the node while one holds."""
+    described = {
+        k: printable(v) if isinstance(v, str) else v
+        for k, v in node_to_dict(node, version=version).items()
+    }
     return compact(
         {
             "nodeId": node_id,
-            **node_to_dict(node, version=version),
-            "labels": dict(labels),
+            **described,
+            "labels": {printable(k): printable(v) for k, v in labels.items()},
             "ready": ready,
             "availability": availability.value,
             "heartbeatAt": rfc3339(now),
@@ -343,7 +349,11 @@ value limit (``reconciler.fleet.buckets``), so a long podman error never blocks 
 
 
 def _bounded(text: str | None) -> str | None:
-    if text is None or len(text) <= STATUS_TEXT_MAX:
+    """``text`` made printable (``reconciler.core.text``) and cut to ``STATUS_TEXT_MAX``."""
+    if text is None:
+        return None
+    text = printable(text)
+    if len(text) <= STATUS_TEXT_MAX:
         return text
     return text[: STATUS_TEXT_MAX - 3] + "..."
 
