@@ -41,7 +41,8 @@ _NOT_FOR_ANY: Final = {
 
 
 def _plausible(rng: random.Random) -> dict[str, Any]:
-    return json.loads(json.dumps(rng.choice(_PLAUSIBLE)))
+    doc: dict[str, Any] = json.loads(json.dumps(rng.choice(_PLAUSIBLE)))  # a deep copy
+    return doc
 
 
 def _with(rng: random.Random, raw: str) -> bytes:
