@@ -7,6 +7,10 @@ prints in colour) or other control characters, which every reader of a fleet val
 ANSI escape sequences (CSI such as ``ESC [ 31 m``, OSC such as a window title, and two-byte
 escapes) and replaces every other control character but TAB, CR and LF, and any lone
 surrogate, with U+FFFD.
+
+Used where such text enters: every status the state machine records
+(``reconciler.core.lifecycle``), a health check's output (``runtime.podman.health``), and every
+text an agent writes to NATS (``reconciler.fleet.values``).
 """
 
 from __future__ import annotations
