@@ -242,5 +242,6 @@ def fleet_session(
         describe=lambda: (agent.snapshot().node, agent.snapshot().ready),
         conditions=lambda: {c.key: holds for c, holds in agent.snapshot().conditions},
         labels=labels,
+        bad_value=agent.metrics.session_bad_value,
         **tuning,
     )

@@ -39,12 +39,17 @@ from reconciler.core.errors import (
 )
 from reconciler.core.executor import Controller, Executor
 from reconciler.core.model import Task, TaskState, TaskStatus
+from reconciler.core.text import printable
 
 Now = Callable[[], float]
 
 
 def _stamp(old: TaskStatus, new: TaskStatus, now: Now) -> TaskStatus:
-    """Give ``new`` a fresh timestamp only if it differs from ``old``."""
+    """Give ``new`` a fresh timestamp only if it differs from ``old``. Its texts quote errors
+    from the runtime (and what it ran), so they are made printable first."""
+    message, err = printable(new.message), None if new.err is None else printable(new.err)
+    if (message, err) != (new.message, new.err):
+        new = replace(new, message=message, err=err)
     if new.same_as(old):
         return old
     return new.with_timestamp(now())
