@@ -360,3 +360,18 @@ def test_the_readme_links_every_reference_page() -> None:
     readme = read(ROOT / "README.md")
     missing = [p.name for p in REFERENCE if f"(docs/{p.name})" not in readme]
     assert not missing, f"README.md does not link {missing}"
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    # the threat model (fleet.md) names the test behind each row: a renamed or deleted test
+    # must not leave a claim standing on nothing
+    defined = set()
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.M))
+    named: dict[str, set[str]] = {}
+    for doc in sorted(DOCS.glob("*.md")):
+        for name in re.findall(r"\b(test_\w+)\b(?!\.py)", read(doc)):
+            named.setdefault(name, set()).add(doc.name)
+    assert named, "the docs name no test any more: is this check still needed?"
+    missing = {name: sorted(docs) for name, docs in named.items() if name not in defined}
+    assert not missing, f"tests named in docs/ that do not exist: {missing}"

@@ -67,6 +67,7 @@ class AgentOptions:
     labels: tuple[tuple[str, str], ...]
     manager: NatsOptions | None  # fleet mode when set
     image_gc_threshold: float
+    http_hosts: frozenset[str] = frozenset()  # names the page answers to (--http-host)
 
 
 def read_podman_info(url: str) -> PodmanInfo:

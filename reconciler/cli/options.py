@@ -118,6 +118,12 @@ PODMAN_URL = Flag("podman-url", "podman API, unix:///path", "URL")
 NATS = Flag("nats", "NATS server(s): nats://HOST:PORT[,...]", "URL")
 NATS_CREDS = Flag("creds", "NATS credentials of a manager user", "FILE")
 NATS_TLS_CA = Flag("tls-ca", "CA bundle that signs the NATS servers' certificates", "FILE")
+HTTP_HOST = Flag(
+    "http-host",
+    "a name the status page and /v1/* answer to besides IP addresses and localhost, repeatable",
+    "NAME",
+    Kind.REPEAT,
+)
 OUTPUT = Flag("output", "output format", short="-o", choices=("table", "json"), default="table")
 BUCKET_QUOTAS = (
     # no default here: each bucket's own is the contract's (reconciler.fleet.buckets, fleet.md)
@@ -155,6 +161,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             STATE_DIR,
             PODMAN_URL,
             Flag("listen", "HTTP listen address", "HOST:PORT", default="127.0.0.1:9469"),
+            HTTP_HOST,
             Flag("node-id", "node id (default: generated once, kept in the state dir)", "ID"),
             Flag("resync-interval", "full resync period", "DURATION", default="30s"),
             Flag("stats-interval", "usage sampling period (0: off)", "DURATION", default="10s"),
@@ -228,6 +235,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             NATS_CREDS,
             NATS_TLS_CA,
             Flag("listen", "HTTP listen address", "HOST:PORT", default="127.0.0.1:9470"),
+            HTTP_HOST,
             Flag(
                 "node-grace",
                 "a node without a ready heartbeat this long is down",

@@ -7,8 +7,16 @@ from __future__ import annotations
 from reconciler.cli.exits import UsageError
 from reconciler.fleet.options import ConfigError, NatsOptions, checked_options
 from reconciler.spec.units import parse_duration
+from reconciler.web.admission import normal_host
 
-__all__ = ["fleet_options", "parse_interval", "parse_labels", "parse_listen", "parse_percent"]
+__all__ = [
+    "fleet_options",
+    "parse_http_hosts",
+    "parse_interval",
+    "parse_labels",
+    "parse_listen",
+    "parse_percent",
+]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -16,6 +24,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise UsageError(f"--listen: expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def parse_http_hosts(items: list[str]) -> frozenset[str]:
+    """``--http-host`` names, normalised as the Host rule compares them. Raises
+    ``UsageError``."""
+    try:
+        return frozenset(normal_host(item) for item in items)
+    except ValueError as err:
+        raise UsageError(f"--http-host: {err}") from None
 
 
 def parse_labels(items: list[str]) -> tuple[tuple[str, str], ...]:

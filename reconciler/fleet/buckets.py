@@ -65,6 +65,7 @@ __all__ = [
     "node_control_key",
     "status_key",
     "stream_name",
+    "watch_subject",
 ]
 
 NODES = "reconciler_nodes"
@@ -215,6 +216,15 @@ def stream_name(bucket: str) -> str:
 def key_subject(bucket: str, key: str) -> str:
     """The subject a key's values are published on (and permitted by)."""
     return f"$KV.{bucket}.{key}"
+
+
+def watch_subject(bucket: str, keys: str, consumer: str = "*") -> str:
+    """The consumer create subject that carries a watch's filter: ``keys`` of ``bucket``, for
+    the consumer named ``consumer`` (``*``: any, as a permission). The server refuses a
+    request whose filter differs from the subject's, so a permission on it confines a watch
+    to those keys (``reconciler.fleet.watch`` creates them, ``reconciler.fleet.identity``
+    permits them)."""
+    return f"$JS.API.CONSUMER.CREATE.{stream_name(bucket)}.{consumer}.{key_subject(bucket, keys)}"
 
 
 def assignment_key(node_id: str, name: str) -> str:

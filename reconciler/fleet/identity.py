@@ -55,6 +55,7 @@ from reconciler.fleet.buckets import (
     node_control_key,
     status_key,
     stream_name,
+    watch_subject,
 )
 
 __all__ = [
@@ -78,7 +79,6 @@ __all__ = [
     "removed",
     "render_users_file",
     "users_in_file",
-    "watch_subject",
 ]
 
 USERS_KEY: Final = "users"
@@ -149,12 +149,6 @@ def inbox_prefix(name: str) -> str:
 
 
 # ------------------------------------------------------------------------- the template
-
-
-def watch_subject(bucket: str, keys: str) -> str:
-    """The consumer create subject of a watch of ``keys`` in ``bucket``, for any consumer
-    name (``reconciler.fleet.watch`` names each after its inbox)."""
-    return f"$JS.API.CONSUMER.CREATE.{stream_name(bucket)}.*.{key_subject(bucket, keys)}"
 
 
 def direct_get_subject(bucket: str, key: str) -> str:

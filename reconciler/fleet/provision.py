@@ -93,7 +93,14 @@ async def _ensure(js: Any, bucket: Bucket, replicas: int) -> InitResult:
             )
         )
         log.debug("bucket created bucket=%s replicas=%d", bucket.name, replicas)
+        # nats-py creates a bucket that takes rollup headers; the update below turns them off
+        await _update(js, bucket, await js.stream_info(stream_name(bucket.name)))
         return InitResult.CREATED
+    return await _update(js, bucket, info)
+
+
+async def _update(js: Any, bucket: Bucket, info: Any) -> InitResult:
+    """Bring an existing bucket's stream to the contract's settings."""
     config = info.config
     have = _settings(config)
     wanted = _wanted(bucket, have, int(info.state.bytes or 0))
@@ -107,6 +114,7 @@ async def _ensure(js: Any, bucket: Bucket, replicas: int) -> InitResult:
     config.discard = DiscardPolicy.NEW
     config.max_bytes = wanted["max_bytes"]
     config.max_msg_size = bucket.max_value_size
+    config.allow_rollup_hdrs = False
     await js.update_stream(config)
     log.debug("bucket settings updated bucket=%s was=%s", bucket.name, have)
     return InitResult.UPDATED
@@ -121,6 +129,7 @@ def _settings(config: Any) -> dict[str, Any]:
         "discard": DiscardPolicy(config.discard or DiscardPolicy.OLD),
         "max_bytes": _limit(config.max_bytes),
         "max_msg_size": _limit(config.max_msg_size),
+        "allow_rollup_hdrs": bool(config.allow_rollup_hdrs),
     }
 
 
@@ -147,6 +156,10 @@ def _wanted(bucket: Bucket, have: Mapping[str, Any], held: int) -> dict[str, Any
         "discard": DiscardPolicy.NEW,
         "max_bytes": max_bytes,
         "max_msg_size": bucket.max_value_size,
+        # A message with a rollup header purges a whole bucket (``Nats-Rollup: all``), and
+        # permissions cannot look at headers: a node allowed its own status keys could wipe
+        # every node's. Nothing of ours purges; deletes are markers.
+        "allow_rollup_hdrs": False,
     }
 
 

@@ -35,7 +35,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from reconciler.core.cancel import cancellable
-from reconciler.fleet.buckets import key_subject, stream_name
+from reconciler.fleet.buckets import key_subject, stream_name, watch_subject
 
 __all__ = ["BucketMissing", "Entry", "KeyWatch", "WatchLost"]
 
@@ -85,6 +85,7 @@ class KeyWatch:
         self._nc = nc
         self._bucket = bucket
         self._stream = stream_name(bucket)
+        self._keys = keys
         self._filter = key_subject(bucket, keys)
         self._prefix = key_subject(bucket, "")
         self._idle = idle_heartbeat
@@ -120,7 +121,7 @@ class KeyWatch:
             "num_replicas": 1,
         }
         request = json.dumps({"stream_name": self._stream, "config": config}).encode()
-        subject = f"$JS.API.CONSUMER.CREATE.{self._stream}.{name}.{self._filter}"
+        subject = watch_subject(self._bucket, self._keys, name)
         try:
             # cancellable: nats-py's request can swallow a cancellation (reconciler.core.cancel)
             reply = await cancellable(self._nc.request(subject, request, timeout=self._timeout))

@@ -63,7 +63,7 @@ def test_three_servers_each_routed_to_the_other_two_in_one_cluster() -> None:
 def test_the_account_includes_the_users_file_the_node_commands_write() -> None:
     text = FLEET_CONF.read_text()
     assert f"\ninclude {USERS_FILE}\n" in text
-    assert "\n    jetstream: enabled\n    users: $FLEET_USERS\n" in text
+    assert "\n    users: $FLEET_USERS\n" in text
     config = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert not [line for line in config if "user:" in line or "password" in line]
     assert "$RECONCILER_" not in text  # no passwords from the environment any more

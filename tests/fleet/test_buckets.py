@@ -58,6 +58,20 @@ async def test_init_creates_the_contract_buckets_with_their_settings(manager: Ma
         assert config.max_bytes == MAX_BYTES[name], name
         assert config.max_msg_size == MAX_VALUE_SIZE[name], name
         assert config.discard == "new", name
+        assert not config.allow_rollup_hdrs, name
+
+
+async def test_a_rollup_that_would_purge_a_bucket_is_refused(manager: Manager) -> None:
+    # a node may write its own status keys; with a rollup header one write would purge every
+    # node's (permissions cannot look at headers), so the buckets take none
+    await init_buckets(manager.js)
+    await manager.js.publish("$KV.reconciler_status.node-b.web", b"{}")
+    with pytest.raises(APIError):
+        await manager.js.publish(
+            "$KV.reconciler_status.node-a.web", b"{}", headers={"Nats-Rollup": "all"}
+        )
+    entry = await (await manager.kv("reconciler_status")).get("node-b.web")
+    assert entry.value == b"{}"
 
 
 async def test_init_is_idempotent_and_restores_changed_settings(manager: Manager) -> None:

@@ -199,6 +199,8 @@ class Command:
 
 SERVICES = "{services}"
 LISTEN = "{listen}"
+OUT = "{out}"
+USERS = "{users}"
 
 # Every `reconciler manager` command that reaches NATS; adding one is one line.
 COMMANDS = {
@@ -211,6 +213,10 @@ COMMANDS = {
     "drain": Command(("drain", "node-a")),
     "pause": Command(("pause", "node-a")),
     "activate": Command(("activate", "node-a")),
+    "node add": Command(("node", "add", "edge-9", "--out", OUT, "--users-file", USERS)),
+    "node rm": Command(("node", "rm", "edge-9", "--users-file", USERS)),
+    "node ls": Command(("node", "ls")),
+    "node users-file": Command(("node", "users-file", "--users-file", USERS)),
 }
 
 
@@ -220,7 +226,12 @@ def command_line(tmp_path: Path, command: Command, *flags: str) -> list[str]:
     services.write_text(
         json.dumps({"apiVersion": "reconciler/v1", "kind": "ServiceSet", "services": [web]})
     )
-    fill = {SERVICES: str(services), LISTEN: f"127.0.0.1:{free_port()}"}
+    fill = {
+        SERVICES: str(services),
+        LISTEN: f"127.0.0.1:{free_port()}",
+        OUT: str(tmp_path / "edge-9.creds"),
+        USERS: str(tmp_path / "fleet-users.conf"),
+    }
     args = [fill.get(a, a) for a in command.args]
     return [str(RECONCILER), "manager", *args, *flags]
 
@@ -257,6 +268,7 @@ async def test_manager_commands_send_nothing_to_a_server_offering_no_tls(
     assert PASSWORD not in out.decode() + err.decode()
     if not command.runs:
         assert proc.returncode == 1
+    assert not (tmp_path / "edge-9.creds").exists()  # node add issues nothing it cannot record
 
 
 # ---------------------------------------------------------------- real TLS servers
