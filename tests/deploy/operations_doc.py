@@ -11,9 +11,10 @@
   are taken from this checkout, and ``install``'s owners are dropped (a test need not run as
   root, and need not find a ``nats`` user). ``without_systemctl`` takes out the ``systemctl``
   lines (there is no systemd to talk to) and returns them for the test to check.
-- ``run_sh(script, cwd)``: runs a block with ``sh -e`` and this checkout's ``reconciler`` first on
-  ``PATH``, after ``confined`` made sure nothing in it still names the machine's own system
-  directories or systemd: the walk may run as root, and must never install onto the machine.
+- ``run_sh(script, cwd, allowed=...)``: runs a block with ``sh -e`` and this checkout's
+  ``reconciler`` first on ``PATH``, after ``confined`` made sure that it names no system
+  directory of the machine's (only the hosts' directories in ``allowed``, and this checkout)
+  and no ``systemctl``: the walk may run as root, and must never install onto the machine.
 """
 
 from __future__ import annotations
@@ -36,16 +37,28 @@ SYSTEM = re.compile(r"(?<![\w.:/-])/(?:etc|var|run|usr/local|opt|srv|lib|home|ro
 """A path into the machine's own system directories, where no walked block may write."""
 
 
-def section(title: str, text: str | None = None) -> str:
-    """The text under the heading ``title`` (any level), up to the next heading of its level
-    or above."""
-    text = OPERATIONS.read_text() if text is None else text
-    found = list(re.finditer(rf"^(#+) {re.escape(title)}\n", text, flags=re.MULTILINE))
-    assert len(found) == 1, f"operations.md: {len(found)} headings {title!r}"
-    level = len(found[0].group(1))
-    rest = text[found[0].end() :]
-    end = re.search(rf"^#{{1,{level}}} ", rest, flags=re.MULTILINE)
-    return rest[: end.start()] if end else rest
+def headings(lines: list[str]) -> list[tuple[int, int, str]]:
+    """The Markdown headings among ``lines``, outside fenced blocks (where ``# `` starts a shell
+    comment): line index, level and title."""
+    found, fenced = [], False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"(#+) (.+)$", line)):
+            found.append((i, len(m.group(1)), m.group(2)))
+    return found
+
+
+def section(title: str) -> str:
+    """The text under the page's heading ``title`` (any level), up to the next heading of its
+    level or above."""
+    lines = OPERATIONS.read_text().splitlines(keepends=True)
+    marks = headings([line.rstrip("\n") for line in lines])
+    at = [k for k, (_, _, t) in enumerate(marks) if t == title]
+    assert len(at) == 1, f"operations.md: {len(at)} headings {title!r}"
+    start, level, _ = marks[at[0]]
+    end = next((i for i, lv, _ in marks[at[0] + 1 :] if lv <= level), len(lines))
+    return "".join(lines[start + 1 : end])
 
 
 def sh_blocks(text: str) -> list[str]:
