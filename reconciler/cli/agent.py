@@ -32,6 +32,7 @@ from reconciler.cli.values import (
     parse_labels,
     parse_listen,
     parse_percent,
+    parse_policy,
 )
 from reconciler.fleet.buckets import check_node_id
 from reconciler.fleet.options import ConfigError, load_credentials
@@ -84,6 +85,7 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
         labels=parse_labels(args.node_label or []),
         manager=manager,
         image_gc_threshold=parse_percent(args.image_gc_threshold, "--image-gc-threshold"),
+        policy=parse_policy(args),
     )
 
 
