@@ -93,7 +93,11 @@ class Agent:
         self.store = store
         self.clock = clock
         self.state = state = AgentState(
-            node_id=config.node_id, labels=config.labels, store=store, clock=clock
+            node_id=config.node_id,
+            labels=config.labels,
+            store=store,
+            clock=clock,
+            policy=config.policy,
         )
         self.metrics = metrics or Metrics(snapshot=state.snapshot)
         self.supervisor = Supervisor(

@@ -59,15 +59,19 @@ def rfc3339(timestamp: float | None) -> str | None:
 def node_json(snap: Snapshot) -> dict[str, Any]:
     """The ``/v1/node`` object: null for what the runtime has not described yet (the node
     codec, ``reconciler.core.codec.node_to_dict``), then the node's id, labels, readiness and
-    conditions."""
+    conditions, and last its policy for fleet tasks (null on a node that checks none: the
+    desired directory is trusted)."""
     node = snap.node
     version = node.agent_version if node and node.agent_version else __version__
+    described = node_to_dict(node, version=version)
+    policy = described.pop("policy")
     return {
         "nodeId": snap.node_id,
-        **node_to_dict(node, version=version),
+        **described,
         "labels": dict(snap.labels),
         "ready": snap.ready,
         "conditions": {condition.key: holds for condition, holds in snap.conditions},
+        "policy": policy,
     }
 
 

@@ -17,6 +17,7 @@ from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
+from reconciler.web.state import node_json
 from tests.fleet.support import Manager, Running, running_agent, spec
 
 ETC = spec("web", mounts=[{"type": "bind", "source": "/etc", "target": "/host-etc"}])
@@ -82,6 +83,15 @@ async def test_the_flag_allows_it_and_a_spec_change_is_checked_again(
         tmp_path / "state", [nats_server.url], flags=("--allow-bind", "/etc")
     ) as r:
         await eventually(lambda: r.running("web"), "web running with --allow-bind /etc")
+        beat = await eventually(lambda: _beat_policy(manager), "a heartbeat with its policy")
+        assert beat == {
+            "allowBind": ["/etc"],
+            "allowDevice": [],
+            "allowCap": [],
+            "allowHostNetwork": False,
+            "allowRegistry": [],
+        }
+        assert node_json(r.agent.snapshot())["policy"] == beat  # /v1/node
         await manager.assign("node-a", "web", {**ETC, "network": "host", "capAdd": ["SYS_ADMIN"]})
         got = await eventually(
             lambda: (c := current(r, "web")) and c[1] == TaskState.REJECTED and c,
@@ -134,6 +144,11 @@ async def test_the_desired_directory_is_not_checked(tmp_path: Path) -> None:
         assert assembled.agent.config.policy is None
     finally:
         store.close()
+
+
+async def _beat_policy(manager: Manager) -> dict[str, object] | None:
+    got = await manager.node("node-a")
+    return got[0].get("policy") if got is not None else None
 
 
 async def _status(manager: Manager, state: str) -> dict[str, object] | None:

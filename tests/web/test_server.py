@@ -241,6 +241,7 @@ async def test_node_describes_the_node_with_the_contract_keys(agent: Agent) -> N
         "labels": {"site": "north", "rack": "3"},
         "ready": True,
         "conditions": {},
+        "policy": None,  # a desired-directory node checks nothing
     }
 
 
