@@ -17,6 +17,7 @@ from reconciler.testing.agents import agent_options
 from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
+from reconciler.web.agent_page import AgentPage
 from reconciler.web.state import node_json
 from tests.fleet.support import Manager, Running, running_agent, spec
 
@@ -92,6 +93,8 @@ async def test_the_flag_allows_it_and_a_spec_change_is_checked_again(
             "allowRegistry": [],
         }
         assert node_json(r.agent.snapshot())["policy"] == beat  # /v1/node
+        html = AgentPage(r.agent.snapshot).html().decode()
+        assert "Fleet tasks may use" in html and "bind /etc" in html
         await manager.assign("node-a", "web", {**ETC, "network": "host", "capAdd": ["SYS_ADMIN"]})
         got = await eventually(
             lambda: (c := current(r, "web")) and c[1] == TaskState.REJECTED and c,
