@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from reconciler import __version__
 from reconciler.agent.agent import Agent, AgentConfig
 from reconciler.core.clock import Clock, SystemClock
 from reconciler.core.executor import Executor
+from reconciler.core.policy import Policy
 from reconciler.core.session import Session
 from reconciler.core.snapshot import Changes
 from reconciler.core.store import Store, StoreOrigin
@@ -68,6 +69,8 @@ class AgentOptions:
     manager: NatsOptions | None  # fleet mode when set
     image_gc_threshold: float
     http_hosts: frozenset[str] = frozenset()  # names the page answers to (--http-host)
+    # for fleet tasks only: the desired directory is trusted
+    policy: Policy = field(default_factory=Policy)
 
 
 def read_podman_info(url: str) -> PodmanInfo:
@@ -161,6 +164,7 @@ def assemble_agent(
             state_dir=str(options.state_dir),
             boot_id=boot_id if boot_id is not None else os.environ.get(BOOT_ID_ENV) or None,
             image_gc_threshold=options.image_gc_threshold,
+            policy=options.policy if options.manager is not None else None,
         ),
         store=store,
         clock=clock,

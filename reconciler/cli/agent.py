@@ -33,6 +33,7 @@ from reconciler.cli.values import (
     parse_labels,
     parse_listen,
     parse_percent,
+    parse_policy,
 )
 from reconciler.fleet.buckets import check_node_id
 from reconciler.fleet.options import ConfigError, load_credentials
@@ -86,6 +87,7 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
         http_hosts=parse_http_hosts(args.http_host or []),
         manager=manager,
         image_gc_threshold=parse_percent(args.image_gc_threshold, "--image-gc-threshold"),
+        policy=parse_policy(args),
     )
 
 

@@ -116,6 +116,35 @@ STATE_DIR = Flag("state-dir", "state directory", "DIR")
 DESIRED = Flag("desired", "desired-state directory", "DIR")
 PODMAN_URL = Flag("podman-url", "podman API, unix:///path", "URL")
 NATS = Flag("nats", "NATS server(s): nats://HOST:PORT[,...]", "URL")
+POLICY_FLAGS = (
+    Flag(
+        "allow-bind",
+        "fleet tasks may bind-mount host paths under this prefix, repeatable",
+        "PATH",
+        Kind.REPEAT,
+    ),
+    Flag(
+        "allow-device",
+        "fleet tasks may pass host devices under this path, repeatable",
+        "PATH",
+        Kind.REPEAT,
+    ),
+    Flag(
+        "allow-cap",
+        "fleet tasks may add this capability (ALL: any), repeatable",
+        "CAP",
+        Kind.REPEAT,
+    ),
+    Flag("allow-host-network", "fleet tasks may use network: host", kind=Kind.SWITCH),
+    Flag(
+        "allow-registry",
+        "fleet tasks' images only from this registry (localhost: local images), repeatable",
+        "HOST",
+        Kind.REPEAT,
+    ),
+)
+"""``reconciler run``'s policy for fleet tasks (``reconciler.core.policy``)."""
+
 NATS_CREDS = Flag("creds", "NATS credentials of a manager user", "FILE")
 NATS_TLS_CA = Flag("tls-ca", "CA bundle that signs the NATS servers' certificates", "FILE")
 HTTP_HOST = Flag(
@@ -178,6 +207,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             Flag("manager-creds", "fleet mode: this node's NATS credentials", "FILE"),
             Flag("manager-tls-ca", "fleet mode: CA bundle for the NATS servers' TLS", "FILE"),
             Flag("node-label", "a label of this node, repeatable", "KEY=VALUE", Kind.REPEAT),
+            *POLICY_FLAGS,
         ),
     ),
     CommandSpec(

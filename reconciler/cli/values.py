@@ -4,7 +4,10 @@ flag (exit 2), so every command says the same thing about the same mistake.
 
 from __future__ import annotations
 
+import argparse
+
 from reconciler.cli.exits import UsageError
+from reconciler.core.policy import Policy
 from reconciler.fleet.options import ConfigError, NatsOptions, checked_options
 from reconciler.spec.units import parse_duration
 from reconciler.web.admission import normal_host
@@ -16,6 +19,7 @@ __all__ = [
     "parse_labels",
     "parse_listen",
     "parse_percent",
+    "parse_policy",
 ]
 
 
@@ -43,6 +47,20 @@ def parse_labels(items: list[str]) -> tuple[tuple[str, str], ...]:
             raise UsageError(f"--node-label: expected KEY=VALUE, got {item!r}")
         labels.append((key, value))
     return tuple(labels)
+
+
+def parse_policy(args: argparse.Namespace) -> Policy:
+    """``reconciler run``'s policy for fleet tasks, from its ``--allow-*`` flags."""
+    try:
+        return Policy.of(
+            binds=args.allow_bind or [],
+            devices=args.allow_device or [],
+            caps=args.allow_cap or [],
+            host_network=bool(args.allow_host_network),
+            registries=args.allow_registry or [],
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def parse_percent(text: str, flag: str) -> float:

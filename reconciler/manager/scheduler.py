@@ -32,6 +32,10 @@ The rules, level by level:
   nodes stay: they belong to that node.
 * **Availability.** ``pause`` keeps what a node holds and gives it nothing new; ``drain``
   takes everything off it.
+* **The node's policy for fleet tasks** (``reconciler.core.policy``, in its heartbeat): a new
+  task goes only to a node whose policy allows every field of it (binds, devices,
+  capabilities, the host's network, the image's registry). A copy already placed stays: the
+  agent keeps a running instance whatever its policy, and rejects a spec it refuses.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from reconciler.core.model import Availability
+from reconciler.core.policy import Policy, Refusal, check
 from reconciler.manager.health import Health
 from reconciler.manager.services import Mode, Service, owner
 
@@ -55,6 +60,7 @@ __all__ = [
     "Plan",
     "Put",
     "Reason",
+    "policy_refusals",
     "schedule",
 ]
 
@@ -83,6 +89,7 @@ class NodeView:
     cpus: float | None = None
     memory: int | None = None
     pressure: bool = False
+    policy: Policy | None = None  # its policy for fleet tasks; None: it reports none
 
     @property
     def takes_new(self) -> bool:
@@ -314,6 +321,8 @@ class _Planner:
             for node in self.eligible:
                 if node.id in have or not service.matches(node.id, node.labels):
                     continue
+                if policy_refusals(service, node):
+                    continue
                 if self.usage.has_room(node, service.cpus, service.memory):
                     self.put(node.id, name, service)
 
@@ -327,7 +336,7 @@ class _Planner:
             heap = [
                 (usage.per_service[(n.id, name)], usage.total[n.id], n.id)
                 for n in self.eligible
-                if service.matches(n.id, n.labels)
+                if service.matches(n.id, n.labels) and not policy_refusals(service, n)
             ]
             heapq.heapify(heap)
             for task, stays in tasks:
@@ -365,6 +374,13 @@ class _Planner:
             assigned=tuple(self.assigned),
             unassigned=tuple(self.unassigned),
         )
+
+
+def policy_refusals(service: Service, node: NodeView) -> list[Refusal]:
+    """What ``node``'s policy for fleet tasks refuses of ``service``'s task (empty: it may
+    run there). A node that reports no policy (an older agent) checks nothing. The agent checks
+    again, following symbolic links on its host, before it pulls anything."""
+    return [] if node.policy is None else check(service.task.spec, node.policy)
 
 
 def _not_a_task(service: Service | None, slot: int | None) -> str:

@@ -40,7 +40,7 @@ from reconciler.core.model import Availability, TaskState
 from reconciler.core.snapshot import Changes
 from reconciler.manager.admin import NodeRow, TaskRow, node_rows, ps_rows
 from reconciler.manager.health import Health, NodeState, node_state
-from reconciler.manager.scheduler import NodeView, Plan
+from reconciler.manager.scheduler import NodeView, Plan, policy_refusals
 from reconciler.manager.services import Mode, Service, owner
 from reconciler.manager.view import FleetView
 
@@ -116,7 +116,8 @@ class FleetSnapshot:
 
 def unassigned_reason(service: Service | None, nodes: Mapping[str, NodeView]) -> str:
     """Why the scheduler found no node for a task of ``service``: the first placement rule
-    that left no node (constraints, readiness, availability, pressure, room)."""
+    that left no node (constraints, readiness, availability, pressure, the nodes' policies,
+    room). A policy names the first field it refuses and the flag that would allow it."""
     if service is None:
         return "its service is gone"
     if not nodes:
@@ -133,6 +134,9 @@ def unassigned_reason(service: Service | None, nodes: Mapping[str, NodeView]) ->
     fits = [n for n in fits if not n.pressure]
     if not fits:
         return "every node it may run on is under disk or memory pressure"
+    refusals = [policy_refusals(service, n) for n in fits]
+    if all(refusals):
+        return f"no node's policy allows it: {refusals[0][0]}"
     return "no node it may run on has room for it" + _needs(service)
 
 

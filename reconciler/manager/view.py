@@ -184,6 +184,7 @@ class FleetView:
                 cpus=beat.cpus if beat else None,
                 memory=beat.memory if beat else None,
                 pressure=bool(beat.pressure) if beat else False,
+                policy=beat.node.policy if beat and beat.node else None,
             )
         return views
 

@@ -58,6 +58,7 @@ def test_node_value_carries_the_description_readiness_and_heartbeat_time() -> No
         "availability": "pause",
         "heartbeatAt": "2023-11-14T22:13:20.250Z",
         "conditions": {"diskPressure": True, "memoryPressure": False},
+        "policy": None,
     }
 
 

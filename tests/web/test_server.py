@@ -6,13 +6,14 @@ import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler import __version__
 from reconciler.core.model import TaskState
+from reconciler.core.policy import Policy
 from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.metrics import Metrics
 from reconciler.web import server as rhttp
@@ -241,6 +242,21 @@ async def test_node_describes_the_node_with_the_contract_keys(agent: Agent) -> N
         "labels": {"site": "north", "rack": "3"},
         "ready": True,
         "conditions": {},
+        "policy": None,  # a desired-directory node checks nothing
+    }
+
+
+async def test_node_shows_a_fleet_nodes_policy(agent: Agent) -> None:
+    policy = Policy.of(binds=["/var/log/"], caps=["cap_net_admin"], registries=["localhost"])
+    agent.holder.snap = healthy(node=replace(NODE, policy=policy))
+    got = json.loads((await get(agent.port, "/v1/node")).body)
+    assert list(got)[-1] == "policy"
+    assert got["policy"] == {
+        "allowBind": ["/var/log"],
+        "allowDevice": [],
+        "allowCap": ["NET_ADMIN"],
+        "allowHostNetwork": False,
+        "allowRegistry": ["localhost"],
     }
 
 
