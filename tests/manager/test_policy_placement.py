@@ -1,5 +1,6 @@
 """A real manager places a fleet task only on nodes whose own policy allows it, and leaves it
-unassigned where none does: the policy travels in each node's heartbeat (``reconciler.core.policy``, ``reconciler.manager.scheduler``)."""
+unassigned where none does: the policy travels in each node's heartbeat
+(``reconciler.core.policy``, ``reconciler.manager.scheduler``)."""
 
 from __future__ import annotations
 
