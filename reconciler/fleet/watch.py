@@ -139,7 +139,12 @@ class KeyWatch:
         while total > 0:
             item = await self._get()
             if isinstance(item, _Tick):
-                continue
+                # An idle heartbeat that names our last delivery (``_on_msg`` fails the watch
+                # otherwise): the server has had nothing more for us for a whole heartbeat
+                # period, so the initial values are all in, whatever ``num_pending`` said when
+                # the consumer was made (a key that changed since counts once). Waiting on
+                # would wait for ever, a heartbeat at a time.
+                break
             entry = item.entry
             if entry.value is None:
                 initial.pop(entry.key, None)
