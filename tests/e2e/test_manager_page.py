@@ -67,13 +67,13 @@ def service_file(path: Path) -> str:
                 "command": FOREVER,
                 "replicas": 2,
                 "env": {"TOKEN": "never-on-the-page"},
-                "placement": {"constraints": ["node.labels.site==lab"]},
+                "placement": {"constraints": ["engine.labels.site==lab"]},
             },
             {
                 "name": "edge",
                 "image": IMAGE,
                 "command": FOREVER,
-                "placement": {"constraints": ["node.labels.site==harbour"]},
+                "placement": {"constraints": ["engine.labels.site==harbour"]},
             },
         ],
     }

@@ -36,10 +36,11 @@ from reconciler.assemble.manager import ManagerOptions, assemble_manager
 from reconciler.core.clock import SystemClock
 from reconciler.core.model import Availability, NodeDescription, TaskState
 from reconciler.fleet.buckets import CONTROL, FLEET_KEY
-from reconciler.fleet.values import FLEET_FORMAT
 from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.provision import init_buckets
-from reconciler.manager.admin import apply_services, read_fleet, set_availability
+from reconciler.fleet.values import FLEET_FORMAT
+from reconciler.manager.admin import apply_services, read_fleet
+from reconciler.manager.control import set_availability
 from reconciler.manager.services import parse_service_file
 from reconciler.manager.view import FleetView
 from reconciler.store.rocks import RocksStore
