@@ -141,7 +141,10 @@ class KeyWatch:
         while total > 0:
             item = await self._get()
             if isinstance(item, _Tick):
-                continue
+                # An idle heartbeat with no gap: the consumer has delivered everything there is.
+                # JetStream's pending counts can miss a value replaced while the consumer was
+                # made (history 1), and a watch must not wait for a delivery that never comes.
+                break
             entry = item.entry
             if entry.value is None:
                 initial.pop(entry.key, None)
