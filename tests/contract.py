@@ -62,6 +62,7 @@ AGENT_METRICS = (
     ),
     "reconciler_image_pulls_total",
     "reconciler_images_removed_total",
+    "reconciler_session_bad_values_total",
 )
 
 #: The metrics a fleet manager exports (and reconciler_build_info, as an agent does).
@@ -72,6 +73,7 @@ MANAGER_METRICS = (
     "reconciler_manager_node_keys",
     "reconciler_manager_reschedules_total",
     "reconciler_manager_schedule_seconds",
+    "reconciler_manager_bad_values_total",
 )
 
 #: Every metric name the code exports.

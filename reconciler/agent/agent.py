@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 
 from reconciler.agent.imagegc import ImageCollector
 from reconciler.agent.observer import AgentState, RuntimeEvents
@@ -44,6 +46,7 @@ from reconciler.agent.storewatch import STORE_RETRY, StoreWatch
 from reconciler.core.backoff import Backoff, Retry
 from reconciler.core.clock import Clock
 from reconciler.core.executor import Executor
+from reconciler.core.policy import Policy, check
 from reconciler.core.reporter import StatusReporter
 from reconciler.core.session import Session
 from reconciler.core.snapshot import Changes, Snapshot
@@ -71,6 +74,7 @@ class AgentConfig:
     stats_interval: float  # usage sampling; 0 turns it off
     state_dir: str | None  # for the node's disk-free figure
     image_gc_threshold: float  # percent free of the image store; 0: off
+    policy: Policy | None = None  # for fleet tasks; None: tasks are trusted (desired directory)
 
 
 class Agent:
@@ -89,7 +93,11 @@ class Agent:
         self.store = store
         self.clock = clock
         self.state = state = AgentState(
-            node_id=config.node_id, labels=config.labels, store=store, clock=clock
+            node_id=config.node_id,
+            labels=config.labels,
+            store=store,
+            clock=clock,
+            policy=config.policy,
         )
         self.metrics = metrics or Metrics(snapshot=state.snapshot)
         self.supervisor = Supervisor(
@@ -175,9 +183,17 @@ class Agent:
         if marked:
             log.warning("host rebooted since last start; instances marked failed n=%d", len(marked))
 
-        worker = self.worker = Worker(store, executor, clock=self.clock, backoff=Backoff(cap=30.0))
+        policy = self.config.policy
+        admit = None if policy is None else partial(check, policy=policy, resolve=os.path.realpath)
+        worker = self.worker = Worker(
+            store, executor, clock=self.clock, backoff=Backoff(cap=30.0), admit=admit
+        )
         manager = self.manager = state.manager = LocalManager(
-            store, node_id=self.config.node_id, clock=self.clock, assign=worker.assign
+            store,
+            node_id=self.config.node_id,
+            clock=self.clock,
+            assign=worker.assign,
+            refuses=None if admit is None else lambda spec: bool(admit(spec)),
         )
         reporter = self.reporter = state.reporter = StatusReporter(
             lambda task_id, status: pump.deliver(task_id, status),

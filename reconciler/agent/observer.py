@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from reconciler.core.clock import Clock
 from reconciler.core.executor import DriftKind, PullResult, RuntimeOp
 from reconciler.core.model import NodeDescription
+from reconciler.core.policy import Policy
 from reconciler.core.reporter import StatusReporter
 from reconciler.core.session import Session
 from reconciler.core.snapshot import Changes, Snapshot, TaskView
@@ -52,8 +54,10 @@ class AgentState:
         store: Store,
         clock: Clock,
         usage: UsageMonitor | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.node_id = node_id
+        self.policy = policy  # for fleet tasks, shown with the node (None: none applies)
         self.labels = labels
         self.store = store
         self.clock = clock
@@ -123,7 +127,11 @@ class AgentState:
         usage = self.usage
         self._snapshot = Snapshot(
             node_id=self.node_id,
-            node=self.node,
+            node=(
+                self.node
+                if self.node is None or self.policy is None
+                else replace(self.node, policy=self.policy)
+            ),
             labels=self.labels,
             store_open=not self.store.closed,
             store_failure=self.store.failure,

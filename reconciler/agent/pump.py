@@ -4,7 +4,8 @@
 
 * ``DesiredTasks``: a full set replaces the desired set; an increment removes and adds names on
   top of the last one. A task whose new value was rejected keeps its last valid spec, and its
-  problems are logged and counted. The set goes to the local manager, which stores it before
+  problems are logged and counted (once: not again when the session says it read the same
+  value again). The set goes to the local manager, which stores it before
   anything runs. When the store cannot take it, the set is kept and applied by the store watch
   once writes work again (``apply_unstored``).
 * ``DesiredInvalid``: the whole source was rejected. Nothing changes but the validity flag, the
@@ -103,10 +104,11 @@ class SessionPump:
             last = self.desired.get(task.name)
             if last is not None:
                 desired[task.name] = last
-            for line in task.problems:
+            for line in () if task.reported else task.problems:
                 log.error("desired state rejected: %s", line)
         if rejected:
-            self._metrics.desired_state_error()
+            if not all(t.reported for t in rejected):
+                self._metrics.desired_state_error()
             state = self._state
             state.desired_errors = bounded_errors(p for t in rejected for p in t.problems)
             state.desired_errors_at = state.clock.time()

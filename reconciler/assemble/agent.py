@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from reconciler import __version__
 from reconciler.agent.agent import Agent, AgentConfig
 from reconciler.core.clock import Clock, SystemClock
 from reconciler.core.executor import Executor
+from reconciler.core.policy import Policy
 from reconciler.core.session import Session
 from reconciler.core.snapshot import Changes
 from reconciler.core.store import Store, StoreOrigin
@@ -67,6 +68,9 @@ class AgentOptions:
     labels: tuple[tuple[str, str], ...]
     manager: NatsOptions | None  # fleet mode when set
     image_gc_threshold: float
+    http_hosts: frozenset[str] = frozenset()  # names the page answers to (--http-host)
+    # for fleet tasks only: the desired directory is trusted
+    policy: Policy = field(default_factory=Policy)
 
 
 def read_podman_info(url: str) -> PodmanInfo:
@@ -160,6 +164,7 @@ def assemble_agent(
             state_dir=str(options.state_dir),
             boot_id=boot_id if boot_id is not None else os.environ.get(BOOT_ID_ENV) or None,
             image_gc_threshold=options.image_gc_threshold,
+            policy=options.policy if options.manager is not None else None,
         ),
         store=store,
         clock=clock,
@@ -241,5 +246,6 @@ def fleet_session(
         describe=lambda: (agent.snapshot().node, agent.snapshot().ready),
         conditions=lambda: {c.key: holds for c, holds in agent.snapshot().conditions},
         labels=labels,
+        bad_value=agent.metrics.session_bad_value,
         **tuning,
     )

@@ -40,6 +40,7 @@ class ManagerOptions:
     lease: float
     max_bytes: Mapping[str, int] = field(default_factory=dict)
     max_value_size: Mapping[str, int] = field(default_factory=dict)
+    http_hosts: frozenset[str] = frozenset()  # names the page answers to (--http-host)
 
 
 @dataclass

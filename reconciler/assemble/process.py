@@ -4,7 +4,8 @@
 own routes with ``/healthz`` (its supervisor's verdict: every loop alive) and ``/readyz`` (its
 readiness), supervises the HTTP server as the loop ``http`` (a server that failed binds again),
 turns SIGTERM and SIGINT into a stop, and closes the server (and its event streams) once the
-program has stopped.
+program has stopped. The page and ``/v1/*`` answer only the ``Host`` names the operator gave
+(``--http-host``) besides IP literals and ``localhost``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from reconciler.core.snapshot import Changes
 from reconciler.core.supervisor import Supervisor
-from reconciler.web.server import Route, Server, probe_routes, serve_routes
+from reconciler.web.server import DEFAULT_LIMITS, Limits, Route, Server, probe_routes, serve_routes
 from reconciler.web.sse import Page
 
 __all__ = ["CannotListen", "Program", "run_process"]
@@ -66,9 +67,13 @@ async def run_process(
     *,
     stop: asyncio.Event | None = None,
     listening: Callable[[tuple[str, int]], None] | None = None,
+    hosts: frozenset[str] = frozenset(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Serve ``program``'s routes on ``listen`` and run it until SIGTERM or SIGINT (or ``stop``).
-    ``listening`` is told the address bound (port 0 picks a free one).
+    ``listening`` is told the address bound (port 0 picks a free one). ``hosts``: the names
+    the page and ``/v1/*`` answer besides IP literals and ``localhost``; ``limits``: the
+    server's connection limits (``reconciler.web.server.serve_routes``).
 
     ``/healthz`` is the program's supervisor's verdict, ``/readyz`` its readiness. The HTTP
     server is the supervised loop ``http``: if it fails it binds again. Raises ``CannotListen``
@@ -83,7 +88,9 @@ async def run_process(
     host, port = listen
 
     async def bind() -> Server:
-        return await serve_routes(host, port, routes, page=page, changes=changes)
+        return await serve_routes(
+            host, port, routes, page=page, changes=changes, hosts=hosts, limits=limits
+        )
 
     try:
         server = await bind()

@@ -28,10 +28,12 @@ from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, UsageError
 from reconciler.cli.options import desired_dir, state_dir
 from reconciler.cli.values import (
     fleet_options,
+    parse_http_hosts,
     parse_interval,
     parse_labels,
     parse_listen,
     parse_percent,
+    parse_policy,
 )
 from reconciler.fleet.buckets import check_node_id
 from reconciler.fleet.options import ConfigError, load_credentials
@@ -82,8 +84,10 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
         resync_interval=parse_interval(args.resync_interval, "--resync-interval"),
         stats_interval=parse_interval(args.stats_interval, "--stats-interval"),
         labels=parse_labels(args.node_label or []),
+        http_hosts=parse_http_hosts(args.http_host or []),
         manager=manager,
         image_gc_threshold=parse_percent(args.image_gc_threshold, "--image-gc-threshold"),
+        policy=parse_policy(args),
     )
 
 
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 opts, store=opened.store, origin=opened.origin, node_id=node_id, info=info
             )
             try:
-                asyncio.run(run_process(agent, opts.listen))
+                asyncio.run(run_process(agent, opts.listen, hosts=opts.http_hosts))
             except CannotListen as err:
                 print(f"reconciler: {err}", file=sys.stderr)
                 return EXIT_FAILURE

@@ -44,3 +44,10 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("urllib3", "podman"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("asyncio").addFilter(_not_tls_eof_noise)
+
+
+def _not_tls_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns on every TLS connection nats-py closes ("returning true from
+    eof_received() has no effect when using ssl"): nothing an operator can act on."""
+    return "eof_received()" not in record.getMessage()

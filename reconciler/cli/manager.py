@@ -39,7 +39,7 @@ from reconciler.assemble.process import CannotListen, run_process
 from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, UsageError
 from reconciler.cli.options import CREDS_OUT
 from reconciler.cli.render import table
-from reconciler.cli.values import fleet_options, parse_interval, parse_listen
+from reconciler.cli.values import fleet_options, parse_http_hosts, parse_interval, parse_listen
 from reconciler.fleet.buckets import bucket_name, buckets
 from reconciler.fleet.connect import connect_first
 from reconciler.fleet.identity import (
@@ -63,12 +63,7 @@ from reconciler.manager.admin import (
     remove_services,
     unassigned_reasons,
 )
-from reconciler.manager.credfiles import (
-    CREDS_MODE,
-    USERS_FILE_MODE,
-    credentials_text,
-    write_atomically,
-)
+from reconciler.manager.credfiles import CREDS_MODE, USERS_FILE_MODE, credentials_text
 from reconciler.manager.identities import (
     Users,
     add_identity,
@@ -76,6 +71,7 @@ from reconciler.manager.identities import (
     remove_identity,
 )
 from reconciler.manager.services import parse_service_file
+from reconciler.spec.apply import write_atomically
 from reconciler.spec.loader import read_file
 from reconciler.spec.problems import DesiredStateError
 from reconciler.spec.units import UnitError, parse_size
@@ -202,6 +198,7 @@ def run_options(args: argparse.Namespace) -> ManagerOptions:
         lease=_duration(args.lease, "--lease"),
         max_bytes=max_bytes,
         max_value_size=max_value,
+        http_hosts=parse_http_hosts(args.http_host or []),
     )
 
 
@@ -221,7 +218,7 @@ def manager_run(args: argparse.Namespace) -> int:
         opts.lease,
     )
     try:
-        asyncio.run(run_process(assembled, opts.listen))
+        asyncio.run(run_process(assembled, opts.listen, hosts=opts.http_hosts))
     except CannotListen as err:
         print(f"reconciler: {err}", file=sys.stderr)
         return EXIT_FAILURE

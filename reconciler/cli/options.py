@@ -112,8 +112,43 @@ STATE_DIR = Flag("state-dir", "state directory", "DIR")
 DESIRED = Flag("desired", "desired-state directory", "DIR")
 PODMAN_URL = Flag("podman-url", "podman API, unix:///path", "URL")
 NATS = Flag("nats", "NATS server(s): nats://HOST:PORT[,...]", "URL")
+POLICY_FLAGS = (
+    Flag(
+        "allow-bind",
+        "fleet tasks may bind-mount host paths under this prefix, repeatable",
+        "PATH",
+        Kind.REPEAT,
+    ),
+    Flag(
+        "allow-device",
+        "fleet tasks may pass host devices under this path, repeatable",
+        "PATH",
+        Kind.REPEAT,
+    ),
+    Flag(
+        "allow-cap",
+        "fleet tasks may add this capability (ALL: any), repeatable",
+        "CAP",
+        Kind.REPEAT,
+    ),
+    Flag("allow-host-network", "fleet tasks may use network: host", kind=Kind.SWITCH),
+    Flag(
+        "allow-registry",
+        "fleet tasks' images only from this registry (localhost: local images), repeatable",
+        "HOST",
+        Kind.REPEAT,
+    ),
+)
+"""``reconciler run``'s policy for fleet tasks (``reconciler.core.policy``)."""
+
 NATS_CREDS = Flag("creds", "NATS credentials of a manager user", "FILE")
 NATS_TLS_CA = Flag("tls-ca", "CA bundle that signs the NATS servers' certificates", "FILE")
+HTTP_HOST = Flag(
+    "http-host",
+    "a name the status page and /v1/* answer to besides IP addresses and localhost, repeatable",
+    "NAME",
+    Kind.REPEAT,
+)
 OUTPUT = Flag("output", "output format", short="-o", choices=("table", "json"), default="table")
 BUCKET_QUOTAS = (
     # no default here: each bucket's own is the contract's (reconciler.fleet.buckets, fleet.md)
@@ -153,6 +188,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             STATE_DIR,
             PODMAN_URL,
             Flag("listen", "HTTP listen address", "HOST:PORT", default="127.0.0.1:9469"),
+            HTTP_HOST,
             Flag("node-id", "node id (default: generated once, kept in the state dir)", "ID"),
             Flag("resync-interval", "full resync period", "DURATION", default="30s"),
             Flag("stats-interval", "usage sampling period (0: off)", "DURATION", default="10s"),
@@ -169,6 +205,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             Flag("manager-creds", "fleet mode: this node's NATS credentials", "FILE"),
             Flag("manager-tls-ca", "fleet mode: CA bundle for the NATS servers' TLS", "FILE"),
             Flag("node-label", "a label of this node, repeatable", "KEY=VALUE", Kind.REPEAT),
+            *POLICY_FLAGS,
         ),
     ),
     CommandSpec(
@@ -226,6 +263,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             NATS_CREDS,
             NATS_TLS_CA,
             Flag("listen", "HTTP listen address", "HOST:PORT", default="127.0.0.1:9470"),
+            HTTP_HOST,
             Flag(
                 "node-grace",
                 "a node without a ready heartbeat this long is down",

@@ -4,12 +4,24 @@ flag (exit 2), so every command says the same thing about the same mistake.
 
 from __future__ import annotations
 
+import argparse
+
 from reconciler.cli.exits import UsageError
+from reconciler.core.policy import Policy
 from reconciler.fleet.options import ConfigError, NatsOptions, checked_options
 from reconciler.fleet.values import check_label
 from reconciler.spec.units import parse_duration
+from reconciler.web.admission import normal_host
 
-__all__ = ["fleet_options", "parse_interval", "parse_labels", "parse_listen", "parse_percent"]
+__all__ = [
+    "fleet_options",
+    "parse_http_hosts",
+    "parse_interval",
+    "parse_labels",
+    "parse_listen",
+    "parse_percent",
+    "parse_policy",
+]
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -17,6 +29,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise UsageError(f"--listen: expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def parse_http_hosts(items: list[str]) -> frozenset[str]:
+    """``--http-host`` names, normalised as the Host rule compares them. Raises
+    ``UsageError``."""
+    try:
+        return frozenset(normal_host(item) for item in items)
+    except ValueError as err:
+        raise UsageError(f"--http-host: {err}") from None
 
 
 def parse_labels(items: list[str], flag: str = "--node-label") -> tuple[tuple[str, str], ...]:
@@ -33,6 +54,20 @@ def parse_labels(items: list[str], flag: str = "--node-label") -> tuple[tuple[st
             raise UsageError(f"{flag}: {err}") from None
         labels.append((key, value))
     return tuple(labels)
+
+
+def parse_policy(args: argparse.Namespace) -> Policy:
+    """``reconciler run``'s policy for fleet tasks, from its ``--allow-*`` flags."""
+    try:
+        return Policy.of(
+            binds=args.allow_bind or [],
+            devices=args.allow_device or [],
+            caps=args.allow_cap or [],
+            host_network=bool(args.allow_host_network),
+            registries=args.allow_registry or [],
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def parse_percent(text: str, flag: str) -> float:

@@ -41,6 +41,7 @@ from reconciler.core.model import (
     UpdateOrder,
     UpdatePolicy,
 )
+from reconciler.core.policy import policy_from_dict, policy_to_dict
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _ENCODE_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
@@ -225,7 +226,7 @@ def node_to_dict(node: NodeDescription | None, *, version: str) -> dict[str, Any
     writes them.
     """
     if node is None:
-        return {**dict.fromkeys(_DESCRIBED), "version": version}
+        return {**dict.fromkeys(_DESCRIBED), "version": version, "policy": None}
     return {
         "hostname": node.hostname,
         "os": node.os,
@@ -235,6 +236,7 @@ def node_to_dict(node: NodeDescription | None, *, version: str) -> dict[str, Any
         "runtime": node.runtime_name,
         "runtimeVersion": node.runtime_version,
         "version": version,
+        "policy": policy_to_dict(node.policy) if node.policy is not None else None,
     }
 
 
@@ -244,11 +246,14 @@ def node_from_dict(doc: Mapping[str, Any]) -> NodeDescription | None:
 
     ``doc`` may come from another host: a description is whole or absent, its texts are
     strings and its sizes whole non-negative numbers; anything else raises ``ValueError``
-    naming the field. ``version`` is optional (``agent_version`` "" without it).
+    naming the field. ``version`` is optional (``agent_version`` "" without it). ``policy``,
+    the node's policy for fleet tasks (``reconciler.core.policy``), is null or absent for a
+    node that checks nothing (a desired directory, or an agent older than the policy).
     """
     if all(doc.get(key) is None for key in _DESCRIBED):
         return None
     version = doc.get("version")
+    policy = doc.get("policy")
     return NodeDescription(
         hostname=_text(doc, "hostname"),
         os=_text(doc, "os"),
@@ -258,6 +263,7 @@ def node_from_dict(doc: Mapping[str, Any]) -> NodeDescription | None:
         runtime_name=_text(doc, "runtime"),
         runtime_version=_text(doc, "runtimeVersion"),
         agent_version=version if isinstance(version, str) else "",
+        policy=policy_from_dict(policy) if policy is not None else None,
     )
 
 

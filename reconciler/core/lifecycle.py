@@ -38,26 +38,47 @@ from reconciler.core.errors import (
     TemporaryError,
 )
 from reconciler.core.executor import Controller, Executor
-from reconciler.core.model import Task, TaskState, TaskStatus
+from reconciler.core.model import Task, TaskSpec, TaskState, TaskStatus
+from reconciler.core.policy import Refusal
+from reconciler.core.text import printable
 
 Now = Callable[[], float]
+Admit = Callable[[TaskSpec], list[Refusal]]
+"""The node's policy for fleet tasks (``reconciler.core.policy.check``): what it refuses."""
 
 
 def _stamp(old: TaskStatus, new: TaskStatus, now: Now) -> TaskStatus:
-    """Give ``new`` a fresh timestamp only if it differs from ``old``."""
+    """Give ``new`` a fresh timestamp only if it differs from ``old``. Its texts quote errors
+    from the runtime (and what it ran), so they are made printable first."""
+    message, err = printable(new.message), None if new.err is None else printable(new.err)
+    if (message, err) != (new.message, new.err):
+        new = replace(new, message=message, err=err)
     if new.same_as(old):
         return old
     return new.with_timestamp(now())
 
 
-def resolve(task: Task, executor: Executor, *, now: Now) -> tuple[Controller | None, TaskStatus]:
+def resolve(
+    task: Task, executor: Executor, *, now: Now, admit: Admit | None = None
+) -> tuple[Controller | None, TaskStatus]:
     """Turn a task into a controller, once, when its task manager is created.
 
     Success moves a task below ``accepted`` to ``accepted``. Failure gives ``rejected`` (before
     ``starting``) or ``failed`` (from ``starting`` to ``running``) and no controller; a task
     already past running keeps its state. The returned status is to be stored and reported.
+
+    ``admit`` is the node's policy for fleet tasks: a task it refuses that has not begun
+    ``preparing`` (so nothing of it was pulled or created) is ``rejected``, its message naming
+    each refused field and the flag that allows it. A task already further along is not
+    checked: a policy change never stops an instance.
     """
     status = task.status
+    if admit is not None and status.state < TaskState.PREPARING:
+        refused = admit(task.spec)
+        if refused:
+            text = "; ".join(str(r) for r in refused)
+            new = replace(status, state=TaskState.REJECTED, message=text, err=text)
+            return None, _stamp(status, new, now)
     try:
         ctlr = executor.controller(task)
     except Exception as err:  # any failure to build a controller is permanent for this spec

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the policy's module reads this one's TaskSpec
+    from reconciler.core.policy import Policy
 
 
 class TaskState(enum.IntEnum):
@@ -297,6 +301,7 @@ class NodeDescription:
     runtime_name: str
     runtime_version: str
     agent_version: str
+    policy: Policy | None = None  # for fleet tasks (reconciler.core.policy); None: unchecked
 
 
 class Condition(enum.Enum):

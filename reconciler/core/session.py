@@ -38,10 +38,13 @@ class DesiredTask:
 
 @dataclass(frozen=True, slots=True)
 class RejectedTask:
-    """A named task whose new value is invalid; the receiver keeps its last valid spec."""
+    """A named task whose new value is invalid; the receiver keeps its last valid spec.
+    ``reported``: the same value (key and revision) was rejected before, and read again (after
+    a reconnect): its problems were logged and counted then, and are not again."""
 
     name: str
     problems: tuple[str, ...]
+    reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from reconciler.core.backoff import Backoff
 from reconciler.core.clock import Clock
 from reconciler.core.errors import StoreError
 from reconciler.core.executor import Executor
-from reconciler.core.lifecycle import resolve
+from reconciler.core.lifecycle import Admit, resolve
 from reconciler.core.model import Assignment, AssignmentAction, Task, TaskStatus
 from reconciler.core.store import Store
 from reconciler.core.taskmanager import TaskManager
@@ -51,8 +51,10 @@ class Worker:
         *,
         clock: Clock,
         backoff: Backoff | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.store = store
+        self.admit = admit  # the node's policy for fleet tasks; None: nothing checked
         self.executor = executor
         self.clock = clock
         self.backoff = backoff
@@ -119,7 +121,7 @@ class Worker:
     def _start_task(self, task: Task) -> None:
         if task.id in self.managers:
             return
-        ctlr, status = resolve(task, self.executor, now=self.clock.time)
+        ctlr, status = resolve(task, self.executor, now=self.clock.time, admit=self.admit)
         if status != task.status:
             self.update_task_status(task.id, status)
         if ctlr is None:

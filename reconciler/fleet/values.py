@@ -1,6 +1,7 @@
 """The JSON values in the fleet's buckets: what an agent writes, and what it reads. Pure.
 
-Writing:
+Writing (every text made printable by ``reconciler.core.text.printable``, so that what an agent
+writes passes the parser below):
 
 - ``node_value``: the node's heartbeat in ``reconciler_nodes/<node>``: its description (the
   fields of ``/v1/node``, through the one node codec, ``reconciler.core.codec.node_to_dict``),
@@ -11,6 +12,13 @@ Writing:
   RFC 3339 in UTC with ``Z``, as ``reconciler ps -o json`` prints them.
 
 Reading, where every value may be hostile (``BadValue`` says what is wrong, never a traceback):
+
+- ``load_json``: the one parser of every value read from NATS, by the agent and the manager:
+  JSON held to the limits of every untrusted document (``reconciler.spec.limits``: 1 MiB,
+  UTF-8, depth 64, finite numbers, integers of at most 18 digits, no control character but
+  TAB, CR and LF in any text or key). Every other reader below starts from it.
+- ``BadValues``: which bad values were reported, so each key and revision is logged and
+  counted once.
 
 - ``parse_fleet``: ``reconciler_control/fleet``: ``heartbeatPeriod`` (a duration such as ``5s``,
   or seconds as a number), ``managers`` (NATS URLs) and ``formatVersion`` (``FLEET_FORMAT``:
@@ -30,14 +38,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from reconciler.core.codec import compact, node_to_dict
 from reconciler.core.model import Availability, NodeDescription, TaskState
 from reconciler.core.session import NamedStatus
+from reconciler.core.text import printable
+from reconciler.spec.limits import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    control_character,
+    control_problem,
+    int_digits,
+)
 from reconciler.spec.units import UnitError, parse_duration
+from reconciler.spec.yamlsource import FieldPath, format_field
 
 __all__ = [
     "DEFAULT_HEARTBEAT_PERIOD",
@@ -48,6 +68,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "MIN_HEARTBEAT_PERIOD",
     "BadValue",
+    "BadValues",
     "FleetSettings",
     "NodeControl",
     "StoredStatus",
@@ -69,10 +90,11 @@ __all__ = [
 DEFAULT_HEARTBEAT_PERIOD = 5.0
 MIN_HEARTBEAT_PERIOD = 0.05
 MAX_HEARTBEAT_PERIOD = 3600.0
-MAX_VALUE_BYTES = 1 << 20
+MAX_VALUE_BYTES = MAX_BYTES
 """Values larger than this are refused unread (NATS's own default limit is 1 MiB too)."""
 
 _STATES = {s.label: s for s in TaskState}
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 FLEET_FORMAT = 2
 """The fleet's format version, ``formatVersion`` in ``reconciler_control/fleet``. Absent (1):
@@ -135,17 +157,102 @@ def parse_rfc3339(text: str) -> float:
 
 
 def load_json(data: bytes) -> Any:
-    """Parse a value as JSON, bounded in size and depth. Raises ``BadValue``."""
+    """Parse a value read from NATS as JSON, held to the limits of every untrusted document
+    (``reconciler.spec.limits``): at most 1 MiB, UTF-8, nesting at most 64 deep, finite
+    numbers, integers of at most 18 digits, and no control character but TAB, CR and LF in any
+    text or key. Raises ``BadValue`` saying which limit, and where; never anything else."""
     if len(data) > MAX_VALUE_BYTES:
         raise BadValue(f"value of {len(data)} bytes is over the {MAX_VALUE_BYTES}-byte limit")
     try:
-        return json.loads(data)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadValue(f"not UTF-8: byte 0x{data[err.start]:02x} at offset {err.start}") from None
+    try:
+        doc = _DECODER.decode(text)
     except json.JSONDecodeError as err:
         raise BadValue(
             f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
         ) from None
-    except (UnicodeDecodeError, RecursionError) as err:
-        raise BadValue(f"not valid JSON: {type(err).__name__}") from None
+    except RecursionError:
+        raise BadValue(f"nesting is deeper than {MAX_DEPTH} levels") from None
+    _check_tree(doc)
+    return doc
+
+
+def _constant(name: str) -> NoReturn:
+    raise BadValue(f"{name} is not a number JSON allows: numbers must be finite")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadValue(f"the number {text[:40]} is out of range: numbers must be finite")
+    return value
+
+
+def _int(text: str) -> int:
+    if int_digits(text) > MAX_INT_DIGITS:
+        raise BadValue(f"an integer may have at most {MAX_INT_DIGITS} digits ({text[:20]}...)")
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_float=_float, parse_int=_int, parse_constant=_constant)
+
+
+def _check_tree(doc: Any) -> None:
+    """Depth, and control characters in every text and key, of a parsed value."""
+    stack: list[tuple[Any, FieldPath]] = [(doc, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if len(path) >= MAX_DEPTH:
+            raise BadValue(f"nesting is deeper than {MAX_DEPTH} levels")
+        if isinstance(value, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(value))
+            continue
+        for key, v in value.items():
+            _check_text(key, path, key=True)
+            stack.append((v, (*path, key)))
+
+
+def _check_text(text: str, path: FieldPath, *, key: bool = False) -> None:
+    at = control_character(text)
+    if at is not None:
+        where = format_field(path, "value")
+        raise BadValue(f"{where}: {'a key ' if key else ''}{control_problem(text[at])}")
+    if not text.isascii() and (lone := _SURROGATE.search(text)) is not None:
+        where = format_field(path, "value")
+        raise BadValue(f"{where}: holds U+{ord(lone.group()):04X}, a lone surrogate: not UTF-8")
+
+
+class BadValues:
+    """The bad values already reported, so that each key and revision is logged and counted
+    once, however often a watch reads it again (after a reconnect, a watch restarted).
+
+    ``first`` says whether a bad value is new; ``good`` forgets a key that holds a good value
+    now, or none. Past ``limit`` keys, all are forgotten (a flood costs memory, never a crash).
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def first(self, bucket: str, key: str, revision: int) -> bool:
+        """Whether ``bucket/key`` at ``revision`` is a bad value not reported yet; it is now."""
+        if self._seen.get((bucket, key)) == revision:
+            return False
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen[(bucket, key)] = revision
+        return True
+
+    def good(self, bucket: str, key: str) -> None:
+        """``bucket/key`` holds a good value now, or none."""
+        self._seen.pop((bucket, key), None)
 
 
 def _object(data: bytes) -> Mapping[str, Any]:
@@ -296,11 +403,15 @@ def node_value(
     """The heartbeat value; description fields are null until the runtime described them.
     ``conditions`` (``diskPressure``, ``memoryPressure``) tell a manager to place nothing new
     on the node while one holds."""
+    described = {
+        k: printable(v) if isinstance(v, str) else v
+        for k, v in node_to_dict(node, version=version).items()
+    }
     return compact(
         {
             "nodeId": node_id,
-            **node_to_dict(node, version=version),
-            "labels": dict(labels),
+            **described,
+            "labels": {printable(k): printable(v) for k, v in labels.items()},
             "ready": ready,
             "availability": availability.value,
             "heartbeatAt": rfc3339(now),
@@ -317,7 +428,11 @@ value limit (``reconciler.fleet.buckets``), so a long podman error never blocks 
 
 
 def _bounded(text: str | None) -> str | None:
-    if text is None or len(text) <= STATUS_TEXT_MAX:
+    """``text`` made printable (``reconciler.core.text``) and cut to ``STATUS_TEXT_MAX``."""
+    if text is None:
+        return None
+    text = printable(text)
+    if len(text) <= STATUS_TEXT_MAX:
         return text
     return text[: STATUS_TEXT_MAX - 3] + "..."
 

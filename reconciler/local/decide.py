@@ -26,7 +26,8 @@ enable the next; at most ``MAX_STEPS``):
   anything else is replaced, preparing the new instance before the old one stops; the new
   one is then watched, and a failure rolls back, pauses or falls to the restart policy.
 * **Instance ended** while desired running: the restart policy decides
-  (``reconciler.local.restart``).
+  (``reconciler.local.restart``); an instance the node's policy rejected waits for its spec
+  or the policy to change.
 * History keeps ``history_limit`` ended instances, newest first.
 """
 
@@ -41,7 +42,7 @@ from reconciler.core.session import DesiredTask
 from reconciler.local import restart, updates
 from reconciler.local.adoption import take_adopted
 from reconciler.local.dependencies import Peer
-from reconciler.local.draft import SHUTDOWN, Draft
+from reconciler.local.draft import SHUTDOWN, Draft, Refuses
 from reconciler.local.records import Instance, NameRecord, Seen
 
 __all__ = ["HISTORY_LIMIT", "MAX_STEPS", "Decision", "decide"]
@@ -76,11 +77,14 @@ def decide(
     history_limit: int = HISTORY_LIMIT,
     hold_new: bool = False,
     peers: Mapping[str, Peer] | None = None,
+    refuses: Refuses | None = None,
 ) -> Decision:
     """Decide for one name; see the module docstring. ``due`` says that a pending restart's
     wait has been served (the driver's timer fired). ``new_id`` makes instance ids.
     ``hold_new`` (the node is paused) holds the first instance of a name that has none.
-    ``peers`` says how the names this one depends on stand."""
+    ``peers`` says how the names this one depends on stand. ``refuses`` is the node's policy
+    for fleet tasks: an instance it rejected is not restarted until the spec or the policy
+    changes (None: nothing is checked)."""
     if desired is None:
         if record is None:
             return Decision(None)
@@ -95,6 +99,7 @@ def decide(
         history_limit,
         hold_new,
         peers or {},
+        refuses=refuses,
     )
     _run(d)
     return Decision(d.rec, d.assign, d.requeue_after(), tuple(d.events))

@@ -27,7 +27,10 @@ from reconciler.core.session import DesiredTask
 from reconciler.local.dependencies import Peer, waiting_for
 from reconciler.local.records import Instance, NameRecord, Seen
 
-__all__ = ["RUNNING", "SHUTDOWN", "Draft"]
+__all__ = ["RUNNING", "SHUTDOWN", "Draft", "Refuses"]
+
+Refuses = Callable[[TaskSpec], bool]
+"""Whether the node's policy refuses a spec (``reconciler.core.policy``)."""
 
 RUNNING = TaskState.RUNNING
 SHUTDOWN = TaskState.SHUTDOWN
@@ -48,6 +51,7 @@ class Draft:
     peers: Mapping[str, Peer]
     assign: bool = False
     events: list[str] = field(default_factory=list)
+    refuses: Refuses | None = None  # the node's policy for fleet tasks; None: nothing checked
 
     # ---------------------------------------------------------------------------- changes
 

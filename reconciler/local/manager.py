@@ -61,6 +61,7 @@ from reconciler.core.supervisor import describe_error
 from reconciler.local.adoption import adopt
 from reconciler.local.decide import HISTORY_LIMIT, Decision, decide
 from reconciler.local.dependencies import dependents, peers
+from reconciler.local.draft import Refuses
 from reconciler.local.records import (
     DESIRED_KEY,
     Instance,
@@ -104,8 +105,10 @@ class LocalManager:
         clock: Clock,
         assign: Assign,
         history_limit: int = HISTORY_LIMIT,
+        refuses: Refuses | None = None,
     ) -> None:
         self._store = store
+        self._refuses = refuses
         self._node_id = node_id
         self._clock = clock
         self._assign = assign
@@ -367,6 +370,7 @@ class LocalManager:
             history_limit=self._history_limit,
             hold_new=self._paused,
             peers=peers(self._spec(name), self._records, self._seen),
+            refuses=self._refuses,
         )
         self._due.discard(name)
         for event in decision.events:

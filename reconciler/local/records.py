@@ -80,6 +80,7 @@ class Instance:
     initial: TaskStatus | None = None  # the status it is first assigned with (adoption)
     held: bool = False  # waiting for its dependencies: not assigned to the worker yet
     rollback: Rollback | None = None  # a rollback, pinned to an earlier container's image
+    refused: bool = False  # rejected by the node's policy, and not restarted for it
 
     def task(self, node_id: str) -> Task:
         """The task the worker runs: the spec without what only the manager reads."""
@@ -114,6 +115,8 @@ class Instance:
             d["endHandled"] = True
         if self.held:
             d["held"] = True
+        if self.refused:
+            d["refused"] = True
         if self.rollback is not None:
             d["rollback"] = [self.rollback.image_from, self.rollback.failed_hash]
         return d
@@ -130,6 +133,7 @@ class Instance:
             started_at=d.get("startedAt"),
             end_handled=bool(d.get("endHandled", False)),
             held=bool(d.get("held", False)),
+            refused=bool(d.get("refused", False)),
             rollback=Rollback(str(rb[0]), str(rb[1])) if rb else None,
         )
 

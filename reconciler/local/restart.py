@@ -14,6 +14,10 @@ seconds resets the count. No jitter: an operator must be able to predict it. A r
 whose new instance failed to start waits by the same formula
 (``reconciler.local.replacement``).
 
+An instance the node's policy for fleet tasks rejected (``reconciler.core.policy``) is not
+restarted: its spec would be refused again. It stays ``rejected`` until the spec changes
+(which replaces it) or the agent restarts with a policy that allows it (a new instance then).
+
 These are steps of ``decide()`` (``reconciler.local.decide``) on its ``Draft``: pure.
 """
 
@@ -50,8 +54,14 @@ def on_end(d: Draft, cur: Instance) -> bool:
             _restart(d, cur)
         return False
     if cur.end_handled:
+        if cur.refused and (d.refuses is None or not d.refuses(d.target())):
+            _policy_allows(d, cur)
         return False
     status = d.status(cur) or TaskStatus(TaskState.FAILED)
+    if status.state == TaskState.REJECTED and d.refuses is not None and d.refuses(cur.spec):
+        d.set_current(end_handled=True, refused=True)
+        d.events.append(f"refused by the node's policy name={rec.name} id={cur.id}")
+        return False
     gone = d.gone(cur)
     complete = status.state == TaskState.COMPLETE and not gone
     restart = policy.condition == RestartCondition.ANY or (
@@ -81,6 +91,14 @@ def on_end(d: Draft, cur: Instance) -> bool:
         f"restart_in={delay:.3f}s"
     )
     return False
+
+
+def _policy_allows(d: Draft, cur: Instance) -> None:
+    """The node's policy now allows what it refused (the agent restarted with other flags):
+    a new instance, not counted as a restart."""
+    d.retire()
+    new = d.new_instance("")
+    d.events.append(f"allowed by the node's policy name={d.rec.name} old={cur.id} new={new.id}")
 
 
 def _restart(d: Draft, cur: Instance) -> None:

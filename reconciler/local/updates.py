@@ -14,6 +14,8 @@ that prepares before it stops, watched by a monitor that can roll it back.
   stopped. A replacement waits for the new spec's dependencies *before* it stops a running
   instance. When nothing runs to keep running (the old instance ended, or never started), or
   after a desired shutdown, it is stop-then-start: the old one is stopped, then a new one made.
+  A new spec that the node's policy for fleet tasks refuses is stop-then-start too: the task
+  now asks for what the node does not allow, so it ends ``rejected`` rather than preparing.
 * **Monitor**: after a replacement, the new instance is watched for ``update.monitor`` (with a
   health check, at least ``startPeriod + interval x retries``, ``monitor_seconds``). If it
   ends ``failed`` or ``rejected`` meanwhile (exit 0 is no failure), ``update.failureAction``
@@ -101,8 +103,10 @@ def begin(d: Draft, note: str) -> bool:
     cur = d.rec.current
     assert cur is not None
     d.set(restart_at=None, failures=0, attempts=(), monitor_until=None)
-    if d.ended(cur) or d.state(cur) < TaskState.STARTING:
-        # Nothing runs to keep running: stop (if needed), then start the new one.
+    refused = d.refuses is not None and d.refuses(d.target())
+    if d.ended(cur) or d.state(cur) < TaskState.STARTING or refused:
+        # Nothing runs to keep running, or the new spec would be rejected by the node's
+        # policy whatever waits: stop (if needed), then start the new one.
         d.set(replacing=True, replace_note=note, blocked="")
         if cur.desired != SHUTDOWN:
             d.set_current(desired=SHUTDOWN)

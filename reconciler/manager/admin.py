@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -192,16 +193,7 @@ def judged_nodes(view: FleetView) -> dict[str, NodeView]:
     for node_id, node in nodes.items():
         beat = view.health.beat(node_id)
         health = Health.READY if beat is not None and beat.ready else Health.NOT_READY
-        out[node_id] = NodeView(
-            id=node.id,
-            health=health,
-            availability=node.availability,
-            operator_labels=node.operator_labels,
-            engine_labels=node.engine_labels,
-            cpus=node.cpus,
-            memory=node.memory,
-            pressure=node.pressure,
-        )
+        out[node_id] = dataclasses.replace(node, health=health)  # its labels, policy, ...
     return out
 
 

@@ -9,22 +9,18 @@
   only; it is written the same way, atomically, with mode 0640 (nats-server's group may read
   it), replacing the old one.
 
-Both modes are set exactly (``fchmod``), whatever the umask. Errors are ``OSError``s; an
-existing target that may not be replaced is ``FileExistsError``.
+Both are written by the one atomic write, ``reconciler.spec.apply.write_atomically``, with
+their modes set exactly (``fchmod``), whatever the umask.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-from pathlib import Path
 from typing import Final
 
 from reconciler.fleet.identity import Identity
 
-__all__ = ["CREDS_MODE", "USERS_FILE_MODE", "credentials_text", "write_atomically"]
+__all__ = ["CREDS_MODE", "USERS_FILE_MODE", "credentials_text"]
 
 CREDS_MODE: Final = 0o600
 USERS_FILE_MODE: Final = 0o640
@@ -39,37 +35,3 @@ def credentials_text(identity: Identity, password: str, *, command: str) -> str:
         f"user: {json.dumps(identity.name)}\n"
         f"password: {json.dumps(password)}\n"
     )
-
-
-def write_atomically(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
-    """Write ``data`` to ``path`` with exactly ``mode``, all at once: readers see the old file
-    or the new one, and the new one never with looser permissions. Without ``replace``, an
-    existing ``path`` raises ``FileExistsError`` and is left alone. Raises ``OSError``."""
-    directory = path.parent if str(path.parent) else Path(".")
-    temp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # the umask may have taken bits away: set them exactly
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)  # refuses an existing path, atomically
-            os.unlink(temp)
-        _sync_directory(directory)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def _sync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot sync a directory
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -441,9 +441,14 @@ class FleetManager:
         return ok
 
     def _log_problems(self) -> None:
+        """Log the bad values the view found (once per key and revision) and count them."""
         for problem in self.view.problems:
             log.error("rejected: %s", problem)
         self.view.problems.clear()
+        if self.metrics is not None:
+            for bucket, count in self.view.bad.items():
+                self.metrics.bad_values(bucket, count)
+        self.view.bad.clear()
 
 
 async def _log_error(err: Exception) -> None:

@@ -21,7 +21,9 @@ reschedules a healthy fleet, and never places tasks on a node that died long ago
 ``parse_heartbeat`` reads what the scheduler needs from a node value (labels, capacity,
 pressure), each value being possibly hostile: ``BadValue`` says what is wrong. The node's
 description in it is read by the one node codec (``reconciler.core.codec.node_from_dict``):
-whole, or null until the agent's runtime answered.
+whole, or null until the agent's runtime answered. A node claims its own capacity, so a claim
+outside sane bounds (``CPUS``, ``MEMORY_BYTES``) counts as no claim: the scheduler then places
+on it only tasks that declare no resources.
 
 ``Health`` is the verdict; ``NodeState`` (``node_state``) is the word the page and the metrics
 use for a node, its health and its availability together.
@@ -39,9 +41,23 @@ from reconciler.core.codec import node_from_dict
 from reconciler.core.model import Availability, Condition, NodeDescription
 from reconciler.fleet.values import BadValue, load_json
 
-__all__ = ["Health", "Heartbeat", "NodeHealth", "NodeState", "node_state", "parse_heartbeat"]
+__all__ = [
+    "CPUS",
+    "MEMORY_BYTES",
+    "Health",
+    "Heartbeat",
+    "NodeHealth",
+    "NodeState",
+    "node_state",
+    "parse_heartbeat",
+]
 
 _PRESSURE: Final = tuple(Condition)
+
+CPUS: Final = (1, 4096)
+"""The CPU counts a node may claim; a claim outside counts as none (capacity not described)."""
+MEMORY_BYTES: Final = (16 << 20, 64 << 40)
+"""The memory a node may claim, 16 MiB to 64 TiB; a claim outside counts as none."""
 
 
 class Health(enum.StrEnum):
@@ -88,11 +104,17 @@ class Heartbeat:
 
     @property
     def cpus(self) -> float | None:
-        return float(self.node.cpus) if self.node is not None else None
+        """The node's CPUs; None (not described) when absent or outside ``CPUS``."""
+        cpus = self.node.cpus if self.node is not None else None
+        return float(cpus) if cpus is not None and CPUS[0] <= cpus <= CPUS[1] else None
 
     @property
     def memory(self) -> int | None:
-        return self.node.memory_bytes if self.node is not None else None
+        """The node's memory; None (not described) when absent or outside ``MEMORY_BYTES``."""
+        memory = self.node.memory_bytes if self.node is not None else None
+        return (
+            memory if memory is not None and MEMORY_BYTES[0] <= memory <= MEMORY_BYTES[1] else None
+        )
 
     @property
     def hostname(self) -> str | None:

@@ -14,7 +14,10 @@ scrape never waits on NATS; events are counters and a histogram:
   watch of ``reconciler_status`` shows them (counted as they come, ``manager.writes.StatusKeys``);
   a node that holds none has no series;
 - ``reconciler_manager_reschedules_total{reason}``: ``node_down``, ``drain``, ``constraint``;
-- ``reconciler_manager_schedule_seconds``, histogram: one pass of the leader that wrote.
+- ``reconciler_manager_schedule_seconds``, histogram: one pass of the leader that wrote;
+- ``reconciler_manager_bad_values_total{bucket}``: values read from a bucket that broke the
+  contract, each key and revision counted once (``reconciler.manager.view``); one series per
+  bucket the manager reads.
 
 Every value of a fixed label set is present from the start, at 0.
 """
@@ -31,10 +34,12 @@ from prometheus_client.registry import Collector
 
 from reconciler import __version__
 from reconciler.core.model import TaskState
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, SERVICES, STATUS
 from reconciler.manager.health import NodeState
 from reconciler.manager.scheduler import UNASSIGNED, Reason
 
 __all__ = [
+    "BAD_VALUE_BUCKETS",
     "NODE_STATES",
     "SCHEDULE_BUCKETS",
     "TASK_STATES",
@@ -45,6 +50,8 @@ __all__ = [
 
 NODE_STATES: Final = (NodeState.READY, NodeState.DOWN, NodeState.PAUSED, NodeState.DRAINING)
 TASK_STATES: Final = (*(s.label for s in TaskState), UNASSIGNED)
+BAD_VALUE_BUCKETS: Final = (SERVICES, NODES, CONTROL, ASSIGNMENTS, STATUS)
+"""The buckets whose values the manager reads (and may find bad)."""
 
 #: One scheduling pass: planning a few tasks takes a millisecond, writing 10,000 a few seconds.
 SCHEDULE_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -125,6 +132,14 @@ class ManagerMetrics:
         )
         for reason in Reason:
             self._reschedules.labels(reason.value)
+        self._bad_values = Counter(
+            "reconciler_manager_bad_values",
+            "Values read from a bucket that broke the contract and were skipped, by bucket.",
+            ["bucket"],
+            registry=self.registry,
+        )
+        for bucket in BAD_VALUE_BUCKETS:
+            self._bad_values.labels(bucket)
         self._schedule = Histogram(
             "reconciler_manager_schedule_seconds",
             "One scheduling pass of the leader: the plan and its writes.",
@@ -134,6 +149,10 @@ class ManagerMetrics:
 
     def rescheduled(self, reason: Reason, count: int = 1) -> None:
         self._reschedules.labels(reason.value).inc(count)
+
+    def bad_values(self, bucket: str, count: int = 1) -> None:
+        """Count bad values read from ``bucket``."""
+        self._bad_values.labels(bucket).inc(count)
 
     def observe_schedule(self, seconds: float) -> None:
         self._schedule.observe(max(0.0, seconds))

@@ -33,6 +33,10 @@ The rules, level by level:
   nodes stay: they belong to that node.
 * **Availability.** ``pause`` keeps what a node holds and gives it nothing new; ``drain``
   takes everything off it.
+* **The node's policy for fleet tasks** (``reconciler.core.policy``, in its heartbeat): a new
+  task goes only to a node whose policy allows every field of it (binds, devices,
+  capabilities, the host's network, the image's registry). A copy already placed stays: the
+  agent keeps a running instance whatever its policy, and rejects a spec it refuses.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from reconciler.core.model import Availability
+from reconciler.core.policy import Policy, Refusal, check
 from reconciler.manager.health import Health
 from reconciler.manager.services import Mode, Service, Subject, owner
 
@@ -56,6 +61,7 @@ __all__ = [
     "Plan",
     "Put",
     "Reason",
+    "policy_refusals",
     "schedule",
     "unassigned_reason",
 ]
@@ -89,6 +95,7 @@ class NodeView:
     cpus: float | None = None
     memory: int | None = None
     pressure: bool = False
+    policy: Policy | None = None  # its policy for fleet tasks; None: it reports none
 
     def fits(self, service: Service, node_id: str | None = None) -> bool:
         """Whether the node passes ``service``'s constraints (``node_id``: the id a key gave
@@ -325,6 +332,8 @@ class _Planner:
             for node in self.eligible:
                 if node.id in have or not node.fits(service):
                     continue
+                if policy_refusals(service, node):
+                    continue
                 if self.usage.has_room(node, service.cpus, service.memory):
                     self.put(node.id, name, service)
 
@@ -338,7 +347,7 @@ class _Planner:
             heap = [
                 (usage.per_service[(n.id, name)], usage.total[n.id], n.id)
                 for n in self.eligible
-                if n.fits(service)
+                if n.fits(service) and not policy_refusals(service, n)
             ]
             heapq.heapify(heap)
             for task, stays in tasks:
@@ -378,6 +387,13 @@ class _Planner:
         )
 
 
+def policy_refusals(service: Service, node: NodeView) -> list[Refusal]:
+    """What ``node``'s policy for fleet tasks refuses of ``service``'s task (empty: it may
+    run there). A node that reports no policy (an older agent) checks nothing. The agent checks
+    again, following symbolic links on its host, before it pulls anything."""
+    return [] if node.policy is None else check(service.task.spec, node.policy)
+
+
 def _not_a_task(service: Service | None, slot: int | None) -> str:
     """Why a task name with this slot is no task of ``service`` ("" when it is one)."""
     if service is None:
@@ -396,7 +412,8 @@ def _not_a_task(service: Service | None, slot: int | None) -> str:
 
 def unassigned_reason(service: Service | None, nodes: Mapping[str, NodeView]) -> str:
     """Why ``schedule`` found no node for a task of ``service``: the first placement rule that
-    left no node (constraints, readiness, availability, pressure, room)."""
+    left no node (constraints, readiness, availability, pressure, the nodes' policies, room).
+    A policy names the first field it refuses and the flag that would allow it."""
     if service is None:
         return "its service is gone"
     if not nodes:
@@ -413,6 +430,9 @@ def unassigned_reason(service: Service | None, nodes: Mapping[str, NodeView]) ->
     fits = [n for n in fits if not n.pressure]
     if not fits:
         return "every node it may run on is under disk or memory pressure"
+    refusals = [policy_refusals(service, n) for n in fits]
+    if all(refusals):
+        return f"no node's policy allows it: {refusals[0][0]}"
     return "no node it may run on has room for it" + _needs(service)
 
 

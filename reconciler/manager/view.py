@@ -24,8 +24,22 @@ What it keeps, per bucket:
   not one is not read), for ``reconciler_manager_tasks`` and ``manager ps``.
 
 ``apply`` says whether what the scheduler reads changed; a heartbeat that changes nothing but
-its time does not. Values that break the contract are reported in ``problems`` (the driver
-logs and clears them) and never raise.
+its time does not.
+
+**Bad values.** Every value is parsed as hostile input (``reconciler.fleet.values.load_json``)
+and never raises here. One that breaks the contract is reported in ``problems`` and counted in
+``bad`` once per key and revision (the driver logs, counts and clears them), and it touches no
+other key. Per bucket, what a bad value means is the safe reading:
+
+- a service: *frozen*, as above (unchanged: its tasks stay where they are);
+- a node value: no heartbeat, so not ready (absent): nothing new is placed on the node, and
+  after the grace period its tasks move, as for a node that stopped beating; only that node's
+  own key is hurt;
+- control: unchanged (the availability or settings in force are kept), as an operator's typo
+  must not undrain a node;
+- an assignment: kept, with no resources, so its revision still guards the leader's
+  compare-and-set and the leader overwrites it with what its service says;
+- a status: absent (the task shows as assigned, not reported), never an older state.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from reconciler.core.model import Availability, TaskState
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, FLEET_KEY, NODES, SERVICES, STATUS
 from reconciler.fleet.values import (
     BadValue,
+    BadValues,
     FleetSettings,
     load_json,
     parse_fleet,
@@ -77,34 +92,40 @@ def split_key(key: str) -> tuple[str, str] | None:
     return node, task
 
 
-def _resources(value: bytes) -> tuple[float | None, int | None]:
-    """The cpus and memory an assignment value declares; nothing for a value it cannot read."""
-    try:
-        doc = load_json(value)
-        res = doc.get("resources") if isinstance(doc, dict) else None
-        if not isinstance(res, dict):
-            return None, None
-        cpus = res.get("cpus")
-        memory = res.get("memory")
-        return (
-            float(cpus) if isinstance(cpus, int | float) and not isinstance(cpus, bool) else None,
-            parse_size(memory) if isinstance(memory, int | str) else None,
-        )
-    except (BadValue, UnitError, ValueError):
-        return None, None
+_Resources = tuple[float | None, int | None, str | None]
 
 
-def _reported(value: bytes, revision: int) -> Reported | None:
+def _resources(value: bytes) -> _Resources:
+    """The cpus and memory an assignment value declares; nothing for a value it cannot read,
+    and then why (the third item)."""
     try:
         doc = load_json(value)
-    except BadValue:
-        return None
+    except BadValue as err:
+        return None, None, str(err)
     if not isinstance(doc, dict):
-        return None
+        return None, None, "expected a JSON object"
+    res = doc.get("resources")
+    if not isinstance(res, dict):
+        return None, None, None
+    cpus = res.get("cpus")
+    memory = res.get("memory")
     try:
-        state = parse_state(doc.get("state"))
-    except BadValue:
-        return None
+        size = parse_size(memory) if isinstance(memory, int | str) else None
+    except (UnitError, ValueError):
+        size = None
+    return (
+        float(cpus) if isinstance(cpus, int | float) and not isinstance(cpus, bool) else None,
+        size,
+        None,
+    )
+
+
+def _reported(value: bytes, revision: int) -> Reported:
+    """A status value. Raises ``BadValue``."""
+    doc = load_json(value)
+    if not isinstance(doc, dict):
+        raise BadValue("expected a JSON object")
+    state = parse_state(doc.get("state"))
     restarts = doc.get("restarts")
 
     def text(key: str) -> str | None:
@@ -143,10 +164,12 @@ class FleetView:
         self.revisions: dict[str, int] = {}
         self.statuses: dict[str, Reported] = {}
         self.problems: list[str] = []
+        self.bad: Counter[str] = Counter()  # bad values per bucket, not yet counted in metrics
+        self._reported = BadValues()
         self._gone: set[str] = set()  # nodes whose key was deleted, kept for their assignments
         self._placed_on: Counter[str] = Counter()  # assignments per node
         self._expected: dict[str, bytes | None] = {}  # the manager's writes in flight
-        self._resources: dict[bytes, tuple[float | None, int | None]] = {}
+        self._resources: dict[bytes, _Resources] = {}
 
     # ------------------------------------------------------------------------ reading
 
@@ -164,6 +187,7 @@ class FleetView:
                 cpus=beat.cpus if beat else None,
                 memory=beat.memory if beat else None,
                 pressure=bool(beat.pressure) if beat else False,
+                policy=beat.node.policy if beat and beat.node else None,
             )
         return views
 
@@ -187,7 +211,7 @@ class FleetView:
                 if node not in entries:
                     self.health.forget(node)
             for key, entry in entries.items():
-                self.health.initial(key, self._beat(key, entry.value))
+                self.health.initial(key, self._beat(entry))
             for node in self._placed_on:
                 self.health.known(node)
             return
@@ -212,12 +236,15 @@ class FleetView:
         if bucket == ASSIGNMENTS:
             return self._assignment(entry)
         if bucket == STATUS:
+            self.statuses.pop(entry.key, None)  # a bad value: as if absent
             if entry.value is None:
-                self.statuses.pop(entry.key, None)
-            else:
-                reported = _reported(entry.value, entry.revision)
-                if reported is not None:
-                    self.statuses[entry.key] = reported
+                self._accepted(STATUS, entry.key)
+                return False
+            try:
+                self.statuses[entry.key] = _reported(entry.value, entry.revision)
+                self._accepted(STATUS, entry.key)
+            except BadValue as err:
+                self._reject(entry, STATUS, str(err))
             return False
         if bucket == NODES:
             return self._node(entry, now)
@@ -261,6 +288,7 @@ class FleetView:
             return False  # agents never read such a key; nothing to schedule
         node, task = parts
         if entry.value is None:
+            self._accepted(ASSIGNMENTS, key)
             if self.assignments.pop(key, None) is None:
                 return False
             self._placed_on[node] -= 1
@@ -278,6 +306,10 @@ class FleetView:
             if len(self._resources) > 10_000:
                 self._resources.clear()
             resources = self._resources[entry.value] = _resources(entry.value)
+        if resources[2] is None:
+            self._accepted(ASSIGNMENTS, key)
+        else:  # kept, so the leader replaces it (compare-and-set) with what the service says
+            self._reject(entry, ASSIGNMENTS, resources[2])
         self.assignments[key] = Placed(
             node=node,
             task=task,
@@ -289,14 +321,34 @@ class FleetView:
         self.health.known(node)
         return True
 
-    def _beat(self, node: str, value: bytes | None) -> Heartbeat | None:
-        if value is None:
+    def _beat(self, entry: Entry) -> Heartbeat | None:
+        """A node value; None (no heartbeat: not ready) when absent or bad."""
+        if entry.value is None:
             return None
         try:
-            return parse_heartbeat(value)
+            beat = parse_heartbeat(entry.value)
         except BadValue as err:
-            self.problems.append(f"{NODES}/{node}: {err}")
+            self._reject(entry, NODES, str(err))
             return None
+        self._accepted(NODES, entry.key)
+        return beat
+
+    def _reject(
+        self, entry: Entry, bucket: str, why: str = "", *, lines: Iterable[str] = ()
+    ) -> None:
+        """A bad value: logged (``problems``: ``why``, or ``lines`` that name the key
+        themselves) and counted (``bad``) once per key and revision, however often a watch
+        reads it again."""
+        if not self._reported.first(bucket, entry.key, entry.revision):
+            return
+        self.bad[bucket] += 1
+        if why:
+            self.problems.append(f"{bucket}/{entry.key}: {why} (revision {entry.revision})")
+        self.problems.extend(lines)
+
+    def _accepted(self, bucket: str, key: str) -> None:
+        """``key`` holds a good value now, or none."""
+        self._reported.good(bucket, key)
 
     def _forget_if_gone(self, node: str) -> None:
         """Forget ``node`` if its key was deleted and it holds no assignment any more."""
@@ -314,7 +366,7 @@ class FleetView:
                 self.health.known(node)
             return True  # forgotten, or judged from now on as one that stopped beating
         self._gone.discard(node)
-        self.health.seen(node, self._beat(node, entry.value), now)
+        self.health.seen(node, self._beat(entry), now)
         after = (self.health.health(node, now), _shape(self.health.beat(node)))
         return before != after
 
@@ -323,6 +375,7 @@ class FleetView:
         old = self.services.get(name)
         was_invalid = self.invalid.pop(name, None)
         if entry.value is None:
+            self._accepted(SERVICES, name)
             self.services.pop(name, None)
             return old is not None or was_invalid is not None
         try:
@@ -330,8 +383,9 @@ class FleetView:
         except DesiredStateError as err:
             self.services.pop(name, None)
             self.invalid[name] = err.lines()
-            self.problems.extend(err.lines())
+            self._reject(entry, SERVICES, lines=err.lines())
             return True
+        self._accepted(SERVICES, name)
         self.services[name] = service
         return old is None or old.value != service.value or was_invalid is not None
 
@@ -340,8 +394,9 @@ class FleetView:
         if key == FLEET_KEY:
             try:
                 self.settings = parse_fleet(entry.value) if entry.value else FleetSettings()
+                self._accepted(CONTROL, key)
             except BadValue as err:
-                self.problems.append(f"{CONTROL}/{key}: {err}")
+                self._reject(entry, CONTROL, f"{err}; keeping the settings in force")
             return False
         if not key.startswith(_CONTROL_NODE):
             return False
@@ -354,9 +409,10 @@ class FleetView:
             try:
                 control = parse_node_controls(entry.value)
             except BadValue as err:
-                self.problems.append(f"{CONTROL}/{key}: {err}; keeping what it said before")
+                self._reject(entry, CONTROL, f"{err}; keeping what it said before")
                 return False
             self.availability[node] = control.availability
             self.operator_labels[node] = control.labels
+        self._accepted(CONTROL, key)
         new = (self.availability.get(node, Availability.ACTIVE), self.operator_labels.get(node, {}))
         return new != old

@@ -9,12 +9,13 @@ its own module and cached for as long as it holds:
   metric objects, so a task that leaves the snapshot leaves no stale series behind and a
   scrape never calls podman or walks RocksDB.
 * **Events** (runtime errors, drift corrections, rejected reloads, start latency, resync
-  duration, pull decisions, images removed, loop restarts, store rebuilds) are ordinary
+  duration, pull decisions, images removed, loop restarts, store rebuilds, bad values the fleet
+  session read) are ordinary
   ``prometheus_client`` counters and histograms, kept here, on an injected
   ``CollectorRegistry`` (never the process-global one, so tests and several agents in one
   process never share series). Every value of a fixed label set (``RuntimeOp``, ``DriftKind``,
-  ``PullResult``, the supervised loops) is created up front, so ``rate()`` and alerts see a 0
-  before the first event rather than no series at all.
+  ``PullResult``, the supervised loops, the session's buckets) is created up front, so
+  ``rate()`` and alerts see a 0 before the first event rather than no series at all.
 * **Usage** arrives as one immutable sample per ``--stats-interval`` (``set_usage``), rendered
   once per sample (``reconciler.observe.usage_metrics``) and appended to every scrape.
 
@@ -35,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from reconciler.core.executor import DriftKind, PullResult, RuntimeOp
 from reconciler.core.snapshot import Snapshot
 from reconciler.core.supervisor import LOOPS
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, STATUS
 from reconciler.observe.exposition import CONTENT_TYPE, render_families
 from reconciler.observe.state_metrics import SnapshotCollector, render_snapshot
 from reconciler.observe.usage import Usage
@@ -44,6 +46,7 @@ __all__ = [
     "CONTENT_TYPE",
     "LOOPS",
     "RECONCILE_BUCKETS",
+    "SESSION_BUCKETS",
     "START_BUCKETS",
     "Metrics",
 ]
@@ -53,6 +56,10 @@ START_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 1
 
 #: One full resync pass: a relist of a few containers up to a slow podman with many.
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+#: The buckets whose values a fleet session reads (and may find bad).
+SESSION_BUCKETS: Final = (ASSIGNMENTS, CONTROL, STATUS)
 
 
 class Metrics:
@@ -138,6 +145,12 @@ class Metrics:
         self._images_removed = self._counter(
             "reconciler_images_removed", "Images removed by the image GC."
         )
+        self._bad_values = self._counter(
+            "reconciler_session_bad_values",
+            "Values read from the fleet that broke the contract and were skipped, by bucket.",
+            "bucket",
+            SESSION_BUCKETS,
+        )
         self._event_metrics: tuple[Counter | Histogram, ...] = (
             self._drift,
             self._runtime_errors,
@@ -148,6 +161,7 @@ class Metrics:
             self._store_rebuilds,
             self._pulls,
             self._images_removed,
+            self._bad_values,
         )
 
     def _counter(
@@ -189,6 +203,11 @@ class Metrics:
     def desired_state_error(self) -> None:
         """Count one rejected reload of the desired state."""
         self._desired_errors.inc()
+        self._bump()
+
+    def session_bad_value(self, bucket: str) -> None:
+        """Count one bad value the fleet session read from ``bucket``."""
+        self._bad_values.labels(bucket).inc()
         self._bump()
 
     def loop_restarted(self, loop: str) -> None:

@@ -12,19 +12,32 @@ valid spec it has for that name; every other task is applied as usual.
 - ``merge_changes``: two incremental changes as one, so that a burst of puts that queued while
   the agent was busy is applied in one go (one stored desired set, one assignment to the
   worker) instead of one by one.
+- ``note_rejections``: a bad value is logged and counted once per key and revision: a
+  rejection read again (the full set after a reconnect) is marked ``reported``.
+
+Every value is parsed as hostile input first (``reconciler.fleet.values.load_json``: size,
+depth, finite numbers, short integers, UTF-8, no control characters), so no value raises here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from reconciler.core.session import DesiredTask, DesiredTasks, RejectedTask
-from reconciler.fleet.values import BadValue, load_json
+from reconciler.fleet.buckets import assignment_key
+from reconciler.fleet.values import BadValue, BadValues, load_json
 from reconciler.spec.deps import dependency_problems
 from reconciler.spec.problems import DesiredStateError, Problem
 from reconciler.spec.schema import parse_task
 
-__all__ = ["assignment_change", "full_assignment", "merge_changes", "read_assignment"]
+__all__ = [
+    "assignment_change",
+    "full_assignment",
+    "merge_changes",
+    "note_rejections",
+    "read_assignment",
+]
 
 
 def read_assignment(
@@ -99,6 +112,30 @@ def merge_changes(first: DesiredTasks, then: DesiredTasks) -> DesiredTasks | Non
         tasks[task.name] = task
         removed.pop(task.name, None)
     return DesiredTasks(tasks=tuple(tasks.values()), full=False, removed=tuple(removed))
+
+
+def note_rejections(
+    bucket: str,
+    node_id: str,
+    message: DesiredTasks,
+    revisions: Mapping[str, int],
+    seen: BadValues,
+) -> tuple[DesiredTasks, int]:
+    """``message`` with each rejection already reported at its key's revision (``revisions``:
+    key -> revision) marked ``reported``, and how many rejections are new. Keys the message
+    accepts or removes are forgotten by ``seen``."""
+    for name in (*(t.name for t in message.tasks), *message.removed):
+        seen.good(bucket, assignment_key(node_id, name))
+    new = 0
+    rejected: list[RejectedTask] = []
+    for task in message.rejected:
+        key = assignment_key(node_id, task.name)
+        if seen.first(bucket, key, revisions.get(key, 0)):
+            new += 1
+            rejected.append(task)
+        else:
+            rejected.append(replace(task, reported=True))
+    return replace(message, rejected=tuple(rejected)), new
 
 
 def _name(node_id: str, key: str) -> str:

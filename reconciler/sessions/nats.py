@@ -30,6 +30,10 @@ corrected from the local store. ``report()`` waits while disconnected (the agent
 the latest status per task meanwhile, and counts them as pending) and writes as soon as the next
 epoch is up.
 
+**Bad values** (``reconciler.sessions.nats_values``): every value read is parsed as hostile
+input; a bad one is skipped (the last valid spec, settings or availability kept), logged and
+counted once per key and revision, and never ends the session.
+
 **Status writes** are compare-and-set on the key's revision, so a late retry never overwrites
 a newer state (``reconciler.sessions.nats_status``).
 
@@ -88,6 +92,7 @@ from reconciler.sessions.assignments import assignment_change, full_assignment, 
 from reconciler.sessions.nats_connection import FLEET, NODE, TASKS, Connection
 from reconciler.sessions.nats_heartbeat import Describe, Heartbeats
 from reconciler.sessions.nats_status import StatusWrites
+from reconciler.sessions.nats_values import Rejections
 
 __all__ = ["NatsSession"]
 
@@ -117,6 +122,7 @@ class NatsSession:
         backoff: Backoff = RECONNECT_BACKOFF,
         idle_heartbeat: float = 5.0,
         request_timeout: float = 5.0,
+        bad_value: Callable[[str], None] | None = None,
     ) -> None:
         self._node_id = check_node_id(node_id)
         self._options = replace(
@@ -144,7 +150,8 @@ class NatsSession:
         self._availability = Availability.ACTIVE
         self._status_kv: KeyValue | None = None
         self._nodes_kv: KeyValue | None = None
-        self._statuses = StatusWrites(self._node_id)
+        self._rejections = Rejections(self._node_id, bad_value)
+        self._statuses = StatusWrites(self._node_id, bad=self._rejections.bad)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._end_epoch: Callable[[], None] | None = None
@@ -328,9 +335,10 @@ class NatsSession:
         try:
             initial = await conn.watch()
             self._status_kv, self._nodes_kv = conn.status_kv, conn.nodes_kv
-            self._on_fleet(_value(initial[FLEET].get(FLEET_KEY)))
-            self._on_control(_value(initial[NODE].get(node_control_key(node))), emit=False)
-            tasks = {k: e.value for k, e in initial[TASKS].items() if e.value is not None}
+            self._on_fleet(initial[FLEET].get(FLEET_KEY))
+            self._on_control(initial[NODE].get(node_control_key(node)), emit=False)
+            entries = {k: e for k, e in initial[TASKS].items() if e.value is not None}
+            tasks = {k: e.value for k, e in entries.items() if e.value is not None}
             self._online.set()
             retry.reset()
             self._outage_logged = False
@@ -339,7 +347,9 @@ class NatsSession:
             )
             self._emit(ConnectionChanged(True))
             self._emit(ManagerMessage(availability=self._availability))
-            self._emit(full_assignment(ASSIGNMENTS, node, tasks))
+            revisions = {k: e.revision for k, e in entries.items()}
+            full = full_assignment(ASSIGNMENTS, node, tasks)
+            self._emit(self._rejections.assignments(full, revisions))
             self._heartbeats.soon()
             conn.pump()
             while (change := await conn.next()) is not None:
@@ -375,23 +385,26 @@ class NatsSession:
 
     def _dispatch(self, tag: str, entry: Entry) -> None:
         if tag == FLEET:
-            self._on_fleet(entry.value)
+            self._on_fleet(entry)
         elif tag == NODE:
-            self._on_control(entry.value)
+            self._on_control(entry)
         else:
             message = assignment_change(ASSIGNMENTS, self._node_id, entry.key, entry.value)
             for name in message.removed:
                 self._statuses.forget(name)
-            self._emit(message)
+            self._emit(self._rejections.assignments(message, {entry.key: entry.revision}))
 
-    def _on_fleet(self, value: bytes | None) -> None:
+    def _on_fleet(self, entry: Entry | None) -> None:
+        value = _value(entry)
         try:
             settings = parse_fleet(value) if value is not None else FleetSettings()
             if settings.managers:
                 parse_servers(settings.managers)
         except (BadValue, ConfigError) as err:
-            log.error("%s/%s rejected, keeping the current settings: %s", CONTROL, FLEET_KEY, err)
+            revision = entry.revision if entry is not None else 0
+            self._rejections.bad(CONTROL, FLEET_KEY, revision, str(err), "keeping the settings")
             return
+        self._rejections.good(CONTROL, FLEET_KEY)
         if settings == self._settings:
             return
         if settings.heartbeat_period != self._settings.heartbeat_period:
@@ -412,20 +425,18 @@ class NatsSession:
                 ",".join(redact(m) for m in ignored),
             )
 
-    def _on_control(self, value: bytes | None, *, emit: bool = True) -> None:
+    def _on_control(self, entry: Entry | None, *, emit: bool = True) -> None:
         """Take a new availability; ``emit``: tell the agent when it changed."""
+        value = _value(entry)
+        key = node_control_key(self._node_id)
         try:
             availability = parse_node_control(value) if value is not None else Availability.ACTIVE
         except BadValue as err:
-            key = node_control_key(self._node_id)
-            log.error(
-                "%s/%s rejected, keeping availability %s: %s",
-                CONTROL,
-                key,
-                self._availability.value,
-                err,
-            )
+            revision = entry.revision if entry is not None else 0
+            keeping = f"keeping availability {self._availability.value}"
+            self._rejections.bad(CONTROL, key, revision, str(err), keeping)
             return
+        self._rejections.good(CONTROL, key)
         if availability == self._availability:
             return
         self._availability = availability

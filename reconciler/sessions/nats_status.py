@@ -5,7 +5,7 @@ are compare-and-set on the key's revision: ``StatusWrites`` remembers the revisi
 wrote or read per key; if the key has moved on, it reads the stored status and writes only if
 the new one supersedes it (``reconciler.fleet.values.status_supersedes``), so a late retry
 never overwrites a newer state. A status that the stored one supersedes is dropped, which is
-success.
+success. A stored status that is not a valid value counts as absent, and is overwritten.
 
 ``NatsSession.report`` (``reconciler.sessions.nats``) runs these writes on the connection of
 the moment; the revisions outlive a connection, and a name removed from the node's
@@ -15,6 +15,7 @@ assignments is forgotten.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -33,6 +34,9 @@ __all__ = ["CAS_ATTEMPTS", "StatusWrites"]
 
 log = logging.getLogger(__name__)
 
+BadStatus = Callable[[str, str, int, str, str], None]
+"""Told of a bad stored status: bucket, key, revision, why, and what the agent does instead."""
+
 CAS_ATTEMPTS = 5
 """Writes of one status tried while the key keeps moving under the agent."""
 
@@ -40,8 +44,9 @@ CAS_ATTEMPTS = 5
 class StatusWrites:
     """Compare-and-set status writes of one node; see the module docstring."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, bad: BadStatus | None = None) -> None:
         self._node_id = node_id
+        self._bad = bad
         # per status key: the revision last written or read, and the status it holds
         self._known: dict[str, tuple[int | None, StoredStatus | None]] = {}
 
@@ -65,26 +70,28 @@ class StatusWrites:
                 else:
                     written = await kv.update(key, value, last=revision)
             except KeyWrongLastSequenceError:
-                stored, revision = await _read_status(kv, key)
+                stored, revision = await self._read_status(kv, key)
                 continue
             self._known[key] = (written, _stored(status))
             return
         raise ConnectionError(f"status key {STATUS}/{key} kept changing under the agent")
 
+    async def _read_status(self, kv: KeyValue, key: str) -> tuple[StoredStatus | None, int | None]:
+        """The stored status (None when absent, deleted or bad: a bad one is overwritten)
+        and its revision."""
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError as err:
+            deleted = getattr(err, "entry", None)
+            return None, (deleted.revision if deleted is not None else None)
+        try:
+            stored = parse_status(entry.value or b"")
+        except BadValue as err:
+            if self._bad is not None:
+                self._bad(STATUS, key, entry.revision or 0, str(err), "overwriting it")
+            stored = None
+        return stored, entry.revision
+
 
 def _stored(status: NamedStatus) -> StoredStatus:
     return StoredStatus(id=status.id, state=status.state, updated_at=status.updated_at)
-
-
-async def _read_status(kv: KeyValue, key: str) -> tuple[StoredStatus | None, int | None]:
-    """The stored status (None when absent, deleted or unreadable) and its revision."""
-    try:
-        entry = await kv.get(key)
-    except KeyNotFoundError as err:
-        deleted = getattr(err, "entry", None)
-        return None, (deleted.revision if deleted is not None else None)
-    try:
-        stored = parse_status(entry.value or b"")
-    except BadValue:
-        stored = None
-    return stored, entry.revision

@@ -6,7 +6,8 @@ nothing": FILE is judged together with every other file of the directory (the fi
 base name is the one it replaces), so a name already declared elsewhere, an unsafe directory or
 any invalid file stops the apply before a byte is written. The write itself is a temp file in
 the directory (a dotfile, which the watcher ignores), fsync, rename over the target, fsync of
-the directory: the agent sees the old file or the new one, never a half-written one.
+the directory: the agent sees the old file or the new one, never a half-written one. The same
+``write_atomically``, which never follows a link, writes the agent's files in its state dir.
 
 Desired-state files often hold secrets in env values (passwords, tokens), so a new file is
 written 0600 and a directory that apply creates is 0700; a file it replaces keeps its mode
@@ -37,7 +38,7 @@ from reconciler.spec.loader import (
 from reconciler.spec.plan import PlanLine, plan
 from reconciler.spec.problems import DesiredStateError, Problem
 
-__all__ = ["apply_file"]
+__all__ = ["apply_file", "write_atomically"]
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -138,25 +139,41 @@ def _make_directory(directory: str) -> None:
     os.chmod(directory, DIR_MODE)
 
 
-def write_atomically(target: str, data: bytes) -> None:
+def write_atomically(
+    target: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int | None = None,
+    replace: bool = True,
+) -> None:
     """Replace ``target`` with ``data``: temp dotfile in the same directory, fsync, rename.
 
-    A new file gets mode 0600; a replaced one keeps its mode, less group and other write.
-    Raises ``OSError``; on failure the temp file is removed and the target is unchanged.
+    The one atomic write of a file in a directory the caller owns (the desired directory, the
+    state dir), never following a link: the temp file has a random name and is created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW``, and the rename replaces a link at ``target`` rather than
+    writing through it. The file gets ``mode`` if given, set exactly (``fchmod``); otherwise a
+    new file gets 0600 and a replaced regular file keeps its mode, less group and other write.
+    Without ``replace``, an existing ``target`` raises ``FileExistsError`` and is left alone
+    (the temp file is linked into place, which refuses an existing name atomically). Raises
+    ``OSError``; on failure the temp file is removed and the target is unchanged.
     """
+    target = os.fspath(target)
     directory = os.path.dirname(target) or "."
-    try:
-        mode = stat.S_IMODE(os.stat(target).st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH)
-    except FileNotFoundError:
-        mode = FILE_MODE
+    if mode is None:
+        mode = _kept_mode(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
+    # mkstemp opens with O_CREAT | O_EXCL | O_NOFOLLOW under a fresh random name
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -166,3 +183,14 @@ def write_atomically(target: str, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _kept_mode(target: str) -> int:
+    """The mode a replaced regular file keeps (less group and other write), else 0600."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return FILE_MODE
+    if not stat.S_ISREG(st.st_mode):
+        return FILE_MODE
+    return stat.S_IMODE(st.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH)

@@ -10,12 +10,14 @@ are taken as their text, so ``1.10`` stays ``1.10`` and ``yes`` stays ``yes``).
 Paths are tuples of mapping keys (str) and sequence indexes (int), the same shape as
 ``jsonschema``'s ``ValidationError.absolute_path``, so a schema error maps straight to a line.
 
-**Hostile input has a bounded cost.** Whoever can drop a file in the desired directory must not
+**Hostile input has a bounded cost.** The limits are ``reconciler.spec.limits``'s, which the
+fleet's values share. Whoever can drop a file in the desired directory must not
 be able to stall or kill the agent, so a file is refused, with a problem line, before anything
 is built from it when it breaks one of these limits:
 
 - more than ``MAX_FILE_BYTES`` (1 MiB): far above any real task file, small enough to read;
-- a control character other than TAB, CR and LF (a NUL or an escape sequence is never meant);
+- a control character other than TAB, CR and LF (a NUL or an escape sequence is never meant),
+  as written or spelled with an escape in a quoted string (``"\\e"``);
 - nesting deeper than ``MAX_DEPTH`` (64) levels: Python and every library after this one
   recurse per level, so a ``[[[[...]]]]`` of 10,000 levels would raise ``RecursionError``;
 - more than ``MAX_VALUES_PER_FILE`` values, where an alias counts as every value it repeats and
@@ -50,6 +52,14 @@ from typing import Any
 
 import yaml
 
+from reconciler.spec.limits import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    control_character,
+    control_problem,
+    int_digits,
+)
 from reconciler.spec.problems import Problem
 
 __all__ = [
@@ -69,11 +79,8 @@ FieldPath = tuple[str | int, ...]
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
-MAX_FILE_BYTES = 1024 * 1024
+MAX_FILE_BYTES = MAX_BYTES
 """A desired-state file larger than this is refused rather than parsed."""
-
-MAX_DEPTH = 64
-"""Collections may nest this deep, aliases included; a real task file needs about six."""
 
 MAX_VALUES_PER_FILE = 20_000
 """The values one file may hold, every alias and merge key counted as what it expands to.
@@ -82,14 +89,10 @@ A full task is about 100 values, so this allows some 200 full tasks (or 2,000 mi
 one file, and bounds what validating a file can cost.
 """
 
-MAX_INT_DIGITS = 18
-"""The longest integer accepted: any 18-digit number fits in 64 bits."""
-
 _Loader = type[yaml.CSafeLoader] | type[yaml.SafeLoader]
 LOADER: _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """The safe loader: libyaml's when PyYAML has it."""
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INT = "tag:yaml.org,2002:int"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
@@ -286,16 +289,10 @@ def _check_budget(text: str, path: str) -> Problem | None:
 
 def _control_character(text: str, path: str) -> Problem | None:
     """A problem for the first control character other than TAB, CR and LF, if any."""
-    match = _CONTROL.search(text)
-    if match is None:
+    at = control_character(text)
+    if at is None:
         return None
-    line = text.count("\n", 0, match.start()) + 1
-    return Problem(
-        path,
-        line,
-        "file",
-        f"holds the control character U+{ord(match.group()):04X}; only TAB, CR and LF are allowed",
-    )
+    return Problem(path, text.count("\n", 0, at) + 1, "file", control_problem(text[at]))
 
 
 # --------------------------------------------------------------------------- the builder
@@ -346,9 +343,13 @@ class _Builder:
     def scalar(self, node: yaml.ScalarNode, fpath: FieldPath) -> Any:
         line = node.start_mark.line + 1
         self.raw[fpath] = node.value
+        at = control_character(node.value)  # spelled with an escape: "\e", "\x00"
+        if at is not None:
+            self.problem(line, fpath, control_problem(node.value[at]))
+            return None
         if node.tag == _TIMESTAMP:
             return node.value
-        if node.tag == _INT and _digits(node.value) > MAX_INT_DIGITS:
+        if node.tag == _INT and int_digits(node.value) > MAX_INT_DIGITS:
             self.problem(
                 line,
                 fpath,
@@ -385,6 +386,10 @@ class _Builder:
                 continue
             key = key_node.value
             kpath = (*fpath, key)
+            at = control_character(key)
+            if at is not None:
+                self.problem(key_line, fpath, f"a key {control_problem(key[at])}")
+                continue
             if key in out:
                 if i >= len(entries) - n_merged:
                     continue  # a merged entry that an explicit one overrides
@@ -394,14 +399,6 @@ class _Builder:
             self.key_lines[kpath] = key_line
             out[key] = self.build(value_node, kpath, active)
         return out
-
-
-def _digits(text: str) -> int:
-    """How many digits an integer scalar is written with (sign, prefix and '_' left out)."""
-    body = text.lstrip("+-").replace("_", "")
-    if body[:2] in ("0x", "0o", "0b"):
-        body = body[2:]
-    return len(body)
 
 
 def _short(text: object, limit: int = 60) -> str:

@@ -10,8 +10,9 @@ fsync per status would cap throughput at a few thousand per second).
 
 One process owns a store: the agent holds ``reconciler.store.statedir.StateDirLock`` before it
 opens one, and RocksDB's LOCK file makes a second read-write open fail too (``StateDirInUse``).
-``ps``/``inspect`` open it read-only, which takes no lock. Opening, which never re-creates a
-store silently, checks every row and migrates an older format, is
+``ps``/``inspect`` open it read-only, which takes no lock, in a state dir of their user only
+(``statedir.check_state_dir``: even a read-only open writes there). Opening, which never
+re-creates a store silently, checks every row and migrates an older format, is
 ``reconciler.store.opening``'s.
 
 **Failed writes** (a full disk) raise ``StoreWriteError`` and leave the store ``failed`` with the
@@ -56,6 +57,7 @@ from reconciler.store.rows import (
     status_bytes,
     status_from,
 )
+from reconciler.store.statedir import check_state_dir
 
 __all__ = ["IMAGE_PREFIX", "OOM_PREFIX", "RocksStore"]
 
@@ -93,12 +95,14 @@ class RocksStore:
 
         Every row is decoded on the way in. Raises ``StateDirInUse`` if another process has it
         open for writing, ``StoreCorrupt`` if RocksDB reports corruption or missing files or
-        a row does not decode, ``StoreVersionError`` if a newer agent wrote it, and
+        a row does not decode, ``StoreVersionError`` if a newer agent wrote it,
+        ``StateDirRefused`` if read-only in a state dir this user does not own, and
         ``StoreError`` for anything else (a missing read-only store, an I/O error).
         """
         path = db_path(state_dir)
         create = False
         if read_only:
+            check_state_dir(Path(state_dir))
             if not path.exists():
                 raise StoreError(f"no store at {path}")
             access = AccessType.read_only()

@@ -94,6 +94,7 @@ CARDS: Final[tuple[tuple[str, tuple[Field, ...]], ...]] = (
             Field("Memory", "node.memoryBytes", "bytes"),
             Field("Agent version", "node.version"),
             Field("Labels", "node.labels", "labels"),
+            Field("Fleet tasks may use", "agent.policy"),
         ),
     ),
     (

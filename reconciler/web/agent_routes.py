@@ -17,7 +17,15 @@ from reconciler.core.snapshot import Changes, Snapshot
 from reconciler.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.observe.metrics import Metrics
 from reconciler.web.agent_page import AgentPage
-from reconciler.web.server import Response, Route, Server, probe_routes, serve_routes
+from reconciler.web.server import (
+    DEFAULT_LIMITS,
+    Limits,
+    Response,
+    Route,
+    Server,
+    probe_routes,
+    serve_routes,
+)
 from reconciler.web.state import node_json
 
 __all__ = ["agent_routes", "serve_agent"]
@@ -55,9 +63,15 @@ async def serve_agent(
     snapshot: Callable[[], Snapshot],
     metrics: Metrics,
     changes: Changes | None = None,
+    hosts: frozenset[str] = frozenset(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Server:
     """Serve the agent's routes, its probes (from the snapshot) and its status page on
-    ``host:port``, as ``reconciler.web.server.serve_routes`` does."""
+    ``host:port``, as ``reconciler.web.server.serve_routes`` does (``hosts`` and ``limits``
+    as there)."""
     routes = agent_routes(snapshot, metrics)
     routes.update(probe_routes(lambda: snapshot().health(), lambda: snapshot().readiness()))
-    return await serve_routes(host, port, routes, page=AgentPage(snapshot), changes=changes)
+    page = AgentPage(snapshot)
+    return await serve_routes(
+        host, port, routes, page=page, changes=changes, hosts=hosts, limits=limits
+    )

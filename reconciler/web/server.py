@@ -10,14 +10,21 @@ the network may poke at.
   ``Snapshot`` (and ``Metrics.render()``, which reads it too). Nothing here calls podman or the
   store, so ``/healthz`` answers while podman hangs, and a scrape costs the same whatever the
   runtime does.
-* **Bounded.** The request head is capped in size and line count and must arrive within a
-  deadline (a slow or silent client is dropped), the response must drain within a deadline,
-  concurrent connections are capped, and every response is ``Connection: close``: there is no
-  keep-alive state to leak.
+* **Bounded.** The request line must come within a short deadline (a socket that sends
+  nothing is closed) and the whole head within a longer one, capped in size and line count;
+  the response must drain within a deadline; every response is ``Connection: close``: there
+  is no keep-alive state to leak.
+* **Slots no neighbour can take.** Connections are capped per client address and in all
+  (``reconciler.web.admission.Limits``); once the ordinary slots are all held, a few more are
+  kept for ``/metrics``, ``/healthz`` and ``/readyz`` alone, so scrapes and probes still answer.
+* **No DNS rebinding.** The page and ``/v1/*`` answer only a ``Host`` that is an IP literal,
+  ``localhost`` or a name given to the server; other requests get 421
+  (``reconciler.web.admission.host_allowed``). ``/metrics`` and the probes answer any ``Host``.
 * **One long-lived response.** ``/v1/events`` is a server-sent event stream that stays open
   (``reconciler.web.sse``): streams are capped apart from ordinary connections
-  (``MAX_STREAMS``), wake only when the agent's ``Changes`` is bumped, drop slow clients, and
-  end when the server is closed (``Server.close`` cancels them).
+  (``Limits.max_streams``), wake only when the agent's ``Changes`` is bumped, drop slow clients,
+  end after ``Limits.stream_life`` (the browser reconnects), and end when the server is closed
+  (``Server.close`` cancels them).
 * **Strict.** GET (and HEAD, which probes use) only: other methods get 405, unknown paths 404,
   a malformed request 400. The query string is ignored.
 * **Never env values.** ``/v1/tasks`` is ``TaskView.to_json()``, which carries no spec at all;
@@ -44,25 +51,38 @@ from typing import Any, Final
 
 from reconciler.core.snapshot import Changes
 from reconciler.web import sse
+from reconciler.web.admission import (
+    DEFAULT_LIMITS,
+    PROBE_PATHS,
+    Admission,
+    Limits,
+    Slots,
+    host_allowed,
+)
 
-__all__ = ["Response", "Route", "Server", "probe_routes", "serve_routes"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Limits",
+    "Response",
+    "Route",
+    "Server",
+    "probe_routes",
+    "serve_routes",
+]
 
 log = logging.getLogger(__name__)
 
 #: Largest accepted request head (request line plus headers), and most header lines.
 MAX_HEAD_BYTES: Final = 8192
 MAX_HEADER_LINES: Final = 100
-#: A client must send its whole request head within this many seconds ...
+#: A client must send its whole request head within this many seconds (its first line sooner:
+#: ``Limits.first_line_timeout``) ...
 READ_TIMEOUT: Final = 10.0
 #: ... and take the whole response within this many.
 WRITE_TIMEOUT: Final = 10.0
 #: After an error answer, unread input is discarded for at most this long, and this much.
 LINGER_TIMEOUT: Final = 2.0
 LINGER_BYTES: Final = 1 << 20
-#: Connections served at once; more are closed without an answer.
-MAX_CONNECTIONS: Final = 64
-#: Event streams open at once, counted apart from the connections above; more get a 503.
-MAX_STREAMS: Final = 16
 EVENTS_PATH: Final = "/v1/events"
 #: Bodies smaller than this are never gzipped: the header would eat the gain.
 GZIP_MIN_BYTES: Final = 1024
@@ -77,6 +97,7 @@ _REASONS: Final = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    421: "Misdirected Request",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -115,14 +136,18 @@ class _App:
         routes: Mapping[str, Route],
         page: sse.Page[Any] | None = None,
         changes: Changes | None = None,
+        hosts: frozenset[str] = frozenset(),
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._routes: dict[str, Route] = dict(routes)
+        self._hosts = hosts
+        self._limits = limits
+        self._slots = Slots(limits)
         self._page = page
         self._changes = changes
         if page is not None:
             self._routes["/"] = self._get_page
             self._routes[EVENTS_PATH] = self._head_events
-        self._connections = 0
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
         self._gzip_cache: dict[str, tuple[bytes | None, bytes]] = {}
@@ -130,23 +155,25 @@ class _App:
     # ---------------------------------------------------------------- connection handling
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._connections >= MAX_CONNECTIONS:
-            writer.close()
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        pool = self._slots.take(client)
+        streamed = False
+        if pool is Admission.REFUSED:
+            writer.transport.abort()  # nothing read, nothing to answer: the client is over its cap
             return
-        self._connections += 1
-        counted = True
         try:
             request = await self._read(reader, writer)
-            if (
-                request is not None
-                and request.path == EVENTS_PATH
-                and request.method == "GET"
-                and EVENTS_PATH in self._routes
-            ):
-                self._connections -= 1  # a stream counts against MAX_STREAMS instead
-                counted = False
+            if request is None:
+                pass
+            elif pool is Admission.RESERVED and request.path not in PROBE_PATHS:
+                body = b"busy: only /metrics, /healthz and /readyz answer now\n"
+                await _write_response(writer, 503, _TEXT, body, {"Retry-After": "5"})
+            elif self._is_stream(request):
+                self._slots.move_to_stream()  # counted against max_streams instead
+                streamed = True
                 await self._stream(reader, writer)
-            elif request is not None:
+            else:
                 await self._answer(request, writer)
         except ConnectionError:
             pass  # the client went away; nothing to tell it
@@ -155,8 +182,7 @@ class _App:
         except Exception:
             log.exception("event=http_error")
         finally:
-            if counted:
-                self._connections -= 1
+            self._slots.give(client, pool, streamed=streamed)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -167,7 +193,7 @@ class _App:
         """The request, or None when it was answered with an error (or never came)."""
         try:
             async with asyncio.timeout(READ_TIMEOUT):
-                return await _read_request(reader)
+                return await _read_request(reader, self._limits.first_line_timeout)
         except TimeoutError:
             await _write_response(writer, 408, _TEXT, b"request timeout\n", {})
         except _BadRequest as e:
@@ -177,8 +203,19 @@ class _App:
             pass  # closed before a full request; nobody to answer
         return None
 
+    def _is_stream(self, request: _Request) -> bool:
+        return (
+            request.path == EVENTS_PATH
+            and request.method == "GET"
+            and EVENTS_PATH in self._routes
+            and self._host_ok(request)
+        )
+
+    def _host_ok(self, request: _Request) -> bool:
+        return request.path in PROBE_PATHS or host_allowed(request.headers.get("host"), self._hosts)
+
     async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._streams) >= MAX_STREAMS or self._closing.is_set():
+        if len(self._streams) >= self._limits.max_streams or self._closing.is_set():
             body = b"too many event streams open; try again later\n"
             await _write_response(writer, 503, _TEXT, body, {"Retry-After": "30"})
             return
@@ -187,7 +224,14 @@ class _App:
         self._streams.add(task)
         try:
             assert self._page is not None  # EVENTS_PATH is routed only with a page
-            await sse.stream(reader, writer, self._page, self._changes, self._closing)
+            await sse.stream(
+                reader,
+                writer,
+                self._page,
+                self._changes,
+                self._closing,
+                life=self._limits.stream_life,
+            )
         finally:
             self._streams.discard(task)
 
@@ -203,6 +247,8 @@ class _App:
         )
 
     def _dispatch(self, request: _Request) -> tuple[int, str, bytes, dict[str, str]]:
+        if not self._host_ok(request):
+            return 421, _TEXT, b"unknown Host: use an IP address or a name given --http-host\n", {}
         route = self._routes.get(request.path)
         if route is None:
             return 404, _TEXT, b"not found\n", {}
@@ -290,13 +336,16 @@ def _accepts_gzip(request: _Request) -> bool:
     return False
 
 
-async def _read_request(reader: asyncio.StreamReader) -> _Request:
-    """Read and parse one request head. Raises ``_BadRequest`` for anything malformed."""
+async def _read_request(reader: asyncio.StreamReader, first_line_timeout: float) -> _Request:
+    """Read and parse one request head, its first line within ``first_line_timeout``. Raises
+    ``_BadRequest`` for anything malformed, ``TimeoutError`` when the first line is late."""
     total = 0
     lines: list[str] = []
+    first_line_by = asyncio.get_running_loop().time() + first_line_timeout
     while True:
         try:
-            raw = await reader.readuntil(b"\n")
+            async with asyncio.timeout_at(None if lines else first_line_by):
+                raw = await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as e:
             raise _BadRequest(431, "request head too large") from e
         total += len(raw)
@@ -320,6 +369,8 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request:
         name, sep, value = header.partition(":")
         if not sep or not name or name != name.strip():
             raise _BadRequest(400, "malformed header line")
+        if name.lower() == "host" and "host" in headers:
+            raise _BadRequest(400, "more than one Host header")  # RFC 9112 3.2
         headers[name.lower()] = value.strip()
     path = target.split("?", 1)[0]
     return _Request(method, path, headers)
@@ -374,14 +425,18 @@ async def serve_routes(
     *,
     page: sse.Page[Any] | None = None,
     changes: Changes | None = None,
+    hosts: frozenset[str] = frozenset(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Server:
     """Start serving ``routes`` (path -> ``Route``) on ``host:port`` (0 picks a free port),
-    GET and HEAD only, with the limits above; with a ``page``, also ``/`` and ``/v1/events``
-    (streams capped by ``MAX_STREAMS``, woken by ``changes``: without it, a stream sends the
-    state at connect and then keepalives only). Returns the server; the caller closes it
-    (``close()`` then ``wait_closed()``), which also ends open event streams. Raises ``OSError``
-    when the address cannot be bound."""
-    app = _App(routes, page, changes)
+    GET and HEAD only, with ``limits``; with a ``page``, also ``/`` and ``/v1/events``
+    (streams capped by ``limits.max_streams``, woken by ``changes``: without it, a stream sends
+    the state at connect and then keepalives only). Every path but ``PROBE_PATHS`` answers only
+    a ``Host`` that is an IP literal, ``localhost`` or one of ``hosts`` (normalised by
+    ``reconciler.web.admission.normal_host``); others get 421. Returns the server; the caller
+    closes it (``close()`` then ``wait_closed()``), which also ends open event streams. Raises
+    ``OSError`` when the address cannot be bound."""
+    app = _App(routes, page, changes, hosts, limits)
     server = await asyncio.start_server(app.handle, host, port, limit=MAX_HEAD_BYTES)
     return Server(server, app)
 

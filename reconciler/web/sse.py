@@ -17,6 +17,8 @@ event. This module owns the wire and the stream's life:
   (its browser reconnects and gets a fresh full state).
 * **Prompt end.** A client that hangs up is noticed at once (its EOF is watched), and every
   stream ends when the server sets its ``closing`` event on shutdown.
+* **A bounded life.** A stream ends after the ``life`` its server gives it, so no client holds
+  a stream slot forever; a browser reconnects by itself and starts again from a full state.
 
 The first event of every stream is the full state; a browser's ``EventSource`` reconnects by
 itself after an error, and the ``retry`` field tells it how soon.
@@ -105,18 +107,21 @@ async def stream(
     page: LivePage[M],
     changes: Changes | None,
     closing: asyncio.Event,
+    *,
+    life: float,
 ) -> None:
     """Serve one event stream on a connection whose request has been read.
 
     Writes the head, the full state, then a delta after each change (``changes`` None: the full
     state and keepalives only). Returns when the client hangs up or sends more than it should,
-    or when ``closing`` is set; raises ``SlowClient`` when the client cannot keep up and
-    ``ConnectionError`` when the connection broke. The caller closes the writer.
+    when ``closing`` is set, or after ``life`` seconds; raises ``SlowClient`` when the client
+    cannot keep up and ``ConnectionError`` when the connection broke. The caller closes the writer.
     """
     sender = asyncio.create_task(_send(writer, page, changes))
     hangup = asyncio.create_task(_until_eof(reader))
     shutdown = asyncio.create_task(closing.wait())
-    tasks = (sender, hangup, shutdown)
+    aged = asyncio.create_task(asyncio.sleep(life))
+    tasks = (sender, hangup, shutdown, aged)
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

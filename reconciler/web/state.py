@@ -6,7 +6,7 @@ task list, the same shapes whether they arrive rendered into the HTML or as serv
 * ``node``: exactly the ``/v1/node`` object;
 * ``agent``: the readiness reason, the start time (for the uptime), and the loops and the
   runtime (``runtimeUp``, ``loopsAlive``, ``initDone``, ``sessionConnected``,
-  ``reportsPending``);
+  ``reportsPending``), and the node's policy for fleet tasks in words (``policy``);
 * ``desired``: the desired source's ``status`` (``valid``, ``invalid`` or ``unread``), when a
   valid set was last applied, and the last rejected read's problems, each split into file,
   line and text where the line has the ``PATH:LINE: ...`` form;
@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from reconciler import __version__
 from reconciler.core.codec import node_to_dict
+from reconciler.core.policy import Policy
 from reconciler.core.snapshot import Snapshot, TaskView
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "instance_json",
     "node_json",
     "page_model",
+    "policy_words",
     "problem_json",
     "rfc3339",
 ]
@@ -59,15 +61,19 @@ def rfc3339(timestamp: float | None) -> str | None:
 def node_json(snap: Snapshot) -> dict[str, Any]:
     """The ``/v1/node`` object: null for what the runtime has not described yet (the node
     codec, ``reconciler.core.codec.node_to_dict``), then the node's id, labels, readiness and
-    conditions."""
+    conditions, and last its policy for fleet tasks (null on a node that checks none: the
+    desired directory is trusted)."""
     node = snap.node
     version = node.agent_version if node and node.agent_version else __version__
+    described = node_to_dict(node, version=version)
+    policy = described.pop("policy")
     return {
         "nodeId": snap.node_id,
-        **node_to_dict(node, version=version),
+        **described,
         "labels": dict(snap.labels),
         "ready": snap.ready,
         "conditions": {condition.key: holds for condition, holds in snap.conditions},
+        "policy": policy,
     }
 
 
@@ -81,7 +87,25 @@ def agent_json(snap: Snapshot) -> dict[str, Any]:
         "initDone": snap.init_done,
         "sessionConnected": snap.session_connected,
         "reportsPending": snap.reports_pending,
+        "policy": policy_words(snap.node.policy if snap.node is not None else None, snap),
     }
+
+
+def policy_words(policy: Policy | None, snap: Snapshot) -> str | None:
+    """The node's policy for fleet tasks in words, for the page: what its flags allow (None
+    until the node is described)."""
+    if snap.node is None:
+        return None
+    if policy is None:
+        return "not checked (desired directory)"
+    parts = [
+        *(f"bind {p}" for p in policy.binds),
+        *(f"device {d}" for d in policy.devices),
+        *(f"capability {c}" for c in policy.caps),
+        *(["host network"] if policy.host_network else []),
+        *([f"images from {', '.join(policy.registries)} only"] if policy.registries else []),
+    ]
+    return "; ".join(parts) if parts else "nothing of the host"
 
 
 def problem_json(line: str) -> dict[str, Any]:

@@ -8,6 +8,17 @@ included) and the host's default storage, so images and containers are the ones 
 the command line sees. The agent stops that service on exit; containers keep running under
 conmon.
 
+**The agent's own socket** is ``<state-dir>/podman/podman.sock``. A unix socket path holds at
+most 107 bytes, so for a deeper state dir it is
+``$XDG_RUNTIME_DIR/reconciler-<digest>/podman.sock``, else
+``/tmp/reconciler-<uid>-<digest>/podman.sock``, the digest a SHA-256 of the state dir's
+absolute path: the same name in every run, so a later agent finds the socket an earlier one
+left. Its directory must be the agent's: it is created 0700 (never with "exist ok"), and one
+that exists must be a real directory (not a link), owned by the agent's user and not writable
+by group or others. Otherwise a neighbour could have the agent talk to a socket of theirs (and
+hand it every task's environment); such a directory is refused (``UnsafeSocketDir``): it is not
+asked, no service is started there, and the error says why.
+
 Discovery is not only for start-up: ``rediscovery`` gives the executor a callable that walks the
 same order again while podman is down, so a socket that appears later (a socket-activated
 ``podman.socket``, ``$CONTAINER_HOST``'s socket created after the agent) is found and used. An
@@ -17,9 +28,11 @@ explicit ``--podman-url`` gets none: it is never replaced.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,23 +53,85 @@ def answers(url: str, timeout: float = 2.0) -> bool:
     return socket_path(url) is not None and ping(url, deadline=timeout)
 
 
+SOCKET_DIR_MODE = 0o700
+OWN_SOCKET = "podman.sock"
+
+
+class UnsafeSocketDir(RuntimeError):
+    """The own socket's directory is a link, not a directory, someone else's or writable by
+    others: neither asked nor used."""
+
+
 def state_dir_socket(state_dir: Path) -> str:
-    """The socket under the state dir, or a short stand-in if that path is too long."""
-    path = state_dir / "podman" / "podman.sock"
-    if len(str(path)) > SUN_PATH_MAX:
-        short = Path("/tmp") / f"reconciler-{abs(hash(str(state_dir))) % 10**10}" / "podman.sock"
-        return f"unix://{short}"
-    return f"unix://{path}"
+    """The agent's own socket URL: under the state dir, or a stable short stand-in if that path
+    is too long for a unix socket (see the module docstring)."""
+    path = state_dir / "podman" / OWN_SOCKET
+    if len(str(path)) <= SUN_PATH_MAX:
+        return f"unix://{path}"
+    digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:16]
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and os.path.isabs(runtime_dir):
+        short = Path(runtime_dir) / f"reconciler-{digest}" / OWN_SOCKET
+        if len(str(short)) <= SUN_PATH_MAX:
+            return f"unix://{short}"
+    return f"unix://{Path('/tmp') / f'reconciler-{os.geteuid()}-{digest}' / OWN_SOCKET}"
+
+
+def socket_dir_problem(directory: Path) -> str | None:
+    """Why ``directory`` may not hold the agent's own socket, or None when it may. Raises
+    ``FileNotFoundError`` when it does not exist."""
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"is owned by uid {st.st_uid}, not by the agent's user (uid {os.geteuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def prepare_socket_dir(url: str) -> None:
+    """Create the own socket's directory 0700, or check the one that exists. Raises
+    ``UnsafeSocketDir``."""
+    path = socket_path(url)
+    if path is None:
+        raise ValueError(f"not a unix socket URL: {url}")
+    directory = Path(path).parent
+    try:
+        os.mkdir(directory, SOCKET_DIR_MODE)
+    except FileExistsError:
+        pass  # checked below, whatever it is
+    except OSError as err:
+        raise UnsafeSocketDir(f"cannot create podman socket dir {directory}: {err}") from err
+    problem = socket_dir_problem(directory)
+    if problem is not None:
+        raise UnsafeSocketDir(f"refusing podman socket dir {directory}: it {problem}")
+
+
+def _own_socket_if_safe(state_dir: Path) -> str | None:
+    url = state_dir_socket(state_dir)
+    path = socket_path(url)
+    try:
+        safe = path is not None and socket_dir_problem(Path(path).parent) is None
+    except OSError:
+        return None  # no directory, no socket: nothing to ask
+    return url if safe else None
 
 
 def candidates(state_dir: Path) -> list[str]:
+    """The URLs to ask, in order. The own socket is left out while its directory is not safe
+    (``prepare_socket_dir`` says why when the agent would start a service there)."""
     urls = []
     if os.environ.get("CONTAINER_HOST"):
         urls.append(os.environ["CONTAINER_HOST"])
     urls.append(f"unix://{ROOTFUL_SOCKET}")
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
     urls.append(f"unix://{runtime_dir}/podman/podman.sock")
-    urls.append(state_dir_socket(state_dir))
+    own = _own_socket_if_safe(state_dir)
+    if own is not None:
+        urls.append(own)
     return urls
 
 
@@ -113,7 +188,8 @@ def start_service(
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     log_path = Path(path).parent / "service.log"
-    with open(log_path, "ab") as out:
+    log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(log_path, log_flags, 0o600), "ab") as out:
         proc = subprocess.Popen(
             [binary, *podman_args, "system", "service", "--time=0", url],
             stdin=subprocess.DEVNULL,
@@ -168,7 +244,8 @@ def find_podman(explicit: str | None, state_dir: Path) -> tuple[str, OwnService 
     With ``explicit`` set, that URL is used as is (the agent retries until it answers).
     Otherwise the first candidate that answers wins; if none does, a service is started on
     the state-dir socket. If that fails too, the state-dir URL is returned without a service,
-    and the agent keeps retrying it.
+    and the agent keeps retrying it. If its directory is refused, the first candidate is
+    returned instead (the refused socket is never asked), and the error is logged.
     """
     if explicit:
         return explicit, None
@@ -177,6 +254,12 @@ def find_podman(explicit: str | None, state_dir: Path) -> tuple[str, OwnService 
         log.info("found podman url=%s", url)
         return url, None
     own = state_dir_socket(state_dir)
+    try:
+        prepare_socket_dir(own)
+    except UnsafeSocketDir as err:
+        # never the refused socket: wait on the first candidate, rediscovery finds any other
+        log.error("cannot start podman service err=%r", str(err))
+        return candidates(state_dir)[0], None
     try:
         return own, start_service(own)
     except RuntimeError as err:

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from reconciler.core.errors import ExitError, ReconcilerError, TemporaryError
 from reconciler.core.model import HealthCheck
+from reconciler.core.text import printable
 from runtime.podman.container import Container
 from runtime.podman.errors import NotFound
 from runtime.podman.events import ContainerEvent, EventKind
@@ -134,7 +135,8 @@ def health_detail(verdict: dict[str, Any]) -> str:
     detail = f"{streak} consecutive checks failed" if streak else "unhealthy"
     logs = verdict.get("Log") or []
     if logs and isinstance(logs[-1], dict):
-        output = str(logs[-1].get("Output") or "").strip()
+        # a check that prints in colour must not put escape sequences in a status message
+        output = printable(str(logs[-1].get("Output") or "")).strip()
         if output:
             detail += f" (last output: {output[:200]})"
     return detail

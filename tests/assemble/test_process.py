@@ -36,9 +36,11 @@ class FailingSession(MemorySession):
         yield  # pragma: no cover
 
 
-async def get(port: int, path: str, *, method: str = "GET") -> tuple[int, bytes]:
+async def get(
+    port: int, path: str, *, method: str = "GET", host: str = "127.0.0.1"
+) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
     data = await reader.read()
     writer.close()
@@ -50,12 +52,13 @@ async def get(port: int, path: str, *, method: str = "GET") -> tuple[int, bytes]
 class Running:
     """A program under ``run_process`` in this loop, and the port it listens on."""
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, *, hosts: frozenset[str] = frozenset()) -> None:
         self.program = program
         self.stop = asyncio.Event()
         self.bound: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        listening = self.bound.set_result
         self.task = asyncio.create_task(
-            run_process(program, ("127.0.0.1", 0), stop=self.stop, listening=self.bound.set_result)
+            run_process(program, ("127.0.0.1", 0), stop=self.stop, listening=listening, hosts=hosts)
         )
 
     async def port(self) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from reconciler.core.codec import compact, node_from_dict, node_to_dict
 from reconciler.core.model import NodeDescription
+from reconciler.core.policy import Policy
 
 NODE = NodeDescription("edge-1", "linux", "arm64", 4, 2 << 30, "podman", "4.3.1", "0.1.0")
 
@@ -33,10 +35,27 @@ def test_a_described_node_round_trips() -> None:
         "runtime": "podman",
         "runtimeVersion": "4.3.1",
         "version": "9.9",
+        "policy": None,
     }
     assert node_from_dict(json.loads(compact(doc))) == NodeDescription(
         "edge-1", "linux", "arm64", 4, 2 << 30, "podman", "4.3.1", "9.9"
     )
+
+
+def test_a_nodes_policy_round_trips_and_a_hostile_one_names_its_field() -> None:
+    policy = Policy.of(binds=["/var/log"], caps=["NET_ADMIN"], registries=["localhost"])
+    doc = node_to_dict(replace(NODE, policy=policy), version="9.9")
+    assert doc["policy"] == {
+        "allowBind": ["/var/log"],
+        "allowDevice": [],
+        "allowCap": ["NET_ADMIN"],
+        "allowHostNetwork": False,
+        "allowRegistry": ["localhost"],
+    }
+    back = node_from_dict(json.loads(compact(doc)))
+    assert back is not None and back.policy == policy
+    with pytest.raises(ValueError, match=r"policy\.allowCap: expected a list"):
+        node_from_dict({**doc, "policy": {"allowCap": 7}})
 
 
 def test_a_node_not_described_yet_is_null_but_for_the_agents_version() -> None:

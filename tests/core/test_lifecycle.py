@@ -130,6 +130,15 @@ async def test_permanent_prepare_failure_rejects(executor: FakeExecutor, clock: 
     assert status.err == "image not allowed"
 
 
+async def test_a_runtime_errors_escape_sequences_never_reach_the_status(
+    executor: FakeExecutor, clock: FakeClock
+):
+    task = at(make_task(), S.PREPARING)
+    executor.fail("prepare", PermanentError("\x1b[31mpull failed\x1b[0m:\x00 denied"))
+    status = await do(task, executor.controller(task), now=clock.time)
+    assert (status.state, status.err) == (S.REJECTED, "pull failed:\ufffd denied")
+
+
 async def test_permanent_start_failure_fails(executor: FakeExecutor, clock: FakeClock):
     task = at(make_task(), S.STARTING)
     ctlr = executor.controller(task)

@@ -148,13 +148,15 @@ async def running_agent(
     node_id: str = "node-a",
     creds: Path | None = None,
     executor: FakeExecutor | None = None,
+    flags: tuple[str, ...] = (),
 ) -> AsyncIterator[Running]:
-    """The agent on the fake runtime with a fleet session to ``servers``; stopped on exit."""
+    """The agent on the fake runtime with a fleet session to ``servers``; stopped on exit.
+    ``flags`` are more of ``reconciler run``'s (the node's policy, say)."""
     clock = SystemClock()
     store = RocksStore.open(state)
     ex = executor or FakeExecutor(clock=clock, node_id=node_id)
     assembled = assemble_agent(
-        agent_options(state, "--manager", ",".join(servers)),
+        agent_options(state, "--manager", ",".join(servers), *flags),
         store=store,
         node_id=node_id,
         clock=clock,

@@ -81,8 +81,10 @@ class FleetAgent:
         labels: dict[str, str] | None = None,
         cpus: int = 8,
         creds: Path | None = None,
+        flags: tuple[str, ...] = (),
     ) -> None:
         self.node_id = node_id
+        self.flags = flags  # more `reconciler run` flags (the node's policy, say)
         self.servers = servers
         self.creds = creds
         self.labels = tuple((labels or {}).items())
@@ -110,7 +112,7 @@ class FleetAgent:
     async def start(self) -> None:
         assert self._task is None
         assembled = assemble_agent(
-            agent_options(self.state, "--manager", ",".join(self.servers)),
+            agent_options(self.state, "--manager", ",".join(self.servers), *self.flags),
             store=self.store,
             node_id=self.node_id,
             clock=self.clock,

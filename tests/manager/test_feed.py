@@ -53,13 +53,13 @@ async def test_the_manager_serves_its_page_under_its_policy_beside_its_routes(
     served: tuple[Manager, int],
 ) -> None:
     _, port = served
-    answer = await request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await request(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert b"content-type: text/html; charset=utf-8" in head.lower()
     assert f"Content-Security-Policy: {CONTENT_SECURITY_POLICY}".encode() in head
     assert b'<tr data-key="web-1"' not in body and b'<tr data-key="a.web-1"' in body
-    healthz = await request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    healthz = await request(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert healthz.startswith(b"HTTP/1.1 200") and healthz.endswith(b"ok\n")
 
 
@@ -85,7 +85,7 @@ async def test_the_stream_starts_with_the_fleet_and_follows_a_node_going_down(
 
 async def test_without_a_watcher_changes_build_nothing(served: tuple[Manager, int]) -> None:
     m, port = served
-    await request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await request(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     builds = m.builds
     for _ in range(50):
         m.change(two_nodes())

@@ -63,7 +63,8 @@ def test_a_reconnect_does_not_count_the_time_away_against_a_node() -> None:
     assert h.health("a", 61.0) is Health.DOWN
 
 
-NODE = NodeDescription("a.lab", "linux", "arm64", 4, 1024, "podman", "4.3.1", "0.1.0")
+GIB = 1 << 30
+NODE = NodeDescription("a.lab", "linux", "arm64", 4, GIB, "podman", "4.3.1", "0.1.0")
 
 
 def test_heartbeats_are_read_defensively() -> None:
@@ -73,7 +74,7 @@ def test_heartbeats_are_read_defensively() -> None:
     )
     assert (got.cpus, got.memory, dict(got.labels), got.pressure) == (
         4.0,
-        1024,
+        GIB,
         {"site": "x"},
         (Condition.DISK_PRESSURE,),
     )
@@ -109,7 +110,7 @@ def test_the_manager_reads_the_description_an_agent_writes() -> None:
     )
     got = parse_heartbeat(value)
     assert got.node == NodeDescription(
-        "a.lab", "linux", "arm64", 4, 1024, "podman", "4.3.1", "0.2.0"
+        "a.lab", "linux", "arm64", 4, GIB, "podman", "4.3.1", "0.2.0"
     )
     assert (got.version, got.pressure) == ("0.2.0", (Condition.MEMORY_PRESSURE,))
 

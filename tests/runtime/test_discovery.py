@@ -3,24 +3,31 @@ service it starts (with a stand-in podman), and the start-up ``podman info`` rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
+import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from runtime.podman import discovery
 from runtime.podman.discovery import (
+    UnsafeSocketDir,
     answers,
     candidates,
     find_podman,
     first_answering,
+    prepare_socket_dir,
     rediscovery,
     start_service,
     state_dir_socket,
@@ -31,6 +38,7 @@ HANG_GUARD = 30.0
 
 
 def test_candidates_follow_the_contract_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    (tmp_path / "podman").mkdir(mode=0o700)  # left by an earlier run
     monkeypatch.setenv("CONTAINER_HOST", "unix:///custom/podman.sock")
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
     assert candidates(tmp_path) == [
@@ -43,11 +51,40 @@ def test_candidates_follow_the_contract_order(monkeypatch: pytest.MonkeyPatch, t
     assert candidates(tmp_path)[0] == "unix:///run/podman/podman.sock"
 
 
-def test_a_state_dir_too_deep_for_a_socket_path_gets_a_short_stand_in():
+def test_a_state_dir_too_deep_for_a_socket_path_gets_a_short_stand_in(
+    monkeypatch: pytest.MonkeyPatch,
+):
     deep = Path("/var/lib/" + "x" * 120)
+    digest = hashlib.sha256(str(deep).encode()).hexdigest()[:16]
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
+    assert state_dir_socket(deep) == f"unix:///run/user/1234/reconciler-{digest}/podman.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
     url = state_dir_socket(deep)
-    assert url.startswith("unix:///tmp/reconciler-")
+    assert url == f"unix:///tmp/reconciler-{os.geteuid()}-{digest}/podman.sock"
     assert len(url) - len("unix://") <= 107
+
+
+def test_the_stand_in_is_the_same_name_in_every_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    deep = tmp_path / ("x" * 120)
+    code = (
+        "import sys; from pathlib import Path; "
+        "from runtime.podman.discovery import state_dir_socket; "
+        "print(state_dir_socket(Path(sys.argv[1])))"
+    )
+    urls = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(deep)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")  # str hashes differ between these two
+    }
+    assert urls == {state_dir_socket(deep)}
 
 
 def test_explicit_url_is_used_as_given(tmp_path: Path):
@@ -272,3 +309,117 @@ def test_the_start_up_info_read_loads_no_podman_py() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _serve_pings(path: Path) -> Callable[[], None]:
+    """A tiny podman stand-in answering every ping on ``path``; returns its stop."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+    t = threading.Thread(target=serve)
+    t.start()
+
+    def stop() -> None:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        t.join()
+
+    return stop
+
+
+FIND_IN_A_NEW_PROCESS = """
+import sys
+from pathlib import Path
+from runtime.podman import discovery
+discovery.ROOTFUL_SOCKET = sys.argv[2]
+print(discovery.find_podman(None, Path(sys.argv[1])))
+"""
+
+
+def test_a_later_run_finds_the_socket_an_earlier_one_left(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, short_dir: Path
+) -> None:
+    monkeypatch.delenv("CONTAINER_HOST", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_dir))  # no rootless podman socket in it
+    state = tmp_path / ("deep" * 30)  # too deep: the own socket is under $XDG_RUNTIME_DIR
+    own = state_dir_socket(state)
+    assert own.startswith(f"unix://{short_dir}/reconciler-")
+    prepare_socket_dir(own)  # what the earlier run did
+    stop = _serve_pings(Path(own.removeprefix("unix://")))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", FIND_IN_A_NEW_PROCESS, str(state), str(tmp_path / "no.sock")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=HANG_GUARD,
+        )
+    finally:
+        stop()
+    assert out.stdout.strip() == repr((own, None))
+
+
+def _plant(kind: str, directory: Path, tmp_path: Path) -> None:
+    if kind == "symlink":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        directory.symlink_to(elsewhere)
+    elif kind == "group-writable":
+        directory.mkdir()
+        directory.chmod(0o770)
+    elif kind == "a file":
+        directory.write_text("")
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another user needs root (CI runs as root)")
+        directory.mkdir(mode=0o700)
+        os.chown(directory, pwd.getpwnam("nobody").pw_uid, -1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("symlink", "is a symlink"),
+        ("group-writable", "is writable by group or others (mode 0770)"),
+        ("a file", "is not a directory"),
+        ("another user's", "is owned by uid"),
+    ],
+)
+def test_a_planted_socket_dir_is_refused_never_asked_and_never_served(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str, why: str
+) -> None:
+    monkeypatch.delenv("CONTAINER_HOST", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "no-runtime-dir"))
+    monkeypatch.setattr(discovery, "ROOTFUL_SOCKET", str(tmp_path / "no.sock"))
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    planted = state / "podman"
+    _plant(kind, planted, tmp_path)
+    own = state_dir_socket(state)
+    with pytest.raises(UnsafeSocketDir, match=re.escape(f"socket dir {planted}: it {why}")):
+        prepare_socket_dir(own)
+    assert own not in candidates(state)
+    assert find_podman(None, state) == (f"unix://{tmp_path / 'no.sock'}", None)
+    if kind == "symlink":
+        assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_the_own_socket_dir_is_created_private(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    own = state_dir_socket(tmp_path / "state")
+    prepare_socket_dir(own)
+    prepare_socket_dir(own)  # a second run finds it and accepts it
+    made = tmp_path / "state" / "podman"
+    assert stat.S_IMODE(os.lstat(made).st_mode) == 0o700
+    assert own in candidates(tmp_path / "state")

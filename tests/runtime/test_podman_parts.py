@@ -20,6 +20,7 @@ from runtime.podman.errors import (
     RuntimeUnavailable,
     translate,
 )
+from runtime.podman.health import health_detail
 
 
 class _Resp:
@@ -153,3 +154,13 @@ async def test_describe_asks_podman_when_the_early_info_got_no_answer(tmp_path: 
             await ex.describe()
     finally:
         await ex.close()
+
+
+def test_a_health_checks_output_reaches_the_message_without_escape_sequences() -> None:
+    verdict = {
+        "Status": "unhealthy",
+        "FailingStreak": 3,
+        "Log": [{"Output": "\x1b[31mFAIL\x1b[0m: db down\x07\n"}],
+    }
+    shown = "3 consecutive checks failed (last output: FAIL: db down\ufffd)"
+    assert health_detail(verdict) == shown

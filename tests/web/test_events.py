@@ -52,21 +52,39 @@ class Agent:
     port: int
     clients: list[Stream] = field(default_factory=list)
 
-    async def open(self, *, rcvbuf: int | None = None) -> Stream:
-        stream = await Stream.open(self.port, rcvbuf=rcvbuf)
+    async def open(self, *, rcvbuf: int | None = None, host: str = "127.0.0.1") -> Stream:
+        stream = await Stream.open(self.port, rcvbuf=rcvbuf, host=host)
         self.clients.append(stream)
         return stream
 
 
-async def serve(source: Source, *, changes: Changes | None) -> rhttp.Server:
+async def serve(
+    source: Source,
+    *,
+    changes: Changes | None,
+    limits: rhttp.Limits = rhttp.DEFAULT_LIMITS,
+    hosts: frozenset[str] = frozenset(),
+) -> rhttp.Server:
     metrics = Metrics(snapshot=source, registry=CollectorRegistry())
-    return await serve_agent("127.0.0.1", 0, snapshot=source, metrics=metrics, changes=changes)
+    return await serve_agent(
+        "127.0.0.1",
+        0,
+        snapshot=source,
+        metrics=metrics,
+        changes=changes,
+        limits=limits,
+        hosts=hosts,
+    )
 
 
-@pytest.fixture
-async def agent() -> AsyncIterator[Agent]:
+@contextlib.asynccontextmanager
+async def running(
+    limits: rhttp.Limits = rhttp.DEFAULT_LIMITS, *, hosts: frozenset[str] = frozenset()
+) -> AsyncIterator[Agent]:
+    """An agent's server on 127.0.0.1 with ``limits`` and ``hosts``; its clients closed at
+    the end."""
     source = Source(snapshot())
-    server = await serve(source, changes=source.changes)
+    server = await serve(source, changes=source.changes, limits=limits, hosts=hosts)
     a = Agent(source, server, server.sockets[0].getsockname()[1])
     try:
         yield a
@@ -76,6 +94,12 @@ async def agent() -> AsyncIterator[Agent]:
         server.close()
         async with asyncio.timeout(HANG):
             await server.wait_closed()
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[Agent]:
+    async with running() as a:
+        yield a
 
 
 class Stream:
@@ -88,14 +112,17 @@ class Stream:
         self.headers: dict[str, str] = {}
 
     @classmethod
-    async def open(cls, port: int, *, rcvbuf: int | None = None) -> Stream:
+    async def open(cls, port: int, *, rcvbuf: int | None = None, host: str = "127.0.0.1") -> Stream:
         sock = socket.socket()
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write(b"GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        writer.write(
+            b"GET /v1/events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n"
+            % host.encode()
+        )
         await writer.drain()
         stream = cls(reader, writer)
         async with asyncio.timeout(HANG):
@@ -235,25 +262,34 @@ async def test_without_changes_the_stream_sends_the_state_then_keepalives(
         await server.wait_closed()
 
 
-async def test_streams_are_capped_apart_from_other_requests(
-    agent: Agent, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(rhttp, "MAX_STREAMS", 2)
-    monkeypatch.setattr(rhttp, "MAX_CONNECTIONS", 2)
-    streams = [await agent.open() for _ in range(2)]
-    for s in streams:
-        await s.event()
-    refused = await agent.open()
-    assert refused.status == 503
-    assert refused.headers["retry-after"]
-    answer = await request(agent.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 200 OK")
+async def test_streams_are_capped_apart_from_other_requests() -> None:
+    async with running(rhttp.Limits(max_streams=2, max_connections=2)) as agent:
+        streams = [await agent.open() for _ in range(2)]
+        for s in streams:
+            await s.event()
+        refused = await agent.open()
+        assert refused.status == 503
+        assert refused.headers["retry-after"]
+        answer = await request(agent.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK")
 
 
-async def test_a_client_that_hangs_up_frees_its_stream_slot(
-    agent: Agent, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(rhttp, "MAX_STREAMS", 1)
+async def test_a_stream_ends_after_its_life_and_a_new_one_starts_from_the_full_state() -> None:
+    async with running(rhttp.Limits(max_streams=1, stream_life=0.2)) as agent:
+        first = await agent.open()
+        assert (await first.event())["full"] is True
+        await first.eof()  # the server ends it, the client never hangs up (else HANG fails)
+        again = await agent.open()  # what a browser's EventSource does after `retry` ms
+        assert again.status == 200  # the slot the first held is free
+        assert (await again.event())["full"] is True
+
+
+async def test_a_client_that_hangs_up_frees_its_stream_slot() -> None:
+    async with running(rhttp.Limits(max_streams=1)) as agent:
+        await _hang_up_and_reconnect(agent)
+
+
+async def _hang_up_and_reconnect(agent: Agent) -> None:
     first = await agent.open()
     await first.event()
     await first.close()
@@ -276,11 +312,13 @@ async def test_closing_the_server_ends_open_streams(agent: Agent) -> None:
     assert await s.eof() == b""
 
 
-async def test_a_client_that_does_not_read_is_dropped(
-    agent: Agent, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_client_that_does_not_read_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sse, "WRITE_TIMEOUT", 0.2)
-    monkeypatch.setattr(rhttp, "MAX_STREAMS", 1)
+    async with running(rhttp.Limits(max_streams=1)) as agent:
+        await _dropped_when_it_does_not_read(agent)
+
+
+async def _dropped_when_it_does_not_read(agent: Agent) -> None:
     s = await agent.open(rcvbuf=4096)
     await s.event()
     # deltas of a few MB each, far beyond the socket buffers, which the client never reads,
@@ -303,13 +341,13 @@ async def test_a_client_that_does_not_read_is_dropped(
 
 
 async def test_head_answers_the_stream_headers_without_a_stream(agent: Agent) -> None:
-    head = await request(agent.port, b"HEAD /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await request(agent.port, b"HEAD /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert b"Content-Type: text/event-stream" in head
 
 
 async def test_other_methods_on_the_stream_are_405(agent: Agent) -> None:
     head = await request(
-        agent.port, b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        agent.port, b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
     )
     assert head.startswith(b"HTTP/1.1 405")

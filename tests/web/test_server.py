@@ -6,13 +6,14 @@ import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler import __version__
 from reconciler.core.model import TaskState
+from reconciler.core.policy import Policy
 from reconciler.core.snapshot import Snapshot, TaskView
 from reconciler.observe.metrics import Metrics
 from reconciler.web import server as rhttp
@@ -241,6 +242,21 @@ async def test_node_describes_the_node_with_the_contract_keys(agent: Agent) -> N
         "labels": {"site": "north", "rack": "3"},
         "ready": True,
         "conditions": {},
+        "policy": None,  # a desired-directory node checks nothing
+    }
+
+
+async def test_node_shows_a_fleet_nodes_policy(agent: Agent) -> None:
+    policy = Policy.of(binds=["/var/log/"], caps=["cap_net_admin"], registries=["localhost"])
+    agent.holder.snap = healthy(node=replace(NODE, policy=policy))
+    got = json.loads((await get(agent.port, "/v1/node")).body)
+    assert list(got)[-1] == "policy"
+    assert got["policy"] == {
+        "allowBind": ["/var/log"],
+        "allowDevice": [],
+        "allowCap": ["NET_ADMIN"],
+        "allowHostNetwork": False,
+        "allowRegistry": ["localhost"],
     }
 
 
@@ -267,7 +283,7 @@ async def test_other_methods_are_405(agent: Agent) -> None:
 
 async def test_head_answers_headers_without_a_body(agent: Agent) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
-    writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     data = await reader.read()
     writer.close()
     await writer.wait_closed()
@@ -323,7 +339,8 @@ async def test_a_failing_snapshot_source_gives_500_and_the_server_keeps_serving(
 
 
 async def test_concurrent_scrapes_all_get_the_same_text(agent: Agent) -> None:
-    results = await asyncio.gather(*(get(agent.port, "/metrics") for _ in range(20)))
+    at_once = rhttp.DEFAULT_LIMITS.per_client  # one client's share: these all come from one
+    results = await asyncio.gather(*(get(agent.port, "/metrics") for _ in range(at_once)))
     assert {r.body for r in results} == {agent.metrics.render()}
 
 
@@ -354,7 +371,7 @@ async def test_the_status_page_is_gzipped_when_the_browser_accepts_it(agent: Age
 async def test_only_get_and_head_reach_the_page(agent: Agent) -> None:
     assert (await get(agent.port, "/", method="POST")).status == 405
     reader, writer = await asyncio.open_connection("127.0.0.1", agent.port)
-    writer.write(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     data = await reader.read()
     writer.close()
     await writer.wait_closed()

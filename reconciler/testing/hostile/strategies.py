@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from hypothesis import strategies as st
 
+from reconciler.spec.limits import control_character
 from reconciler.spec.loader import parse_file
 from reconciler.spec.schema import TASK_SCHEMA
 from reconciler.spec.units import parse_duration
@@ -236,11 +237,22 @@ def documents(draw: st.DrawFn) -> Case:
     mutated = draw(st.integers(0, 4)) == 0
     if mutated:
         text = _mutate(text, draw(st.integers(0, 2)), draw(st.integers(0)), draw(_SNIPPETS))
-    # With allow_unicode, PyYAML writes U+0085 (NEL) raw, as a line break: a control
-    # character in the file, which the reader refuses by rule.
-    raw_control = "\x85" in text
+    # A control character in a text or key is refused by rule, whether PyYAML writes it raw
+    # (U+0085, NEL, as a line break) or escaped ("\e").
+    raw_control = "\x85" in text or _holds_control(doc)
     valid = not (any(broken) or header_broken or mutated or raw_control)
     return Case(text, tuple(sorted(names)) if valid else None)
+
+
+def _holds_control(value: object) -> bool:
+    """Whether a text or key anywhere in ``value`` holds a refused control character."""
+    if isinstance(value, str):
+        return control_character(value) is not None
+    if isinstance(value, dict):
+        return any(_holds_control(k) or _holds_control(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_control(v) for v in value)
+    return False
 
 
 _YAMLISH = st.sampled_from([*"abz019 -:[]{},&*!|>'\"#%@`?\n\t\r.~<=", "\u00e9", "\ufeff"])
