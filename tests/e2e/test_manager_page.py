@@ -133,7 +133,8 @@ def placed_on_both_nodes(
     assert web["Desired"] == "2" and web["Mode"] == "replicated"
     edge = table(browser, "unassigned")["edge-1"]
     assert edge["Reason"] == "no node matches its placement constraints"
-    assert table(browser, "nodes")[node_a]["Labels"] == "site=lab"
+    row = table(browser, "nodes")[node_a]
+    assert (row["Engine labels"], row["Labels"]) == ("site=lab", "\u2014")  # its own claim
     assert "never-on-the-page" not in browser.js("return document.documentElement.outerHTML")
     return placed
 
