@@ -233,9 +233,10 @@ def _changed(old: Service, new: Service) -> list[str]:
     return fields
 
 
-def placement_lines(plan: Plan) -> list[str]:
+def placement_lines(plan: Plan, reasons: Mapping[str, str] | None = None) -> list[str]:
     """The scheduler's plan in words: ``place``, ``move``, ``update``, ``remove``,
-    ``unassigned``."""
+    ``unassigned`` (with its reason from ``reasons``)."""
+    reasons = reasons or {}
     lines: list[str] = []
     moved = {(p.moved_from, p.task) for p in plan.puts if p.moved_from}
     for put in sorted(plan.puts, key=lambda p: _order(p.task, p.node)):
@@ -249,7 +250,7 @@ def placement_lines(plan: Plan) -> list[str]:
         if (d.node, d.task) not in moved:
             lines.append(f"remove {d.task} from {d.node} ({d.reason or d.why})")
     lines.extend(
-        f"unassigned {task} (no eligible node with room)"
+        f"unassigned {task} ({reasons.get(task, 'no eligible node with room')})"
         for task in sorted(plan.unassigned, key=lambda t: _order(t, ""))
     )
     return lines
@@ -274,8 +275,10 @@ async def apply_services(
             wanted = {} if prune else dict(old)
             wanted.update({s.name: s for s in services})
             frozen = {k for k in view.invalid if k not in wanted}
-            plan = schedule(wanted, judged_nodes(view), view.placed(), frozen=frozen)
-            return lines, placement_lines(plan)
+            nodes = judged_nodes(view)
+            plan = schedule(wanted, nodes, view.placed(), frozen=frozen)
+            why = {t: unassigned_reason(wanted.get(owner(t)[0]), nodes) for t in plan.unassigned}
+            return lines, placement_lines(plan, why)
         names = {s.name for s in services}
         for service in services:
             if old.get(service.name) is None or old[service.name].value != service.value:

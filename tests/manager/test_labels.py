@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.values import FLEET_FORMAT, parse_node_controls
 from reconciler.manager.control import set_availability, set_labels
 from reconciler.testing.natsserver import NatsServer
-from tests.fleet.support import Manager
+from tests.fleet.support import IMAGE, Manager
 
 
 async def _with(url: str, action: str, *args: Any) -> Any:
@@ -187,3 +188,29 @@ def test_a_new_fleet_records_its_format_first_and_never_copies(nats_server: Nats
     assert nats(url, "get", CONTROL, FLEET_KEY) == {"formatVersion": FLEET_FORMAT}
     with pytest.raises(Exception, match="not found"):
         nats(url, "get", CONTROL, node_control_key("node-a"))
+
+
+def test_a_dry_run_says_why_a_task_has_no_node(
+    nats_server: NatsServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = nats_server.url
+    nats(url, "init")
+    nats(url, "put", NODES, "node-a", beat("node-a", site="secure"))
+    path = tmp_path / "vault.yaml"
+    service = {
+        "name": "vault",
+        "image": IMAGE,
+        "placement": {"constraints": ["node.labels.site==secure"]},
+    }
+    path.write_text(
+        json.dumps({"apiVersion": "reconciler/v1", "kind": "ServiceSet", "services": [service]})
+    )
+    code, out, _ = cli(capsys, "manager", "apply", "-f", str(path), "--nats", url, "--dry-run")
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            "create service vault (1 replicas)",
+            "unassigned vault-1 (node.labels.site==secure: no node has this operator label "
+            "(node-a has it as an engine label: set it with reconciler manager label))",
+        ],
+    )
