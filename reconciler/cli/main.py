@@ -82,13 +82,16 @@ HANDLERS: dict[tuple[str, ...], Handler] = {
     ),
     ("manager", "node", "users-file"): Handler(_lazy("manager", "node_users_file"), _lines),
     ("manager", "drain"): Handler(
-        _lazy("manager", "manager_availability"), _lazy("manager", "render_availability")
+        _lazy("nodecontrol", "manager_availability"), _lazy("nodecontrol", "render_availability")
     ),
     ("manager", "pause"): Handler(
-        _lazy("manager", "manager_availability"), _lazy("manager", "render_availability")
+        _lazy("nodecontrol", "manager_availability"), _lazy("nodecontrol", "render_availability")
     ),
     ("manager", "activate"): Handler(
-        _lazy("manager", "manager_availability"), _lazy("manager", "render_availability")
+        _lazy("nodecontrol", "manager_availability"), _lazy("nodecontrol", "render_availability")
+    ),
+    ("manager", "label"): Handler(
+        _lazy("nodecontrol", "manager_label"), _lazy("nodecontrol", "render_label")
     ),
 }
 

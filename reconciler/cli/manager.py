@@ -11,7 +11,8 @@
   services the file does not name, ``--dry-run`` writes nothing and prints where the tasks
   would go. ``manager rm SERVICE...`` removes services.
 - ``manager ps``, ``manager nodes``: tables, or ``-o json``.
-- ``manager drain|pause|activate NODE`` write the node's availability.
+- ``manager drain|pause|activate NODE`` and ``manager label NODE`` are
+  ``reconciler.cli.nodecontrol``'s.
 - ``manager node add|rm|ls|users-file``: the fleet's identities (``reconciler.fleet.identity``,
   ``reconciler.manager.identities``). ``add`` issues an identity's credentials file (mode
   0600), ``rm`` revokes one and forgets the node's keys, and both regenerate the users file
@@ -39,8 +40,7 @@ from reconciler.cli.exits import EXIT_FAILURE, EXIT_OK, Failure, UsageError
 from reconciler.cli.options import CREDS_OUT
 from reconciler.cli.render import table
 from reconciler.cli.values import fleet_options, parse_http_hosts, parse_interval, parse_listen
-from reconciler.core.model import Availability
-from reconciler.fleet.buckets import bucket_name, buckets, check_node_id
+from reconciler.fleet.buckets import bucket_name, buckets
 from reconciler.fleet.connect import connect_first
 from reconciler.fleet.identity import (
     Identity,
@@ -61,7 +61,7 @@ from reconciler.manager.admin import (
     ps_rows,
     read_fleet,
     remove_services,
-    set_availability,
+    unassigned_reasons,
 )
 from reconciler.manager.credfiles import CREDS_MODE, USERS_FILE_MODE, credentials_text
 from reconciler.manager.identities import (
@@ -78,8 +78,8 @@ from reconciler.spec.units import UnitError, parse_size
 
 __all__ = [
     "bucket_quotas",
+    "fleet_call",
     "manager_apply",
-    "manager_availability",
     "manager_init",
     "manager_nodes",
     "manager_ps",
@@ -90,7 +90,6 @@ __all__ = [
     "node_ls",
     "node_rm",
     "node_users_file",
-    "render_availability",
     "render_identities",
     "render_nodes",
     "render_ps",
@@ -109,7 +108,7 @@ def nats_options(args: argparse.Namespace) -> NatsOptions:
     return options
 
 
-def _fleet(call: Awaitable[T]) -> T:
+def fleet_call(call: Awaitable[T]) -> T:
     """Run one fleet operation; its ``FleetError`` becomes a ``Failure`` (exit 1)."""
 
     try:
@@ -240,7 +239,7 @@ def manager_apply(args: argparse.Namespace) -> list[str]:
     if data is None:
         raise DesiredStateError(problems)
     services = parse_service_file(data, args.file)
-    lines, placement = _fleet(
+    lines, placement = fleet_call(
         apply_services(options, services, prune=args.prune, dry_run=args.dry_run)
     )
     if args.dry_run:
@@ -250,7 +249,7 @@ def manager_apply(args: argparse.Namespace) -> list[str]:
 
 def manager_rm(args: argparse.Namespace) -> list[str]:
 
-    return _fleet(remove_services(nats_options(args), args.services))
+    return fleet_call(remove_services(nats_options(args), args.services))
 
 
 # ------------------------------------------------------------------------ ps and nodes
@@ -258,12 +257,13 @@ def manager_rm(args: argparse.Namespace) -> list[str]:
 
 def manager_ps(args: argparse.Namespace) -> list[TaskRow]:
 
-    return ps_rows(_fleet(read_fleet(nats_options(args))))
+    view = fleet_call(read_fleet(nats_options(args)))
+    return ps_rows(view, unassigned_reasons(view))
 
 
 def manager_nodes(args: argparse.Namespace) -> list[NodeRow]:
 
-    return node_rows(_fleet(read_fleet(nats_options(args))))
+    return node_rows(fleet_call(read_fleet(nats_options(args))))
 
 
 def render_ps(rows: Sequence[TaskRow], args: Any) -> str:
@@ -276,7 +276,7 @@ def render_ps(rows: Sequence[TaskRow], args: Any) -> str:
             r.node or "-",
             r.state,
             str(r.restarts),
-            ": ".join(x for x in (r.message, r.error) if x) or "",
+            ": ".join(x for x in (r.message, r.error) if x) or r.reason or "",
         )
         for r in rows
     ]
@@ -296,44 +296,26 @@ def render_nodes(rows: Sequence[NodeRow], args: Any) -> str:
             "-" if r.memory is None else _mib(r.memory),
             r.heartbeat_at or "-",
             ",".join(f"{k}={v}" for k, v in r.labels) or "-",
+            ",".join(f"{k}={v}" for k, v in r.engine_labels) or "-",
         )
         for r in rows
     ]
-    header = ("NODE", "READY", "AVAILABILITY", "TASKS", "CPUS", "MEMORY", "HEARTBEAT", "LABELS")
+    header = (
+        "NODE",
+        "READY",
+        "AVAILABILITY",
+        "TASKS",
+        "CPUS",
+        "MEMORY",
+        "HEARTBEAT",
+        "LABELS",
+        "ENGINE LABELS",
+    )
     return table(header, body)
 
 
 def _mib(size: int) -> str:
     return f"{size / (1 << 30):.1f}Gi" if size >= 1 << 30 else f"{size >> 20}Mi"
-
-
-# ----------------------------------------------------------------------- availability
-
-
-def manager_availability(args: argparse.Namespace) -> dict[str, Any]:
-    """``manager drain|pause|activate NODE``: write the node's availability."""
-
-    word = args.spec.path[-1]
-    availability = {
-        "drain": Availability.DRAIN,
-        "pause": Availability.PAUSE,
-        "activate": Availability.ACTIVE,
-    }[word]
-    try:
-        check_node_id(args.node)
-    except ValueError as err:
-        raise UsageError(f"NODE: {err}") from err
-    known = _fleet(set_availability(nats_options(args), args.node, availability))
-    return {"node": args.node, "availability": availability.value, "known": known}
-
-
-def render_availability(result: dict[str, Any], args: Any) -> str:
-    if args.output == "json":
-        return json.dumps(result, indent=2)
-    line = f"node {result['node']}: {result['availability']}"
-    if not result["known"]:
-        line += " (no heartbeat from this node yet; it applies when the node joins)"
-    return line
 
 
 # ---------------------------------------------------------------------------- identities
@@ -376,7 +358,9 @@ def node_add(args: argparse.Namespace) -> list[str]:
         users = Users((identity,))
     else:
         options = nats_options(args)
-        users = _fleet(add_identity(options, identity, rotate=args.rotate, users_file=users_file))
+        users = fleet_call(
+            add_identity(options, identity, rotate=args.rotate, users_file=users_file)
+        )
     _seeded(users)
     text = credentials_text(identity, password, command=command)
     try:
@@ -402,7 +386,7 @@ def node_rm(args: argparse.Namespace) -> list[str]:
     name = _name(args.name)
     users_file = Path(args.users_file)
     options = nats_options(args)
-    users, gone, forgotten = _fleet(remove_identity(options, name, users_file=users_file))
+    users, gone, forgotten = fleet_call(remove_identity(options, name, users_file=users_file))
     _seeded(users)
     lines = [f"removed {gone.role.value} {name}" if gone else f"{name} was not an identity"]
     if forgotten.total:
@@ -413,13 +397,13 @@ def node_rm(args: argparse.Namespace) -> list[str]:
 
 def node_ls(args: argparse.Namespace) -> Users:
     """The identities in NATS."""
-    return _fleet(read_identities(nats_options(args), users_file=None))
+    return fleet_call(read_identities(nats_options(args), users_file=None))
 
 
 def node_users_file(args: argparse.Namespace) -> list[str]:
     """Regenerate the users file from the list in NATS."""
     users_file = Path(args.users_file)
-    users = _fleet(read_identities(nats_options(args), users_file=users_file))
+    users = fleet_call(read_identities(nats_options(args), users_file=users_file))
     _seeded(users)
     return _write_users_file(users_file, users, "reconciler manager node users-file")
 

@@ -85,6 +85,7 @@ class Positional:
     metavar: str
     help: str = ""
     many: bool = False
+    optional: bool = False  # with many: none at all is fine too
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +105,7 @@ class CommandSpec:
 
 COMMON = (
     Flag("config", "YAML file of flag values (keys: the long flag names)", "FILE"),
-    Flag(
-        "log-level",
-        "log level",
-        choices=("debug", "info", "warning", "error"),
-        default="info",
-    ),
+    Flag("log-level", "log level", choices=("debug", "info", "warning", "error"), default="info"),
 )
 
 STATE_DIR = Flag("state-dir", "state directory", "DIR")
@@ -180,6 +176,8 @@ CREDS_OUT = "{name}.creds"
 """Where ``manager node add NAME`` writes the credentials without ``--out``."""
 FLEET_CONNECTION = (NATS, NATS_CREDS, NATS_TLS_CA)
 NAME = Positional("name", "NAME", "the identity's name (a node's is its node id)")
+NODE = Positional("node", "NODE", "the node id")
+LABEL_RM = Flag("rm", "remove this label, repeatable", "KEY", kind=Kind.REPEAT)
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -369,7 +367,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
             ("manager", word),
             help,
             (NATS, NATS_CREDS, NATS_TLS_CA, OUTPUT),
-            (Positional("node", "NODE", "the node id"),),
+            (NODE,),
             fleet=True,
         )
         for word, help in (
@@ -377,6 +375,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
             ("pause", "keep a node's tasks, place no new ones on it"),
             ("activate", "make a node take tasks again"),
         )
+    ),
+    CommandSpec(
+        ("manager", "label"),
+        "set or remove the labels operators give a node (node.labels.KEY in constraints)",
+        (LABEL_RM, *FLEET_CONNECTION, OUTPUT),
+        (NODE, Positional("labels", "KEY=VALUE", many=True, optional=True)),
+        fleet=True,
     ),
 )
 
@@ -427,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 pos.name,
                 metavar=pos.metavar,
-                nargs="+" if pos.many else None,
+                nargs=("*" if pos.optional else "+") if pos.many else None,
                 help=pos.help or None,
             )
         sub.set_defaults(spec=spec)

@@ -9,6 +9,7 @@ import argparse
 from reconciler.cli.exits import UsageError
 from reconciler.core.policy import Policy
 from reconciler.fleet.options import ConfigError, NatsOptions, checked_options
+from reconciler.fleet.values import check_label
 from reconciler.spec.units import parse_duration
 from reconciler.web.admission import normal_host
 
@@ -39,12 +40,18 @@ def parse_http_hosts(items: list[str]) -> frozenset[str]:
         raise UsageError(f"--http-host: {err}") from None
 
 
-def parse_labels(items: list[str]) -> tuple[tuple[str, str], ...]:
+def parse_labels(items: list[str], flag: str = "--node-label") -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` items (``--node-label``, ``manager label``), each held to the one label
+    rule (``reconciler.fleet.values.check_label``). Raises ``UsageError`` naming ``flag``."""
     labels = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--node-label: expected KEY=VALUE, got {item!r}")
+            raise UsageError(f"{flag}: expected KEY=VALUE, got {item!r}")
+        try:
+            check_label(key, value)
+        except ValueError as err:
+            raise UsageError(f"{flag}: {err}") from None
         labels.append((key, value))
     return tuple(labels)
 

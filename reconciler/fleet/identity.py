@@ -7,8 +7,8 @@ password. The roles:
 - ``manager``: everything in the account: ``reconciler manager run`` and ``init``, and the
   ``manager node`` commands, which alone read and write the identities.
 - ``operator``: reads what ``manager ps``, ``manager nodes`` and ``manager apply --dry-run``
-  read (``READS``), and writes services (``apply``, ``rm``) and the nodes' availability
-  (``drain``, ``pause``, ``activate``).
+  read (``READS``), and writes services (``apply``, ``rm``) and what operators set on a node
+  in its control key: availability (``drain``, ``pause``, ``activate``) and labels (``label``).
 - ``viewer``: reads what an operator reads, and writes nothing.
 - ``node``: one agent, named after its node id, confined to its own keys.
 

@@ -3,8 +3,10 @@
 ``init_buckets`` creates missing buckets and brings the settings of existing ones back to the
 contract (``reconciler.fleet.buckets``): max age, history, direct gets, discarding new values
 when full, and the quotas (``max_bytes`` and the value limit, the stream's ``max_msg_size``).
-It is idempotent. Node users have no permission to create buckets: an agent that finds none
-keeps retrying until the manager (or ``reconciler manager init``) has made them.
+It is idempotent. Then it brings the fleet's format up to this version's
+(``reconciler.fleet.upgrade``: once, in a fleet made by an older version). Node users have no
+permission to create buckets: an agent that finds none keeps retrying until the manager (or
+``reconciler manager init``) has made them.
 
 **Lowering a quota.** nats-server 2.9 takes a ``max_bytes`` below what a stream holds and then
 drops the stream's oldest messages until it fits: old keys would vanish without a delete that
@@ -27,7 +29,8 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 
 from reconciler.core.cancel import cancellable
-from reconciler.fleet.buckets import DEFAULT_LEASE, Bucket, buckets, stream_name
+from reconciler.fleet.buckets import CONTROL, DEFAULT_LEASE, Bucket, buckets, stream_name
+from reconciler.fleet.upgrade import upgrade_fleet
 
 __all__ = ["InitResult", "default_replicas", "init_buckets"]
 
@@ -73,6 +76,7 @@ async def init_buckets(
     for bucket in wanted:
         # cancellable: nats-py's requests can swallow a cancellation (reconciler.core.cancel)
         results.append((bucket.name, await cancellable(_ensure(js, bucket, replicas))))
+    await upgrade_fleet(js, new=(CONTROL, InitResult.CREATED) in results)
     return results
 
 

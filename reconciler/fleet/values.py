@@ -21,8 +21,11 @@ Reading, where every value may be hostile (``BadValue`` says what is wrong, neve
   counted once.
 
 - ``parse_fleet``: ``reconciler_control/fleet``: ``heartbeatPeriod`` (a duration such as ``5s``,
-  or seconds as a number) and ``managers`` (NATS URLs).
-- ``parse_node_control``: ``reconciler_control/node.<node>``: ``availability``.
+  or seconds as a number), ``managers`` (NATS URLs) and ``formatVersion`` (``FLEET_FORMAT``:
+  absent in a fleet made before operators labelled nodes).
+- ``parse_node_control``: ``reconciler_control/node.<node>``: ``availability``, all an agent
+  reads of it; ``parse_node_controls``: the whole value as the manager reads it, with the
+  operators' ``labels`` (``parse_labels``: a map of label keys to strings, ``check_label``).
 - ``parse_status``: a stored status, for the compare-and-set rule ``status_supersedes``;
   ``parse_state`` its ``state``, a ``TaskState`` label, for the manager too.
 
@@ -38,7 +41,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from reconciler.core.codec import compact, node_to_dict
@@ -58,17 +61,24 @@ from reconciler.spec.yamlsource import FieldPath, format_field
 
 __all__ = [
     "DEFAULT_HEARTBEAT_PERIOD",
+    "FLEET_FORMAT",
     "MAX_HEARTBEAT_PERIOD",
+    "MAX_LABELS",
+    "MAX_LABEL_TEXT",
     "MAX_VALUE_BYTES",
     "MIN_HEARTBEAT_PERIOD",
     "BadValue",
     "BadValues",
     "FleetSettings",
+    "NodeControl",
     "StoredStatus",
+    "check_label",
     "load_json",
     "node_value",
     "parse_fleet",
+    "parse_labels",
     "parse_node_control",
+    "parse_node_controls",
     "parse_rfc3339",
     "parse_state",
     "parse_status",
@@ -86,6 +96,11 @@ MAX_VALUE_BYTES = MAX_BYTES
 _STATES = {s.label: s for s in TaskState}
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
+FLEET_FORMAT = 2
+"""The fleet's format version, ``formatVersion`` in ``reconciler_control/fleet``. Absent (1):
+a fleet made before operators labelled nodes, whose constraints read the agents' own labels;
+2: ``node.labels`` are the operators' labels in ``reconciler_control/node.<node>``."""
+
 
 class BadValue(ValueError):
     """A value in a bucket that does not follow the contract; the message says why."""
@@ -97,6 +112,16 @@ class FleetSettings:
 
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
     managers: tuple[str, ...] = ()
+    format_version: int | None = None  # None: a fleet made before FLEET_FORMAT 2
+
+
+@dataclass(frozen=True, slots=True)
+class NodeControl:
+    """``reconciler_control/node.<node>`` as the manager reads it: the availability and the
+    labels that operators set (``reconciler manager drain|pause|activate`` and ``label``)."""
+
+    availability: Availability = Availability.ACTIVE
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,18 +288,72 @@ def parse_fleet(data: bytes) -> FleetSettings:
         isinstance(m, str) and m.strip() for m in managers
     ):
         raise BadValue("managers: expected a list of NATS URLs")
-    return FleetSettings(heartbeat_period=period, managers=tuple(m.strip() for m in managers))
+    version = doc.get("formatVersion")
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 1000
+    ):
+        raise BadValue("formatVersion: expected a whole number from 1")
+    return FleetSettings(
+        heartbeat_period=period,
+        managers=tuple(m.strip() for m in managers),
+        format_version=version,
+    )
 
 
-def parse_node_control(data: bytes) -> Availability:
-    """Read ``reconciler_control/node.<node>``: its ``availability`` (default active)."""
-    doc = _object(data)
+def _availability(doc: Mapping[str, Any]) -> Availability:
     raw = doc.get("availability", Availability.ACTIVE.value)
     try:
         return Availability(raw)
     except ValueError:
         allowed = ", ".join(a.value for a in Availability)
         raise BadValue(f"availability: {raw!r} is not one of {allowed}") from None
+
+
+def parse_node_control(data: bytes) -> Availability:
+    """Read ``reconciler_control/node.<node>``: its ``availability`` (default active)."""
+    return _availability(_object(data))
+
+
+MAX_LABELS = 64
+"""The most labels that operators may set on one node."""
+MAX_LABEL_TEXT = 256
+"""The most characters of a label's key and of its value."""
+
+
+def check_label(key: str, value: str) -> None:
+    """Raise ``ValueError`` unless ``key=value`` can be a node label: a key that a constraint
+    can name (not empty; no space, ``=`` or ``!``), a value of printable text, both at most
+    ``MAX_LABEL_TEXT`` characters. The rule of ``--node-label`` and ``manager label``."""
+    if not key or any(c.isspace() or c in "=!" for c in key):
+        raise ValueError(f"label key {key!r}: expected text without spaces, '=' or '!'")
+    if not value.isprintable():
+        raise ValueError(f"label {key}: the value holds a control character")
+    for what, text in (("key", key), ("value", value)):
+        if len(text) > MAX_LABEL_TEXT:
+            raise ValueError(f"label {key[:40]}: the {what} is over {MAX_LABEL_TEXT} characters")
+
+
+def parse_labels(raw: object) -> dict[str, str]:
+    """A ``labels`` field: a map of label keys to strings (``check_label``), at most
+    ``MAX_LABELS``; absent (None) is none. Raises ``BadValue``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise BadValue("labels: expected a map of strings")
+    if len(raw) > MAX_LABELS:
+        raise BadValue(f"labels: {len(raw)} labels, more than {MAX_LABELS}")
+    for key, value in raw.items():
+        try:
+            check_label(key, value)
+        except ValueError as err:
+            raise BadValue(f"labels: {err}") from None
+    return dict(sorted(raw.items()))
+
+
+def parse_node_controls(data: bytes) -> NodeControl:
+    """Read ``reconciler_control/node.<node>`` whole: availability and the operators' labels."""
+    doc = _object(data)
+    return NodeControl(_availability(doc), parse_labels(doc.get("labels")))
 
 
 def parse_state(raw: object) -> TaskState:

@@ -9,7 +9,8 @@ module makes that request itself and reads the consumer's deliveries on a subscr
 connection's inbox prefix (which the node's permissions also confine).
 
 What a watch gives is a KV watch's: ``start()`` returns the values present when it started (the
-latest per key; deleted keys left out), which is the end-of-initial marker, and ``next()`` then
+latest per key; deleted keys left out, their delete markers' revisions kept in ``deleted`` for a
+compare-and-set write that brings one back), which is the end-of-initial marker, and ``next()`` then
 returns every later put and delete (``value`` None) in order.
 
 The consumer is ephemeral, in memory, with one replica and no acks; the server removes it a few
@@ -94,6 +95,7 @@ class KeyWatch:
         self._sub: Subscription | None = None
         self._seq = 0  # the last consumer sequence delivered
         self._lost = False
+        self.deleted: dict[str, int] = {}  # initially deleted keys: their markers' revisions
 
     @property
     def bucket(self) -> str:
@@ -148,8 +150,10 @@ class KeyWatch:
             entry = item.entry
             if entry.value is None:
                 initial.pop(entry.key, None)
+                self.deleted[entry.key] = entry.revision
             else:
                 initial[entry.key] = entry
+                self.deleted.pop(entry.key, None)
             if item.pending == 0:
                 break
         return initial

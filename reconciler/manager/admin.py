@@ -8,8 +8,11 @@ write services and node availability. Each call opens one connection and closes 
   (``prune``: and delete the services the file does not name); it says per service what
   changes, and with ``dry_run`` writes nothing and says where the scheduler would put tasks.
 - ``remove_services``: delete services by name.
-- ``set_availability``: ``reconciler_control/node.<node>``.
-- ``ps_rows``, ``node_rows``: the rows ``manager ps`` and ``manager nodes`` print.
+- ``ps_rows``, ``node_rows``: the rows ``manager ps`` and ``manager nodes`` print; a node's
+  row shows the labels operators set (``labels``) and those its agent claims
+  (``engineLabels``), an unassigned task's row why (``unassigned_reasons``).
+
+What operators set on a node (availability, labels) is ``reconciler.manager.control``'s.
 
 The commands run apart from the manager, so they cannot know what it judged from the
 heartbeats it saw: a dry run takes every node that says ``ready`` as ready, and ``manager
@@ -32,13 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
 
-from reconciler.core.codec import compact
 from reconciler.core.model import Availability, Condition, TaskState
 from reconciler.fleet.buckets import (
     ASSIGNMENTS,
@@ -46,14 +49,13 @@ from reconciler.fleet.buckets import (
     NODES,
     SERVICES,
     STATUS,
-    node_control_key,
 )
 from reconciler.fleet.connect import connect_first
 from reconciler.fleet.identity import READS
 from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.watch import BucketMissing, Entry, KeyWatch
 from reconciler.manager.health import Health
-from reconciler.manager.scheduler import UNASSIGNED, NodeView, Plan, schedule
+from reconciler.manager.scheduler import UNASSIGNED, NodeView, Plan, schedule, unassigned_reason
 from reconciler.manager.services import Mode, Service, owner
 from reconciler.manager.view import FleetView
 from reconciler.manager.writes import Conflict, publish
@@ -73,7 +75,7 @@ __all__ = [
     "read_keys",
     "remove_services",
     "service_lines",
-    "set_availability",
+    "unassigned_reasons",
 ]
 
 _READ = (SERVICES, NODES, CONTROL, ASSIGNMENTS, STATUS)
@@ -191,15 +193,7 @@ def judged_nodes(view: FleetView) -> dict[str, NodeView]:
     for node_id, node in nodes.items():
         beat = view.health.beat(node_id)
         health = Health.READY if beat is not None and beat.ready else Health.NOT_READY
-        out[node_id] = NodeView(
-            id=node.id,
-            health=health,
-            availability=node.availability,
-            labels=node.labels,
-            cpus=node.cpus,
-            memory=node.memory,
-            pressure=node.pressure,
-        )
+        out[node_id] = dataclasses.replace(node, health=health)  # its labels, policy, ...
     return out
 
 
@@ -239,9 +233,10 @@ def _changed(old: Service, new: Service) -> list[str]:
     return fields
 
 
-def placement_lines(plan: Plan) -> list[str]:
+def placement_lines(plan: Plan, reasons: Mapping[str, str] | None = None) -> list[str]:
     """The scheduler's plan in words: ``place``, ``move``, ``update``, ``remove``,
-    ``unassigned``."""
+    ``unassigned`` (with its reason from ``reasons``)."""
+    reasons = reasons or {}
     lines: list[str] = []
     moved = {(p.moved_from, p.task) for p in plan.puts if p.moved_from}
     for put in sorted(plan.puts, key=lambda p: _order(p.task, p.node)):
@@ -255,7 +250,7 @@ def placement_lines(plan: Plan) -> list[str]:
         if (d.node, d.task) not in moved:
             lines.append(f"remove {d.task} from {d.node} ({d.reason or d.why})")
     lines.extend(
-        f"unassigned {task} (no eligible node with room)"
+        f"unassigned {task} ({reasons.get(task, 'no eligible node with room')})"
         for task in sorted(plan.unassigned, key=lambda t: _order(t, ""))
     )
     return lines
@@ -280,8 +275,10 @@ async def apply_services(
             wanted = {} if prune else dict(old)
             wanted.update({s.name: s for s in services})
             frozen = {k for k in view.invalid if k not in wanted}
-            plan = schedule(wanted, judged_nodes(view), view.placed(), frozen=frozen)
-            return lines, placement_lines(plan)
+            nodes = judged_nodes(view)
+            plan = schedule(wanted, nodes, view.placed(), frozen=frozen)
+            why = {t: unassigned_reason(wanted.get(owner(t)[0]), nodes) for t in plan.unassigned}
+            return lines, placement_lines(plan, why)
         names = {s.name for s in services}
         for service in services:
             if old.get(service.name) is None or old[service.name].value != service.value:
@@ -304,16 +301,6 @@ async def remove_services(options: NatsOptions, names: Sequence[str]) -> list[st
         for name in dict.fromkeys(names):
             await _write(link, SERVICES, name, None)
     return [f"remove service {n}" for n in dict.fromkeys(names)]
-
-
-async def set_availability(options: NatsOptions, node: str, availability: Availability) -> bool:
-    """Write the node's availability; True when the node has a heartbeat in the fleet.
-    Raises ``FleetError``."""
-    async with connected(options) as link:
-        view = await _read(link, (NODES,))
-        value = compact({"availability": availability.value})
-        await _write(link, CONTROL, node_control_key(node), value)
-        return view.health.beat(node) is not None
 
 
 async def _write(link: Link, bucket: str, key: str, value: bytes | None) -> None:
@@ -344,6 +331,7 @@ class TaskRow:
     message: str | None = None
     error: str | None = None
     updated_at: str | None = None
+    reason: str | None = None
 
     @property
     def state(self) -> str:
@@ -361,12 +349,27 @@ class TaskRow:
             "message": self.message,
             "error": self.error,
             "updatedAt": self.updated_at,
+            "reason": self.reason,
         }
 
 
-def ps_rows(view: FleetView) -> list[TaskRow]:
+def unassigned_reasons(view: FleetView) -> dict[str, str]:
+    """Why each task without an assignment has none, as a command judges the nodes
+    (``judged_nodes``): the scheduler's reason, or ``not placed yet`` for one it would place."""
+    nodes = judged_nodes(view)
+    plan = schedule(view.services, nodes, view.placed(), frozen=set(view.invalid))
+    waiting = set(plan.unassigned)
+    reasons = {task: "not placed yet" for _, task in plan.assigned}
+    for task in waiting:
+        reasons[task] = unassigned_reason(view.services.get(owner(task)[0]), nodes)
+    return reasons
+
+
+def ps_rows(view: FleetView, reasons: Mapping[str, str] | None = None) -> list[TaskRow]:
     """Every assignment with its reported status, then every task of a service that has no
-    assignment (``unassigned``); sorted by service, slot and node."""
+    assignment (``unassigned``, with its reason from ``reasons``, ``unassigned_reasons``);
+    sorted by service, slot and node."""
+    reasons = reasons or {}
     rows: list[TaskRow] = []
     assigned: set[str] = set()
     for placed in view.placed():
@@ -394,14 +397,15 @@ def ps_rows(view: FleetView) -> list[TaskRow]:
             continue  # one task per eligible node: none is missing by name
         for task in service.task_names():
             if task not in assigned:
-                rows.append(TaskRow(service.name, task, None, None))
+                rows.append(TaskRow(service.name, task, None, None, reason=reasons.get(task)))
     rows.sort(key=lambda r: _order(r.task, r.node or ""))
     return rows
 
 
 @dataclass(frozen=True, slots=True)
 class NodeRow:
-    """One row of ``manager nodes``: what the node last said, and its availability."""
+    """One row of ``manager nodes``: what the node last said (``engine_labels``: the labels
+    its agent claims), and what operators set: its availability and ``labels``."""
 
     node: str
     ready: bool | None
@@ -412,6 +416,7 @@ class NodeRow:
     cpus: float | None = None
     memory: int | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    engine_labels: tuple[tuple[str, str], ...] = ()
     version: str | None = None
     pressure: tuple[Condition, ...] = ()
 
@@ -426,6 +431,7 @@ class NodeRow:
             "cpus": self.cpus,
             "memoryBytes": self.memory,
             "labels": dict(self.labels),
+            "engineLabels": dict(self.engine_labels),
             "version": self.version,
             "conditions": [c.key for c in self.pressure],
         }
@@ -449,7 +455,8 @@ def node_rows(view: FleetView) -> list[NodeRow]:
                 hostname=beat.hostname if beat else None,
                 cpus=beat.cpus if beat else None,
                 memory=beat.memory if beat else None,
-                labels=tuple(sorted(beat.labels.items())) if beat else (),
+                labels=tuple(sorted(view.operator_labels.get(node, {}).items())),
+                engine_labels=tuple(sorted(beat.labels.items())) if beat else (),
                 version=beat.version if beat else None,
                 pressure=beat.pressure if beat else (),
             )

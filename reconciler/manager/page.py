@@ -244,6 +244,7 @@ def node_row(n: Mapping[str, Any], now: float) -> str:
         + _cell("State", state)
         + _cell("Availability", escape(n["availability"]))
         + _cell("Labels", escape(fmt_labels(n["labels"])))
+        + _cell("Engine labels", escape(fmt_labels(n["engineLabels"])))
         + _cell("Last heartbeat", _since(n["heartbeatAt"], now))
         + _cell("Tasks", str(n["tasks"]))
         + _cell("Running", str(n["running"]))
@@ -320,6 +321,7 @@ _TABLES: Final = {
             "State",
             "Availability",
             "Labels",
+            "Engine labels",
             "Last heartbeat",
             "Tasks",
             "Running",

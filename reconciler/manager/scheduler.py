@@ -1,7 +1,8 @@
 """The manager's scheduling decision: a pure function, beside its driver (``manager.driver``).
 
 ``schedule(services, nodes, placed)`` looks at the services, the nodes as the manager judges
-them (health, availability, labels, capacity, pressure) and the assignments in
+them (health, availability, the labels operators set and those the node claims, capacity,
+pressure) and the assignments in
 ``reconciler_assignments`` (``Placed``: one per key, ``<node>.<task>``), and returns a ``Plan``:
 the assignment puts and deletes that bring the fleet to the services, the tasks it could not
 place, and why tasks moved. It reads no clock, bucket or event loop, so the same inputs always
@@ -50,7 +51,7 @@ from typing import Final
 from reconciler.core.model import Availability
 from reconciler.core.policy import Policy, Refusal, check
 from reconciler.manager.health import Health
-from reconciler.manager.services import Mode, Service, owner
+from reconciler.manager.services import Mode, Service, Subject, owner
 
 __all__ = [
     "UNASSIGNED",
@@ -62,6 +63,7 @@ __all__ = [
     "Reason",
     "policy_refusals",
     "schedule",
+    "unassigned_reason",
 ]
 
 _EPSILON = 1e-9
@@ -80,16 +82,25 @@ class Reason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class NodeView:
-    """One node as the scheduler sees it. ``cpus``/``memory`` None: capacity not described."""
+    """One node as the scheduler sees it. ``operator_labels`` are the labels operators set
+    (``reconciler_control``; ``node.labels`` in a constraint), ``engine_labels`` those the
+    node's agent claims in its own value (``engine.labels``). ``cpus``/``memory`` None:
+    capacity not described."""
 
     id: str
     health: Health
     availability: Availability = Availability.ACTIVE
-    labels: Mapping[str, str] = field(default_factory=dict)
+    operator_labels: Mapping[str, str] = field(default_factory=dict)
+    engine_labels: Mapping[str, str] = field(default_factory=dict)
     cpus: float | None = None
     memory: int | None = None
     pressure: bool = False
     policy: Policy | None = None  # its policy for fleet tasks; None: it reports none
+
+    def fits(self, service: Service, node_id: str | None = None) -> bool:
+        """Whether the node passes ``service``'s constraints (``node_id``: the id a key gave
+        a node the scheduler does not know)."""
+        return service.matches(node_id or self.id, self.operator_labels, self.engine_labels)
 
     @property
     def takes_new(self) -> bool:
@@ -274,7 +285,7 @@ class _Planner:
             node = self.node_of(p.node)
             if node.availability is Availability.DRAIN:
                 self.delete(p, "node drains", Reason.DRAIN)
-            elif not service.matches(node.id or p.node, node.labels):
+            elif not node.fits(service, node.id or p.node):
                 self.delete(p, "constraints", Reason.CONSTRAINT)
             elif node.health is Health.DOWN:
                 down.append(p)
@@ -319,7 +330,7 @@ class _Planner:
                 continue
             have = {p.node for p in self.copies.get(name, ())}
             for node in self.eligible:
-                if node.id in have or not service.matches(node.id, node.labels):
+                if node.id in have or not node.fits(service):
                     continue
                 if policy_refusals(service, node):
                     continue
@@ -336,7 +347,7 @@ class _Planner:
             heap = [
                 (usage.per_service[(n.id, name)], usage.total[n.id], n.id)
                 for n in self.eligible
-                if service.matches(n.id, n.labels) and not policy_refusals(service, n)
+                if n.fits(service) and not policy_refusals(service, n)
             ]
             heapq.heapify(heap)
             for task, stays in tasks:
@@ -394,3 +405,60 @@ def _not_a_task(service: Service | None, slot: int | None) -> str:
     if slot > service.replicas:
         return "scaled down"
     return ""
+
+
+# ------------------------------------------------------------------------------ reasons
+
+
+def unassigned_reason(service: Service | None, nodes: Mapping[str, NodeView]) -> str:
+    """Why ``schedule`` found no node for a task of ``service``: the first placement rule that
+    left no node (constraints, readiness, availability, pressure, the nodes' policies, room).
+    A policy names the first field it refuses and the flag that would allow it."""
+    if service is None:
+        return "its service is gone"
+    if not nodes:
+        return "no node has joined the fleet"
+    fits = [n for n in nodes.values() if n.fits(service)]
+    if not fits:
+        return _constraint_reason(service, nodes)
+    fits = [n for n in fits if n.health is Health.READY]
+    if not fits:
+        return "no node it may run on is ready"
+    fits = [n for n in fits if n.availability is Availability.ACTIVE]
+    if not fits:
+        return "every node it may run on is paused or draining"
+    fits = [n for n in fits if not n.pressure]
+    if not fits:
+        return "every node it may run on is under disk or memory pressure"
+    refusals = [policy_refusals(service, n) for n in fits]
+    if all(refusals):
+        return f"no node's policy allows it: {refusals[0][0]}"
+    return "no node it may run on has room for it" + _needs(service)
+
+
+def _constraint_reason(service: Service, nodes: Mapping[str, NodeView]) -> str:
+    """No node passes the constraints: a ``node.labels`` one that no node passes, but that a
+    node's own (engine) label would, is named with that node: only operators set it."""
+    for c in service.constraints:
+        if c.subject is not Subject.NODE_LABEL or not c.equal:
+            continue
+        if any(c.matches(n.id, n.operator_labels, n.engine_labels) for n in nodes.values()):
+            continue
+        claim = sorted(n.id for n in nodes.values() if c.matches(n.id, n.engine_labels, {}))
+        if claim:
+            shown = ", ".join(claim[:3]) + (f" and {len(claim) - 3} more" if len(claim) > 3 else "")
+            has = "has" if len(claim) == 1 else "have"
+            return (
+                f"{c}: no node has this operator label ({shown} {has} it as an engine label: "
+                "set it with reconciler manager label)"
+            )
+    return "no node matches its placement constraints"
+
+
+def _needs(service: Service) -> str:
+    needs = []
+    if service.cpus:
+        needs.append(f"{service.cpus:g} CPUs")
+    if service.memory:
+        needs.append(f"{service.memory / (1 << 20):g} MiB")
+    return f" ({' and '.join(needs)})" if needs else ""

@@ -23,8 +23,10 @@ as in SwarmKit); a global one becomes one task per node named ``logship`` (the a
 is, a service name is a DNS label that does not end in ``-<digits>`` and leaves room for the
 longest slot suffix (``SERVICE_NAME_MAX`` characters). ``owner`` reads a task name back.
 
-**Constraints.** ``node.labels.KEY==VALUE``, ``node.id==ID``, and the same with ``!=``. A node
-without the label fails ``==`` and passes ``!=``.
+**Constraints.** ``node.labels.KEY==VALUE`` (a label that operators set, ``reconciler manager
+label``), ``engine.labels.KEY==VALUE`` (a label the node's agent claims, ``--node-label``),
+``node.id==ID``, and the same with ``!=``. A node without the label fails ``==`` and passes
+``!=``. A node's own claim never satisfies ``node.labels``.
 
 **Values.** ``Service.value`` is what ``reconciler manager apply`` writes: the service with the
 YAML's field names, ``mode`` and (replicated) ``replicas`` filled in, env and label values as
@@ -61,6 +63,7 @@ __all__ = [
     "Constraint",
     "Mode",
     "Service",
+    "Subject",
     "check_service_name",
     "owner",
     "parse_constraint",
@@ -79,7 +82,8 @@ SERVICE_FIELDS = ("replicas", "mode", "placement")
 
 _SLOT_SUFFIX = re.compile(r"-[0-9]+$")
 _CONSTRAINT = re.compile(
-    r"^\s*node\.(?:(?P<id>id)|labels\.(?P<key>[^=!\s]+))\s*(?P<op>==|!=)\s*(?P<value>\S(?:.*\S)?)\s*$"
+    r"^\s*(?:node\.(?P<id>id)|(?P<kind>node|engine)\.labels\.(?P<key>[^=!\s]+))"
+    r"\s*(?P<op>==|!=)\s*(?P<value>\S(?:.*\S)?)\s*$"
 )
 
 
@@ -88,31 +92,54 @@ class Mode(enum.StrEnum):
     GLOBAL = "global"
 
 
+class Subject(enum.StrEnum):
+    """What a constraint reads of a node, spelt as the constraint's left side begins."""
+
+    NODE_ID = "node.id"
+    NODE_LABEL = "node.labels"  # a label that operators set
+    ENGINE_LABEL = "engine.labels"  # a label the node's agent claims
+
+
 @dataclass(frozen=True, slots=True)
 class Constraint:
-    """One placement constraint: ``node.id`` (``label`` None) or ``node.labels.<label>``."""
+    """One placement constraint: ``node.id`` (``label`` None), ``node.labels.<label>`` or
+    ``engine.labels.<label>``."""
 
     label: str | None
     equal: bool
     value: str
+    subject: Subject = Subject.NODE_LABEL
 
-    def matches(self, node_id: str, labels: Mapping[str, str]) -> bool:
-        have = node_id if self.label is None else labels.get(self.label)
+    def matches(
+        self, node_id: str, labels: Mapping[str, str], engine_labels: Mapping[str, str]
+    ) -> bool:
+        """Whether a node passes: ``labels`` the operators' labels, ``engine_labels`` its own."""
+        if self.label is None:
+            have: str | None = node_id
+        else:
+            held = engine_labels if self.subject is Subject.ENGINE_LABEL else labels
+            have = held.get(self.label)
         return (have == self.value) == self.equal
 
     def __str__(self) -> str:
-        left = "node.id" if self.label is None else f"node.labels.{self.label}"
+        left = self.subject.value if self.label is None else f"{self.subject}.{self.label}"
         return f"{left}{'==' if self.equal else '!='}{self.value}"
 
 
 def parse_constraint(text: str) -> Constraint:
-    """``node.labels.KEY==VALUE``, ``node.id!=ID``, ... Raises ``ValueError`` saying why not."""
+    """``node.labels.KEY==VALUE``, ``engine.labels.KEY!=VALUE``, ``node.id!=ID``, ... Raises
+    ``ValueError`` saying why not."""
     m = _CONSTRAINT.match(text)
     if m is None:
         raise ValueError(
-            f"{text!r} is not a constraint such as node.labels.site==north or node.id!=edge-3"
+            f"{text!r} is not a constraint such as node.labels.site==north, "
+            "engine.labels.arch==arm64 or node.id!=edge-3"
         )
-    return Constraint(label=m["key"], equal=m["op"] == "==", value=m["value"])
+    if m["id"]:
+        subject = Subject.NODE_ID
+    else:
+        subject = Subject.ENGINE_LABEL if m["kind"] == "engine" else Subject.NODE_LABEL
+    return Constraint(label=m["key"], equal=m["op"] == "==", value=m["value"], subject=subject)
 
 
 def check_service_name(name: str) -> None:
@@ -219,8 +246,12 @@ class Service:
             return (self.name,)
         return tuple(f"{self.name}-{slot}" for slot in range(1, self.replicas + 1))
 
-    def matches(self, node_id: str, labels: Mapping[str, str]) -> bool:
-        return all(c.matches(node_id, labels) for c in self.constraints)
+    def matches(
+        self, node_id: str, labels: Mapping[str, str], engine_labels: Mapping[str, str]
+    ) -> bool:
+        """Whether a node passes every constraint: ``labels`` are the labels operators set on
+        it, ``engine_labels`` those its agent claims."""
+        return all(c.matches(node_id, labels, engine_labels) for c in self.constraints)
 
 
 def owner(task: str) -> tuple[str, int | None]:

@@ -36,12 +36,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from reconciler.core.model import Availability, TaskState
+from reconciler.core.model import TaskState
 from reconciler.core.snapshot import Changes
 from reconciler.manager.admin import NodeRow, TaskRow, node_rows, ps_rows
 from reconciler.manager.health import Health, NodeState, node_state
-from reconciler.manager.scheduler import NodeView, Plan, policy_refusals
-from reconciler.manager.services import Mode, Service, owner
+from reconciler.manager.scheduler import NodeView, Plan, unassigned_reason
+from reconciler.manager.services import Mode, owner
 from reconciler.manager.view import FleetView
 
 __all__ = [
@@ -112,41 +112,6 @@ class FleetSnapshot:
     services: Mapping[str, ServiceStatus]  # by name, in name order
     tasks: Mapping[str, TaskRow]  # by "<node>.<task>", in ``manager ps`` order
     unassigned: Mapping[str, UnassignedTask]  # by task, in ``manager ps`` order
-
-
-def unassigned_reason(service: Service | None, nodes: Mapping[str, NodeView]) -> str:
-    """Why the scheduler found no node for a task of ``service``: the first placement rule
-    that left no node (constraints, readiness, availability, pressure, the nodes' policies,
-    room). A policy names the first field it refuses and the flag that would allow it."""
-    if service is None:
-        return "its service is gone"
-    if not nodes:
-        return "no node has joined the fleet"
-    fits = [n for n in nodes.values() if service.matches(n.id, n.labels)]
-    if not fits:
-        return "no node matches its placement constraints"
-    fits = [n for n in fits if n.health is Health.READY]
-    if not fits:
-        return "no node it may run on is ready"
-    fits = [n for n in fits if n.availability is Availability.ACTIVE]
-    if not fits:
-        return "every node it may run on is paused or draining"
-    fits = [n for n in fits if not n.pressure]
-    if not fits:
-        return "every node it may run on is under disk or memory pressure"
-    refusals = [policy_refusals(service, n) for n in fits]
-    if all(refusals):
-        return f"no node's policy allows it: {refusals[0][0]}"
-    return "no node it may run on has room for it" + _needs(service)
-
-
-def _needs(service: Service) -> str:
-    needs = []
-    if service.cpus:
-        needs.append(f"{service.cpus:g} CPUs")
-    if service.memory:
-        needs.append(f"{service.memory / (1 << 20):g} MiB")
-    return f" ({' and '.join(needs)})" if needs else ""
 
 
 def build_snapshot(

@@ -14,7 +14,8 @@ What it keeps, per bucket:
   whose key is deleted (``reconciler manager node rm``) is judged, while it still holds
   assignments, as one that stopped beating (so that they move), and forgotten with its last
   assignment, rather than shown down until the manager restarts.
-- ``reconciler_control``: each node's availability, and the fleet settings.
+- ``reconciler_control``: each node's availability and the labels operators set on it
+  (``operator_labels``; a node's own labels are in its heartbeat), and the fleet settings.
 - ``reconciler_assignments``: one ``Placed`` per key, with the resources its value declares,
   and the last revision of every key, deleted ones too, so that every write can be
   compare-and-set. A delivery older than what is known for its key (the echo of an earlier
@@ -55,7 +56,7 @@ from reconciler.fleet.values import (
     FleetSettings,
     load_json,
     parse_fleet,
-    parse_node_control,
+    parse_node_controls,
     parse_state,
 )
 from reconciler.fleet.watch import Entry
@@ -157,6 +158,7 @@ class FleetView:
         self.invalid: dict[str, tuple[str, ...]] = {}
         self.health = NodeHealth(grace)
         self.availability: dict[str, Availability] = {}
+        self.operator_labels: dict[str, Mapping[str, str]] = {}
         self.settings = FleetSettings()
         self.assignments: dict[str, Placed] = {}
         self.revisions: dict[str, int] = {}
@@ -180,7 +182,8 @@ class FleetView:
                 id=node,
                 health=self.health.health(node, now),
                 availability=self.availability.get(node, Availability.ACTIVE),
-                labels=beat.labels if beat else {},
+                operator_labels=self.operator_labels.get(node, {}),
+                engine_labels=beat.labels if beat else {},
                 cpus=beat.cpus if beat else None,
                 memory=beat.memory if beat else None,
                 pressure=bool(beat.pressure) if beat else False,
@@ -214,6 +217,7 @@ class FleetView:
             return
         elif bucket == CONTROL:
             self.availability.clear()
+            self.operator_labels.clear()
             self.settings = FleetSettings()
         elif bucket == ASSIGNMENTS:
             self.assignments.clear()
@@ -397,14 +401,18 @@ class FleetView:
         if not key.startswith(_CONTROL_NODE):
             return False
         node = key[len(_CONTROL_NODE) :]
-        old = self.availability.get(node, Availability.ACTIVE)
+        old = (self.availability.get(node, Availability.ACTIVE), self.operator_labels.get(node, {}))
         if entry.value is None:
             self.availability.pop(node, None)
+            self.operator_labels.pop(node, None)
         else:
             try:
-                self.availability[node] = parse_node_control(entry.value)
+                control = parse_node_controls(entry.value)
             except BadValue as err:
-                self._reject(entry, CONTROL, f"{err}; keeping {old.value}")
+                self._reject(entry, CONTROL, f"{err}; keeping what it said before")
                 return False
+            self.availability[node] = control.availability
+            self.operator_labels[node] = control.labels
         self._accepted(CONTROL, key)
-        return self.availability.get(node, Availability.ACTIVE) != old
+        new = (self.availability.get(node, Availability.ACTIVE), self.operator_labels.get(node, {}))
+        return new != old

@@ -1,7 +1,8 @@
 """A fleet as the manager sees it, without NATS or a manager loop: bucket values fed to a real
 ``FleetView``, judged and planned by the real scheduler, pictured by the real ``build_snapshot``.
 
-``World`` holds the buckets' values; ``snapshot(now)`` is what the manager's page would show at
+``World`` holds the buckets' values (``node``'s labels are the ones its agent claims, ``label``'s
+those operators set); ``snapshot(now)`` is what the manager's page would show at
 ``now`` (seconds on the manager's monotonic clock; heartbeats arrive at ``now`` given to
 ``node``). The manager page's tests build small worlds of it, and ``bench page`` a busy one.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.core.model import Availability, NodeDescription
-from reconciler.fleet.buckets import ASSIGNMENTS, NODES, SERVICES, STATUS
+from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, SERVICES, STATUS, node_control_key
 from reconciler.fleet.values import node_value
 from reconciler.fleet.watch import Entry
 from reconciler.manager.scheduler import Plan, schedule
@@ -91,6 +92,11 @@ class World:
     ) -> World:
         return self.put(NODES, node, heartbeat(node, conditions, wall=wall, **labels), now)
 
+    def label(self, node: str, **labels: str) -> World:
+        """The labels operators set on ``node`` (``reconciler manager label``)."""
+        value = json.dumps({"availability": "active", "labels": labels}).encode()
+        return self.put(CONTROL, node_control_key(node), value)
+
     def service(self, name: str, **fields: Any) -> World:
         return self.put(SERVICES, name, service_value(**fields))
 
@@ -124,9 +130,11 @@ class World:
 
 
 def two_nodes() -> World:
-    """Nodes a (site=north) and b (site=south); ``web`` (2 replicas, one on each, web-2 failed),
+    """Nodes a (site=north) and b (site=south), labelled so by their agents and by operators
+    (a also by=operator); ``web`` (2 replicas, one on each, web-2 failed),
     and ``edge`` (1 replica, only on site=east: unassigned)."""
     w = World().node("a", site="north").node("b", site="south")
+    w.label("a", site="north", by="operator").label("b", site="south")
     w.service("web", replicas=2).service(
         "edge", placement={"constraints": ["node.labels.site==east"]}
     )

@@ -55,7 +55,7 @@ def service_file(path: Path, **env: str) -> str:
                 "command": FOREVER,
                 "replicas": 2,
                 "env": env,
-                "placement": {"constraints": ["node.labels.site==lab"]},
+                "placement": {"constraints": ["engine.labels.site==lab"]},
             }
         ],
     }

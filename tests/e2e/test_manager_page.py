@@ -67,13 +67,13 @@ def service_file(path: Path) -> str:
                 "command": FOREVER,
                 "replicas": 2,
                 "env": {"TOKEN": "never-on-the-page"},
-                "placement": {"constraints": ["node.labels.site==lab"]},
+                "placement": {"constraints": ["engine.labels.site==lab"]},
             },
             {
                 "name": "edge",
                 "image": IMAGE,
                 "command": FOREVER,
-                "placement": {"constraints": ["node.labels.site==harbour"]},
+                "placement": {"constraints": ["engine.labels.site==harbour"]},
             },
         ],
     }
@@ -133,7 +133,8 @@ def placed_on_both_nodes(
     assert web["Desired"] == "2" and web["Mode"] == "replicated"
     edge = table(browser, "unassigned")["edge-1"]
     assert edge["Reason"] == "no node matches its placement constraints"
-    assert table(browser, "nodes")[node_a]["Labels"] == "site=lab"
+    row = table(browser, "nodes")[node_a]
+    assert (row["Engine labels"], row["Labels"]) == ("site=lab", "\u2014")  # its own claim
     assert "never-on-the-page" not in browser.js("return document.documentElement.outerHTML")
     return placed
 

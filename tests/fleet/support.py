@@ -33,6 +33,7 @@ from reconciler.core.model import TaskState
 from reconciler.fleet.buckets import ASSIGNMENTS, CONTROL, NODES, STATUS, node_control_key
 from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.provision import init_buckets
+from reconciler.fleet.values import FLEET_FORMAT
 from reconciler.sessions.nats import NatsSession
 from reconciler.store.rocks import RocksStore
 from reconciler.testing.agents import agent_options
@@ -88,7 +89,8 @@ class Manager:
         await (await self.kv(CONTROL)).put(node_control_key(node), data)
 
     async def fleet(self, **settings: Any) -> None:
-        await (await self.kv(CONTROL)).put("fleet", json.dumps(settings).encode())
+        value = {"formatVersion": FLEET_FORMAT, **settings}  # a fleet made by this version
+        await (await self.kv(CONTROL)).put("fleet", json.dumps(value).encode())
 
     async def _get(self, bucket: str, key: str) -> tuple[dict[str, Any], int] | None:
         try:

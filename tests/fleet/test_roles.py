@@ -21,8 +21,8 @@ from reconciler.manager.admin import (
     apply_services,
     read_fleet,
     remove_services,
-    set_availability,
 )
+from reconciler.manager.control import set_availability, set_labels
 from reconciler.manager.identities import read_identities
 from reconciler.manager.services import parse_service_file
 from reconciler.testing.natsserver import NatsServer
@@ -80,9 +80,12 @@ async def test_an_operator_applies_drains_and_reads_the_fleet(
     lines, _ = await apply_services(op, services, prune=False, dry_run=False)
     assert lines == ["create service web (2 replicas)"]
     await set_availability(op, "node-a", Availability.DRAIN)
+    labelled = await set_labels(op, "node-a", {"site": "secure"}, [])
+    assert dict(labelled.labels) == {"site": "secure"}
     view = await read_fleet(op)
     assert set(view.services) == {"web"}
     assert view.availability == {"node-a": Availability.DRAIN}
+    assert view.operator_labels == {"node-a": {"site": "secure"}}
     assert set(view.assignments) == {"node-a.web-1"}
     assert await remove_services(op, ["web"]) == ["remove service web"]
 
@@ -138,6 +141,8 @@ async def test_a_viewer_reads_the_fleet_and_writes_nothing(
         await apply_services(viewer, services, prune=False, dry_run=False)
     with pytest.raises(FleetError, match=r"writing reconciler_control/node.node-a: NATS refused"):
         await set_availability(viewer, "node-a", Availability.DRAIN)
+    with pytest.raises(FleetError, match=r"writing reconciler_control/node.node-a: NATS refused"):
+        await set_labels(viewer, "node-a", {"site": "secure"}, [])
     view = await read_fleet(viewer)
     assert view.services == {} and view.availability == {}
     assert node_control_key("node-a") not in await (await manager.kv(CONTROL)).keys()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,10 +14,13 @@ from reconciler.fleet.values import (
     STATUS_TEXT_MAX,
     BadValue,
     FleetSettings,
+    NodeControl,
     StoredStatus,
+    check_label,
     node_value,
     parse_fleet,
     parse_node_control,
+    parse_node_controls,
     parse_status,
     status_supersedes,
     status_value,
@@ -165,3 +169,34 @@ def test_a_stored_status_without_its_fields_is_a_bad_value() -> None:
         parse_status(b'{"id": "a", "state": "running", "updatedAt": "yesterday"}')
     with pytest.raises(BadValue):  # not a string, nor hashable
         parse_status(b'{"id": "a", "state": ["running"], "updatedAt": "1970-01-01T00:00:00Z"}')
+
+
+def test_the_node_control_value_carries_availability_and_the_operators_labels() -> None:
+    both = parse_node_controls(b'{"availability": "pause", "labels": {"site": "secure"}}')
+    assert both == NodeControl(Availability.PAUSE, {"site": "secure"})
+    assert parse_node_controls(b"{}") == NodeControl(Availability.ACTIVE, {})
+    # an agent reads only the availability: labels it cannot read do not stop it
+    assert parse_node_control(b'{"availability": "drain", "labels": [1]}') is Availability.DRAIN
+    for bad, field in [
+        (b'{"labels": ["site"]}', "labels: expected a map of strings"),
+        (b'{"labels": {"site": 1}}', "labels: expected a map of strings"),
+        (b'{"labels": {"my site": "x"}}', "label key 'my site'"),
+        (b'{"labels": {"site": "a\\u0000"}}', "control character"),
+    ]:
+        with pytest.raises(BadValue, match=re.escape(field)):
+            parse_node_controls(bad)
+
+
+def test_the_fleet_value_carries_its_format_version() -> None:
+    assert parse_fleet(b"{}").format_version is None
+    assert parse_fleet(b'{"formatVersion": 2}').format_version == 2
+    for bad in (b'{"formatVersion": "2"}', b'{"formatVersion": true}', b'{"formatVersion": 0}'):
+        with pytest.raises(BadValue, match="formatVersion"):
+            parse_fleet(bad)
+
+
+def test_a_label_is_held_to_one_rule() -> None:
+    check_label("site", "north pole")
+    for key, value in [("", "x"), ("a=b", "x"), ("a!", "x"), ("k", "\n"), ("k" * 257, "x")]:
+        with pytest.raises(ValueError):
+            check_label(key, value)

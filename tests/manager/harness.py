@@ -38,7 +38,9 @@ from reconciler.core.model import Availability, NodeDescription, TaskState
 from reconciler.fleet.buckets import CONTROL, FLEET_KEY
 from reconciler.fleet.options import NatsOptions
 from reconciler.fleet.provision import init_buckets
-from reconciler.manager.admin import apply_services, read_fleet, set_availability
+from reconciler.fleet.values import FLEET_FORMAT
+from reconciler.manager.admin import apply_services, read_fleet
+from reconciler.manager.control import set_availability
 from reconciler.manager.services import parse_service_file
 from reconciler.manager.view import FleetView
 from reconciler.store.rocks import RocksStore
@@ -222,7 +224,8 @@ class Fleet:
         js = nc.jetstream(timeout=10)
         await init_buckets(js, replicas=replicas, lease=LEASE, **quotas)
         kv = await js.key_value(CONTROL)
-        await kv.put(FLEET_KEY, json.dumps({"heartbeatPeriod": HEARTBEAT}).encode())
+        fleet = {"heartbeatPeriod": HEARTBEAT, "formatVersion": FLEET_FORMAT}
+        await kv.put(FLEET_KEY, json.dumps(fleet).encode())
 
     async def apply(self, text: str, *, prune: bool = False) -> list[str]:
         services = parse_service_file(textwrap.dedent(text).encode(), "test.yaml")

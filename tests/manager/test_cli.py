@@ -162,12 +162,13 @@ def test_ps_and_nodes_show_assignments_statuses_and_heartbeats(
     table = [line.split() for line in out.splitlines()]
     assert table[0] == ["SERVICE", "TASK", "NODE", "STATE", "RESTARTS", "MESSAGE"]
     assert table[1] == ["web", "web-1", "node-a", "running", "2", "started"]
-    assert table[2] == ["web", "web-2", "-", "unassigned", "0"]
+    assert table[2] == ["web", "web-2", "-", "unassigned", "0", "not", "placed", "yet"]
 
     code, out, _ = cli(capsys, "manager", "nodes", "--nats", url, "-o", "json")
     (node,) = json.loads(out)
     assert node["node"] == "node-a" and node["ready"] is True
-    assert node["tasks"] == 1 and node["labels"] == {"site": "north"}
+    assert node["tasks"] == 1 and node["engineLabels"] == {"site": "north"}
+    assert node["labels"] == {}  # the node's own claim is no operator label
     assert node["availability"] == "active" and node["heartbeatAt"] == beat["heartbeatAt"]
     assert (node["hostname"], node["cpus"], node["memoryBytes"]) == ("node-a", 2, 2 << 30)
 

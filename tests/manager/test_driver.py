@@ -14,6 +14,8 @@ import nats
 import pytest
 
 from reconciler.core.model import Availability, TaskState
+from reconciler.manager.admin import node_rows, ps_rows, unassigned_reasons
+from reconciler.manager.control import set_labels
 from reconciler.spec.problems import DesiredStateError
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
@@ -113,7 +115,7 @@ async def test_constraints_keep_tasks_on_matching_nodes(
             {
                 "name": "north",
                 "replicas": 4,
-                "placement": {"constraints": ["node.labels.site==north"]},
+                "placement": {"constraints": ["engine.labels.site==north"]},
             },
             {"name": "notb", "replicas": 2, "placement": {"constraints": ["node.id!=node-b"]}},
         )
@@ -122,6 +124,43 @@ async def test_constraints_keep_tasks_on_matching_nodes(
     where = await eventually(lambda: fleet.settled(tasks, nodes), "every task running")
     assert {where[f"north-{i}"] for i in range(1, 5)} == {"node-a", "node-b"}
     assert {where["notb-1"], where["notb-2"]} == {"node-a", "node-c"}
+
+
+async def test_a_nodes_own_claim_draws_no_operator_labelled_task(
+    fleet: Fleet, agents: Agents, manager: ManagerProcess
+) -> None:
+    claimer = await agents.start("node-a", labels={"site": "secure"})  # its agent claims it
+    nodes = [claimer, await agents.start("node-b")]
+    await ready_nodes(manager, 2)
+    secure = {"constraints": ["node.labels.site==secure"]}
+    claimed = {"constraints": ["engine.labels.site==secure"]}
+    await fleet.apply(
+        service_set(
+            {"name": "vault", "env": {"TOKEN": "for-secure-nodes"}, "placement": secure},
+            {"name": "claimed", "placement": claimed},
+        )
+    )
+    where = await eventually(lambda: fleet.settled({"claimed-1"}, nodes), "claimed-1 runs")
+    assert where == {"claimed-1": "node-a"}  # engine.labels reads what the node claims
+    view = await fleet.read()
+    rows = {r.task: r for r in ps_rows(view, unassigned_reasons(view))}
+    assert (rows["vault-1"].node, rows["vault-1"].reason) == (
+        None,
+        "node.labels.site==secure: no node has this operator label (node-a has it as an "
+        "engine label: set it with reconciler manager label)",
+    )
+    assert "vault-1" not in claimer.states()
+
+    labelled = await set_labels(fleet.options, "node-a", {"site": "secure"}, [])
+    assert (dict(labelled.labels), labelled.known) == ({"site": "secure"}, True)
+    where = await eventually(
+        lambda: fleet.settled({"vault-1", "claimed-1"}, nodes), "vault-1 runs once labelled"
+    )
+    assert where == {"vault-1": "node-a", "claimed-1": "node-a"}
+    assert claimer.env("vault-1")["TOKEN"] == "for-secure-nodes"
+    a, b = node_rows(await fleet.read())
+    assert (dict(a.labels), dict(a.engine_labels)) == ({"site": "secure"}, {"site": "secure"})
+    assert (dict(b.labels), dict(b.engine_labels)) == ({}, {})
 
 
 async def test_a_stopped_agents_tasks_move_after_the_grace_and_leave_it_when_it_returns(

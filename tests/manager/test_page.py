@@ -52,6 +52,16 @@ def test_the_page_shows_nodes_services_tasks_and_unassigned_without_javascript()
     assert "Snapshot of 2023-11-14 22:14:02 UTC" in html
 
 
+def test_a_node_shows_the_labels_operators_set_apart_from_those_it_claims() -> None:
+    w = two_nodes()
+    w.node("b", claim="mine")
+    html = html_of(w)
+    assert '<td data-label="Labels">by=operator, site=north</td>' in html
+    assert '<td data-label="Engine labels">site=north</td>' in html
+    assert '<td data-label="Labels">site=south</td>' in html
+    assert '<td data-label="Engine labels">claim=mine</td>' in html
+
+
 def test_a_down_node_is_said_in_words_and_named_in_the_title() -> None:
     w = two_nodes()
     w.service("pinned", placement={"constraints": ["node.labels.site==south"]})

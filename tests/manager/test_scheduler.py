@@ -9,7 +9,7 @@ from typing import Any
 from reconciler.core.model import Availability
 from reconciler.fleet.buckets import SERVICES
 from reconciler.manager.health import Health
-from reconciler.manager.scheduler import NodeView, Placed, Plan, Reason, schedule
+from reconciler.manager.scheduler import NodeView, Placed, Plan, Reason, schedule, unassigned_reason
 from reconciler.manager.services import Service, read_service
 
 IMAGE = "localhost/busybox:latest"
@@ -103,9 +103,9 @@ def test_constraints_on_labels_and_id_are_honoured() -> None:
     north = service("north", replicas=4, placement={"constraints": ["node.labels.site==north"]})
     not_b = service("notb", replicas=3, placement={"constraints": ["node.id!=b"]})
     fleet = nodes(
-        node("a", labels={"site": "north"}),
-        node("b", labels={"site": "north"}),
-        node("c", labels={"site": "south"}),
+        node("a", operator_labels={"site": "north"}),
+        node("b", operator_labels={"site": "north"}),
+        node("c", operator_labels={"site": "south"}),
     )
     plan = schedule(services(north, not_b), fleet, [])
     where = after(plan, [])
@@ -116,11 +116,38 @@ def test_constraints_on_labels_and_id_are_honoured() -> None:
 def test_a_node_that_stops_matching_gives_its_task_up_for_a_constraint() -> None:
     svc = service("web", placement={"constraints": ["node.labels.site==north"]})
     current = [placed(svc, "a", "web-1")]
-    fleet = nodes(node("a", labels={"site": "south"}), node("b", labels={"site": "north"}))
+    fleet = nodes(
+        node("a", operator_labels={"site": "south"}), node("b", operator_labels={"site": "north"})
+    )
     plan = schedule(services(svc), fleet, current)
     assert [(d.node, d.reason) for d in plan.deletes] == [("a", Reason.CONSTRAINT)]
     assert [(p.node, p.task) for p in plan.puts] == [("b", "web-1")]
     assert plan.reschedules() == {Reason.CONSTRAINT: 1}
+
+
+def test_node_labels_read_what_operators_set_and_engine_labels_what_the_node_claims() -> None:
+    secure = service("vault", placement={"constraints": ["node.labels.site==secure"]})
+    claimed = service("claimed", placement={"constraints": ["engine.labels.site==secure"]})
+    fleet = nodes(
+        node("a", engine_labels={"site": "secure"}),  # its agent claims it
+        node("b", operator_labels={"site": "secure"}),  # an operator set it
+    )
+    where = after(schedule(services(secure, claimed), fleet, []), [])
+    assert where["vault-1"] == ["b"] and where["claimed-1"] == ["a"]
+
+
+def test_an_unassigned_task_that_only_a_nodes_own_claim_would_match_says_so() -> None:
+    secure = service("vault", placement={"constraints": ["node.labels.site==secure"]})
+    fleet = nodes(node("a", engine_labels={"site": "secure"}), node("b"))
+    plan = schedule(services(secure), fleet, [])
+    assert plan.unassigned == ("vault-1",)
+    assert unassigned_reason(secure, fleet) == (
+        "node.labels.site==secure: no node has this operator label (a has it as an engine "
+        "label: set it with reconciler manager label)"
+    )
+    assert unassigned_reason(secure, nodes(node("b"))) == (
+        "no node matches its placement constraints"
+    )
 
 
 def test_room_is_judged_against_capacity_and_what_the_node_holds() -> None:

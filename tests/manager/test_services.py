@@ -141,8 +141,16 @@ def test_task_names_read_back_to_their_service_and_slot() -> None:
 
 def test_constraints_match_labels_and_ids() -> None:
     north = parse_constraint("node.labels.site==north")
-    assert north.matches("a", {"site": "north"}) and not north.matches("a", {})
-    assert parse_constraint("node.labels.site!=north").matches("a", {})
-    assert parse_constraint("node.id == a").matches("a", {})
-    with pytest.raises(ValueError):
-        parse_constraint("node.labels.site=north")
+    assert north.matches("a", {"site": "north"}, {}) and not north.matches("a", {}, {})
+    assert not north.matches("a", {}, {"site": "north"})  # a node's own claim never does
+    assert parse_constraint("node.labels.site!=north").matches("a", {}, {})
+    assert parse_constraint("node.id == a").matches("a", {}, {})
+    engine = parse_constraint("engine.labels.site==north")
+    assert engine.matches("a", {}, {"site": "north"}) and not engine.matches(
+        "a", {"site": "north"}, {}
+    )
+    assert str(engine) == "engine.labels.site==north"
+    assert parse_constraint("engine.labels.site != north").matches("a", {}, {"site": "south"})
+    for bad in ("node.labels.site=north", "engine.id==a", "engine.site==a"):
+        with pytest.raises(ValueError):
+            parse_constraint(bad)

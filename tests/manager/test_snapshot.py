@@ -15,7 +15,8 @@ def test_nodes_show_the_managers_verdict_labels_heartbeat_and_task_counts() -> N
     a, b = snap.nodes["a"], snap.nodes["b"]
     assert (a.state, a.row.tasks, a.running) == ("ready", 1, 1)
     assert (b.state, b.row.tasks, b.running) == ("ready", 1, 0)  # web-2 failed there
-    assert dict(a.row.labels) == {"site": "north"}
+    assert dict(a.row.labels) == {"site": "north", "by": "operator"}
+    assert dict(a.row.engine_labels) == {"site": "north"}
     assert a.row.heartbeat_at == "2023-11-14T22:13:20.000Z"
     assert a.row.hostname == "a.lab"
 
@@ -156,7 +157,7 @@ def test_a_heartbeat_refresh_reads_the_nodes_and_keeps_the_tasks_as_they_were() 
     assert build.kept == [None, first]
     assert second.tasks is first.tasks and second.services is first.services
     assert second.unassigned is first.unassigned
-    assert dict(second.nodes["a"].row.labels) == {"site": "moved"}
+    assert dict(second.nodes["a"].row.engine_labels) == {"site": "moved"}
     assert second.nodes["a"].running == first.nodes["a"].running == 1
     snaps.beat()  # a heartbeat, then a real change before the next read: built whole
     snaps.changed()
