@@ -24,8 +24,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.cli import options as cli_options
-from reconciler.cli.options import COMMANDS, COMMON, CommandSpec, all_flags
+from reconciler.cli.options import COMMANDS, COMMON, CommandSpec
+from reconciler.cli.parser import all_flags, build_parser
 from reconciler.core.executor import DriftKind, PullResult, RuntimeOp
 from reconciler.core.model import Condition, TaskState
 from reconciler.core.snapshot import Snapshot, TaskView
@@ -182,7 +182,7 @@ def test_every_command_has_a_section_in_the_cli_reference() -> None:
 
 
 def test_the_cli_table_is_what_the_parser_accepts() -> None:
-    parser = cli_options.build_parser()
+    parser = build_parser()
     for spec in COMMANDS:
         words = [*spec.path]
         required = [w for f in spec.flags if f.required for w in (f"--{f.name}", "x")]

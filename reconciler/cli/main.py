@@ -15,7 +15,8 @@ from typing import Any
 
 from reconciler.cli.exits import EXIT_OK, outcome
 from reconciler.cli.logfmt import setup_logging
-from reconciler.cli.options import CommandSpec, apply_config, apply_defaults, build_parser
+from reconciler.cli.options import CommandSpec
+from reconciler.cli.parser import apply_config, apply_defaults, build_parser
 from reconciler.cli.render import json_text, task_table, tasks_json
 
 __all__ = ["HANDLERS", "main"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from reconciler.assemble.agent import AgentOptions
 from reconciler.cli.agent import agent_options as checked_agent_options
-from reconciler.cli.options import apply_defaults, build_parser
+from reconciler.cli.parser import apply_defaults, build_parser
 
 __all__ = ["agent_options"]
 

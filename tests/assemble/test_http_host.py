@@ -15,7 +15,7 @@ from reconciler.assemble.manager import assemble_manager
 from reconciler.cli.agent import agent_options
 from reconciler.cli.exits import UsageError
 from reconciler.cli.manager import run_options
-from reconciler.cli.options import apply_defaults, build_parser
+from reconciler.cli.parser import apply_defaults, build_parser
 from tests.assemble.test_process import Running, get
 
 

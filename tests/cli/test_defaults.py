@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli.options import COMMANDS, apply_config, apply_defaults, build_parser
+from reconciler.cli.options import COMMANDS
+from reconciler.cli.parser import apply_config, apply_defaults, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_DOC = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ import pytest
 from reconciler.cli import main
 from reconciler.cli.agent import agent_options
 from reconciler.cli.exits import UsageError
-from reconciler.cli.options import apply_defaults, build_parser
+from reconciler.cli.parser import apply_defaults, build_parser
 from reconciler.cli.values import parse_percent
 
 

@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.assemble.agent import AgentOptions, AssembledAgent, assemble_agent
 from reconciler.cli.agent import agent_options as checked_options
-from reconciler.cli.options import apply_config, apply_defaults, build_parser
+from reconciler.cli.parser import apply_config, apply_defaults, build_parser
 from reconciler.core.clock import SystemClock
 from reconciler.core.model import TaskState
 from reconciler.fleet.options import load_credentials

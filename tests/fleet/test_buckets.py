@@ -15,7 +15,7 @@ from nats.js.errors import APIError
 
 from reconciler.cli import main
 from reconciler.cli.manager import run_options
-from reconciler.cli.options import apply_config, apply_defaults, build_parser
+from reconciler.cli.parser import apply_config, apply_defaults, build_parser
 from reconciler.fleet.buckets import (
     MAX_BYTES,
     MAX_VALUE_CEILING,
