@@ -10,6 +10,7 @@ both ways, against the metric tables of ``docs/http-and-metrics.md``, the refere
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 from typing import NoReturn
 
@@ -85,6 +86,17 @@ def missing(message: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {message}")
     pytest.skip(message)
+
+
+def give_to_another_user(*paths: Path) -> int:
+    """Make ``nobody`` the owner of ``paths`` (links themselves, not their targets); its uid.
+    Only root can: ``missing`` otherwise, so it fails under CI (which runs as root)."""
+    if os.geteuid() != 0:
+        missing("giving a path to another user needs root (CI runs as root)")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for path in paths:
+        os.chown(path, nobody, -1, follow_symlinks=False)
+    return nobody
 
 
 def require_nats_server() -> str:

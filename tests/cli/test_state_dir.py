@@ -5,8 +5,6 @@ nothing."""
 
 from __future__ import annotations
 
-import os
-import pwd
 import stat
 import subprocess
 import sys
@@ -16,6 +14,7 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.store.rocks import RocksStore
+from tests.contract import give_to_another_user
 
 HANG_GUARD = 60.0
 """An agent that wrongly started would run until killed: the test fails instead of hanging."""
@@ -49,13 +48,10 @@ def test_a_symlinked_state_dir_exits_one_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_state_dir_of_another_user_exits_one_naming_owner_and_user(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving a directory to another user needs root (CI runs as root)")
-    nobody = pwd.getpwnam("nobody").pw_uid
     state = tmp_path / "state"
     state.mkdir(mode=0o755)
     state.chmod(0o755)
-    os.chown(state, nobody, -1)
+    nobody = give_to_another_user(state)
     out = run_agent(state, tmp_path)
     assert out.returncode == 1, out.stderr
     assert (
@@ -80,12 +76,8 @@ def _state_with_a_store(tmp_path: Path) -> Path:
 def test_ps_and_inspect_refuse_a_state_dir_of_another_user_and_write_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving a directory to another user needs root (CI runs as root)")
     state = _state_with_a_store(tmp_path)
-    nobody = pwd.getpwnam("nobody").pw_uid
-    for path in [state, *state.rglob("*")]:
-        os.chown(path, nobody, -1, follow_symlinks=False)
+    nobody = give_to_another_user(state, *state.rglob("*"))
     before = _contents(state)
     assert main(["ps", "--state-dir", str(state)]) == 1
     assert main(["inspect", "--state-dir", str(state), "web"]) == 1
