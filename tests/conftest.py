@@ -6,7 +6,8 @@
   (``reconciler.testing.natsserver``), on free loopback ports with a store of its own, killed at
   the end. A module marked ``nats_config(extra=..., env=..., files=...)`` gets its server with
   that config text appended, those environment variables and those files beside the config (the
-  shipped permissions, say).
+  shipped permissions, say). ``fleet`` is that server with the fleet's buckets made
+  (``tests.manager.harness.Fleet``), for tests that run managers and agents on it.
 - ``prometheus``: starts Debian's ``prometheus`` scraping the given targets (``tests/prometheus``).
 - A missing component (nats-server, prometheus) fails the test under CI and skips it elsewhere
   (``tests.contract.missing``).
@@ -26,11 +27,12 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import nats
 import pytest
 
 from reconciler.core.clock import FakeClock
@@ -41,6 +43,7 @@ from reconciler.testing.fake import FakeExecutor
 from reconciler.testing.natsserver import NatsServer, NatsServerMissing
 from reconciler.testing.tasks import dump_tasks
 from tests.contract import missing
+from tests.manager.harness import Fleet
 from tests.prometheus import Prometheus, PrometheusMissing, running_prometheus
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +111,16 @@ def nats_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Nats
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
+    """The fleet's buckets on ``nats_server``; see the module docstring."""
+    nc = await nats.connect(nats_server.url)
+    f = Fleet([nats_server.url])
+    await f.init(nc)
+    await nc.close()
+    yield f
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -80,15 +79,6 @@ async def flood(js: JetStreamContext, bucket: str) -> int:
             else:
                 taken += 1
     return taken
-
-
-@pytest.fixture
-async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
-    nc = await nats.connect(nats_server.url)
-    f = Fleet([nats_server.url])
-    await f.init(nc)
-    await nc.close()
-    yield f
 
 
 def restarts(agent: FleetAgent) -> list[float | None]:

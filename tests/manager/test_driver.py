@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from reconciler.core.model import Availability, TaskState
@@ -20,15 +19,6 @@ from reconciler.spec.problems import DesiredStateError
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
 from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, service_set, spread
-
-
-@pytest.fixture
-async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
-    nc = await nats.connect(nats_server.url)
-    f = Fleet([nats_server.url])
-    await f.init(nc)
-    await nc.close()
-    yield f
 
 
 class Agents:

@@ -4,24 +4,11 @@ unassigned where none does: the policy travels in each node's heartbeat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import nats
-import pytest
 
 from reconciler.testing.natsserver import NatsServer
 from reconciler.testing.polling import eventually
 from tests.manager.harness import Fleet, FleetAgent, ManagerProcess, service_set
-
-
-@pytest.fixture
-async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
-    nc = await nats.connect(nats_server.url)
-    f = Fleet([nats_server.url])
-    await f.init(nc)
-    await nc.close()
-    yield f
 
 
 async def test_a_task_with_a_bind_goes_only_to_the_node_that_allows_it(

@@ -7,11 +7,9 @@ manager and an agent (``tests.manager.harness``) on a real nats-server.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
-import pytest
 from nats.js.errors import NoKeysError
 
 from reconciler.fleet.buckets import ASSIGNMENTS, STATUS
@@ -87,15 +85,6 @@ def test_a_watch_started_again_keeps_the_wait_of_keys_that_did_not_change() -> N
 
 
 # ------------------------------------------------------------------------------ live
-
-
-@pytest.fixture
-async def fleet(nats_server: NatsServer) -> AsyncIterator[Fleet]:
-    nc = await nats.connect(nats_server.url)
-    f = Fleet([nats_server.url])
-    await f.init(nc)
-    await nc.close()
-    yield f
 
 
 async def status_keys(url: str) -> set[str]:
